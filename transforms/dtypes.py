@@ -1,0 +1,120 @@
+"""Feature value types and the one coercion rule every engine applies to them.
+
+The names mirror Feast's types (``String``, ``Int64``, ...) so definitions read like Feast
+definitions, but importing this module does not import Feast (which takes seconds), so engine
+workers that load a view stay fast. ``registry.feast_objects`` maps them to Feast's types.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from transforms.timeutil import ms_to_datetime, parse_event_time
+
+_INT_BOUNDS = {"Int32": (-(2**31), 2**31 - 1), "Int64": (-(2**63), 2**63 - 1)}
+
+
+@dataclass(frozen=True)
+class DType:
+    """A feature value type; ``element`` is set for arrays."""
+
+    name: str
+    element: DType | None = None
+
+    def __str__(self) -> str:
+        return f"Array({self.element})" if self.element is not None else self.name
+
+    @property
+    def is_numeric(self) -> bool:
+        return self.name in ("Int32", "Int64", "Float32", "Float64")
+
+    @property
+    def is_integer(self) -> bool:
+        return self.name in ("Int32", "Int64")
+
+    @property
+    def is_float(self) -> bool:
+        return self.name in ("Float32", "Float64")
+
+
+String = DType("String")
+Int32 = DType("Int32")
+Int64 = DType("Int64")
+Float32 = DType("Float32")
+Float64 = DType("Float64")
+Bool = DType("Bool")
+Bytes = DType("Bytes")
+UnixTimestamp = DType("UnixTimestamp")
+
+SCALARS: dict[str, DType] = {
+    t.name: t for t in (String, Int32, Int64, Float32, Float64, Bool, Bytes, UnixTimestamp)
+}
+
+
+def Array(element: DType) -> DType:  # noqa: N802 - reads like Feast's Array(String)
+    """An array of ``element`` values (used by ``LastK``)."""
+    if element.element is not None:
+        raise ValueError("nested arrays are not supported")
+    return DType("Array", element)
+
+
+def dtype_from_string(text: str) -> DType:
+    """Parse ``str(dtype)`` back (used when reading specs from the registry)."""
+    if text.startswith("Array(") and text.endswith(")"):
+        return Array(dtype_from_string(text[6:-1]))
+    try:
+        return SCALARS[text]
+    except KeyError:
+        raise ValueError(f"unknown type {text!r}") from None
+
+
+class CoercionError(ValueError):
+    """A value does not fit its declared type (the event goes to the dead letter)."""
+
+
+def coerce(value: Any, dtype: DType) -> Any:
+    """Return ``value`` as the Python value of ``dtype``, ``None`` for null.
+
+    Rules (the same in every engine): ints are accepted where floats are expected, never the
+    reverse; bools are not numbers; float NaN is null; timestamps accept everything
+    ``parse_event_time`` accepts and become UTC datetimes with millisecond precision.
+    """
+    if value is None:
+        return None
+    name = dtype.name
+    if name == "String":
+        if isinstance(value, str):
+            return value
+    elif name in _INT_BOUNDS:
+        if isinstance(value, int) and not isinstance(value, bool):
+            low, high = _INT_BOUNDS[name]
+            if low <= value <= high:
+                return int(value)
+            raise CoercionError(f"{value} is out of range for {name}")
+    elif name in ("Float32", "Float64"):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            as_float = float(value)
+            return None if math.isnan(as_float) else as_float
+    elif name == "Bool":
+        if isinstance(value, bool):
+            return value
+    elif name == "Bytes":
+        if isinstance(value, (bytes, bytearray)):
+            return bytes(value)
+    elif name == "UnixTimestamp":
+        try:
+            return ms_to_datetime(parse_event_time(value))
+        except ValueError as err:
+            raise CoercionError(str(err)) from None
+    elif name == "Array":
+        assert dtype.element is not None
+        if isinstance(value, (list, tuple)):
+            return [coerce(v, dtype.element) for v in value]
+    raise CoercionError(f"expected {dtype}, got {type(value).__name__} {value!r:.60}")
+
+
+def is_timestamp(value: Any) -> bool:
+    return isinstance(value, datetime)

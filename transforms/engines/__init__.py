@@ -1,0 +1,23 @@
+"""One compiler per engine, each turning the same ``TransformPlan`` into a job."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from transforms.errors import EngineUnavailable
+from transforms.plan import FeatureContext, Runner, TransformPlan
+
+Engine = Callable[[TransformPlan, Any, FeatureContext], Any]
+
+
+def get_engine(runner: Runner) -> Engine:
+    """The engine entry point for ``runner``."""
+    if runner is Runner.REFERENCE:
+        from transforms.engines.reference import reference_engine
+
+        return reference_engine
+    raise EngineUnavailable(
+        f"the {runner.value} engine is not available in this version of MLFS "
+        "(available: reference)"
+    )

@@ -1,0 +1,235 @@
+"""The per-event stage every engine shares: decode, event time, event transform, keys, types.
+
+One raw event ends in exactly one of four outcomes, which the counts add up to:
+aggregated (it produced rows), filtered (the transform returned ``None`` or ``[]``),
+dead-lettered (with a reason), or late (streaming only). An event is dead-lettered whole
+when any row it produced is invalid, so a split event never half-counts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from transforms.dtypes import CoercionError, coerce
+from transforms.plan import TransformPlan
+from transforms.timeutil import ms_to_datetime, parse_event_time
+
+# Dead-letter reasons.
+UNPARSEABLE = "unparseable"
+MISSING_TIME = "missing_time"
+BAD_TIME = "bad_time"
+TRANSFORM_ERROR = "transform_error"
+MISSING_KEY = "missing_key"
+WRONG_TYPE = "wrong_type"
+LATE = "late"
+
+Key = tuple[Any, ...]
+Values = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A rejected event: the raw input as text, why, and (when known) its event time."""
+
+    view: str
+    reason: str
+    detail: str
+    raw: str
+    event_time: datetime | None = None
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["event_time"] = None if self.event_time is None else self.event_time.isoformat()
+        return json.dumps(data, sort_keys=True)
+
+
+@dataclass
+class EventCounts:
+    """The four outcomes of input events (``input`` is their sum) and the rows aggregated."""
+
+    input: int = 0
+    aggregated: int = 0
+    filtered: int = 0
+    dead_lettered: int = 0
+    late: int = 0
+    rows: int = 0
+
+    @property
+    def balanced(self) -> bool:
+        return self.input == self.aggregated + self.filtered + self.dead_lettered + self.late
+
+    def add(self, other: EventCounts) -> None:
+        for name in ("input", "aggregated", "filtered", "dead_lettered", "late", "rows"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def summary(self) -> str:
+        return (
+            f"{self.input} events: {self.aggregated} aggregated ({self.rows} rows), "
+            f"{self.filtered} filtered, {self.dead_lettered} dead-lettered, {self.late} late"
+        )
+
+
+@dataclass
+class PreparedEvent:
+    """A good event: its time and the (key, feature input values) rows it produced."""
+
+    time_ms: int
+    rows: list[tuple[Key, Values]] = field(default_factory=list)
+
+
+def raw_text(raw: Any) -> str:
+    """The raw input as text, for the dead letter."""
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, (bytes, bytearray)):
+        return bytes(raw).decode("utf-8", errors="replace")
+    try:
+        return json.dumps(raw, default=str, sort_keys=True)
+    except (TypeError, ValueError):
+        return repr(raw)
+
+
+def decode(raw: Any) -> dict[str, Any]:
+    """A raw event as a dict: JSON text or bytes are parsed, mappings copied; else ``ValueError``."""
+    if isinstance(raw, (str, bytes, bytearray)):
+        try:
+            raw = json.loads(raw)
+        except ValueError as err:
+            raise ValueError(f"not JSON: {err}") from None
+    if isinstance(raw, dict):
+        return dict(raw)
+    if hasattr(raw, "keys") and hasattr(raw, "__getitem__"):
+        return {k: raw[k] for k in raw.keys()}
+    raise ValueError(f"an event must be a JSON object, got {type(raw).__name__}")
+
+
+class EventPreparer:
+    """Turns raw events into ``PreparedEvent``s, ``DeadLetter``s or ``None`` (filtered)."""
+
+    def __init__(self, plan: TransformPlan) -> None:
+        self.plan = plan
+        self._columns = [
+            (f.name, f.aggregation.column, f.input_dtype) for f in plan.features
+        ]
+
+    def event_time(self, event: dict[str, Any]) -> int:
+        """The event's time in ms; ``KeyError`` when absent, ``ValueError`` when unparseable."""
+        value = event.get(self.plan.timestamp_field)
+        if value is None:
+            raise KeyError(self.plan.timestamp_field)
+        return parse_event_time(value)
+
+    def dead_letter(
+        self, raw: Any, reason: str, detail: str, time_ms: int | None = None
+    ) -> DeadLetter:
+        return DeadLetter(
+            view=self.plan.view,
+            reason=reason,
+            detail=detail,
+            raw=raw_text(raw),
+            event_time=None if time_ms is None else ms_to_datetime(time_ms),
+        )
+
+    def decode_and_time(self, raw: Any) -> tuple[dict[str, Any], int] | DeadLetter:
+        """First half of preparation (all a streaming source needs for watermarks)."""
+        try:
+            event = decode(raw)
+        except ValueError as err:
+            return self.dead_letter(raw, UNPARSEABLE, str(err))
+        try:
+            time_ms = self.event_time(event)
+        except KeyError:
+            return self.dead_letter(
+                raw, MISSING_TIME, f"no value for {self.plan.timestamp_field!r}"
+            )
+        except ValueError as err:
+            return self.dead_letter(raw, BAD_TIME, str(err))
+        return event, time_ms
+
+    def transform(
+        self, raw: Any, event: dict[str, Any], time_ms: int
+    ) -> PreparedEvent | DeadLetter | None:
+        """Second half: event transform, keys and input types."""
+        plan = self.plan
+        when = ms_to_datetime(time_ms)
+        event[plan.timestamp_field] = when
+        if plan.event_transform is None:
+            outputs: Any = [event]
+        else:
+            try:
+                outputs = plan.event_transform(event)
+            except Exception as err:  # a user function may raise anything
+                return self.dead_letter(
+                    raw, TRANSFORM_ERROR, f"{type(err).__name__}: {err}", time_ms
+                )
+            if outputs is None:
+                return None
+            if isinstance(outputs, dict):
+                outputs = [outputs]
+            elif not isinstance(outputs, (list, tuple)):
+                return self.dead_letter(
+                    raw,
+                    TRANSFORM_ERROR,
+                    f"event transform returned {type(outputs).__name__}, "
+                    "expected a dict, a list of dicts or None",
+                    time_ms,
+                )
+            if not outputs:
+                return None
+        prepared = PreparedEvent(time_ms)
+        for row in outputs:
+            if not isinstance(row, dict):
+                return self.dead_letter(
+                    raw,
+                    TRANSFORM_ERROR,
+                    f"event transform produced {type(row).__name__}, expected a dict",
+                    time_ms,
+                )
+            row = {**row, plan.timestamp_field: when}
+            checked = self._check_row(raw, row, time_ms)
+            if isinstance(checked, DeadLetter):
+                return checked
+            prepared.rows.append(checked)
+        return prepared
+
+    def prepare(self, raw: Any) -> PreparedEvent | DeadLetter | None:
+        """Decode, time and transform one raw event (batch engines, no lateness)."""
+        first = self.decode_and_time(raw)
+        if isinstance(first, DeadLetter):
+            return first
+        event, time_ms = first
+        return self.transform(raw, event, time_ms)
+
+    def _check_row(
+        self, raw: Any, row: dict[str, Any], time_ms: int
+    ) -> tuple[Key, Values] | DeadLetter:
+        key = []
+        for name, dtype in self.plan.keys:
+            value = row.get(name)
+            if value is None:
+                return self.dead_letter(raw, MISSING_KEY, f"no value for key {name!r}", time_ms)
+            try:
+                key.append(coerce(value, dtype))
+            except CoercionError as err:
+                return self.dead_letter(raw, WRONG_TYPE, f"key {name!r}: {err}", time_ms)
+        values = []
+        for feature, column, dtype in self._columns:
+            if column is None:
+                values.append(True)
+                continue
+            value = row.get(column)
+            if dtype is None:
+                is_null = value is None or (isinstance(value, float) and math.isnan(value))
+                values.append(None if is_null else True)
+                continue
+            try:
+                values.append(coerce(value, dtype))
+            except CoercionError as err:
+                return self.dead_letter(
+                    raw, WRONG_TYPE, f"column {column!r} (feature {feature!r}): {err}", time_ms
+                )
+        return tuple(key), tuple(values)

@@ -1,0 +1,171 @@
+"""The engine-independent plan of a view: what every engine compiles.
+
+A ``TransformPlan`` is built once from a view's declaration (``ViewInfo``) and its
+``UnifiedTransformer``; it holds no engine objects, so the same plan is compiled by the reference,
+Spark, Flink and Beam engines, and ``spec()`` describes it as JSON for the registry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from transforms.aggregations import Aggregation
+from transforms.dtypes import DType
+from transforms.errors import DefinitionError
+from transforms.windows import Lifetime, Window
+
+EVENT_TIMESTAMP = "event_timestamp"
+CREATED_TIMESTAMP = "created_timestamp"
+RESERVED_COLUMNS = frozenset({EVENT_TIMESTAMP, CREATED_TIMESTAMP})
+
+EventTransform = Callable[[dict[str, Any]], Any]
+
+
+class Runner(str, Enum):
+    """Which engine runs a view; ``PLAN`` is the symbolic run that captures the definition."""
+
+    PLAN = "plan"
+    REFERENCE = "reference"
+    SPARK = "spark"
+    FLINK = "flink"
+    BEAM = "beam"
+
+
+@dataclass(frozen=True)
+class ViewInfo:
+    """What a view declares about its output: name, keys, time field and feature types."""
+
+    name: str
+    keys: tuple[tuple[str, DType], ...]
+    timestamp_field: str
+    features: tuple[tuple[str, DType], ...]
+
+
+@dataclass
+class FeatureContext:
+    """Passed to a view function as ``ctx``: which engine runs, and for which view."""
+
+    runner: Runner
+    view: ViewInfo
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+FeastContext = FeatureContext  # the seed's name
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One output feature: its type, its aggregation and the type its inputs are coerced to."""
+
+    name: str
+    dtype: DType
+    aggregation: Aggregation
+    input_dtype: DType | None
+
+
+@dataclass(frozen=True)
+class TransformPlan:
+    """A view's complete, engine-independent transformation."""
+
+    view: str
+    keys: tuple[tuple[str, DType], ...]
+    timestamp_field: str
+    window: Window
+    features: tuple[FeatureSpec, ...]
+    event_transform: EventTransform | None
+
+    @property
+    def key_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.keys)
+
+    def spec(self) -> dict[str, Any]:
+        """The plan as JSON-able data; code is referenced by name and source hash, never stored."""
+        return {
+            "view": self.view,
+            "keys": [{"name": n, "dtype": str(t)} for n, t in self.keys],
+            "timestamp_field": self.timestamp_field,
+            "window": self.window.spec(),
+            "features": [
+                {"name": f.name, "dtype": str(f.dtype), "aggregation": f.aggregation.spec()}
+                for f in self.features
+            ],
+            "event_transform": code_reference(self.event_transform),
+        }
+
+
+def code_reference(fn: Callable[..., Any] | None) -> dict[str, str] | None:
+    """``module:qualname`` and a SHA-256 of the source of a function (None for no function)."""
+    if fn is None:
+        return None
+    target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else type(fn)
+    module = getattr(target, "__module__", "?")
+    qualname = getattr(target, "__qualname__", repr(target))
+    try:
+        source = inspect.getsource(target)
+    except (OSError, TypeError):
+        source = f"{module}:{qualname}"
+    return {
+        "ref": f"{module}:{qualname}",
+        "source_sha256": hashlib.sha256(source.encode()).hexdigest(),
+    }
+
+
+def build_plan(
+    info: ViewInfo,
+    window: Window | None,
+    event_transform: EventTransform | None,
+    aggregations: dict[str, Aggregation],
+) -> TransformPlan:
+    """Check a transformer's parts against the view's declaration and bind them into a plan."""
+    view = info.name
+    if window is None:
+        window = Lifetime()
+    if not isinstance(window, Window):
+        raise DefinitionError(
+            view,
+            f"window must be Sliding(...), Tumbling(...) or None, got {window!r:.80}",
+        )
+    if event_transform is not None and not callable(event_transform):
+        raise DefinitionError(view, f"event_transform must be callable, got {event_transform!r:.80}")
+    declared = dict(info.features)
+    unknown = [name for name in aggregations if name not in declared]
+    if unknown:
+        raise DefinitionError(
+            view,
+            f"unknown field {unknown[0]!r}: the aggregator defines it but the schema does not "
+            f"(schema features: {', '.join(declared) or 'none'})",
+        )
+    missing = [name for name in declared if name not in aggregations]
+    if missing:
+        raise DefinitionError(
+            view, f"schema field {missing[0]!r} is not produced by any aggregation"
+        )
+    features = []
+    for name, dtype in info.features:
+        agg = aggregations[name]
+        if not isinstance(agg, Aggregation):
+            raise DefinitionError(view, f"feature {name!r}: {agg!r:.80} is not an aggregation")
+        problem = agg.check_output(dtype)
+        if problem:
+            raise DefinitionError(view, f"feature {name!r}: {problem}")
+        features.append(FeatureSpec(name, dtype, agg, agg.input_dtype(dtype)))
+    return TransformPlan(
+        view=view,
+        keys=info.keys,
+        timestamp_field=info.timestamp_field,
+        window=window,
+        features=tuple(features),
+        event_transform=event_transform,
+    )
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    """A stable hash of a JSON-able spec (for change detection)."""
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -1,0 +1,66 @@
+"""Event time: every engine normalises event times to integer UTC epoch milliseconds this way."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+# Numbers below this magnitude are epoch seconds, above it epoch milliseconds.
+# 1e11 seconds is the year 5138; 1e11 milliseconds is 1973-03-03.
+SECONDS_THRESHOLD = 100_000_000_000
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def parse_event_time(value: Any) -> int:
+    """Return ``value`` as UTC epoch milliseconds or raise ``ValueError``.
+
+    Accepts epoch seconds or milliseconds (int or float, told apart by magnitude, fractions of a
+    millisecond floored), ISO-8601 strings (a missing offset means UTC) and datetimes (naive means
+    UTC). Booleans, NaN, infinities and numeric strings are rejected.
+    """
+    if value is None:
+        raise ValueError("no event time")
+    if isinstance(value, bool):
+        raise ValueError(f"a boolean is not a time: {value!r}")
+    if isinstance(value, int):
+        return value * 1000 if abs(value) < SECONDS_THRESHOLD else value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"not a finite time: {value!r}")
+        if abs(value) < SECONDS_THRESHOLD:
+            return math.floor(value * 1000.0)
+        return math.floor(value)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(f"not an ISO-8601 time: {value!r:.60}") from None
+        return datetime_to_ms(parsed)
+    if isinstance(value, datetime):
+        return datetime_to_ms(value)
+    if hasattr(value, "to_pydatetime"):  # numpy/pandas timestamps that are not datetimes
+        return datetime_to_ms(value.to_pydatetime())
+    raise ValueError(f"not a time: {type(value).__name__}")
+
+
+def datetime_to_ms(value: datetime) -> int:
+    """A datetime (naive means UTC) as epoch milliseconds, sub-millisecond part floored."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    """Epoch milliseconds as an aware UTC datetime."""
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+def duration_ms(value: timedelta) -> int:
+    """A timedelta as whole milliseconds; finer durations are rejected."""
+    micros = (value.days * 86_400 + value.seconds) * 1_000_000 + value.microseconds
+    if micros % 1000:
+        raise ValueError(f"{value} is not a whole number of milliseconds")
+    return micros // 1000

@@ -1,0 +1,124 @@
+"""The window rules: which events a value covers and when a key's value can change.
+
+Every window is stated over integer epoch milliseconds as a half-open interval ``[lo, hi)``:
+
+* ``Sliding(size)`` (continuous): the value at ``t`` covers ``(t - size, t]`` = ``[t - size + 1, t + 1)``;
+  it can change at each event time ``e`` and at ``e + size`` when that event leaves.
+* ``Sliding(size, hop)`` / ``Tumbling(size)`` (hopping): window ends ``b`` are multiples of ``hop``
+  since the epoch and the value at ``b`` covers ``[b - size, b)``; it can change at the first end after
+  an event (``floor(e / hop) * hop + hop``) and at that end plus ``size`` (when the event leaves).
+* ``Lifetime()`` (no window): the value at ``t`` covers every event at or before ``t``; it can change at
+  each event time.
+
+Engines emit one row per key at every such time; see ``transforms.engines.reference``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, ClassVar
+
+from transforms.timeutil import duration_ms
+
+NEG_INF = -(2**63)
+
+
+class Window:
+    """Base class of the three window kinds."""
+
+    kind: str = ""
+
+    def emission_times(self, event_ms: int) -> tuple[int, ...]:
+        """The times at which an event at ``event_ms`` can change its key's value."""
+        raise NotImplementedError
+
+    def bounds(self, t: int) -> tuple[int, int]:
+        """The half-open ``[lo, hi)`` event-time interval the value at ``t`` aggregates."""
+        raise NotImplementedError
+
+    def spec(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Sliding(Window):
+    """A continuous window of ``size``, or a hopping one when ``hop`` is given."""
+
+    size: timedelta
+    hop: timedelta | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size, timedelta) or self.size <= timedelta(0):
+            raise ValueError(f"window size must be a positive timedelta, got {self.size!r}")
+        duration_ms(self.size)
+        if self.hop is not None:
+            if not isinstance(self.hop, timedelta) or self.hop <= timedelta(0):
+                raise ValueError(f"window hop must be a positive timedelta, got {self.hop!r}")
+            if duration_ms(self.size) % duration_ms(self.hop):
+                raise ValueError(
+                    f"window size {self.size} is not a multiple of its hop {self.hop}"
+                )
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        if self.hop is None:
+            return "continuous"
+        return "tumbling" if self.hop == self.size else "hopping"
+
+    @property
+    def size_ms(self) -> int:
+        return duration_ms(self.size)
+
+    @property
+    def hop_ms(self) -> int | None:
+        return None if self.hop is None else duration_ms(self.hop)
+
+    def emission_times(self, event_ms: int) -> tuple[int, ...]:
+        size = self.size_ms
+        hop = self.hop_ms
+        if hop is None:
+            return (event_ms, event_ms + size)
+        first_end = (event_ms // hop) * hop + hop
+        return (first_end, first_end + size)
+
+    def bounds(self, t: int) -> tuple[int, int]:
+        if self.hop is None:
+            return (t - self.size_ms + 1, t + 1)
+        return (t - self.size_ms, t)
+
+    def spec(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "size_ms": self.size_ms}
+        if self.hop is not None:
+            out["hop_ms"] = self.hop_ms
+        return out
+
+
+def Tumbling(size: timedelta) -> Sliding:  # noqa: N802 - a window constructor, like Sliding
+    """Back-to-back windows of ``size``: ``Sliding(size, hop=size)``."""
+    return Sliding(size, size)
+
+
+@dataclass(frozen=True)
+class Lifetime(Window):
+    """No window: every event of the key up to the value's time."""
+
+    kind: ClassVar[str] = "lifetime"  # type: ignore[misc]
+
+    def emission_times(self, event_ms: int) -> tuple[int, ...]:
+        return (event_ms,)
+
+    def bounds(self, t: int) -> tuple[int, int]:
+        return (NEG_INF, t + 1)
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": "lifetime"}
+
+
+def window_from_spec(spec: dict[str, Any]) -> Window:
+    """Rebuild a window from ``Window.spec()`` (registry round trip)."""
+    if spec["kind"] == "lifetime":
+        return Lifetime()
+    size = timedelta(milliseconds=spec["size_ms"])
+    hop = spec.get("hop_ms")
+    return Sliding(size, None if hop is None else timedelta(milliseconds=hop))
