@@ -1,0 +1,1 @@
+"""Backfills: running views over history and writing the offline and online stores."""

@@ -1,0 +1,228 @@
+"""The ``mlfs`` command line. Errors are one line on stderr (``MLFS_DEBUG=1`` adds tracebacks)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import NoReturn
+
+from transforms.errors import MLFSError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {text!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _repo_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--repo", "-r", default=".", metavar="DIR", help="feature repository (default: .)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mlfs", description="Define features once; run them on every engine.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    init = commands.add_parser("init", help="create an example feature repository with data")
+    init.add_argument("directory", type=Path)
+    init.add_argument("--as-of", type=_timestamp, help="end of the generated data (default: now)")
+    init.add_argument("--events", type=int, default=20_000, help="history events to generate")
+    init.add_argument("--force", action="store_true", help="write into a non-empty directory")
+
+    plan = commands.add_parser("plan", help="show what `apply` would change in the registry")
+    _repo_option(plan)
+    apply = commands.add_parser("apply", help="validate the repository and register it")
+    _repo_option(apply)
+
+    backfill = commands.add_parser("backfill", help="compute feature history and latest values")
+    backfill.add_argument("views", nargs="*", metavar="VIEW", help="views to run (default: all)")
+    backfill.add_argument("--start", type=_timestamp, help="first feature time (default: all history)")
+    backfill.add_argument("--end", type=_timestamp, help="end of the range, exclusive (default: now)")
+    backfill.add_argument("--engine", default="reference", help="engine (default: reference)")
+    backfill.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    _repo_option(backfill)
+
+    registry = commands.add_parser("registry", help="look up registered views")
+    lookups = registry.add_subparsers(dest="lookup", required=True, metavar="LOOKUP")
+    listing = lookups.add_parser("list", help="every registered view")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    _repo_option(listing)
+    show = lookups.add_parser("show", help="one view's definition")
+    show.add_argument("view")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    _repo_option(show)
+    return parser
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from featurestore.scaffold import init_repo
+
+    if args.events < 100:
+        raise MLFSError("--events must be at least 100")
+    counts = init_repo(args.directory, args.as_of, args.force, args.events)
+    print(
+        f"Created feature repository {args.directory} "
+        f"({counts['history']} history events, {counts['stream']} stream lines).\n"
+        f"Next: cd {args.directory} && mlfs apply && mlfs backfill && python read_features.py"
+    )
+    return 0
+
+
+def _plan(args: argparse.Namespace, apply: bool) -> int:
+    from featurestore.repo import load_repo
+    from registry.apply import apply_repo, plan_repo
+
+    repo = load_repo(args.repo)
+    result = apply_repo(repo) if apply else plan_repo(repo)
+    for change in result.changes:
+        print(change.line())
+    if apply:
+        print(f"Applied {len(repo.views)} view(s) to project {repo.settings.project!r}.")
+    elif not result.has_changes:
+        print("No changes.")
+    return 0
+
+
+def _progress_factory() -> Callable[[str, int | None], Callable[[int], None]]:
+    from tqdm import tqdm
+
+    def make(view: str, total: int | None) -> Callable[[int], None]:
+        bar = tqdm(total=total, desc=view, unit="ev", disable=None, leave=False)
+        return bar.update
+
+    return make
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from backfill.runner import plan_backfill, run_backfill
+    from featurestore.repo import load_repo
+
+    repo = load_repo(args.repo)
+    plan = plan_backfill(repo, args.views, args.start, args.end, args.engine)
+    if args.dry_run:
+        print("\n".join(plan.describe()))
+        return 0
+    started = time.monotonic()
+    reports = run_backfill(repo, plan, _progress_factory())
+    for r in reports:
+        print(
+            f"{r.view}: {r.counts.summary()}; offline {r.offline_rows} rows in "
+            f"{r.partitions} partition(s); online {r.online_written} keys written"
+            + (f", {r.online_skipped} kept (newer)" if r.online_skipped else "")
+            + f"; {r.seconds:.1f}s"
+        )
+        if r.dead_letter_file:
+            print(f"  dead letters: {r.dead_letter_file}")
+    print(f"Backfilled {len(reports)} view(s) in {time.monotonic() - started:.1f}s.")
+    return 0
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    from featurestore.config import feast_store, load_settings
+    from registry.lookup import describe_aggregation, get_view, list_views
+
+    store = feast_store(load_settings(args.repo))
+    if args.lookup == "list":
+        records = list_views(store)
+        if args.json:
+            print(json.dumps([r.spec for r in records], indent=2, sort_keys=True))
+        elif not records:
+            print("No views registered (run `mlfs apply`).")
+        else:
+            rows = [("VIEW", "ENTITIES", "WINDOW", "FEATURES", "SOURCE", "OWNER")]
+            for r in records:
+                rows.append(
+                    (
+                        r.name,
+                        ",".join(r.spec["entities"]),
+                        r.window,
+                        str(len(r.features)),
+                        r.spec["source"],
+                        r.spec["owner"],
+                    )
+                )
+            print(_table(rows))
+        return 0
+    record = get_view(store, args.view)
+    if args.json:
+        print(json.dumps(record.spec, indent=2, sort_keys=True))
+        return 0
+    spec = record.spec
+    plan = spec["plan"]
+    transform = plan["event_transform"]
+    lines = [
+        f"view:        {record.name}",
+        f"description: {spec['description'] or '-'}",
+        f"entities:    {', '.join(spec['entities'])} (keys: "
+        f"{', '.join(k['name'] for k in plan['keys'])})",
+        f"source:      {spec['source']} (time field {spec['timestamp_field']})",
+        f"window:      {record.window}",
+        f"transform:   {transform['ref'] + ' sha256:' + transform['source_sha256'][:12] if transform else '-'}",
+        f"function:    {spec['function']['ref']} sha256:{spec['function']['source_sha256'][:12]}",
+        f"ttl:         {spec['ttl_ms'] // 1000}s" if spec["ttl_ms"] else "ttl:         none",
+        f"stores:      {'online ' if spec['online'] else ''}{'offline' if spec['offline'] else ''}",
+        f"owner:       {spec['owner'] or '-'}",
+        f"tags:        {', '.join(f'{k}={v}' for k, v in sorted(spec['tags'].items())) or '-'}",
+        "features:",
+    ]
+    rows = [("  NAME", "TYPE", "AGGREGATION")]
+    rows += [
+        (f"  {f['name']}", f["dtype"], describe_aggregation(f["aggregation"]))
+        for f in plan["features"]
+    ]
+    print("\n".join(lines))
+    print(_table(rows))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "init": cmd_init,
+    "plan": lambda a: _plan(a, apply=False),
+    "apply": lambda a: _plan(a, apply=True),
+    "backfill": cmd_backfill,
+    "registry": cmd_registry,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except MLFSError as err:
+        print(f"mlfs: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mlfs: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if os.environ.get("MLFS_DEBUG"):
+            raise
+        print(
+            f"mlfs: internal error: {type(err).__name__}: {err} (set MLFS_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

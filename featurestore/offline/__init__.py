@@ -1,0 +1,1 @@
+"""The offline store: partitioned Parquet history of every view."""

@@ -1,0 +1,180 @@
+"""The offline store: every emitted row as Parquet, partitioned by view and UTC date.
+
+Layout: ``<root>/<view>/date=YYYY-MM-DD/data.parquet`` with the join keys, the features,
+``event_timestamp`` (the feature time) and ``created_timestamp``, the two columns Feast's
+point-in-time join uses; a Feast ``FileSource`` on ``<root>/<view>`` reads it.
+
+Writing the rows of a time range ``[start, end)`` rewrites each partition it touches: rows of the
+range are replaced and rows outside it are kept, so re-running the same or an overlapping range
+never duplicates rows. Each partition file is replaced atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from featurestore.view import StreamFeatureView
+from transforms.dtypes import DType
+from transforms.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
+
+PARTITION_PREFIX = "date="
+DATA_FILE = "data.parquet"
+_TS = pa.timestamp("us", tz="UTC")
+
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "String": pa.string(),
+    "Int32": pa.int32(),
+    "Int64": pa.int64(),
+    "Float32": pa.float32(),
+    "Float64": pa.float64(),
+    "Bool": pa.bool_(),
+    "Bytes": pa.binary(),
+    "UnixTimestamp": _TS,
+}
+
+
+def arrow_type(dtype: DType) -> pa.DataType:
+    if dtype.element is not None:
+        return pa.list_(arrow_type(dtype.element))
+    return _ARROW_TYPES[dtype.name]
+
+
+def arrow_schema(view: StreamFeatureView) -> pa.Schema:
+    """The offline table schema of a view."""
+    fields = [pa.field(n, arrow_type(t)) for n, t in view.plan.keys]
+    fields += [pa.field(f.name, arrow_type(f.dtype)) for f in view.plan.features]
+    fields += [pa.field(EVENT_TIMESTAMP, _TS), pa.field(CREATED_TIMESTAMP, _TS)]
+    return pa.schema(fields)
+
+
+@dataclass
+class OfflineWriteStats:
+    rows: int = 0
+    partitions: int = 0
+
+
+def _day(value: datetime) -> date:
+    return value.astimezone(UTC).date()
+
+
+def _day_start(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+class ParquetOfflineStore:
+    """Partitioned Parquet history of every view under one root directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def view_path(self, view: str) -> Path:
+        return self.root / view
+
+    def partitions(self, view: str) -> list[date]:
+        base = self.view_path(view)
+        if not base.is_dir():
+            return []
+        days = []
+        for child in base.iterdir():
+            if child.is_dir() and child.name.startswith(PARTITION_PREFIX):
+                days.append(date.fromisoformat(child.name[len(PARTITION_PREFIX) :]))
+        return sorted(days)
+
+    def write(
+        self,
+        view: StreamFeatureView,
+        rows: Sequence[dict[str, Any]],
+        created: datetime,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> OfflineWriteStats:
+        """Replace the view's rows with event time in ``[start, end)`` by ``rows``."""
+        schema = arrow_schema(view)
+        by_day: dict[date, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_day.setdefault(_day(row[EVENT_TIMESTAMP]), []).append(
+                {**row, CREATED_TIMESTAMP: created}
+            )
+        touched = set(by_day)
+        for day in self.partitions(view.name):
+            if (start is None or _day_start(day) + timedelta(days=1) > start) and (
+                end is None or _day_start(day) < end
+            ):
+                touched.add(day)
+        stats = OfflineWriteStats()
+        for day in sorted(touched):
+            new = pa.Table.from_pylist(by_day.get(day, []), schema=schema)
+            kept = self._outside(self._read_partition(view.name, day, schema), start, end)
+            table = pa.concat_tables([kept, new]) if kept.num_rows else new
+            self._replace_partition(view, day, table)
+            stats.rows += new.num_rows
+            stats.partitions += 1
+        return stats
+
+    def read(self, view: StreamFeatureView) -> pa.Table:
+        """All rows of a view; where a row was re-emitted, only the newest created one."""
+        schema = arrow_schema(view)
+        parts = [self._read_partition(view.name, d, schema) for d in self.partitions(view.name)]
+        table = pa.concat_tables(parts) if parts else schema.empty_table()
+        if table.num_rows == 0:
+            return table
+        identity = [*view.plan.key_names, EVENT_TIMESTAMP]
+        order = [(c, "ascending") for c in identity] + [(CREATED_TIMESTAMP, "descending")]
+        table = table.sort_by(order)
+        keep = []
+        previous = None
+        for i, ident in enumerate(zip(*(table.column(c).to_pylist() for c in identity), strict=True)):
+            if ident != previous:
+                keep.append(i)
+            previous = ident
+        return table.take(keep)
+
+    def _partition_dir(self, view: str, day: date) -> Path:
+        return self.view_path(view) / f"{PARTITION_PREFIX}{day.isoformat()}"
+
+    def _read_partition(self, view: str, day: date, schema: pa.Schema) -> pa.Table:
+        directory = self._partition_dir(view, day)
+        files = sorted(directory.glob("*.parquet")) if directory.is_dir() else []
+        if not files:
+            return schema.empty_table()
+        tables = [pq.read_table(f, schema=schema) for f in files]
+        return pa.concat_tables(tables)
+
+    @staticmethod
+    def _outside(table: pa.Table, start: datetime | None, end: datetime | None) -> pa.Table:
+        if start is None and end is None:
+            return table.slice(0, 0)
+        if table.num_rows == 0:
+            return table
+        ts = table.column(EVENT_TIMESTAMP)
+        inside = None
+        if start is not None:
+            inside = pc.greater_equal(ts, pa.scalar(start, type=_TS))
+        if end is not None:
+            before_end = pc.less(ts, pa.scalar(end, type=_TS))
+            inside = before_end if inside is None else pc.and_(inside, before_end)
+        return table.filter(pc.invert(inside))
+
+    def _replace_partition(self, view: StreamFeatureView, day: date, table: pa.Table) -> None:
+        directory = self._partition_dir(view.name, day)
+        if table.num_rows == 0:
+            shutil.rmtree(directory, ignore_errors=True)
+            return
+        directory.mkdir(parents=True, exist_ok=True)
+        order = [(c, "ascending") for c in (*view.plan.key_names, EVENT_TIMESTAMP)]
+        tmp = directory / f".{DATA_FILE}.tmp"
+        pq.write_table(table.sort_by(order), tmp)
+        os.replace(tmp, directory / DATA_FILE)
+        for other in directory.glob("*.parquet"):
+            if other.name != DATA_FILE:
+                other.unlink()

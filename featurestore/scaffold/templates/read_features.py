@@ -1,0 +1,30 @@
+"""Read the features MLFS wrote with the stock Feast SDK: `python read_features.py`."""
+
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+from feast import FeatureStore
+
+store = FeatureStore(repo_path=".")
+features = [
+    "user_payment_stats_7d:payment_count_7d",
+    "user_payment_stats_7d:amount_sum_7d",
+    "user_payment_stats_7d:fail_count_7d",
+    "user_last_payment_fail:latest_payment_fail",
+    "user_last_payment_fail:latest_payment_fail_ach_nsf",
+]
+
+if __name__ == "__main__":
+    users = [{"user_id": f"u{i:04d}"} for i in range(3)]
+    online = store.get_online_features(features=features, entity_rows=users).to_df()
+    print("Online features (latest values):")
+    print(online.to_string(index=False))
+
+    now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    entity_df = pd.DataFrame(
+        {"user_id": ["u0000", "u0000", "u0001"],
+         "event_timestamp": [now - timedelta(days=10), now - timedelta(days=2), now - timedelta(days=2)]}
+    )
+    history = store.get_historical_features(entity_df=entity_df, features=features[:3]).to_df()
+    print("\nPoint-in-time features (training data):")
+    print(history.to_string(index=False))

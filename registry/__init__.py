@@ -1,0 +1,1 @@
+"""The MLFS registry: definitions stored in the Feast registry, lookups and lineage."""
