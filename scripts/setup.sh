@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Set up (or refresh) the project's virtual environment in .venv. Idempotent: a second run with
+# unchanged pyproject.toml and constraints.txt installs nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]} with apt-get"
+  apt-get update -qq && apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+python_bin=${PYTHON:-}
+if [ -z "$python_bin" ]; then
+  for candidate in python3.11 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+      python_bin=$candidate; break
+    fi
+  done
+fi
+[ -n "$python_bin" ] || { echo "setup: Python 3.11 is required" >&2; exit 1; }
+
+[ -x .venv/bin/python ] || "$python_bin" -m venv .venv
+stamp=.venv/.mlfs-setup
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c 'import featurestore' 2>/dev/null; then
+  exit 0
+fi
+echo "setup: installing Python packages into .venv (first run takes a few minutes)"
+pip_install() { .venv/bin/pip install -q --disable-pip-version-check "$@"; }
+# torch first, so nothing pulls a multi-GB CUDA build; then everything else, pinned.
+pip_install -c constraints.txt torch==2.13.0
+pip_install -c constraints.txt -e ".[dev]"
+.venv/bin/pip check >/dev/null
+.venv/bin/python -W ignore -c 'import featurestore, feast, pyspark, pyflink, apache_beam, torch'
+echo "$want" > "$stamp"

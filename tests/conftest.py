@@ -1,0 +1,100 @@
+"""Shared fixtures: views built in code, a private redis-server, an example repository."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from featurestore import (
+    Aggregations,
+    Entity,
+    Field,
+    FileStreamSource,
+    String,
+    StreamFeatureView,
+    UnifiedTransformer,
+    stream_feature_view,
+)
+from transforms.aggregations import Aggregation
+from transforms.dtypes import DType
+from transforms.windows import Window
+
+AS_OF = datetime(2026, 11, 22, 20, 0, tzinfo=UTC)
+
+USER = Entity(name="user", join_keys=["user_id"])
+EVENTS = FileStreamSource(name="events", path="stream", history="history.parquet")
+
+
+def make_view(
+    features: dict[str, tuple[DType, Aggregation]],
+    window: Window | None = None,
+    transform: Callable[[dict[str, Any]], Any] | None = None,
+    name: str = "test_view",
+) -> StreamFeatureView:
+    """A one-entity view (key ``user_id``) over the ``events`` source, built in code."""
+    schema = [Field("user_id", String)] + [Field(n, t) for n, (t, _) in features.items()]
+
+    def view_function(ctx: Any, inputs: Any) -> Any:
+        return UnifiedTransformer(
+            ctx,
+            window=window,
+            event_transform=transform,
+            aggregator=Aggregations(**{n: agg for n, (_, agg) in features.items()}),
+        ).run(inputs)
+
+    view_function.__name__ = name
+    return stream_feature_view(entities=[USER], schema=schema, source=EVENTS)(view_function)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def redis_port(tmp_path: Path) -> Iterator[int]:
+    """A real redis-server of this test's own, on a free port, stopped afterwards."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (scripts/setup.sh installs it)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.05)
+    yield port
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def t(seconds: float) -> int:
+    """Epoch milliseconds for a number of seconds (test readability)."""
+    return int(seconds * 1000)
+
+
+def at(hours: float = 0, minutes: float = 0, seconds: float = 0) -> datetime:
+    """A UTC time on 2026-01-01 (epoch-aligned windows in tests)."""
+    return datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=hours, minutes=minutes, seconds=seconds)
