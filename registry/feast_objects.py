@@ -99,11 +99,13 @@ def feast_feature_view(view: StreamFeatureView, entities: list[Any], offline_roo
     """The view as a Feast ``FeatureView`` reading MLFS's offline output."""
     from feast import FeatureView, FileSource
     from feast import Field as FeastField
+    from feast.data_format import ParquetFormat
 
     spec = view.spec()
     output = FileSource(
         name=output_source_name(view.name),
         path=str(offline_dir(offline_root, view.name)),
+        file_format=ParquetFormat(),
         timestamp_field=EVENT_TIMESTAMP,
         created_timestamp_column=CREATED_TIMESTAMP,
         tags={TAG_MANAGED: "true", TAG_KIND: OUTPUT_KIND},

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from transforms.timeutil import ms_to_datetime, parse_event_time
@@ -116,5 +115,18 @@ def coerce(value: Any, dtype: DType) -> Any:
     raise CoercionError(f"expected {dtype}, got {type(value).__name__} {value!r:.60}")
 
 
-def is_timestamp(value: Any) -> bool:
-    return isinstance(value, datetime)
+def feature_value(value: Any, dtype: DType) -> Any:
+    """An aggregation result as the stored feature value of ``dtype``.
+
+    ``UnixTimestamp`` feature values are floored to whole seconds, because Feast's ``Value`` type
+    (what online stores hold) has no finer unit; flooring everywhere keeps offline (training) and
+    online (serving) values identical. Event times themselves keep milliseconds.
+    """
+    value = coerce(value, dtype)
+    if value is None:
+        return None
+    if dtype.name == "UnixTimestamp":
+        return value.replace(microsecond=0)
+    if dtype.element is not None and dtype.element.name == "UnixTimestamp":
+        return [None if v is None else v.replace(microsecond=0) for v in value]
+    return value

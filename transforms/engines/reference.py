@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from transforms.dtypes import coerce
+from transforms.dtypes import feature_value
 from transforms.events import (
     LATE,
     DeadLetter,
@@ -129,7 +129,7 @@ def _key_rows(
                     accs[i] = agg.add(accs[i], value, ts)
         row: dict[str, Any] = dict(zip(plan.key_names, key, strict=True))
         for i, feature in enumerate(plan.features):
-            row[feature.name] = coerce(aggs[i].result(accs[i]), feature.dtype)
+            row[feature.name] = feature_value(aggs[i].result(accs[i]), feature.dtype)
         row[EVENT_TIMESTAMP] = ms_to_datetime(t)
         rows.append(row)
     return rows

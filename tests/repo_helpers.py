@@ -1,0 +1,22 @@
+"""Test helpers: an example repository configured for SQLite or a test's own Redis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from conftest import AS_OF
+
+from featurestore.cli import main
+
+
+def example_repo(path: Path, events: int = 2000, redis_env: str | None = None) -> Path:
+    """``mlfs init`` a repository; with ``redis_env``, its online store is the Redis whose
+    connection string is in that environment variable (as a user would keep credentials)."""
+    assert main(["init", str(path), "--as-of", AS_OF.isoformat(), "--events", str(events)]) == 0
+    if redis_env:
+        config_file = path / "feature_store.yaml"
+        config = yaml.safe_load(config_file.read_text())
+        config["online_store"] = {"type": "redis", "connection_string": "${" + redis_env + "}"}
+        config_file.write_text(yaml.safe_dump(config))
+    return path

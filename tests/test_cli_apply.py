@@ -1,0 +1,157 @@
+"""`mlfs init / plan / apply / registry` on a real repository, and errors as one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import AS_OF
+
+from featurestore.cli import main
+
+MLFS = str(Path(sys.executable).with_name("mlfs"))
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    path = tmp_path / "repo"
+    assert main(["init", str(path), "--as-of", AS_OF.isoformat(), "--events", "500"]) == 0
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_init_plan_apply_and_lookups(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    code, out, _ = run(capsys, "plan", "--repo", str(repo))
+    assert code == 0
+    assert "+ view user_payment_stats_7d" in out and "+ entity user" in out
+    assert "+ source payments" in out
+
+    code, out, _ = run(capsys, "apply", "--repo", str(repo))
+    assert code == 0 and "Applied 3 view(s)" in out
+    code, out, _ = run(capsys, "plan", "--repo", str(repo))
+    assert "No changes." in out and "- " not in out
+
+    code, out, _ = run(capsys, "registry", "list", "--repo", str(repo))
+    lines = out.splitlines()
+    assert lines[0].split() == ["VIEW", "ENTITIES", "WINDOW", "FEATURES", "SOURCE", "OWNER"]
+    assert any(l.split()[:4] == ["merchant_amount_1h", "merchant", "tumbling", "1h"] for l in lines)
+    assert any(l.split()[:4] == ["user_payment_stats_7d", "user", "sliding", "7d"] for l in lines)
+    assert any(l.split()[:3] == ["user_last_payment_fail", "user", "lifetime"] for l in lines)
+
+    code, out, _ = run(capsys, "registry", "show", "user_payment_stats_7d", "--repo", str(repo))
+    assert "window:      sliding 7d" in out
+    assert "features.payment_amounts sha256:" in out.replace(":payment_amounts", ".payment_amounts")
+    assert "amount_sum_7d" in out and "sum(amount)" in out and "count()" in out
+
+    code, out, _ = run(capsys, "registry", "show", "user_last_payment_fail", "--json",
+                       "--repo", str(repo))
+    spec = json.loads(out)
+    assert spec["plan"]["window"] == {"kind": "lifetime"}
+    assert spec["owner"] == "risk@example.com" and spec["tags"] == {"team": "risk"}
+    assert spec["plan"]["event_transform"]["ref"] == "features:extract_payment_fail_data"
+
+    code, _, err = run(capsys, "registry", "show", "user_payment_stats", "--repo", str(repo))
+    assert code == 1 and "did you mean user_payment_stats_7d" in err
+
+
+def test_plan_shows_what_changed(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["apply", "--repo", str(repo)]) == 0
+    features = repo / "features.py"
+    features.write_text(features.read_text().replace("timedelta(days=7)", "timedelta(days=14)"))
+    capsys.readouterr()
+    _, out, _ = run(capsys, "plan", "--repo", str(repo))
+    assert "~ view user_payment_stats_7d (changed: function.source_sha256, plan.window.size_ms)" in out
+    assert "= view merchant_amount_1h" in out
+
+
+BROKEN = {
+    "unknown field": (
+        "fail_count_7d=Sum(\"failed\"),",
+        "fail_count_7d=Sum(\"failed\"), refunds_7d=Count(),",
+        "features.py: view 'user_payment_stats_7d': unknown field 'refunds_7d'",
+    ),
+    "wrong window": (
+        "window=Sliding(size=timedelta(days=7)),",
+        "window=Sliding(size=timedelta(days=7), hop=timedelta(days=2)),",
+        "features.py: view 'user_payment_stats_7d': calling the view function to capture its "
+        "definition failed: ValueError: window size 7 days, 0:00:00 is not a multiple of its hop",
+    ),
+    "missing entity": (
+        "    entities=[merchant],",
+        "    entities=[Entity(name=\"shop\", join_keys=[\"merchant_id\"])],",
+        "features.py: view 'merchant_amount_1h': missing entity 'shop'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_apply_rejects_broken_definitions_and_changes_nothing(
+    repo: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    assert main(["apply", "--repo", str(repo)]) == 0
+    registry = repo / "data" / "registry.db"
+    before = registry.read_bytes()
+    old, new, message = BROKEN[case]
+    features = repo / "features.py"
+    text = features.read_text()
+    assert old in text
+    features.write_text(text.replace(old, new, 1))
+    capsys.readouterr()
+    code, out, err = run(capsys, "apply", "--repo", str(repo))
+    assert code == 1 and out == ""
+    assert err.startswith(f"mlfs: error: {message}"), err
+    assert len(err.strip().splitlines()) == 1
+    assert registry.read_bytes() == before
+
+
+def test_apply_rejects_duplicate_view_names(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (repo / "more_features.py").write_text(
+        "from features import *\n"
+        "from features import payments, user, payment_amounts\n"
+        "from datetime import timedelta\n"
+        "@stream_feature_view(entities=[user], schema=[Field('user_id', String), "
+        "Field('n', Int64)], source=payments, name='user_payment_stats_7d')\n"
+        "def again(ctx, inputs):\n"
+        "    return UnifiedTransformer(ctx, aggregator=Aggregations(n=Count())).run(inputs)\n"
+    )
+    code, _, err = run(capsys, "apply", "--repo", str(repo))
+    assert code == 1
+    assert "more_features.py: view 'user_payment_stats_7d': duplicate view name" in err
+    assert "(also defined in features.py)" in err
+    assert not (repo / "data" / "registry.db").exists()
+
+
+def test_import_errors_name_file_and_line(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (repo / "typo.py").write_text("x = 1\ny = undefined_name\n")
+    code, _, err = run(capsys, "plan", "--repo", str(repo))
+    assert code == 1
+    assert "typo.py: importing failed (line 2): NameError" in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["frobnicate"],
+        ["backfill", "--start", "last tuesday"],
+        ["init"],
+        ["apply", "--repo", "/nonexistent/repo"],
+        ["registry", "show"],
+    ],
+)
+def test_bad_arguments_print_one_line(args: list[str], tmp_path: Path) -> None:
+    proc = subprocess.run([MLFS, *args], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "MLFS_DEBUG": ""}, timeout=120)
+    assert proc.returncode in (1, 2)
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("mlfs")

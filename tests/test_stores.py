@@ -1,0 +1,141 @@
+"""Online stores (Redis in Feast's layout, SQLite through Feast) and the Parquet offline store."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+import redis
+from conftest import AS_OF
+from repo_helpers import example_repo
+
+from featurestore.config import feast_store, load_settings
+from featurestore.offline.parquet import ParquetOfflineStore
+from featurestore.online import open_online_writer
+from featurestore.repo import load_repo
+from registry.apply import apply_repo
+from transforms.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
+
+VIEW = "user_payment_stats_7d"
+FEATURES = [f"{VIEW}:payment_count_7d", f"{VIEW}:amount_sum_7d", f"{VIEW}:fail_count_7d"]
+
+
+def row(user: str, ts: datetime, count: int, amount: float, fails: int) -> dict[str, Any]:
+    return {"user_id": user, "payment_count_7d": count, "amount_sum_7d": amount,
+            "fail_count_7d": fails, EVENT_TIMESTAMP: ts}
+
+
+def online(store: Any, user: str) -> tuple[Any, ...]:
+    got = store.get_online_features(features=FEATURES, entity_rows=[{"user_id": user}]).to_dict()
+    return (got["payment_count_7d"][0], got["amount_sum_7d"][0], got["fail_count_7d"][0])
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def applied_repo(request: pytest.FixtureRequest, tmp_path: Path,
+                 monkeypatch: pytest.MonkeyPatch) -> Path:
+    if request.param == "redis":
+        port = request.getfixturevalue("redis_port")
+        monkeypatch.setenv("MLFS_TEST_REDIS", f"127.0.0.1:{port}")
+        repo = example_repo(tmp_path / "repo", events=300, redis_env="MLFS_TEST_REDIS")
+    else:
+        repo = example_repo(tmp_path / "repo", events=300)
+    apply_repo(load_repo(repo))
+    return repo
+
+
+def test_online_writes_are_newer_wins_and_readable_by_feast(applied_repo: Path) -> None:
+    repo = load_repo(applied_repo)
+    view = repo.views[VIEW]
+    store = feast_store(repo.settings)
+    writer = open_online_writer(repo.settings, store)
+    t1 = AS_OF - timedelta(hours=1)
+
+    stats = writer.write(view, [row("u1", t1, 3, 30.5, 1), row("u2", t1, 1, 2.0, 0)])
+    assert (stats.written, stats.skipped_older) == (2, 0)
+    assert online(store, "u1") == (3, 30.5, 1)
+
+    stats = writer.write(view, [row("u1", t1 - timedelta(milliseconds=1), 9, 9.0, 9)])
+    assert (stats.written, stats.skipped_older) == (0, 1)  # older: kept the newer value
+    assert online(store, "u1") == (3, 30.5, 1)
+
+    writer.write(view, [row("u1", t1, 4, 31.5, 1)])  # same timestamp: a correction replaces
+    assert online(store, "u1") == (4, 31.5, 1)
+
+    # within one batch the newest row per key is the one written
+    writer.write(view, [row("u1", t1 + timedelta(seconds=2), 6, 60.0, 0),
+                        row("u1", t1 + timedelta(seconds=1), 5, 50.0, 0)])
+    assert online(store, "u1") == (6, 60.0, 0)
+    assert online(store, "u2") == (1, 2.0, 0)
+    assert online(store, "nobody") == (None, None, None)
+    writer.close()
+
+
+def test_redis_layout_is_feasts(tmp_path: Path, redis_port: int,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.infra.online_stores.helpers import _mmh3
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    monkeypatch.setenv("MLFS_TEST_REDIS", f"127.0.0.1:{redis_port}")
+    repo = load_repo(example_repo(tmp_path / "repo", events=300, redis_env="MLFS_TEST_REDIS"))
+    apply_repo(repo)
+    ts = datetime(2026, 5, 1, 12, 0, 0, 123000, tzinfo=UTC)
+    open_online_writer(repo.settings).write(repo.views[VIEW], [row("u7", ts, 2, 1.25, 0)])
+
+    key = serialize_entity_key(
+        EntityKey(join_keys=["user_id"], entity_values=[Value(string_val="u7")]), 3
+    ) + repo.settings.project.encode()
+    stored = redis.Redis(port=redis_port).hgetall(key)
+    assert set(stored) == {f"_ts:{VIEW}".encode()} | {
+        _mmh3(f"{VIEW}:{name}") for name in ("payment_count_7d", "amount_sum_7d", "fail_count_7d")
+    }
+    stamp = Timestamp()
+    stamp.ParseFromString(stored[f"_ts:{VIEW}".encode()])
+    assert stamp.ToDatetime(tzinfo=UTC) == ts
+    value = Value()
+    value.ParseFromString(stored[_mmh3(f"{VIEW}:amount_sum_7d")])
+    assert value.double_val == 1.25
+
+
+def test_offline_partitions_are_idempotent(tmp_path: Path) -> None:
+    repo = load_repo(example_repo(tmp_path / "repo", events=300))
+    view = repo.views[VIEW]
+    store = ParquetOfflineStore(tmp_path / "offline")
+    day1, day2 = datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC)
+    rows = [row("a", day1 + timedelta(hours=h), h, float(h), 0) for h in range(0, 48, 6)]
+    first = datetime(2026, 4, 1, tzinfo=UTC)
+    assert store.write(view, rows, first).partitions == 2
+    assert store.partitions(VIEW) == [day1.date(), day2.date()]
+    assert store.write(view, rows, first + timedelta(days=1)).rows == len(rows)
+    table = store.read(view)
+    assert table.num_rows == len(rows)  # a re-run replaced, never appended
+
+    # an overlapping range [day1 12:00, day2 12:00) replaces only the rows inside it
+    start, end = day1 + timedelta(hours=12), day2 + timedelta(hours=12)
+    newer = [row("a", day1 + timedelta(hours=18), 100, 1.0, 1)]
+    store.write(view, newer, first + timedelta(days=2), start, end)
+    got = {(r[EVENT_TIMESTAMP], r["payment_count_7d"]) for r in store.read(view).to_pylist()}
+    expected = {(r[EVENT_TIMESTAMP], r["payment_count_7d"]) for r in rows
+                if not start <= r[EVENT_TIMESTAMP] < end}
+    expected.add((day1 + timedelta(hours=18), 100))
+    assert got == expected
+
+    files = sorted((tmp_path / "offline" / VIEW).rglob("*.parquet"))
+    assert [f.parent.name for f in files] == ["date=2026-03-01", "date=2026-03-02"]
+    assert pq.read_schema(files[0]).names == [
+        "user_id", "payment_count_7d", "amount_sum_7d", "fail_count_7d", EVENT_TIMESTAMP,
+        CREATED_TIMESTAMP,
+    ]
+
+
+def test_settings_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = example_repo(tmp_path / "repo", events=300, redis_env="MLFS_SECRET_REDIS")
+    monkeypatch.setenv("MLFS_SECRET_REDIS", "cache.internal:6380,password=s3cret")
+    settings = load_settings(repo)
+    assert settings.online_store["connection_string"] == "cache.internal:6380,password=s3cret"
+    assert "s3cret" not in (repo / "feature_store.yaml").read_text()
