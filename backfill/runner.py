@@ -121,9 +121,7 @@ def _check_applied(store: Any, views: list[StreamFeatureView]) -> None:
         if view.name not in held:
             raise MLFSError(f"view {view.name!r} is not registered; run `mlfs apply` first")
         if held[view.name] != spec_hash(view.spec()):
-            raise MLFSError(
-                f"view {view.name!r} changed since the last `mlfs apply`; run `mlfs apply` first"
-            )
+            raise MLFSError(f"view {view.name!r} changed since the last `mlfs apply`; run `mlfs apply` first")
 
 
 def run_backfill(
@@ -144,14 +142,11 @@ def run_backfill(
             files = plan.inputs[view.name]
             total = ds.dataset([str(f) for f in files], format="parquet").count_rows()
             tick = progress(view.name, total) if progress else None
-            result = view.run(
-                read_history(history_path(repo, view)), Runner.REFERENCE, progress=tick
-            )
+            result = view.run(read_history(history_path(repo, view)), Runner.REFERENCE, progress=tick)
             rows = [
                 r
                 for r in result.rows
-                if (plan.start is None or r[EVENT_TIMESTAMP] >= plan.start)
-                and r[EVENT_TIMESTAMP] < plan.end
+                if (plan.start is None or r[EVENT_TIMESTAMP] >= plan.start) and r[EVENT_TIMESTAMP] < plan.end
             ]
             report = ViewReport(view.name, result.counts)
             if view.offline:

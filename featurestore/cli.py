@@ -29,9 +29,7 @@ def _timestamp(text: str) -> datetime:
 
 
 def _repo_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--repo", "-r", default=".", metavar="DIR", help="feature repository (default: .)"
-    )
+    parser.add_argument("--repo", "-r", default=".", metavar="DIR", help="feature repository (default: .)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,7 +147,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
         elif not records:
             print("No views registered (run `mlfs apply`).")
         else:
-            rows = [("VIEW", "ENTITIES", "WINDOW", "FEATURES", "SOURCE", "OWNER")]
+            rows: list[tuple[str, ...]] = [("VIEW", "ENTITIES", "WINDOW", "FEATURES", "SOURCE", "OWNER")]
             for r in records:
                 rows.append(
                     (
@@ -170,14 +168,14 @@ def cmd_registry(args: argparse.Namespace) -> int:
     spec = record.spec
     plan = spec["plan"]
     transform = plan["event_transform"]
+    transform_text = f"{transform['ref']} sha256:{transform['source_sha256'][:12]}" if transform else "-"
     lines = [
         f"view:        {record.name}",
         f"description: {spec['description'] or '-'}",
-        f"entities:    {', '.join(spec['entities'])} (keys: "
-        f"{', '.join(k['name'] for k in plan['keys'])})",
+        f"entities:    {', '.join(spec['entities'])} (keys: {', '.join(k['name'] for k in plan['keys'])})",
         f"source:      {spec['source']} (time field {spec['timestamp_field']})",
         f"window:      {record.window}",
-        f"transform:   {transform['ref'] + ' sha256:' + transform['source_sha256'][:12] if transform else '-'}",
+        f"transform:   {transform_text}",
         f"function:    {spec['function']['ref']} sha256:{spec['function']['source_sha256'][:12]}",
         f"ttl:         {spec['ttl_ms'] // 1000}s" if spec["ttl_ms"] else "ttl:         none",
         f"stores:      {'online ' if spec['online'] else ''}{'offline' if spec['offline'] else ''}",
@@ -186,10 +184,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
         "features:",
     ]
     rows = [("  NAME", "TYPE", "AGGREGATION")]
-    rows += [
-        (f"  {f['name']}", f["dtype"], describe_aggregation(f["aggregation"]))
-        for f in plan["features"]
-    ]
+    rows += [(f"  {f['name']}", f["dtype"], describe_aggregation(f["aggregation"])) for f in plan["features"]]
     print("\n".join(lines))
     print(_table(rows))
     return 0

@@ -69,8 +69,7 @@ def load_settings(repo_path: str | Path) -> RepoSettings:
         online = {"type": online}
     if online.get("type", "sqlite") not in ("sqlite", "redis"):
         raise ConfigError(
-            f"{config_file}: online_store type {online.get('type')!r} is not supported "
-            "(use sqlite or redis)"
+            f"{config_file}: online_store type {online.get('type')!r} is not supported (use sqlite or redis)"
         )
     mlfs = raw.get("mlfs") or {}
     if not isinstance(mlfs, dict):

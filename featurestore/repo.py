@@ -129,15 +129,16 @@ def _collect(repo: FeatureRepo, module: Any, file: str) -> None:
         for kind, cls, table in kinds:
             if not isinstance(value, cls):
                 continue
-            held = table.get(value.name)
+            name: str = value.name  # type: ignore[attr-defined]
+            held = table.get(name)
             if held is None:
-                table[value.name] = value
-                repo.files[(kind, value.name)] = file
+                table[name] = value
+                repo.files[(kind, name)] = file
             elif held is not value:
-                other = repo.files[(kind, value.name)]
+                other = repo.files[(kind, name)]
                 raise DefinitionError(
-                    value.name if kind == "view" else None,
-                    f"duplicate {kind} name {value.name!r} (also defined in {other})",
+                    name if kind == "view" else None,
+                    f"duplicate {kind} name {name!r} (also defined in {other})",
                     file,
                 )
 
@@ -149,8 +150,7 @@ def _check(repo: FeatureRepo) -> None:
             if repo.entities.get(entity.name) != entity:
                 raise DefinitionError(
                     name,
-                    f"missing entity {entity.name!r}: it is not defined at module level in the "
-                    "repository",
+                    f"missing entity {entity.name!r}: it is not defined at module level in the repository",
                     file,
                 )
         if repo.sources.get(view.source.name) != view.source:

@@ -71,9 +71,7 @@ class StreamFeatureView:
 
     def info(self) -> ViewInfo:
         by_name = {f.name: f for f in self.schema}
-        keys = tuple(
-            (k, by_name[k].dtype) for e in self.entities for k in e.join_keys
-        )
+        keys = tuple((k, by_name[k].dtype) for e in self.entities for k in e.join_keys)
         return ViewInfo(
             name=self.name,
             keys=keys,
@@ -97,8 +95,7 @@ class StreamFeatureView:
         except Exception as err:
             raise DefinitionError(
                 self.name,
-                f"calling the view function to capture its definition failed: "
-                f"{type(err).__name__}: {err}",
+                f"calling the view function to capture its definition failed: {type(err).__name__}: {err}",
             ) from err
         if not isinstance(out, UnifiedTransformer):
             raise DefinitionError(
@@ -190,8 +187,7 @@ def stream_feature_view(
                 _check(
                     view,
                     by_name[key].dtype.name in KEY_TYPES,
-                    f"join key {key!r} must be one of {', '.join(KEY_TYPES)}, "
-                    f"not {by_name[key].dtype}",
+                    f"join key {key!r} must be one of {', '.join(KEY_TYPES)}, not {by_name[key].dtype}",
                 )
         time_field = timestamp_field or source.timestamp_field
         _check(

@@ -54,7 +54,9 @@ def _diff_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> li
     return changed
 
 
-def _compare(kind: str, name: str, held: Any, new_spec: dict[str, Any] | None, new_hash: str | None) -> Change:
+def _compare(
+    kind: str, name: str, held: Any, new_spec: dict[str, Any] | None, new_hash: str | None
+) -> Change:
     if held is None:
         return Change(kind, name, "create")
     if new_hash is not None and held.tags.get(TAG_SPEC_HASH) == new_hash:
@@ -109,9 +111,7 @@ def plan_repo(repo: FeatureRepo, store: Any | None = None) -> ApplyPlan:
             view, [entity_objects[e.name] for e in view.entities], repo.settings.offline_path
         )
         objects.append(obj)
-        changes.append(
-            _compare("view", name, held_views.get(name), view.spec(), obj.tags[TAG_SPEC_HASH])
-        )
+        changes.append(_compare("view", name, held_views.get(name), view.spec(), obj.tags[TAG_SPEC_HASH]))
 
     deletions: list[Any] = []
     for kind, held, current in (

@@ -19,8 +19,8 @@ from featurestore import (
     Entity,
     Field,
     FileStreamSource,
-    String,
     StreamFeatureView,
+    String,
     UnifiedTransformer,
     stream_feature_view,
 )
@@ -69,8 +69,19 @@ def redis_port(tmp_path: Path) -> Iterator[int]:
         pytest.fail("redis-server is not installed (scripts/setup.sh installs it)")
     port = free_port()
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path)],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -62,8 +62,16 @@ def test_empty_values() -> None:
     assert result(Count(), []) == 0
     assert result(CountDistinct("v"), []) == 0
     assert result(Sum("v"), []) == 0
-    for agg in (Mean("v"), Min("v"), Max("v"), Latest("v"), First("v"), LastK("v", 2),
-                Variance("v"), Stddev("v")):
+    for agg in (
+        Mean("v"),
+        Min("v"),
+        Max("v"),
+        Latest("v"),
+        First("v"),
+        LastK("v", 2),
+        Variance("v"),
+        Stddev("v"),
+    ):
         assert result(agg, []) is None, agg
     assert result(Variance("v", sample=True), [(1, 3.0)]) is None
     assert result(Variance("v"), [(1, 3.0)]) == 0.0
@@ -78,18 +86,32 @@ def test_output_type_checks() -> None:
 
 
 def test_spec_round_trip() -> None:
-    for agg in (Count(), Count("x"), Sum("x"), Variance("x", sample=True), LastK("x", k=4),
-                CountDistinct("x", dtype=Int64), Latest("x")):
+    for agg in (
+        Count(),
+        Count("x"),
+        Sum("x"),
+        Variance("x", sample=True),
+        LastK("x", k=4),
+        CountDistinct("x", dtype=Int64),
+        Latest("x"),
+    ):
         assert aggregation_from_spec(agg.spec()) == agg
 
 
-EXACT = [Count(), Count("v"), Sum("v"), Min("v"), Max("v"), Latest("v"), First("v"),
-         LastK("v", 3), CountDistinct("v", dtype=Int64)]
+EXACT = [
+    Count(),
+    Count("v"),
+    Sum("v"),
+    Min("v"),
+    Max("v"),
+    Latest("v"),
+    First("v"),
+    LastK("v", 3),
+    CountDistinct("v", dtype=Int64),
+]
 FLOATING = [Mean("v"), Variance("v"), Variance("v", sample=True), Stddev("v")]
 
-events_strategy = st.lists(
-    st.tuples(st.integers(0, 50), st.integers(-1000, 1000)), max_size=30
-)
+events_strategy = st.lists(st.tuples(st.integers(0, 50), st.integers(-1000, 1000)), max_size=30)
 
 
 @given(events=events_strategy, cut=st.integers(0, 30), order=st.randoms(use_true_random=False))

@@ -47,8 +47,7 @@ def normalise(value: Any) -> Any:
 
 
 @pytest.fixture(params=["sqlite", "redis"])
-def backfilled(request: pytest.FixtureRequest, tmp_path: Path,
-               monkeypatch: pytest.MonkeyPatch) -> Path:
+def backfilled(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     redis_env = None
     if request.param == "redis":
         monkeypatch.setenv("MLFS_TEST_REDIS", f"127.0.0.1:{request.getfixturevalue('redis_port')}")
@@ -62,9 +61,11 @@ def backfilled(request: pytest.FixtureRequest, tmp_path: Path,
 def test_online_values_equal_reference(backfilled: Path) -> None:
     repo = load_repo(backfilled)
     store = feast_store(repo.settings)
-    for view_name, key in [("user_payment_stats_7d", "user_id"),
-                           ("user_last_payment_fail", "user_id"),
-                           ("merchant_amount_1h", "merchant_id")]:
+    for view_name, key in [
+        ("user_payment_stats_7d", "user_id"),
+        ("user_last_payment_fail", "user_id"),
+        ("merchant_amount_1h", "merchant_id"),
+    ]:
         expected = latest(reference_rows(repo, view_name), key)
         assert len(expected) > 10
         features = [f.name for f in repo.views[view_name].feature_fields]
@@ -94,8 +95,7 @@ def test_historical_values_are_point_in_time_correct(backfilled: Path) -> None:
     probes += [(u, t - timedelta(milliseconds=1)) for u, t in sorted(first_rows.items())[:5]]
     probes += [("nobody", AS_OF - timedelta(days=1))]
     probes = sorted({(u, t) for u, t in probes if t < AS_OF})
-    entity_df = pd.DataFrame({"user_id": [u for u, _ in probes],
-                              "event_timestamp": [t for _, t in probes]})
+    entity_df = pd.DataFrame({"user_id": [u for u, _ in probes], "event_timestamp": [t for _, t in probes]})
     features = ["payment_count_7d", "amount_sum_7d", "fail_count_7d"]
     got = store.get_historical_features(
         entity_df=entity_df, features=[f"user_payment_stats_7d:{f}" for f in features]
@@ -119,8 +119,10 @@ def test_rerun_is_idempotent_and_bad_rows_are_dead_lettered(backfilled: Path) ->
     view = repo.views["user_payment_stats_7d"]
     before = offline.read(view).num_rows
     assert before == len(reference_rows(repo, view.name))
-    assert main(["backfill", "user_payment_stats_7d", "--end", AS_OF.isoformat(),
-                 "--repo", str(backfilled)]) == 0
+    assert (
+        main(["backfill", "user_payment_stats_7d", "--end", AS_OF.isoformat(), "--repo", str(backfilled)])
+        == 0
+    )
     assert offline.read(view).num_rows == before
     letters = list((repo.settings.dead_letter_path / view.name).glob("*.jsonl"))
     assert len(letters) == 1

@@ -44,17 +44,16 @@ def test_init_plan_apply_and_lookups(repo: Path, capsys: pytest.CaptureFixture[s
     code, out, _ = run(capsys, "registry", "list", "--repo", str(repo))
     lines = out.splitlines()
     assert lines[0].split() == ["VIEW", "ENTITIES", "WINDOW", "FEATURES", "SOURCE", "OWNER"]
-    assert any(l.split()[:4] == ["merchant_amount_1h", "merchant", "tumbling", "1h"] for l in lines)
-    assert any(l.split()[:4] == ["user_payment_stats_7d", "user", "sliding", "7d"] for l in lines)
-    assert any(l.split()[:3] == ["user_last_payment_fail", "user", "lifetime"] for l in lines)
+    assert any(line.split()[:4] == ["merchant_amount_1h", "merchant", "tumbling", "1h"] for line in lines)
+    assert any(line.split()[:4] == ["user_payment_stats_7d", "user", "sliding", "7d"] for line in lines)
+    assert any(line.split()[:3] == ["user_last_payment_fail", "user", "lifetime"] for line in lines)
 
     code, out, _ = run(capsys, "registry", "show", "user_payment_stats_7d", "--repo", str(repo))
     assert "window:      sliding 7d" in out
     assert "features.payment_amounts sha256:" in out.replace(":payment_amounts", ".payment_amounts")
     assert "amount_sum_7d" in out and "sum(amount)" in out and "count()" in out
 
-    code, out, _ = run(capsys, "registry", "show", "user_last_payment_fail", "--json",
-                       "--repo", str(repo))
+    code, out, _ = run(capsys, "registry", "show", "user_last_payment_fail", "--json", "--repo", str(repo))
     spec = json.loads(out)
     assert spec["plan"]["window"] == {"kind": "lifetime"}
     assert spec["owner"] == "risk@example.com" and spec["tags"] == {"team": "risk"}
@@ -76,8 +75,8 @@ def test_plan_shows_what_changed(repo: Path, capsys: pytest.CaptureFixture[str])
 
 BROKEN = {
     "unknown field": (
-        "fail_count_7d=Sum(\"failed\"),",
-        "fail_count_7d=Sum(\"failed\"), refunds_7d=Count(),",
+        'fail_count_7d=Sum("failed"),',
+        'fail_count_7d=Sum("failed"), refunds_7d=Count(),',
         "features.py: view 'user_payment_stats_7d': unknown field 'refunds_7d'",
     ),
     "wrong window": (
@@ -88,7 +87,7 @@ BROKEN = {
     ),
     "missing entity": (
         "    entities=[merchant],",
-        "    entities=[Entity(name=\"shop\", join_keys=[\"merchant_id\"])],",
+        '    entities=[Entity(name="shop", join_keys=["merchant_id"])],',
         "features.py: view 'merchant_amount_1h': missing entity 'shop'",
     ),
 }
@@ -149,8 +148,14 @@ def test_import_errors_name_file_and_line(repo: Path, capsys: pytest.CaptureFixt
     ],
 )
 def test_bad_arguments_print_one_line(args: list[str], tmp_path: Path) -> None:
-    proc = subprocess.run([MLFS, *args], capture_output=True, text=True, cwd=tmp_path,
-                          env={**os.environ, "MLFS_DEBUG": ""}, timeout=120)
+    proc = subprocess.run(
+        [MLFS, *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "MLFS_DEBUG": ""},
+        timeout=120,
+    )
     assert proc.returncode in (1, 2)
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -33,8 +33,11 @@ def test_decorator_captures_plan_without_running() -> None:
         calls.append(event)
         return event
 
-    view = make_view({"n": (Int64, Count()), "s": (Float64, Sum("amount"))},
-                     window=Sliding(timedelta(days=7)), transform=transform)
+    view = make_view(
+        {"n": (Int64, Count()), "s": (Float64, Sum("amount"))},
+        window=Sliding(timedelta(days=7)),
+        transform=transform,
+    )
     assert calls == []  # capturing never runs the transform
     assert view.plan.window.spec() == {"kind": "continuous", "size_ms": 7 * 86_400_000}
     assert [(f.name, f.aggregation.spec()) for f in view.plan.features] == [
@@ -50,8 +53,11 @@ def test_seed_style_latest_feature_aggregator() -> None:
     @stream_feature_view(
         entities=[USER],
         ttl=timedelta(days=0),
-        schema=[Field("user_id", String), Field("timestamp", UnixTimestamp),
-                Field("latest_payment_fail", UnixTimestamp)],
+        schema=[
+            Field("user_id", String),
+            Field("timestamp", UnixTimestamp),
+            Field("latest_payment_fail", UnixTimestamp),
+        ],
         online=True,
         source=EVENTS,
         timestamp_field="timestamp",
@@ -71,20 +77,24 @@ def test_seed_style_latest_feature_aggregator() -> None:
         ("latest_payment_fail", "latest", "latest_payment_fail")
     ]
     rows = user_last_payment_fail.run(
-        [{"user_id": "u", "timestamp": "2026-01-01T00:00:00Z"},
-         {"user_id": "u", "timestamp": "2026-01-02T00:00:00Z"}]
+        [
+            {"user_id": "u", "timestamp": "2026-01-01T00:00:00Z"},
+            {"user_id": "u", "timestamp": "2026-01-02T00:00:00Z"},
+        ]
     ).rows
     assert rows[-1]["latest_payment_fail"].isoformat() == "2026-01-02T00:00:00+00:00"
 
 
-def _define(schema: list[Field], aggregator: Any, window: Any = None, entities: Any = None,
-            **kwargs: Any) -> Any:
+def _define(
+    schema: list[Field], aggregator: Any, window: Any = None, entities: Any = None, **kwargs: Any
+) -> Any:
     def bad_view(ctx: Any, inputs: Any) -> Any:
         built = window() if callable(window) else window  # windows are built inside the function
         return UnifiedTransformer(ctx, aggregator=aggregator, window=built).run(inputs)
 
-    return stream_feature_view(entities=[USER] if entities is None else entities, schema=schema,
-                               source=EVENTS, **kwargs)(bad_view)
+    return stream_feature_view(
+        entities=[USER] if entities is None else entities, schema=schema, source=EVENTS, **kwargs
+    )(bad_view)
 
 
 KEY = Field("user_id", String)
@@ -93,30 +103,42 @@ KEY = Field("user_id", String)
 @pytest.mark.parametrize(
     ("build", "message"),
     [
-        (lambda: _define([KEY, Field("n", Int64)], Aggregations(n=Count(), extra=Count())),
-         "unknown field 'extra'"),
-        (lambda: _define([KEY, Field("n", Int64), Field("m", Int64)], Aggregations(n=Count())),
-         "schema field 'm' is not produced"),
-        (lambda: _define([KEY, Field("n", String)], Aggregations(n=Count())),
-         "count() produces Int64, not String"),
-        (lambda: _define([KEY, Field("n", Int64)], Aggregations(n=Count()), window="7d"),
-         "window must be"),
-        (lambda: _define([KEY, Field("n", Int64)], Aggregations(n=Count()),
-                         window=lambda: Sliding(timedelta(days=7), timedelta(days=5))),
-         "not a multiple of its hop"),
-        (lambda: _define([KEY, Field("n", Int64)], Aggregations(n=Count()), entities=[]),
-         "missing entity"),
-        (lambda: _define([Field("n", Int64)], Aggregations(n=Count())),
-         "missing entity join key 'user_id'"),
-        (lambda: _define([KEY, Field("n", Int64), Field("n", Int64)], Aggregations(n=Count())),
-         "declared twice"),
-        (lambda: _define([KEY, Field("n", Int64)], LatestFeatureAggregator(None, "ts")),
-         "orders by 'ts'"),
-        (lambda: _define([KEY, Field("n", Int64)], Aggregations(n=Count()), mode="storm"),
-         "mode must be one of"),
-        (lambda: _define([KEY, Field("n", Int64)], Aggregations(n=Count()),
-                         timestamp_field="created"),
-         "differs from source"),
+        (
+            lambda: _define([KEY, Field("n", Int64)], Aggregations(n=Count(), extra=Count())),
+            "unknown field 'extra'",
+        ),
+        (
+            lambda: _define([KEY, Field("n", Int64), Field("m", Int64)], Aggregations(n=Count())),
+            "schema field 'm' is not produced",
+        ),
+        (
+            lambda: _define([KEY, Field("n", String)], Aggregations(n=Count())),
+            "count() produces Int64, not String",
+        ),
+        (lambda: _define([KEY, Field("n", Int64)], Aggregations(n=Count()), window="7d"), "window must be"),
+        (
+            lambda: _define(
+                [KEY, Field("n", Int64)],
+                Aggregations(n=Count()),
+                window=lambda: Sliding(timedelta(days=7), timedelta(days=5)),
+            ),
+            "not a multiple of its hop",
+        ),
+        (lambda: _define([KEY, Field("n", Int64)], Aggregations(n=Count()), entities=[]), "missing entity"),
+        (lambda: _define([Field("n", Int64)], Aggregations(n=Count())), "missing entity join key 'user_id'"),
+        (
+            lambda: _define([KEY, Field("n", Int64), Field("n", Int64)], Aggregations(n=Count())),
+            "declared twice",
+        ),
+        (lambda: _define([KEY, Field("n", Int64)], LatestFeatureAggregator(None, "ts")), "orders by 'ts'"),
+        (
+            lambda: _define([KEY, Field("n", Int64)], Aggregations(n=Count()), mode="storm"),
+            "mode must be one of",
+        ),
+        (
+            lambda: _define([KEY, Field("n", Int64)], Aggregations(n=Count()), timestamp_field="created"),
+            "differs from source",
+        ),
     ],
 )
 def test_bad_definitions_name_the_view_and_problem(build: Any, message: str) -> None:
@@ -127,12 +149,11 @@ def test_bad_definitions_name_the_view_and_problem(build: Any, message: str) -> 
 
 
 def test_view_function_that_touches_inputs_is_rejected() -> None:
-    with pytest.raises(DefinitionError, match="used inputs.filter"):
+    with pytest.raises(DefinitionError, match=r"used inputs\.filter"):
+
         @stream_feature_view(entities=[USER], schema=[KEY, Field("n", Int64)], source=EVENTS)
         def eager(ctx: Any, inputs: Any) -> Any:
-            return UnifiedTransformer(ctx, aggregator=Aggregations(n=Count())).run(
-                inputs.filter("x")
-            )
+            return UnifiedTransformer(ctx, aggregator=Aggregations(n=Count())).run(inputs.filter("x"))
 
 
 def test_entity_defaults_join_key_to_name() -> None:

@@ -130,10 +130,19 @@ def test_lifetime_every_aggregation_ties_and_nulls() -> None:
     assert got[1]["svar"] is None  # a sample variance needs two values
     assert got[2] == {**got[1], "rows": 2}  # the null-valued event only counts as a row
     final = got[3]
-    assert {k: final[k] for k in ("rows", "values", "total", "low", "high", "latest", "first",
-                                  "distinct", "recent")} == {
-        "rows": 4, "values": 3, "total": 14.0, "low": 2.0, "high": 7.0, "latest": 7.0,
-        "first": 5.0, "distinct": 2, "recent": [7.0, 2.0],
+    assert {
+        k: final[k]
+        for k in ("rows", "values", "total", "low", "high", "latest", "first", "distinct", "recent")
+    } == {
+        "rows": 4,
+        "values": 3,
+        "total": 14.0,
+        "low": 2.0,
+        "high": 7.0,
+        "latest": 7.0,
+        "first": 5.0,
+        "distinct": 2,
+        "recent": [7.0, 2.0],
     }
     assert final["mean"] == pytest.approx(14 / 3, rel=1e-12)
     # 5, 2, 7: squared deviations from 14/3 sum to 38/3
@@ -144,12 +153,17 @@ def test_lifetime_every_aggregation_ties_and_nulls() -> None:
 
 def test_arrival_order_never_changes_rows() -> None:
     view = make_view(
-        {"latest": (Float64, Latest("v")), "recent": (Array(Float64), LastK("v", 3)),
-         "first": (Float64, First("v"))},
+        {
+            "latest": (Float64, Latest("v")),
+            "recent": (Array(Float64), LastK("v", 3)),
+            "first": (Float64, First("v")),
+        },
         window=Sliding(timedelta(seconds=30)),
     )
-    events = [ev(s, user=u, v=float(v)) for s, u, v in
-              [(1, "a", 3), (1, "a", 9), (1, "a", 4), (5, "b", 1), (5, "b", 1), (20, "a", 2)]]
+    events = [
+        ev(s, user=u, v=float(v))
+        for s, u, v in [(1, "a", 3), (1, "a", 9), (1, "a", 4), (5, "b", 1), (5, "b", 1), (20, "a", 2)]
+    ]
     expected = view.run(events).rows
     rng = random.Random(4)
     for _ in range(10):
@@ -188,8 +202,15 @@ def test_bad_events_are_dead_lettered_and_counted() -> None:
     result = view.run(events)
     reasons = [d.reason for d in result.dead_letters]
     assert reasons == [
-        "unparseable", "missing_time", "transform_error", "transform_error", "bad_time",
-        "wrong_type", "missing_key", "wrong_type", "unparseable",
+        "unparseable",
+        "missing_time",
+        "transform_error",
+        "transform_error",
+        "bad_time",
+        "wrong_type",
+        "missing_key",
+        "wrong_type",
+        "unparseable",
     ]
     c = result.counts
     assert (c.input, c.aggregated, c.filtered, c.dead_lettered, c.late) == (13, 3, 1, 9, 0)
@@ -223,8 +244,9 @@ def _pit_lookup(rows: list[dict[str, Any]], user: str, t_ms: int) -> dict[str, A
     return best
 
 
-def _direct_value(kind: str, size: int, hop: int, events: list[tuple[str, int, int]], user: str,
-                  t: int) -> tuple[int, int]:
+def _direct_value(
+    kind: str, size: int, hop: int, events: list[tuple[str, int, int]], user: str, t: int
+) -> tuple[int, int]:
     """(count, sum) at time t, straight from the definitions in DESIGN §2."""
     if kind == "continuous":
         covered = [v for u, e, v in events if u == user and t - size < e <= t]
@@ -260,9 +282,7 @@ def test_point_in_time_lookup_equals_window_value(
     }[kind]
     view = make_view({"n": (Int64, Count()), "s": (Int64, Sum("v"))}, window=window)
     in_ms = [(u, e * 1000, v) for u, e, v in events]
-    rows = view.run(
-        [{"user_id": u, "timestamp": ms_to_datetime(e), "v": v} for u, e, v in in_ms]
-    ).rows
+    rows = view.run([{"user_id": u, "timestamp": ms_to_datetime(e), "v": v} for u, e, v in in_ms]).rows
     probes = {p + d for _, e, _ in in_ms for p in (e, e + size_ms, e + hop_ms) for d in (-1, 0, 1)}
     for user in ("a", "b"):
         for probe in sorted(probes):
@@ -275,7 +295,11 @@ def test_keys_are_separate_and_rows_carry_keys() -> None:
     view = make_view({"n": (Int64, Count())}, window=Sliding(timedelta(seconds=5)))
     rows = view.run([ev(1, user="a"), ev(2, user="b"), ev(3, user="a")]).rows
     assert {(r["user_id"], r[EVENT_TIMESTAMP], r["n"]) for r in rows} == {
-        ("a", at(seconds=1), 1), ("a", at(seconds=3), 2), ("a", at(seconds=6), 1),
-        ("a", at(seconds=8), 0), ("b", at(seconds=2), 1), ("b", at(seconds=7), 0),
+        ("a", at(seconds=1), 1),
+        ("a", at(seconds=3), 2),
+        ("a", at(seconds=6), 1),
+        ("a", at(seconds=8), 0),
+        ("b", at(seconds=2), 1),
+        ("b", at(seconds=7), 0),
     }
     assert String.name == "String"

@@ -24,8 +24,13 @@ FEATURES = [f"{VIEW}:payment_count_7d", f"{VIEW}:amount_sum_7d", f"{VIEW}:fail_c
 
 
 def row(user: str, ts: datetime, count: int, amount: float, fails: int) -> dict[str, Any]:
-    return {"user_id": user, "payment_count_7d": count, "amount_sum_7d": amount,
-            "fail_count_7d": fails, EVENT_TIMESTAMP: ts}
+    return {
+        "user_id": user,
+        "payment_count_7d": count,
+        "amount_sum_7d": amount,
+        "fail_count_7d": fails,
+        EVENT_TIMESTAMP: ts,
+    }
 
 
 def online(store: Any, user: str) -> tuple[Any, ...]:
@@ -34,8 +39,7 @@ def online(store: Any, user: str) -> tuple[Any, ...]:
 
 
 @pytest.fixture(params=["sqlite", "redis"])
-def applied_repo(request: pytest.FixtureRequest, tmp_path: Path,
-                 monkeypatch: pytest.MonkeyPatch) -> Path:
+def applied_repo(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     if request.param == "redis":
         port = request.getfixturevalue("redis_port")
         monkeypatch.setenv("MLFS_TEST_REDIS", f"127.0.0.1:{port}")
@@ -65,16 +69,17 @@ def test_online_writes_are_newer_wins_and_readable_by_feast(applied_repo: Path) 
     assert online(store, "u1") == (4, 31.5, 1)
 
     # within one batch the newest row per key is the one written
-    writer.write(view, [row("u1", t1 + timedelta(seconds=2), 6, 60.0, 0),
-                        row("u1", t1 + timedelta(seconds=1), 5, 50.0, 0)])
+    writer.write(
+        view,
+        [row("u1", t1 + timedelta(seconds=2), 6, 60.0, 0), row("u1", t1 + timedelta(seconds=1), 5, 50.0, 0)],
+    )
     assert online(store, "u1") == (6, 60.0, 0)
     assert online(store, "u2") == (1, 2.0, 0)
     assert online(store, "nobody") == (None, None, None)
     writer.close()
 
 
-def test_redis_layout_is_feasts(tmp_path: Path, redis_port: int,
-                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_redis_layout_is_feasts(tmp_path: Path, redis_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
     from feast.infra.key_encoding_utils import serialize_entity_key
     from feast.infra.online_stores.helpers import _mmh3
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
@@ -87,9 +92,10 @@ def test_redis_layout_is_feasts(tmp_path: Path, redis_port: int,
     ts = datetime(2026, 5, 1, 12, 0, 0, 123000, tzinfo=UTC)
     open_online_writer(repo.settings).write(repo.views[VIEW], [row("u7", ts, 2, 1.25, 0)])
 
-    key = serialize_entity_key(
-        EntityKey(join_keys=["user_id"], entity_values=[Value(string_val="u7")]), 3
-    ) + repo.settings.project.encode()
+    key = (
+        serialize_entity_key(EntityKey(join_keys=["user_id"], entity_values=[Value(string_val="u7")]), 3)
+        + repo.settings.project.encode()
+    )
     stored = redis.Redis(port=redis_port).hgetall(key)
     assert set(stored) == {f"_ts:{VIEW}".encode()} | {
         _mmh3(f"{VIEW}:{name}") for name in ("payment_count_7d", "amount_sum_7d", "fail_count_7d")
@@ -120,15 +126,20 @@ def test_offline_partitions_are_idempotent(tmp_path: Path) -> None:
     newer = [row("a", day1 + timedelta(hours=18), 100, 1.0, 1)]
     store.write(view, newer, first + timedelta(days=2), start, end)
     got = {(r[EVENT_TIMESTAMP], r["payment_count_7d"]) for r in store.read(view).to_pylist()}
-    expected = {(r[EVENT_TIMESTAMP], r["payment_count_7d"]) for r in rows
-                if not start <= r[EVENT_TIMESTAMP] < end}
+    expected = {
+        (r[EVENT_TIMESTAMP], r["payment_count_7d"]) for r in rows if not start <= r[EVENT_TIMESTAMP] < end
+    }
     expected.add((day1 + timedelta(hours=18), 100))
     assert got == expected
 
     files = sorted((tmp_path / "offline" / VIEW).rglob("*.parquet"))
     assert [f.parent.name for f in files] == ["date=2026-03-01", "date=2026-03-02"]
     assert pq.read_schema(files[0]).names == [
-        "user_id", "payment_count_7d", "amount_sum_7d", "fail_count_7d", EVENT_TIMESTAMP,
+        "user_id",
+        "payment_count_7d",
+        "amount_sum_7d",
+        "fail_count_7d",
+        EVENT_TIMESTAMP,
         CREATED_TIMESTAMP,
     ]
 

@@ -4,7 +4,16 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from transforms.dtypes import Array, CoercionError, Float64, Int32, Int64, String, UnixTimestamp, coerce
+from transforms.dtypes import (
+    Array,
+    CoercionError,
+    Float64,
+    Int32,
+    Int64,
+    String,
+    UnixTimestamp,
+    coerce,
+)
 from transforms.timeutil import duration_ms, ms_to_datetime, parse_event_time
 
 MS_2026 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -49,7 +58,14 @@ def test_coerce_rules() -> None:
     assert coerce(None, Int64) is None
     assert coerce("2026-01-01T00:00:00Z", UnixTimestamp) == datetime(2026, 1, 1, tzinfo=UTC)
     assert coerce([1, 2], Array(Float64)) == [1.0, 2.0]
-    for value, dtype in [(1.5, Int64), (True, Int64), (True, Float64), (1, String), ("1", Int64),
-                         (2**31, Int32), ("soon", UnixTimestamp)]:
+    for value, dtype in [
+        (1.5, Int64),
+        (True, Int64),
+        (True, Float64),
+        (1, String),
+        ("1", Int64),
+        (2**31, Int32),
+        ("soon", UnixTimestamp),
+    ]:
         with pytest.raises(CoercionError):
             coerce(value, dtype)

@@ -53,7 +53,7 @@ SCALARS: dict[str, DType] = {
 }
 
 
-def Array(element: DType) -> DType:  # noqa: N802 - reads like Feast's Array(String)
+def Array(element: DType) -> DType:
     """An array of ``element`` values (used by ``LastK``)."""
     if element.element is not None:
         raise ValueError("nested arrays are not supported")

@@ -112,9 +112,7 @@ class EventPreparer:
 
     def __init__(self, plan: TransformPlan) -> None:
         self.plan = plan
-        self._columns = [
-            (f.name, f.aggregation.column, f.input_dtype) for f in plan.features
-        ]
+        self._columns = [(f.name, f.aggregation.column, f.input_dtype) for f in plan.features]
 
     def event_time(self, event: dict[str, Any]) -> int:
         """The event's time in ms; ``KeyError`` when absent, ``ValueError`` when unparseable."""
@@ -123,9 +121,7 @@ class EventPreparer:
             raise KeyError(self.plan.timestamp_field)
         return parse_event_time(value)
 
-    def dead_letter(
-        self, raw: Any, reason: str, detail: str, time_ms: int | None = None
-    ) -> DeadLetter:
+    def dead_letter(self, raw: Any, reason: str, detail: str, time_ms: int | None = None) -> DeadLetter:
         return DeadLetter(
             view=self.plan.view,
             reason=reason,
@@ -143,16 +139,12 @@ class EventPreparer:
         try:
             time_ms = self.event_time(event)
         except KeyError:
-            return self.dead_letter(
-                raw, MISSING_TIME, f"no value for {self.plan.timestamp_field!r}"
-            )
+            return self.dead_letter(raw, MISSING_TIME, f"no value for {self.plan.timestamp_field!r}")
         except ValueError as err:
             return self.dead_letter(raw, BAD_TIME, str(err))
         return event, time_ms
 
-    def transform(
-        self, raw: Any, event: dict[str, Any], time_ms: int
-    ) -> PreparedEvent | DeadLetter | None:
+    def transform(self, raw: Any, event: dict[str, Any], time_ms: int) -> PreparedEvent | DeadLetter | None:
         """Second half: event transform, keys and input types."""
         plan = self.plan
         when = ms_to_datetime(time_ms)
@@ -163,9 +155,7 @@ class EventPreparer:
             try:
                 outputs = plan.event_transform(event)
             except Exception as err:  # a user function may raise anything
-                return self.dead_letter(
-                    raw, TRANSFORM_ERROR, f"{type(err).__name__}: {err}", time_ms
-                )
+                return self.dead_letter(raw, TRANSFORM_ERROR, f"{type(err).__name__}: {err}", time_ms)
             if outputs is None:
                 return None
             if isinstance(outputs, dict):
@@ -204,19 +194,17 @@ class EventPreparer:
         event, time_ms = first
         return self.transform(raw, event, time_ms)
 
-    def _check_row(
-        self, raw: Any, row: dict[str, Any], time_ms: int
-    ) -> tuple[Key, Values] | DeadLetter:
+    def _check_row(self, raw: Any, row: dict[str, Any], time_ms: int) -> tuple[Key, Values] | DeadLetter:
         key = []
-        for name, dtype in self.plan.keys:
+        for name, key_dtype in self.plan.keys:
             value = row.get(name)
             if value is None:
                 return self.dead_letter(raw, MISSING_KEY, f"no value for key {name!r}", time_ms)
             try:
-                key.append(coerce(value, dtype))
+                key.append(coerce(value, key_dtype))
             except CoercionError as err:
                 return self.dead_letter(raw, WRONG_TYPE, f"key {name!r}: {err}", time_ms)
-        values = []
+        values: list[Any] = []
         for feature, column, dtype in self._columns:
             if column is None:
                 values.append(True)

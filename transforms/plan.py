@@ -12,7 +12,7 @@ import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from transforms.aggregations import Aggregation
@@ -27,7 +27,7 @@ RESERVED_COLUMNS = frozenset({EVENT_TIMESTAMP, CREATED_TIMESTAMP})
 EventTransform = Callable[[dict[str, Any]], Any]
 
 
-class Runner(str, Enum):
+class Runner(StrEnum):
     """Which engine runs a view; ``PLAN`` is the symbolic run that captures the definition."""
 
     PLAN = "plan"
@@ -143,9 +143,7 @@ def build_plan(
         )
     missing = [name for name in declared if name not in aggregations]
     if missing:
-        raise DefinitionError(
-            view, f"schema field {missing[0]!r} is not produced by any aggregation"
-        )
+        raise DefinitionError(view, f"schema field {missing[0]!r} is not produced by any aggregation")
     features = []
     for name, dtype in info.features:
         agg = aggregations[name]

@@ -56,9 +56,7 @@ class Sliding(Window):
             if not isinstance(self.hop, timedelta) or self.hop <= timedelta(0):
                 raise ValueError(f"window hop must be a positive timedelta, got {self.hop!r}")
             if duration_ms(self.size) % duration_ms(self.hop):
-                raise ValueError(
-                    f"window size {self.size} is not a multiple of its hop {self.hop}"
-                )
+                raise ValueError(f"window size {self.size} is not a multiple of its hop {self.hop}")
 
     @property
     def kind(self) -> str:  # type: ignore[override]
@@ -94,7 +92,7 @@ class Sliding(Window):
         return out
 
 
-def Tumbling(size: timedelta) -> Sliding:  # noqa: N802 - a window constructor, like Sliding
+def Tumbling(size: timedelta) -> Sliding:
     """Back-to-back windows of ``size``: ``Sliding(size, hop=size)``."""
     return Sliding(size, size)
 

@@ -102,9 +102,7 @@ class ParquetOfflineStore:
         schema = arrow_schema(view)
         by_day: dict[date, list[dict[str, Any]]] = {}
         for row in rows:
-            by_day.setdefault(_day(row[EVENT_TIMESTAMP]), []).append(
-                {**row, CREATED_TIMESTAMP: created}
-            )
+            by_day.setdefault(_day(row[EVENT_TIMESTAMP]), []).append({**row, CREATED_TIMESTAMP: created})
         touched = set(by_day)
         for day in self.partitions(view.name):
             if (start is None or _day_start(day) + timedelta(days=1) > start) and (

@@ -27,9 +27,7 @@ class OnlineWriter(Protocol):
     def close(self) -> None: ...
 
 
-def latest_per_key(
-    view: StreamFeatureView, rows: Sequence[dict[str, Any]]
-) -> list[dict[str, Any]]:
+def latest_per_key(view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The newest row of each key; among rows with equal timestamps the last one given wins."""
     keys = view.plan.key_names
     latest: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -64,9 +62,7 @@ def feature_value_protos(view: StreamFeatureView, rows: Sequence[dict[str, Any]]
 
     out: list[dict[str, Any]] = [{} for _ in rows]
     for feature in view.plan.features:
-        protos = python_values_to_proto_values(
-            [row[feature.name] for row in rows], value_type(feature.dtype)
-        )
+        protos = python_values_to_proto_values([row[feature.name] for row in rows], value_type(feature.dtype))
         for holder, proto in zip(out, protos, strict=True):
             holder[feature.name] = proto
     return out

@@ -42,7 +42,7 @@ def generate_payments(
     """Random but reproducible payment events in ``[start, end)``, in time order."""
     rng = random.Random(seed)
     span_ms = int((end - start).total_seconds() * 1000)
-    out = []
+    out: list[dict[str, Any]] = []
     for i in range(events):
         at = start + timedelta(milliseconds=rng.randrange(span_ms))
         failed = rng.random() < 0.12

@@ -18,6 +18,5 @@ def get_engine(runner: Runner) -> Engine:
 
         return reference_engine
     raise EngineUnavailable(
-        f"the {runner.value} engine is not available in this version of MLFS "
-        "(available: reference)"
+        f"the {runner.value} engine is not available in this version of MLFS (available: reference)"
     )

@@ -101,9 +101,7 @@ def _collect(by_key: dict[Key, list[tuple[int, Values]]], prepared: PreparedEven
         by_key.setdefault(key, []).append((prepared.time_ms, values))
 
 
-def _key_rows(
-    plan: TransformPlan, key: Key, events: list[tuple[int, Values]]
-) -> list[dict[str, Any]]:
+def _key_rows(plan: TransformPlan, key: Key, events: list[tuple[int, Values]]) -> list[dict[str, Any]]:
     events.sort(key=lambda e: e[0])
     times = [e[0] for e in events]
     emit_at = sorted({t for e in times for t in plan.window.emission_times(e)})
