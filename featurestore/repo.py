@@ -81,10 +81,15 @@ def _module_name(relative: Path) -> str:
     return ".".join(parts)
 
 
+# Modules imported from repositories, so that loading another repository (or the same one again)
+# re-imports its files instead of reusing stale modules of the same name.
+_REPO_MODULES: set[str] = set()
+
+
 def _import(repo: Path, relative: Path) -> Any:
     name = _module_name(relative)
     try:
-        return importlib.import_module(name)
+        module = importlib.import_module(name)
     except DefinitionError as err:
         raise err.in_file(relative.as_posix()) from None
     except Exception as err:
@@ -96,6 +101,15 @@ def _import(repo: Path, relative: Path) -> Any:
         raise DefinitionError(
             None, f"importing failed{line}: {type(err).__name__}: {err}", relative.as_posix()
         ) from None
+    origin = getattr(module, "__file__", None)
+    if origin is None or Path(origin).resolve() != (repo / relative).resolve():
+        raise DefinitionError(
+            None,
+            f"module name {name!r} is already taken by {origin or 'a built-in module'}; rename the file",
+            relative.as_posix(),
+        )
+    _REPO_MODULES.add(name)
+    return module
 
 
 def load_repo(path: str | Path) -> FeatureRepo:
@@ -103,10 +117,9 @@ def load_repo(path: str | Path) -> FeatureRepo:
     settings = load_settings(path)
     repo_path = settings.repo_path
     files = repo_files(repo_path)
-    names = {_module_name(f) for f in files}
-    for loaded in list(sys.modules):  # a repository loaded before may share module names
-        if loaded.split(".")[0] in {n.split(".")[0] for n in names}:
-            del sys.modules[loaded]
+    for loaded in list(_REPO_MODULES):
+        sys.modules.pop(loaded, None)
+    _REPO_MODULES.clear()
     sys.path.insert(0, str(repo_path))
     repo = FeatureRepo(settings)
     try:

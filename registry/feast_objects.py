@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from featurestore.definitions import Entity, StreamSource
+from featurestore.feast_types import feast_dtype, value_type
 from featurestore.view import StreamFeatureView
 from transforms.dtypes import DType
 from transforms.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, spec_hash
@@ -21,35 +22,6 @@ TAG_SPEC = "mlfs.spec"
 TAG_SPEC_HASH = "mlfs.spec_hash"
 TAG_KIND = "mlfs.kind"
 OUTPUT_KIND = "offline_output"
-
-_VALUE_TYPES = {
-    "String": "STRING",
-    "Int32": "INT32",
-    "Int64": "INT64",
-    "Float32": "FLOAT",
-    "Float64": "DOUBLE",
-    "Bool": "BOOL",
-    "Bytes": "BYTES",
-    "UnixTimestamp": "UNIX_TIMESTAMP",
-}
-
-
-def value_type(dtype: DType) -> Any:
-    """Feast's ``ValueType`` for an MLFS type."""
-    from feast.value_type import ValueType
-
-    if dtype.element is not None:
-        return ValueType[_VALUE_TYPES[dtype.element.name] + "_LIST"]
-    return ValueType[_VALUE_TYPES[dtype.name]]
-
-
-def feast_dtype(dtype: DType) -> Any:
-    """Feast's type object (``feast.types``) for an MLFS type."""
-    from feast import types
-
-    if dtype.element is not None:
-        return types.Array(feast_dtype(dtype.element))
-    return getattr(types, dtype.name)
 
 
 def offline_dir(offline_root: Path, view: str) -> Path:

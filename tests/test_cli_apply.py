@@ -160,3 +160,42 @@ def test_bad_arguments_print_one_line(args: list[str], tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert proc.stderr.startswith("mlfs")
+
+
+def test_repository_file_shadowing_an_installed_module_is_refused(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (repo / "json.py").write_text("x = 1\n")
+    code, _, err = run(capsys, "plan", "--repo", str(repo))
+    assert code == 1
+    assert "json.py: module name 'json' is already taken by" in err
+    import json as stdlib_json
+
+    assert hasattr(stdlib_json, "dumps")  # the real module was left alone
+
+
+def test_kafka_source_is_declared_and_registered(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (repo / "kafka_features.py").write_text(
+        "from datetime import timedelta\n"
+        "from featurestore import *\n"
+        "from features import user\n"
+        "clicks = KafkaStreamSource(name='clicks', bootstrap_servers='${KAFKA_BROKERS}',\n"
+        "    topic='clicks', history='data/history/clicks.parquet',\n"
+        "    max_out_of_orderness=timedelta(seconds=2), allowed_lateness=timedelta(minutes=1))\n"
+        "@stream_feature_view(entities=[user], source=clicks,\n"
+        "    schema=[Field('user_id', String), Field('clicks_1h', Int64)])\n"
+        "def user_clicks_1h(ctx, inputs):\n"
+        "    return UnifiedTransformer(ctx, window=Sliding(timedelta(hours=1)),\n"
+        "        aggregator=Aggregations(clicks_1h=Count())).run(inputs)\n"
+    )
+    assert main(["apply", "--repo", str(repo)]) == 0
+    capsys.readouterr()
+    code, out, _ = run(capsys, "registry", "show", "user_clicks_1h", "--json", "--repo", str(repo))
+    assert code == 0 and json.loads(out)["source"] == "clicks"
+    from featurestore.config import feast_store, load_settings
+
+    source = feast_store(load_settings(repo)).get_data_source("clicks")
+    spec = json.loads(source.tags["mlfs.spec"])
+    assert spec["kind"] == "kafka" and spec["topic"] == "clicks"
+    assert spec["bootstrap_servers"] == "${KAFKA_BROKERS}"  # stored as written, never resolved
+    assert (spec["max_out_of_orderness_ms"], spec["allowed_lateness_ms"]) == (2000, 60000)

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from transforms.dtypes import Array, DType, Float64, Int64, String
+from transforms.dtypes import Array, DType, Float64, String
 
 Acc = Any
 
@@ -382,15 +382,6 @@ def aggregation_from_spec(spec: dict[str, Any]) -> Aggregation:
     if args.get("column") is None:
         args.pop("column", None)
     return _KINDS[spec["kind"]](**args)
-
-
-def default_output_dtype(agg: Aggregation) -> DType | None:
-    """The natural feature type of an aggregation, when it does not depend on its input."""
-    if isinstance(agg, (Count, CountDistinct)):
-        return Int64
-    if isinstance(agg, (Mean, Variance)):
-        return Float64
-    return None
 
 
 __all__ = [

@@ -44,7 +44,7 @@ def entity_key_proto(view: StreamFeatureView, row: dict[str, Any]) -> Any:
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.type_map import python_values_to_proto_values
 
-    from registry.feast_objects import value_type
+    from featurestore.feast_types import value_type
 
     names = []
     values = []
@@ -58,7 +58,7 @@ def feature_value_protos(view: StreamFeatureView, rows: Sequence[dict[str, Any]]
     """Each row's features as Feast ``Value`` protos, converted column by column."""
     from feast.type_map import python_values_to_proto_values
 
-    from registry.feast_objects import value_type
+    from featurestore.feast_types import value_type
 
     out: list[dict[str, Any]] = [{} for _ in rows]
     for feature in view.plan.features:
