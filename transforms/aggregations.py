@@ -141,12 +141,16 @@ class Mean(Aggregation):
         return acc[0] / acc[1] if acc[1] else None
 
 
-@dataclass(frozen=True)
-class Min(Aggregation):
-    """Smallest value of ``column``."""
+class _Pick(Aggregation):
+    """Keeps the largest (or, with ``largest = False``, smallest) value; with ``by_time`` the
+    comparison is over ``(event time, value)``, so ties in time go to the value."""
 
     column: str
-    kind: ClassVar[str] = "min"
+    largest: ClassVar[bool] = True
+    by_time: ClassVar[bool] = False
+
+    def choose(self, a: Any, b: Any) -> Any:
+        return max(a, b) if self.largest else min(a, b)
 
     def check_output(self, output: DType) -> str | None:
         return _scalar_check(self, output)
@@ -155,84 +159,52 @@ class Min(Aggregation):
         return None
 
     def add(self, acc: Acc, value: Any, ts: int) -> Acc:
-        return value if acc is None or value < acc else acc
+        item = (ts, value) if self.by_time else value
+        return item if acc is None else self.choose(acc, item)
 
     def merge(self, a: Acc, b: Acc) -> Acc:
-        return b if a is None else a if b is None else min(a, b)
+        return b if a is None else a if b is None else self.choose(a, b)
 
     def result(self, acc: Acc) -> Any:
-        return acc
+        if acc is None:
+            return None
+        return acc[1] if self.by_time else acc
 
 
 @dataclass(frozen=True)
-class Max(Aggregation):
+class Min(_Pick):
+    """Smallest value of ``column``."""
+
+    column: str
+    kind: ClassVar[str] = "min"
+    largest = False
+
+
+@dataclass(frozen=True)
+class Max(_Pick):
     """Largest value of ``column``."""
 
     column: str
     kind: ClassVar[str] = "max"
 
-    def check_output(self, output: DType) -> str | None:
-        return _scalar_check(self, output)
-
-    def create(self) -> Acc:
-        return None
-
-    def add(self, acc: Acc, value: Any, ts: int) -> Acc:
-        return value if acc is None or value > acc else acc
-
-    def merge(self, a: Acc, b: Acc) -> Acc:
-        return b if a is None else a if b is None else max(a, b)
-
-    def result(self, acc: Acc) -> Any:
-        return acc
-
 
 @dataclass(frozen=True)
-class Latest(Aggregation):
+class Latest(_Pick):
     """Value of ``column`` at the latest event time (largest value among ties)."""
 
     column: str
     kind: ClassVar[str] = "latest"
-
-    def check_output(self, output: DType) -> str | None:
-        return _scalar_check(self, output)
-
-    def create(self) -> Acc:
-        return None
-
-    def add(self, acc: Acc, value: Any, ts: int) -> Acc:
-        item = (ts, value)
-        return item if acc is None or item > acc else acc
-
-    def merge(self, a: Acc, b: Acc) -> Acc:
-        return b if a is None else a if b is None else max(a, b)
-
-    def result(self, acc: Acc) -> Any:
-        return None if acc is None else acc[1]
+    by_time = True
 
 
 @dataclass(frozen=True)
-class First(Aggregation):
+class First(_Pick):
     """Value of ``column`` at the earliest event time (smallest value among ties)."""
 
     column: str
     kind: ClassVar[str] = "first"
-
-    def check_output(self, output: DType) -> str | None:
-        return _scalar_check(self, output)
-
-    def create(self) -> Acc:
-        return None
-
-    def add(self, acc: Acc, value: Any, ts: int) -> Acc:
-        item = (ts, value)
-        return item if acc is None or item < acc else acc
-
-    def merge(self, a: Acc, b: Acc) -> Acc:
-        return b if a is None else a if b is None else min(a, b)
-
-    def result(self, acc: Acc) -> Any:
-        return None if acc is None else acc[1]
+    largest = False
+    by_time = True
 
 
 @dataclass(frozen=True)
