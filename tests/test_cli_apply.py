@@ -199,3 +199,14 @@ def test_kafka_source_is_declared_and_registered(repo: Path, capsys: pytest.Capt
     assert spec["kind"] == "kafka" and spec["topic"] == "clicks"
     assert spec["bootstrap_servers"] == "${KAFKA_BROKERS}"  # stored as written, never resolved
     assert (spec["max_out_of_orderness_ms"], spec["allowed_lateness_ms"]) == (2000, 60000)
+
+
+def test_registry_holds_no_code_and_lookups_need_none(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["apply", "--repo", str(repo)]) == 0
+    registry = (repo / "data" / "registry.db").read_bytes()
+    assert b"def payment_amounts" not in registry and b"return UnifiedTransformer" not in registry
+    assert b"dill" not in registry and b"cloudpickle" not in registry
+    (repo / "features.py").unlink()  # lookups read stored JSON, never the repository's code
+    capsys.readouterr()
+    code, out, _ = run(capsys, "registry", "show", "user_payment_stats_7d", "--repo", str(repo))
+    assert code == 0 and "sum(amount)" in out
