@@ -17,6 +17,10 @@ def get_engine(runner: Runner) -> Engine:
         from transforms.engines.reference import reference_engine
 
         return reference_engine
+    if runner is Runner.SPARK:
+        from transforms.engines.spark import spark_engine
+
+        return spark_engine
     raise EngineUnavailable(
-        f"the {runner.value} engine is not available in this version of MLFS (available: reference)"
+        f"the {runner.value} engine is not available in this version of MLFS (available: reference, spark)"
     )

@@ -1,0 +1,352 @@
+"""The Spark engine: compiles a ``TransformPlan`` to a Spark job.
+
+Stage 1 runs ``transforms.events.EventPreparer`` (the same code as the reference engine) over Arrow
+record batches with ``mapInArrow``, producing one table of typed rows, dead letters and "filtered"
+markers. Stage 2 is Spark-native:
+
+* continuous windows: the rows unioned with a "leave" marker at ``e + size`` per event, aggregated
+  over ``RANGE BETWEEN size - 1 PRECEDING AND CURRENT ROW`` on epoch milliseconds;
+* lifetime: ``RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW``;
+* hopping and tumbling: each row exploded into the ``size / hop`` windows containing it and grouped by
+  window end, then joined onto the ends where a window can change (emptied windows get empty values).
+
+Peers (equal timestamps) share a frame, so one row per key and time is kept.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from transforms.aggregations import (
+    Aggregation,
+    Count,
+    CountDistinct,
+    First,
+    LastK,
+    Latest,
+    Max,
+    Mean,
+    Min,
+    Stddev,
+    Sum,
+    Variance,
+)
+from transforms.dtypes import DType
+from transforms.events import DeadLetter, EventCounts, EventPreparer
+from transforms.plan import EVENT_TIMESTAMP, FeatureContext, TransformPlan
+from transforms.timeutil import datetime_to_ms, ms_to_datetime
+from transforms.windows import Lifetime, Sliding
+
+KIND = "_kind"  # 0: a row, 1: a dead letter, 2: a filtered event
+FIRST = "_first"  # the first row of an aggregated event (counts events, not rows)
+TS = "_ts"
+END = "_end"
+ROW, DEAD, FILTERED = 0, 1, 2
+DEAD_COLUMNS = ("_reason", "_detail", "_raw", "_event_ms")
+
+_ARROW_INPUT = {
+    "String": pa.string(),
+    "Int32": pa.int32(),
+    "Int64": pa.int64(),
+    "Float32": pa.float64(),
+    "Float64": pa.float64(),
+    "Bool": pa.bool_(),
+    "Bytes": pa.binary(),
+    "UnixTimestamp": pa.int64(),  # epoch milliseconds inside the engine
+}
+
+
+def _value_column(i: int) -> str:
+    return f"_v{i}"
+
+
+def _input_type(dtype: DType | None) -> pa.DataType:
+    return pa.bool_() if dtype is None else _ARROW_INPUT[dtype.name]
+
+
+def prepared_schema(plan: TransformPlan) -> pa.Schema:
+    """The Arrow schema of stage 1's output."""
+    fields = [pa.field(KIND, pa.int8()), pa.field(FIRST, pa.bool_())]
+    fields += [pa.field(name, _ARROW_INPUT[dtype.name]) for name, dtype in plan.keys]
+    fields.append(pa.field(TS, pa.int64()))
+    fields += [pa.field(_value_column(i), _input_type(f.input_dtype)) for i, f in enumerate(plan.features)]
+    fields += [pa.field(c, pa.string()) for c in DEAD_COLUMNS[:3]]
+    fields.append(pa.field(DEAD_COLUMNS[3], pa.int64()))
+    return pa.schema(fields)
+
+
+def _engine_value(value: Any) -> Any:
+    """Python value as stage 1 stores it (timestamps as epoch milliseconds)."""
+    if hasattr(value, "tzinfo") and hasattr(value, "microsecond"):
+        return datetime_to_ms(value)
+    return value
+
+
+def prepare_batches(plan: TransformPlan, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Stage 1, run on Spark's Python workers: raw event batches to typed rows and dead letters."""
+    preparer = EventPreparer(plan)
+    schema = prepared_schema(plan)
+    key_names = plan.key_names
+    n_values = len(plan.features)
+    for batch in batches:
+        columns: dict[str, list[Any]] = {name: [] for name in schema.names}
+
+        def emit(
+            kind: int,
+            first: bool,
+            key: tuple[Any, ...],
+            ts: int | None,
+            values: tuple[Any, ...],
+            dead: tuple[Any, ...],
+        ) -> None:
+            columns[KIND].append(kind)
+            columns[FIRST].append(first)
+            for name, value in zip(key_names, key, strict=True):
+                columns[name].append(value)
+            columns[TS].append(ts)
+            for i, value in enumerate(values):
+                columns[_value_column(i)].append(_engine_value(value))
+            for name, value in zip(DEAD_COLUMNS, dead, strict=True):
+                columns[name].append(value)
+
+        no_key = (None,) * len(key_names)
+        no_values = (None,) * n_values
+        no_dead = (None,) * len(DEAD_COLUMNS)
+        for raw in batch.to_pylist():
+            outcome = preparer.prepare(raw)
+            if outcome is None:
+                emit(FILTERED, False, no_key, None, no_values, no_dead)
+            elif isinstance(outcome, DeadLetter):
+                event_ms = None if outcome.event_time is None else datetime_to_ms(outcome.event_time)
+                dead = (outcome.reason, outcome.detail, outcome.raw, event_ms)
+                emit(DEAD, False, no_key, None, no_values, dead)
+            else:
+                for i, (key, values) in enumerate(outcome.rows):
+                    emit(ROW, i == 0, key, outcome.time_ms, values, no_dead)
+        yield pa.RecordBatch.from_pydict(columns, schema=schema)
+
+
+def _spark_type(arrow_type: pa.DataType) -> str:
+    return {
+        pa.string(): "string",
+        pa.int32(): "int",
+        pa.int64(): "bigint",
+        pa.float64(): "double",
+        pa.bool_(): "boolean",
+        pa.binary(): "binary",
+        pa.int8(): "tinyint",
+    }[arrow_type]
+
+
+def prepared_ddl(plan: TransformPlan) -> str:
+    return ", ".join(f"`{f.name}` {_spark_type(f.type)}" for f in prepared_schema(plan))
+
+
+def _aggregate(agg: Aggregation, value: Any) -> Any:
+    """The Spark aggregate function of a monoid over value column ``value``; ``_extract`` turns its
+    result into the monoid's result. Rows with a null value do not count, so leave markers (which
+    carry nulls) only shape the frame."""
+    from pyspark.sql import functions as F
+
+    def ordered() -> Any:
+        return F.when(value.isNotNull(), F.struct(F.col(TS).alias("t"), value.alias("v")))
+
+    if isinstance(agg, Count):
+        return F.count(value)
+    if isinstance(agg, Sum):
+        return F.sum(value)
+    if isinstance(agg, Mean):
+        return F.avg(value)
+    if isinstance(agg, Min):
+        return F.min(value)
+    if isinstance(agg, Max):
+        return F.max(value)
+    if isinstance(agg, Latest):
+        return F.max(ordered())
+    if isinstance(agg, First):
+        return F.min(ordered())
+    if isinstance(agg, Stddev):
+        return F.stddev_samp(value) if agg.sample else F.stddev_pop(value)
+    if isinstance(agg, Variance):
+        return F.var_samp(value) if agg.sample else F.var_pop(value)
+    if isinstance(agg, CountDistinct):
+        return F.collect_set(value)
+    if isinstance(agg, LastK):
+        return F.collect_list(ordered())
+    raise TypeError(f"no Spark compilation for {agg!r}")
+
+
+def _extract(agg: Aggregation, result: Any) -> Any:
+    from pyspark.sql import functions as F
+
+    if isinstance(agg, (Latest, First)):
+        return result.getField("v")
+    if isinstance(agg, CountDistinct):
+        return F.size(result)
+    if isinstance(agg, LastK):
+        return F.slice(F.sort_array(result, asc=False), 1, agg.k)
+    return result
+
+
+def _finish(agg: Aggregation, dtype: DType, value: Any) -> Any:
+    """Aggregate result to the stored feature value, exactly as ``transforms.dtypes.feature_value``."""
+    from pyspark.sql import functions as F
+
+    if isinstance(agg, (Count, CountDistinct)):
+        value = F.coalesce(value, F.lit(0))
+    elif isinstance(agg, Sum):
+        value = F.coalesce(value, F.lit(0))
+    elif isinstance(agg, LastK):
+        value = F.when(F.size(value) > 0, F.transform(value, lambda item: item.getField("v")))
+    element = dtype.element if dtype.element is not None else dtype
+    if element.name == "UnixTimestamp":
+
+        def to_seconds(ms: Any) -> Any:
+            return F.timestamp_seconds(F.floor(ms / F.lit(1000)))
+
+        return F.transform(value, to_seconds) if dtype.element is not None else to_seconds(value)
+    spark_type = {"Int32": "int", "Int64": "bigint", "Float32": "float", "Float64": "double"}
+    if dtype.element is None and dtype.name in spark_type:
+        return value.cast(spark_type[dtype.name])
+    if dtype.element is not None and dtype.element.name in spark_type:
+        return value.cast(f"array<{spark_type[dtype.element.name]}>")
+    return value
+
+
+def aggregate_rows(plan: TransformPlan, rows: Any) -> Any:
+    """Stage 2: feature rows (keys, features, ``event_timestamp``) from stage 1's typed rows."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    keys = list(plan.key_names)
+    values = [_value_column(i) for i in range(len(plan.features))]
+    rows = rows.select(*keys, TS, *values)
+    window = plan.window
+    if isinstance(window, Sliding) and window.hop is not None:
+        size, hop = window.size_ms, window.hop_ms
+        assert hop is not None
+        first_end = F.col(TS) - F.pmod(F.col(TS), F.lit(hop)) + F.lit(hop)
+        exploded = rows.select(
+            *keys,
+            F.explode(F.sequence(first_end, first_end + F.lit(size - hop), F.lit(hop))).alias(END),
+            TS,
+            *values,
+        )
+        grouped = exploded.groupBy(*keys, END).agg(
+            *[
+                _extract(f.aggregation, _aggregate(f.aggregation, F.col(v))).alias(v)
+                for f, v in zip(plan.features, values, strict=True)
+            ]
+        )
+        ends = (
+            rows.select(*keys, first_end.alias(END))
+            .union(rows.select(*keys, (first_end + F.lit(size)).alias(END)))
+            .distinct()
+        )
+        out = ends.join(grouped, on=[*keys, END], how="left").withColumnRenamed(END, TS)
+    else:
+        if isinstance(window, Lifetime):
+            frame = Window.partitionBy(*keys).orderBy(TS).rangeBetween(Window.unboundedPreceding, 0)
+            framed = rows
+        else:
+            assert isinstance(window, Sliding)
+            size = window.size_ms
+            frame = Window.partitionBy(*keys).orderBy(TS).rangeBetween(-(size - 1), 0)
+            leave = rows.select(
+                *keys,
+                (F.col(TS) + F.lit(size)).alias(TS),
+                *[F.lit(None).cast(rows.schema[v].dataType).alias(v) for v in values],
+            )
+            framed = rows.unionByName(leave)
+        out = framed.select(
+            *keys,
+            TS,
+            *[
+                _extract(f.aggregation, _aggregate(f.aggregation, F.col(v)).over(frame)).alias(v)
+                for f, v in zip(plan.features, values, strict=True)
+            ],
+        ).dropDuplicates([*keys, TS])
+    return out.select(
+        *keys,
+        *[
+            _finish(f.aggregation, f.dtype, F.col(v)).alias(f.name)
+            for f, v in zip(plan.features, values, strict=True)
+        ],
+        F.timestamp_millis(F.col(TS)).alias(EVENT_TIMESTAMP),
+    )
+
+
+@dataclass
+class SparkResult:
+    """A Spark run: the feature rows and dead letters as DataFrames, and the event counts."""
+
+    rows: Any
+    dead_letters: Any
+    counts: EventCounts
+    prepared: Any
+
+    def dead_letter_records(self, view: str) -> list[DeadLetter]:
+        table = self.dead_letters.toArrow()
+        return [
+            DeadLetter(
+                view=view,
+                reason=r["_reason"],
+                detail=r["_detail"],
+                raw=r["_raw"],
+                event_time=None if r["_event_ms"] is None else ms_to_datetime(r["_event_ms"]),
+            )
+            for r in table.to_pylist()
+        ]
+
+    def release(self) -> None:
+        self.prepared.unpersist()
+
+
+def ship_code_by_value(fn: Any) -> None:
+    """Let Spark workers run ``fn`` although they cannot import its module (a feature repository's
+    file is not installed on them): its module is pickled by value instead of by reference."""
+    module = sys.modules.get(getattr(fn, "__module__", "") or "")
+    path = getattr(module, "__file__", None) or ""
+    if module is None or not path or "site-packages" in Path(path).parts:
+        return
+    if module.__name__.split(".")[0] in ("featurestore", "transforms", "registry", "backfill"):
+        return
+    from pyspark import cloudpickle
+
+    cloudpickle.register_pickle_by_value(module)
+
+
+def run_spark(plan: TransformPlan, events: Any) -> SparkResult:
+    """Compile ``plan`` over the raw events DataFrame ``events``; stage 1 is computed once."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    if plan.event_transform is not None:
+        ship_code_by_value(plan.event_transform)
+
+    def stage1(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        return prepare_batches(plan, batches)
+
+    prepared = events.mapInArrow(stage1, prepared_ddl(plan)).persist(StorageLevel.MEMORY_AND_DISK)
+    tallies = {(r[KIND], r[FIRST]): r["count"] for r in prepared.groupBy(KIND, FIRST).count().collect()}
+    counts = EventCounts(
+        aggregated=tallies.get((ROW, True), 0),
+        filtered=tallies.get((FILTERED, False), 0),
+        dead_lettered=tallies.get((DEAD, False), 0),
+        rows=tallies.get((ROW, True), 0) + tallies.get((ROW, False), 0),
+    )
+    counts.input = events.count()  # counted apart, so a lost event unbalances the counts
+    rows = aggregate_rows(plan, prepared.filter(F.col(KIND) == ROW))
+    dead = prepared.filter(F.col(KIND) == DEAD).select(*DEAD_COLUMNS)
+    return SparkResult(rows=rows, dead_letters=dead, counts=counts, prepared=prepared)
+
+
+def spark_engine(plan: TransformPlan, inputs: Any, ctx: FeatureContext) -> SparkResult:
+    """Engine entry point used by ``UnifiedTransformer.run``: ``inputs`` is a DataFrame of raw events."""
+    return run_spark(plan, inputs)
