@@ -88,48 +88,58 @@ def _engine_value(value: Any) -> Any:
     return value
 
 
+class _BatchBuilder:
+    """Stage 1's output columns for one batch, filled one outcome at a time."""
+
+    def __init__(self, plan: TransformPlan, schema: pa.Schema) -> None:
+        self.schema = schema
+        self.key_names = plan.key_names
+        self.columns: dict[str, list[Any]] = {name: [] for name in schema.names}
+        self.no_key = (None,) * len(plan.key_names)
+        self.no_values = (None,) * len(plan.features)
+        self.no_dead = (None,) * len(DEAD_COLUMNS)
+
+    def emit(
+        self,
+        kind: int,
+        first: bool = False,
+        key: tuple[Any, ...] | None = None,
+        ts: int | None = None,
+        values: tuple[Any, ...] | None = None,
+        dead: tuple[Any, ...] | None = None,
+    ) -> None:
+        columns = self.columns
+        columns[KIND].append(kind)
+        columns[FIRST].append(first)
+        for name, value in zip(self.key_names, key or self.no_key, strict=True):
+            columns[name].append(value)
+        columns[TS].append(ts)
+        for i, value in enumerate(values or self.no_values):
+            columns[_value_column(i)].append(_engine_value(value))
+        for name, value in zip(DEAD_COLUMNS, dead or self.no_dead, strict=True):
+            columns[name].append(value)
+
+    def batch(self) -> pa.RecordBatch:
+        return pa.RecordBatch.from_pydict(self.columns, schema=self.schema)
+
+
 def prepare_batches(plan: TransformPlan, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """Stage 1, run on Spark's Python workers: raw event batches to typed rows and dead letters."""
     preparer = EventPreparer(plan)
     schema = prepared_schema(plan)
-    key_names = plan.key_names
-    n_values = len(plan.features)
     for batch in batches:
-        columns: dict[str, list[Any]] = {name: [] for name in schema.names}
-
-        def emit(
-            kind: int,
-            first: bool,
-            key: tuple[Any, ...],
-            ts: int | None,
-            values: tuple[Any, ...],
-            dead: tuple[Any, ...],
-        ) -> None:
-            columns[KIND].append(kind)
-            columns[FIRST].append(first)
-            for name, value in zip(key_names, key, strict=True):
-                columns[name].append(value)
-            columns[TS].append(ts)
-            for i, value in enumerate(values):
-                columns[_value_column(i)].append(_engine_value(value))
-            for name, value in zip(DEAD_COLUMNS, dead, strict=True):
-                columns[name].append(value)
-
-        no_key = (None,) * len(key_names)
-        no_values = (None,) * n_values
-        no_dead = (None,) * len(DEAD_COLUMNS)
+        out = _BatchBuilder(plan, schema)
         for raw in batch.to_pylist():
             outcome = preparer.prepare(raw)
             if outcome is None:
-                emit(FILTERED, False, no_key, None, no_values, no_dead)
+                out.emit(FILTERED)
             elif isinstance(outcome, DeadLetter):
                 event_ms = None if outcome.event_time is None else datetime_to_ms(outcome.event_time)
-                dead = (outcome.reason, outcome.detail, outcome.raw, event_ms)
-                emit(DEAD, False, no_key, None, no_values, dead)
+                out.emit(DEAD, dead=(outcome.reason, outcome.detail, outcome.raw, event_ms))
             else:
                 for i, (key, values) in enumerate(outcome.rows):
-                    emit(ROW, i == 0, key, outcome.time_ms, values, no_dead)
-        yield pa.RecordBatch.from_pydict(columns, schema=schema)
+                    out.emit(ROW, i == 0, key, outcome.time_ms, values)
+        yield out.batch()
 
 
 def _spark_type(arrow_type: pa.DataType) -> str:
