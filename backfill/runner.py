@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow.dataset as ds
 
+from backfill.spark_session import DEFAULT_MASTER, spark_session
 from featurestore.config import feast_store
 from featurestore.deadletter import write_dead_letters
 from featurestore.offline.parquet import ParquetOfflineStore
@@ -27,7 +28,8 @@ from transforms.errors import MLFSError
 from transforms.events import EventCounts
 from transforms.plan import EVENT_TIMESTAMP, Runner, spec_hash
 
-ENGINES = ("reference",)
+ENGINES = ("spark", "reference")
+DEFAULT_CHUNK_DAYS = 7
 
 
 @dataclass
@@ -42,6 +44,7 @@ class ViewReport:
     online_skipped: int = 0
     dead_letter_file: Path | None = None
     seconds: float = 0.0
+    chunks_skipped: int = 0
 
 
 @dataclass
@@ -53,10 +56,15 @@ class BackfillPlan:
     end: datetime
     engine: str
     inputs: dict[str, list[Path]] = field(default_factory=dict)
+    spark_master: str | None = None
+    chunk_days: int = DEFAULT_CHUNK_DAYS
 
     def describe(self) -> list[str]:
+        engine = self.engine
+        if engine == "spark":
+            engine += f" (master {self.spark_master or DEFAULT_MASTER}, chunks of {self.chunk_days} day(s))"
         lines = [
-            f"engine: {self.engine}",
+            f"engine: {engine}",
             f"range: [{self.start.isoformat() if self.start else 'beginning'}, {self.end.isoformat()})",
         ]
         for view in self.views:
@@ -94,18 +102,24 @@ def plan_backfill(
     view_names: list[str],
     start: datetime | None,
     end: datetime | None,
-    engine: str,
+    engine: str = "spark",
+    spark_master: str | None = None,
+    chunk_days: int = DEFAULT_CHUNK_DAYS,
 ) -> BackfillPlan:
     """Check the request (views exist, range, engine, inputs) and describe the work."""
     if engine not in ENGINES:
         raise MLFSError(f"unknown engine {engine!r} (available: {', '.join(ENGINES)})")
+    if chunk_days < 1:
+        raise MLFSError("--chunk-days must be at least 1")
     views = [repo.view(n) for n in view_names] if view_names else list(repo.views.values())
     if not views:
         raise MLFSError("the repository defines no views")
     end = end or datetime.now(UTC)
     if start is not None and start >= end:
         raise MLFSError(f"--start {start.isoformat()} is not before --end {end.isoformat()}")
-    plan = BackfillPlan(views, start, end, engine)
+    spark_settings = repo.settings.mlfs.get("spark") or {}
+    master = spark_master or spark_settings.get("master")
+    plan = BackfillPlan(views, start, end, engine, spark_master=master, chunk_days=chunk_days)
     for view in views:
         path = history_path(repo, view)
         files = history_files(path)
@@ -128,42 +142,101 @@ def run_backfill(
     repo: FeatureRepo,
     plan: BackfillPlan,
     progress: Callable[[str, int | None], Callable[[int], None]] | None = None,
+    restart: bool = False,
 ) -> list[ViewReport]:
-    """Execute ``plan``; ``progress(view, total)`` returns a per-event tick callback."""
+    """Execute ``plan``; ``progress(view, total)`` returns a tick callback (events for the reference
+    engine, chunks for Spark). ``restart`` discards the progress of an interrupted Spark run."""
     store = feast_store(repo.settings)
     _check_applied(store, plan.views)
     offline = ParquetOfflineStore(repo.settings.offline_path)
     writer = open_online_writer(repo.settings, store)
-    created = datetime.now(UTC)
+    spark = spark_session(plan.spark_master) if plan.engine == "spark" else None
     reports = []
     try:
         for view in plan.views:
             started = time.monotonic()
-            files = plan.inputs[view.name]
-            total = ds.dataset([str(f) for f in files], format="parquet").count_rows()
-            tick = progress(view.name, total) if progress else None
-            result = view.run(read_history(history_path(repo, view)), Runner.REFERENCE, progress=tick)
-            rows = [
-                r
-                for r in result.rows
-                if (plan.start is None or r[EVENT_TIMESTAMP] >= plan.start) and r[EVENT_TIMESTAMP] < plan.end
-            ]
-            report = ViewReport(view.name, result.counts)
-            if view.offline:
-                stats = offline.write(view, rows, created, plan.start, plan.end)
-                report.offline_rows, report.partitions = stats.rows, stats.partitions
-            if view.online:
-                online = writer.write(view, rows)
-                report.online_written, report.online_skipped = online.written, online.skipped_older
             name = f"backfill-{_stamp(plan.start)}-{_stamp(plan.end)}.jsonl"
-            path = repo.settings.dead_letter_path / view.name / name
-            if write_dead_letters(path, result.dead_letters):
-                report.dead_letter_file = path
+            dead_letter_file = repo.settings.dead_letter_path / view.name / name
+            if spark is not None:
+                report = _spark_view(
+                    repo, plan, view, spark, offline, writer, dead_letter_file, restart, progress
+                )
+            else:
+                report = _reference_view(repo, plan, view, offline, writer, dead_letter_file, progress)
+            if dead_letter_file.is_file():
+                report.dead_letter_file = dead_letter_file
             report.seconds = time.monotonic() - started
             reports.append(report)
     finally:
         writer.close()
     return reports
+
+
+def _spark_view(
+    repo: FeatureRepo,
+    plan: BackfillPlan,
+    view: StreamFeatureView,
+    spark: Any,
+    offline: ParquetOfflineStore,
+    writer: Any,
+    dead_letter_file: Path,
+    restart: bool,
+    progress: Callable[[str, int | None], Callable[[int], None]] | None,
+) -> ViewReport:
+    from backfill.spark_backfill import backfill_view_spark
+
+    done = backfill_view_spark(
+        spark,
+        view,
+        plan.inputs[view.name],
+        plan.start,
+        plan.end,
+        offline,
+        writer,
+        repo.settings.work_path / "backfill",
+        dead_letter_file,
+        chunk_days=plan.chunk_days,
+        restart=restart,
+        tick=progress(view.name, None) if progress else None,
+    )
+    return ViewReport(
+        view.name,
+        done["counts"],
+        offline_rows=done["offline_rows"],
+        partitions=done["partitions"],
+        online_written=done["online_written"],
+        online_skipped=done["online_skipped"],
+        chunks_skipped=done["chunks_skipped"],
+    )
+
+
+def _reference_view(
+    repo: FeatureRepo,
+    plan: BackfillPlan,
+    view: StreamFeatureView,
+    offline: ParquetOfflineStore,
+    writer: Any,
+    dead_letter_file: Path,
+    progress: Callable[[str, int | None], Callable[[int], None]] | None,
+) -> ViewReport:
+    files = plan.inputs[view.name]
+    total = ds.dataset([str(f) for f in files], format="parquet").count_rows()
+    tick = progress(view.name, total) if progress else None
+    result = view.run(read_history(history_path(repo, view)), Runner.REFERENCE, progress=tick)
+    rows = [
+        r
+        for r in result.rows
+        if (plan.start is None or r[EVENT_TIMESTAMP] >= plan.start) and r[EVENT_TIMESTAMP] < plan.end
+    ]
+    report = ViewReport(view.name, result.counts)
+    if view.offline:
+        stats = offline.write(view, rows, datetime.now(UTC), plan.start, plan.end)
+        report.offline_rows, report.partitions = stats.rows, stats.partitions
+    if view.online:
+        online = writer.write(view, rows)
+        report.online_written, report.online_skipped = online.written, online.skipped_older
+    write_dead_letters(dead_letter_file, result.dead_letters)
+    return report
 
 
 def _stamp(value: datetime | None) -> str:

@@ -23,6 +23,7 @@ def spark_session(master: str | None = None, app_name: str = "mlfs-backfill") ->
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.sql.shuffle.partitions", "8")
+        .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
         .config("spark.driver.memory", os.environ.get("MLFS_SPARK_DRIVER_MEMORY", "4g"))
         .getOrCreate()
     )

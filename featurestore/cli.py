@@ -51,7 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("views", nargs="*", metavar="VIEW", help="views to run (default: all)")
     backfill.add_argument("--start", type=_timestamp, help="first feature time (default: all history)")
     backfill.add_argument("--end", type=_timestamp, help="end of the range, exclusive (default: now)")
-    backfill.add_argument("--engine", default="reference", help="engine (default: reference)")
+    backfill.add_argument(
+        "--engine", default="spark", choices=["spark", "reference"], help="engine (default: spark)"
+    )
+    backfill.add_argument("--spark-master", metavar="URL", help="Spark master (default: local[*])")
+    backfill.add_argument(
+        "--chunk-days", type=int, default=7, metavar="N", help="days per resumable chunk (default: 7)"
+    )
+    backfill.add_argument("--restart", action="store_true", help="discard the progress of an interrupted run")
     backfill.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     _repo_option(backfill)
 
@@ -111,17 +118,20 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from featurestore.repo import load_repo
 
     repo = load_repo(args.repo)
-    plan = plan_backfill(repo, args.views, args.start, args.end, args.engine)
+    plan = plan_backfill(
+        repo, args.views, args.start, args.end, args.engine, args.spark_master, args.chunk_days
+    )
     if args.dry_run:
         print("\n".join(plan.describe()))
         return 0
     started = time.monotonic()
-    reports = run_backfill(repo, plan, _progress_factory())
+    reports = run_backfill(repo, plan, _progress_factory(), restart=args.restart)
     for r in reports:
         print(
             f"{r.view}: {r.counts.summary()}; offline {r.offline_rows} rows in "
             f"{r.partitions} partition(s); online {r.online_written} keys written"
             + (f", {r.online_skipped} kept (newer)" if r.online_skipped else "")
+            + (f"; {r.chunks_skipped} chunk(s) already done" if r.chunks_skipped else "")
             + f"; {r.seconds:.1f}s"
         )
         if r.dead_letter_file:

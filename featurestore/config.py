@@ -32,6 +32,7 @@ class RepoSettings:
     online_store: dict[str, Any]
     offline_path: Path
     dead_letter_path: Path
+    work_path: Path
     mlfs: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -81,6 +82,7 @@ def load_settings(repo_path: str | Path) -> RepoSettings:
         online_store=dict(online),
         offline_path=_resolve(repo, str(mlfs.get("offline_path", "data/offline"))),
         dead_letter_path=_resolve(repo, str(mlfs.get("dead_letter_path", "data/dead_letter"))),
+        work_path=_resolve(repo, str(mlfs.get("work_path", "data/work"))),
         mlfs=dict(mlfs),
     )
 

@@ -46,15 +46,19 @@ def normalise(value: Any) -> Any:
     return value
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(
+    params=[("sqlite", "reference"), ("redis", "reference"), ("sqlite", "spark"), ("redis", "spark")],
+    ids=lambda p: "-".join(p),
+)
 def backfilled(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    online, engine = request.param
     redis_env = None
-    if request.param == "redis":
+    if online == "redis":
         monkeypatch.setenv("MLFS_TEST_REDIS", f"127.0.0.1:{request.getfixturevalue('redis_port')}")
         redis_env = "MLFS_TEST_REDIS"
     repo = example_repo(tmp_path / "repo", events=2000, redis_env=redis_env)
     assert main(["apply", "--repo", str(repo)]) == 0
-    assert main(["backfill", "--end", AS_OF.isoformat(), "--repo", str(repo)]) == 0
+    assert main(["backfill", "--end", AS_OF.isoformat(), "--engine", engine, "--repo", str(repo)]) == 0
     return repo
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -103,7 +103,48 @@ class ParquetOfflineStore:
         by_day: dict[date, list[dict[str, Any]]] = {}
         for row in rows:
             by_day.setdefault(_day(row[EVENT_TIMESTAMP]), []).append({**row, CREATED_TIMESTAMP: created})
-        touched = set(by_day)
+        return self.replace(
+            view,
+            set(by_day),
+            lambda day: pa.Table.from_pylist(by_day.get(day, []), schema=schema),
+            start,
+            end,
+        )
+
+    def write_staged(
+        self, view: StreamFeatureView, staged: Path, start: datetime | None, end: datetime | None
+    ) -> OfflineWriteStats:
+        """Like ``write``, from a directory of ``date=YYYY-MM-DD`` Parquet partitions (as Spark
+        writes them, with ``created_timestamp``), one day in memory at a time."""
+        schema = arrow_schema(view)
+        days = {
+            date.fromisoformat(d.name[len(PARTITION_PREFIX) :]): d
+            for d in (staged.iterdir() if staged.is_dir() else [])
+            if d.is_dir() and d.name.startswith(PARTITION_PREFIX)
+        }
+
+        def day_table(day: date) -> pa.Table:
+            if day not in days:
+                return schema.empty_table()
+            tables = [pq.read_table(f) for f in sorted(days[day].glob("*.parquet"))]
+            if not tables:
+                return schema.empty_table()
+            return pa.concat_tables(tables).select(schema.names).cast(schema)
+
+        return self.replace(view, set(days), day_table, start, end)
+
+    def replace(
+        self,
+        view: StreamFeatureView,
+        new_days: set[date],
+        day_rows: Callable[[date], pa.Table],
+        start: datetime | None,
+        end: datetime | None,
+    ) -> OfflineWriteStats:
+        """Rewrite every partition that ``[start, end)`` touches or that gets new rows: rows of the
+        range come from ``day_rows(day)``, rows outside it are kept."""
+        schema = arrow_schema(view)
+        touched = set(new_days)
         for day in self.partitions(view.name):
             if (start is None or _day_start(day) + timedelta(days=1) > start) and (
                 end is None or _day_start(day) < end
@@ -111,7 +152,7 @@ class ParquetOfflineStore:
                 touched.add(day)
         stats = OfflineWriteStats()
         for day in sorted(touched):
-            new = pa.Table.from_pylist(by_day.get(day, []), schema=schema)
+            new = day_rows(day)
             kept = self._outside(self._read_partition(view.name, day, schema), start, end)
             table = pa.concat_tables([kept, new]) if kept.num_rows else new
             self._replace_partition(view, day, table)
