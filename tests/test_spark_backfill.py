@@ -1,0 +1,197 @@
+"""Spark backfill: kill -9 and resume, a real standalone cluster, and --dry-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import AS_OF, free_port
+from repo_helpers import example_repo
+
+from featurestore.cli import main
+from featurestore.config import feast_store
+from featurestore.offline.parquet import ParquetOfflineStore
+from featurestore.repo import load_repo
+from transforms.plan import CREATED_TIMESTAMP
+
+pytestmark = pytest.mark.slow
+
+MLFS = str(Path(sys.executable).with_name("mlfs"))
+VIEW = "user_payment_stats_7d"
+
+
+def applied(path: Path) -> Path:
+    repo = example_repo(path, events=3000)
+    assert main(["apply", "--repo", str(repo)]) == 0
+    return repo
+
+
+def backfill_args(repo: Path, *extra: str) -> list[str]:
+    return ["backfill", VIEW, "--end", AS_OF.isoformat(), "--chunk-days", "1", "--repo", str(repo), *extra]
+
+
+def offline_rows(repo_path: Path) -> list[dict[str, Any]]:
+    repo = load_repo(repo_path)
+    table = ParquetOfflineStore(repo.settings.offline_path).read(repo.views[VIEW])
+    return sorted(
+        ({k: v for k, v in r.items() if k != CREATED_TIMESTAMP} for r in table.to_pylist()),
+        key=lambda r: (r["user_id"], r["event_timestamp"]),
+    )
+
+
+def online_values(repo_path: Path) -> dict[str, Any]:
+    repo = load_repo(repo_path)
+    users = [{"user_id": f"u{i:04d}"} for i in range(200)]
+    features = [f"{VIEW}:{f.name}" for f in repo.views[VIEW].feature_fields]
+    return dict(
+        feast_store(repo.settings).get_online_features(features=features, entity_rows=users).to_dict()
+    )
+
+
+def test_killed_backfill_resumes_to_identical_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clean = applied(tmp_path / "clean")
+    assert main(backfill_args(clean)) == 0
+
+    killed = applied(tmp_path / "killed")
+    work = killed / "data" / "work" / "backfill" / VIEW
+    proc = subprocess.Popen(
+        [MLFS, *backfill_args(killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the Spark JVM dies with it
+    )
+    deadline = time.monotonic() + 300
+    done: list[int] = []
+    while len(done) < 3:
+        assert proc.poll() is None, "the backfill finished before it could be killed"
+        assert time.monotonic() < deadline, "no chunk was recorded in time"
+        for manifest in work.glob("*/manifest.json"):
+            try:
+                done = json.loads(manifest.read_text())["chunks_done"]
+            except (ValueError, OSError):
+                pass
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    capsys.readouterr()
+    assert main(backfill_args(killed)) == 0
+    out = capsys.readouterr().out
+    skipped = int(out.split(" chunk(s) already done")[0].rsplit("; ", 1)[1])
+    assert skipped >= 3, out
+    assert offline_rows(killed) == offline_rows(clean)
+    assert online_values(killed) == online_values(clean)
+    letters = sorted((p.name, p.read_text()) for p in (killed / "data" / "dead_letter").rglob("*.jsonl"))
+    assert letters == sorted(
+        (p.name, p.read_text()) for p in (clean / "data" / "dead_letter").rglob("*.jsonl")
+    )
+    assert not any(work.iterdir())  # a finished run leaves no work behind
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = applied(tmp_path / "repo")
+    capsys.readouterr()
+    assert main(backfill_args(repo, "--dry-run", "--spark-master", "spark://example:7077")) == 0
+    out = capsys.readouterr().out
+    assert "engine: spark (master spark://example:7077, chunks of 1 day(s))" in out
+    assert f"view {VIEW}: window continuous, source payments, 1 input file(s)" in out
+    assert not (repo / "data" / "offline").exists()
+
+
+@pytest.fixture
+def standalone_spark(tmp_path: Path) -> Iterator[str]:
+    """A real Spark standalone master and worker on localhost, from pyspark's own spark-class."""
+    import pyspark
+
+    home = Path(pyspark.__file__).parent
+    env = {
+        **os.environ,
+        "SPARK_HOME": str(home),
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "SPARK_LOG_DIR": str(tmp_path / "logs"),
+        "SPARK_WORKER_DIR": str(tmp_path / "work"),
+    }
+    port, ui = free_port(), free_port()
+    spark_class = str(home / "bin" / "spark-class")
+    master = subprocess.Popen(
+        [
+            spark_class,
+            "org.apache.spark.deploy.master.Master",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--webui-port",
+            str(ui),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"spark://127.0.0.1:{port}"
+    worker = subprocess.Popen(
+        [
+            spark_class,
+            "org.apache.spark.deploy.worker.Worker",
+            url,
+            "--cores",
+            "1",
+            "--memory",
+            "1g",
+            "--webui-port",
+            str(free_port()),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{ui}/json/", timeout=2) as answer:
+                    if json.load(answer).get("aliveworkers", 0) >= 1:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the standalone Spark cluster did not come up"
+            time.sleep(0.5)
+        yield url
+    finally:
+        for proc in (worker, master):
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+
+
+def test_standalone_cluster_gives_the_same_rows_as_local(tmp_path: Path, standalone_spark: str) -> None:
+    local = applied(tmp_path / "local")
+    assert main(backfill_args(local, "--chunk-days", "7")) == 0
+    cluster = applied(tmp_path / "cluster")
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+    proc = subprocess.run(
+        [MLFS, *backfill_args(cluster, "--chunk-days", "7", "--spark-master", standalone_spark)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert offline_rows(cluster) == offline_rows(local)
+    assert online_values(cluster) == online_values(local)
+    shutil.rmtree(tmp_path / "cluster" / "data" / "offline")
