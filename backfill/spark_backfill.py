@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,6 +36,7 @@ from transforms.timeutil import datetime_to_ms, ms_to_datetime
 from transforms.windows import Lifetime, Sliding
 
 MANIFEST = "manifest.json"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -120,6 +123,7 @@ def backfill_view_spark(
     created = datetime.fromisoformat(manifest.created)
     prepared_path = work / "prepared"
 
+    clock = time.monotonic()
     if not manifest.prepared:
         result = run_spark(view.plan, spark.read.parquet(*[str(f) for f in files]))
         result.prepared.write.mode("overwrite").parquet(str(prepared_path))
@@ -130,6 +134,8 @@ def backfill_view_spark(
         manifest.counts = asdict(result.counts)
         manifest.first_ms = first
         manifest.save(work / MANIFEST)
+        log.info("%s: stage 1 and dead letters in %.1fs", view.name, time.monotonic() - clock)
+        clock = time.monotonic()
 
     counts = EventCounts(**manifest.counts)
     report: dict[str, Any] = {"counts": counts, "offline_rows": 0, "partitions": 0, "chunks_skipped": 0}
@@ -165,17 +171,25 @@ def backfill_view_spark(
             .partitionBy("date")
             .parquet(str(staged))
         )
+        log.info("%s: chunk %d computed in %.1fs", view.name, chunk.index, time.monotonic() - clock)
+        clock = time.monotonic()
         if view.offline:
             stats = offline.write_staged(view, staged, chunk.start, chunk.end)
             report["offline_rows"] += stats.rows
             report["partitions"] += stats.partitions
         manifest.chunks_done.append(chunk.index)
         manifest.save(work / MANIFEST)
+        log.info("%s: chunk %d written offline in %.1fs", view.name, chunk.index, time.monotonic() - clock)
+        clock = time.monotonic()
         if tick:
             tick(1)
 
     if view.online:
-        stats_online = writer.write(view, _latest_rows(spark, view, staged_dirs))
+        latest = _latest_rows(spark, view, staged_dirs)
+        log.info("%s: %d latest rows in %.1fs", view.name, len(latest), time.monotonic() - clock)
+        clock = time.monotonic()
+        stats_online = writer.write(view, latest)
+        log.info("%s: online write in %.1fs", view.name, time.monotonic() - clock)
         report["online_written"] = stats_online.written
         report["online_skipped"] = stats_online.skipped_older
     shutil.rmtree(work, ignore_errors=True)
@@ -187,7 +201,7 @@ def _latest_rows(spark: Any, view: StreamFeatureView, staged_dirs: list[Path]) -
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    present = [str(d) for d in staged_dirs if d.is_dir()]
+    present = [str(d) for d in staged_dirs if d.is_dir() and any(d.rglob("*.parquet"))]
     if not present:
         return []
     keys = list(view.plan.key_names)
