@@ -93,9 +93,12 @@ def split_and_drop(event: dict[str, Any]) -> Any:
     return event
 
 
-def conformance_view(window: str) -> StreamFeatureView:
+def conformance_view(window: str, transform: bool = True) -> StreamFeatureView:
     return make_view(
-        dict(FEATURES), window=WINDOWS[window](), transform=split_and_drop, name=f"conformance_{window}"
+        dict(FEATURES),
+        window=WINDOWS[window](),
+        transform=split_and_drop if transform else None,
+        name=f"conformance_{window}",
     )
 
 
@@ -126,10 +129,24 @@ def generate_events(seed: int, n: int = 1500, keys: int = 12) -> list[dict[str, 
     return events
 
 
-def write_events(events: list[dict[str, Any]], path: Path) -> Path:
+TYPED_TIME_SCHEMA = RAW_SCHEMA.set(1, pa.field("timestamp", pa.timestamp("us", tz="UTC")))
+
+
+def write_events(events: list[dict[str, Any]], path: Path, typed_time: bool = False) -> Path:
+    """Events as Parquet; with ``typed_time`` the time column is a timestamp (unparseable ones null)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(events, schema=RAW_SCHEMA), path)
+    if typed_time:
+        events = [{**e, "timestamp": _as_time(e["timestamp"])} for e in events]
+    schema = TYPED_TIME_SCHEMA if typed_time else RAW_SCHEMA
+    pq.write_table(pa.Table.from_pylist(events, schema=schema), path)
     return path
+
+
+def _as_time(text: str | None) -> datetime | None:
+    try:
+        return None if text is None else datetime.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 def _same(a: Any, b: Any) -> bool:

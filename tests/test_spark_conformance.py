@@ -22,11 +22,23 @@ def spark() -> Iterator[Any]:
     yield session
 
 
+CASES = [
+    # (seed, event transform, typed time column): with a transform, or an untyped time column,
+    # every event takes the row path; without both, clean rows take the vectorised path.
+    (1, True, False),
+    (2, True, False),
+    (3, False, True),
+    (4, False, False),
+]
+
+
 @pytest.mark.parametrize("window", sorted(WINDOWS))
-@pytest.mark.parametrize("seed", [1, 2])
-def test_spark_rows_equal_reference(spark: Any, tmp_path: Path, window: str, seed: int) -> None:
-    view = conformance_view(window)
-    path = write_events(generate_events(seed), tmp_path / "events.parquet")
+@pytest.mark.parametrize(("seed", "transform", "typed_time"), CASES)
+def test_spark_rows_equal_reference(
+    spark: Any, tmp_path: Path, window: str, seed: int, transform: bool, typed_time: bool
+) -> None:
+    view = conformance_view(window, transform)
+    path = write_events(generate_events(seed), tmp_path / "events.parquet", typed_time)
 
     expected = view.run(read_history(path))
     result = view.run(spark.read.parquet(str(path)), Runner.SPARK)

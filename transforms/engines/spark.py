@@ -37,6 +37,7 @@ from transforms.aggregations import (
     Sum,
     Variance,
 )
+from transforms.arrow_events import split_clean
 from transforms.dtypes import DType
 from transforms.events import DeadLetter, EventCounts, EventPreparer
 from transforms.plan import EVENT_TIMESTAMP, FeatureContext, TransformPlan
@@ -123,11 +124,30 @@ class _BatchBuilder:
         return pa.RecordBatch.from_pydict(self.columns, schema=self.schema)
 
 
+def _clean_batch(schema: pa.Schema, clean: dict[str, pa.Array]) -> pa.RecordBatch:
+    n = len(clean[TS])
+    arrays = []
+    for field in schema:
+        if field.name == KIND:
+            arrays.append(pa.array([ROW] * n, pa.int8()))
+        elif field.name == FIRST:
+            arrays.append(pa.array([True] * n, pa.bool_()))
+        elif field.name in clean:
+            arrays.append(clean[field.name].cast(field.type))
+        else:
+            arrays.append(pa.nulls(n, field.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
 def prepare_batches(plan: TransformPlan, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """Stage 1, run on Spark's Python workers: raw event batches to typed rows and dead letters."""
     preparer = EventPreparer(plan)
     schema = prepared_schema(plan)
     for batch in batches:
+        split = split_clean(plan, batch)
+        if split is not None:  # clean rows vectorised; the rest (bad rows) row by row
+            clean, batch = split
+            yield _clean_batch(schema, clean)
         out = _BatchBuilder(plan, schema)
         for raw in batch.to_pylist():
             outcome = preparer.prepare(raw)

@@ -1,0 +1,126 @@
+"""The per-event stage over whole Arrow batches, for views without an event transform.
+
+It gives exactly what ``transforms.events.EventPreparer`` gives row by row, and only takes the
+rows it can prove clean: a typed, non-null event time at or after 1970 (so truncating to the
+millisecond is flooring) and non-null keys of the exact key type. Every other row, and every batch
+whose column types do not map one-to-one onto the plan's types, is left to the row path, which
+produces the dead letters.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from transforms.dtypes import DType
+from transforms.plan import TransformPlan
+
+_KEY_TYPES = {"String": (pa.string(), pa.large_string()), "Int64": (pa.int64(),), "Int32": (pa.int32(),)}
+_NUMERIC = (pa.int32(), pa.int64(), pa.float32(), pa.float64())
+
+
+def _time_ms(column: pa.Array) -> pa.Array | None:
+    """A timestamp column as epoch milliseconds (None if the column is not a timestamp)."""
+    if not pa.types.is_timestamp(column.type):
+        return None
+    raw = pc.cast(column, pa.int64())
+    per_ms = {"s": None, "ms": 1, "us": 1000, "ns": 1_000_000}[column.type.unit]
+    if per_ms is None:
+        return pc.multiply(raw, 1000)
+    return raw if per_ms == 1 else pc.divide(raw, per_ms)  # integer division; rows are >= 0
+
+
+def _value(
+    column: pa.Array | None, dtype: DType | None, n: int, time_ms: pa.Array, is_time: bool
+) -> pa.Array | None:
+    """One aggregation input, as the row path would coerce it (None: not vectorisable)."""
+    if is_time:  # the row path replaces the time column by the event time
+        if dtype is None:
+            return pa.array([True] * n, pa.bool_())
+        return time_ms if dtype.name == "UnixTimestamp" else None
+    if column is None:
+        return pa.nulls(n, pa.bool_() if dtype is None else _engine_type(dtype))
+    if dtype is None:  # Count(col): only nullness, NaN counting as null
+        valid = pc.is_valid(column)
+        if pa.types.is_floating(column.type):
+            valid = pc.and_(valid, pc.invert(pc.fill_null(pc.is_nan(column), False)))
+        return pc.if_else(valid, pa.scalar(True), pa.scalar(None, pa.bool_()))
+    name = dtype.name
+    if name in ("Float64", "Float32") and column.type in _NUMERIC:
+        floats = pc.cast(column, pa.float64(), safe=False)
+        return pc.if_else(pc.fill_null(pc.is_nan(floats), False), pa.scalar(None, pa.float64()), floats)
+    if name == "Int64" and column.type in (pa.int64(), pa.int32()):
+        return pc.cast(column, pa.int64())
+    if name == "Int32" and column.type == pa.int32():
+        return column
+    if name == "String" and column.type in (pa.string(), pa.large_string()):
+        return pc.cast(column, pa.string())
+    if name == "Bool" and column.type == pa.bool_():
+        return column
+    if name == "Bytes" and column.type in (pa.binary(), pa.large_binary()):
+        return pc.cast(column, pa.binary())
+    if name == "UnixTimestamp":
+        return _time_ms(column)
+    return None
+
+
+def _engine_type(dtype: DType) -> pa.DataType:
+    return {
+        "String": pa.string(),
+        "Int32": pa.int32(),
+        "Int64": pa.int64(),
+        "Float32": pa.float64(),
+        "Float64": pa.float64(),
+        "Bool": pa.bool_(),
+        "Bytes": pa.binary(),
+        "UnixTimestamp": pa.int64(),
+    }[dtype.name]
+
+
+def split_clean(
+    plan: TransformPlan, batch: pa.RecordBatch
+) -> tuple[dict[str, pa.Array], pa.RecordBatch] | None:
+    """The clean rows' keys, time (``_ts``) and input values (``_v<i>``), and the other rows.
+
+    None when the batch cannot be vectorised at all (an event transform, or column types that do
+    not map one-to-one).
+    """
+    if plan.event_transform is not None or plan.timestamp_field not in batch.schema.names:
+        return None
+    columns = dict(zip(batch.schema.names, batch.columns, strict=True))
+    time_column = columns[plan.timestamp_field]
+    if not pa.types.is_timestamp(time_column.type):
+        return None
+    clean = pc.is_valid(time_column)
+    raw_ms = _time_ms(time_column)
+    assert raw_ms is not None
+    clean = pc.and_(clean, pc.fill_null(pc.greater_equal(raw_ms, 0), False))
+    for name, dtype in plan.keys:
+        column = columns.get(name)
+        if column is None or column.type not in _KEY_TYPES[dtype.name]:
+            return None
+        clean = pc.and_(clean, pc.is_valid(column))
+    clean = pc.fill_null(clean, False)
+    rows = batch.filter(clean)
+    rest = batch.filter(pc.invert(clean))
+    n = rows.num_rows
+    picked = dict(zip(rows.schema.names, rows.columns, strict=True))
+    time_ms = _time_ms(picked[plan.timestamp_field])
+    assert time_ms is not None
+    out: dict[str, pa.Array] = {"_ts": time_ms}
+    for name, _ in plan.keys:
+        out[name] = (
+            pc.cast(picked[name], pa.string()) if picked[name].type == pa.large_string() else picked[name]
+        )
+    for i, feature in enumerate(plan.features):
+        column_name = feature.aggregation.column
+        if column_name is None:  # Count(): every row
+            out[f"_v{i}"] = pa.array([True] * n, pa.bool_())
+            continue
+        value = _value(
+            picked.get(column_name), feature.input_dtype, n, time_ms, column_name == plan.timestamp_field
+        )
+        if value is None:
+            return None
+        out[f"_v{i}"] = value
+    return out, rest
