@@ -61,9 +61,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def redis_port(tmp_path: Path) -> Iterator[int]:
-    """A real redis-server of this test's own, on a free port, stopped afterwards."""
+def start_redis(directory: Path) -> tuple[int, subprocess.Popen[bytes]]:
+    """A real redis-server of a test's own, on a free port (stop it with ``stop_redis``)."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed (scripts/setup.sh installs it)")
@@ -80,7 +79,7 @@ def redis_port(tmp_path: Path) -> Iterator[int]:
             "--appendonly",
             "no",
             "--dir",
-            str(tmp_path),
+            str(directory),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -90,15 +89,25 @@ def redis_port(tmp_path: Path) -> Iterator[int]:
     while True:
         try:
             client.ping()
-            break
+            return port, proc
         except redis.ConnectionError:
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
                 pytest.fail("redis-server did not start")
             time.sleep(0.05)
-    yield port
+
+
+def stop_redis(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_port(tmp_path: Path) -> Iterator[int]:
+    """A real redis-server of this test's own, on a free port, stopped afterwards."""
+    port, proc = start_redis(tmp_path)
+    yield port
+    stop_redis(proc)
 
 
 def t(seconds: float) -> int:

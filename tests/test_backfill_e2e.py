@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import AS_OF
+from conftest import AS_OF, start_redis, stop_redis
 from repo_helpers import example_repo
 
 from backfill.runner import history_path, read_history
@@ -47,19 +48,34 @@ def normalise(value: Any) -> Any:
 
 
 @pytest.fixture(
+    scope="module",
     params=[("sqlite", "reference"), ("redis", "reference"), ("sqlite", "spark"), ("redis", "spark")],
     ids=lambda p: "-".join(p),
 )
-def backfilled(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def backfilled_with(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Path, str]]:
+    """One backfilled example repository per store and engine (with that engine's name), shared by
+    the tests that read it."""
     online, engine = request.param
-    redis_env = None
-    if online == "redis":
-        monkeypatch.setenv("MLFS_TEST_REDIS", f"127.0.0.1:{request.getfixturevalue('redis_port')}")
-        redis_env = "MLFS_TEST_REDIS"
-    repo = example_repo(tmp_path / "repo", events=2000, redis_env=redis_env)
-    assert main(["apply", "--repo", str(repo)]) == 0
-    assert main(["backfill", "--end", AS_OF.isoformat(), "--engine", engine, "--repo", str(repo)]) == 0
-    return repo
+    base = tmp_path_factory.mktemp(f"{online}-{engine}")
+    with pytest.MonkeyPatch.context() as env:
+        redis_env, proc = None, None
+        if online == "redis":
+            port, proc = start_redis(base)
+            env.setenv("MLFS_TEST_REDIS", f"127.0.0.1:{port}")
+            redis_env = "MLFS_TEST_REDIS"
+        repo = example_repo(base / "repo", events=2000, redis_env=redis_env)
+        assert main(["apply", "--repo", str(repo)]) == 0
+        assert main(["backfill", "--end", AS_OF.isoformat(), "--engine", engine, "--repo", str(repo)]) == 0
+        yield repo, engine
+        if proc is not None:
+            stop_redis(proc)
+
+
+@pytest.fixture
+def backfilled(backfilled_with: tuple[Path, str]) -> Path:
+    return backfilled_with[0]
 
 
 def test_online_values_equal_reference(backfilled: Path) -> None:
@@ -117,14 +133,26 @@ def test_historical_values_are_point_in_time_correct(backfilled: Path) -> None:
     assert checked == len(probes)
 
 
-def test_rerun_is_idempotent_and_bad_rows_are_dead_lettered(backfilled: Path) -> None:
+def test_rerun_is_idempotent_and_bad_rows_are_dead_lettered(backfilled_with: tuple[Path, str]) -> None:
+    backfilled, engine = backfilled_with
     repo = load_repo(backfilled)
     offline = ParquetOfflineStore(repo.settings.offline_path)
     view = repo.views["user_payment_stats_7d"]
     before = offline.read(view).num_rows
     assert before == len(reference_rows(repo, view.name))
     assert (
-        main(["backfill", "user_payment_stats_7d", "--end", AS_OF.isoformat(), "--repo", str(backfilled)])
+        main(
+            [
+                "backfill",
+                "user_payment_stats_7d",
+                "--end",
+                AS_OF.isoformat(),
+                "--engine",
+                engine,
+                "--repo",
+                str(backfilled),
+            ]
+        )
         == 0
     )
     assert offline.read(view).num_rows == before
@@ -134,9 +162,24 @@ def test_rerun_is_idempotent_and_bad_rows_are_dead_lettered(backfilled: Path) ->
     assert reasons == ["missing_key", "missing_time"]
 
 
-def test_backfill_refuses_unapplied_changes(backfilled: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    features = backfilled / "features.py"
+def test_backfill_refuses_unapplied_changes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    repo = example_repo(tmp_path / "repo", events=300)
+    assert main(["apply", "--repo", str(repo)]) == 0
+    features = repo / "features.py"
     features.write_text(features.read_text().replace("timedelta(days=7)", "timedelta(days=3)"))
     capsys.readouterr()
-    assert main(["backfill", "--repo", str(backfilled)]) == 1
+    assert main(["backfill", "--engine", "reference", "--repo", str(repo)]) == 1
     assert "changed since the last `mlfs apply`" in capsys.readouterr().err
+
+
+def test_offline_history_of_every_view_equals_reference(backfilled: Path) -> None:
+    """Every row of every view, across chunk boundaries (hopping lookback, lifetime prefix)."""
+    from conformance import assert_same_rows
+
+    repo = load_repo(backfilled)
+    offline = ParquetOfflineStore(repo.settings.offline_path)
+    for name, view in repo.views.items():
+        stored = [
+            {k: v for k, v in r.items() if k != "created_timestamp"} for r in offline.read(view).to_pylist()
+        ]
+        assert_same_rows(view, reference_rows(repo, name), stored)
