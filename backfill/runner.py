@@ -45,6 +45,7 @@ class ViewReport:
     dead_letter_file: Path | None = None
     seconds: float = 0.0
     chunks_skipped: int = 0
+    end: datetime | None = None  # the range's end, when a resumed run kept an earlier one
 
 
 @dataclass
@@ -58,6 +59,7 @@ class BackfillPlan:
     inputs: dict[str, list[Path]] = field(default_factory=dict)
     spark_master: str | None = None
     chunk_days: int = DEFAULT_CHUNK_DAYS
+    end_given: bool = True
 
     def describe(self) -> list[str]:
         engine = self.engine
@@ -114,12 +116,15 @@ def plan_backfill(
     views = [repo.view(n) for n in view_names] if view_names else list(repo.views.values())
     if not views:
         raise MLFSError("the repository defines no views")
+    end_given = end is not None
     end = end or datetime.now(UTC)
     if start is not None and start >= end:
         raise MLFSError(f"--start {start.isoformat()} is not before --end {end.isoformat()}")
     spark_settings = repo.settings.mlfs.get("spark") or {}
     master = spark_master or spark_settings.get("master")
-    plan = BackfillPlan(views, start, end, engine, spark_master=master, chunk_days=chunk_days)
+    plan = BackfillPlan(
+        views, start, end, engine, spark_master=master, chunk_days=chunk_days, end_given=end_given
+    )
     for view in views:
         path = history_path(repo, view)
         files = history_files(path)
@@ -155,16 +160,21 @@ def run_backfill(
     try:
         for view in plan.views:
             started = time.monotonic()
-            name = f"backfill-{_stamp(plan.start)}-{_stamp(plan.end)}.jsonl"
-            dead_letter_file = repo.settings.dead_letter_path / view.name / name
+
+            def dead_letter_file(end: datetime, view: StreamFeatureView = view) -> Path:
+                name = f"backfill-{_stamp(plan.start)}-{_stamp(end)}.jsonl"
+                return repo.settings.dead_letter_path / view.name / name
+
             if spark is not None:
                 report = _spark_view(
                     repo, plan, view, spark, offline, writer, dead_letter_file, restart, progress
                 )
             else:
-                report = _reference_view(repo, plan, view, offline, writer, dead_letter_file, progress)
-            if dead_letter_file.is_file():
-                report.dead_letter_file = dead_letter_file
+                report = _reference_view(
+                    repo, plan, view, offline, writer, dead_letter_file(plan.end), progress
+                )
+            if dead_letter_file(report.end or plan.end).is_file():
+                report.dead_letter_file = dead_letter_file(report.end or plan.end)
             report.seconds = time.monotonic() - started
             reports.append(report)
     finally:
@@ -179,7 +189,7 @@ def _spark_view(
     spark: Any,
     offline: ParquetOfflineStore,
     writer: Any,
-    dead_letter_file: Path,
+    dead_letter_file: Callable[[datetime], Path],
     restart: bool,
     progress: Callable[[str, int | None], Callable[[int], None]] | None,
 ) -> ViewReport:
@@ -198,6 +208,7 @@ def _spark_view(
         chunk_days=plan.chunk_days,
         restart=restart,
         tick=progress(view.name, None) if progress else None,
+        end_given=plan.end_given,
     )
     return ViewReport(
         view.name,
@@ -207,6 +218,7 @@ def _spark_view(
         online_written=done["online_written"],
         online_skipped=done["online_skipped"],
         chunks_skipped=done["chunks_skipped"],
+        end=done["end"],
     )
 
 

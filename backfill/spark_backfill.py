@@ -44,6 +44,7 @@ class Manifest:
     """What a run has finished; saved after every step."""
 
     created: str
+    end: str = ""
     prepared: bool = False
     counts: dict[str, int] = field(default_factory=dict)
     first_ms: int | None = None
@@ -68,9 +69,10 @@ class Chunk:
     end: datetime
 
 
-def run_key(view: StreamFeatureView, files: list[Path], start: datetime | None, end: datetime) -> str:
-    """Names a run: the same view definition, range and input files resume the same run."""
-    parts = [spec_hash(view.spec()), str(start), str(end)]
+def run_key(view: StreamFeatureView, files: list[Path], start: datetime | None) -> str:
+    """Names a run: the same view definition, start and input files resume the same run (its end
+    is in the manifest)."""
+    parts = [spec_hash(view.spec()), str(start)]
     for f in files:
         stat = f.stat()
         parts.append(f"{f}:{stat.st_size}:{stat.st_mtime_ns}")
@@ -107,19 +109,28 @@ def backfill_view_spark(
     offline: ParquetOfflineStore,
     writer: OnlineWriter,
     work_root: Path,
-    dead_letter_file: Path,
+    dead_letter_file: Callable[[datetime], Path],
     chunk_days: int = 7,
     restart: bool = False,
     tick: Callable[[int], None] | None = None,
+    end_given: bool = True,
 ) -> dict[str, Any]:
     """Backfill one view on Spark (see the module docstring); returns what it did."""
     from pyspark.sql import functions as F
 
-    work = work_root / view.name / run_key(view, files, start, end)
+    work = work_root / view.name / run_key(view, files, start)
+    held = Manifest.load(work / MANIFEST, datetime.now(UTC)) if (work / MANIFEST).is_file() else None
+    if held is not None and held.end != end.isoformat():
+        if end_given:
+            restart = True  # an explicit, different end is a different run
+        else:
+            end = datetime.fromisoformat(held.end)
+            log.warning("%s: resuming the interrupted backfill up to %s", view.name, held.end)
     if restart:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     manifest = Manifest.load(work / MANIFEST, datetime.now(UTC))
+    manifest.end = end.isoformat()
     created = datetime.fromisoformat(manifest.created)
     prepared_path = work / "prepared"
 
@@ -127,7 +138,7 @@ def backfill_view_spark(
     if not manifest.prepared:
         result = run_spark(view.plan, spark.read.parquet(*[str(f) for f in files]))
         result.prepared.write.mode("overwrite").parquet(str(prepared_path))
-        write_dead_letters(dead_letter_file, result.dead_letter_records(view.name))
+        write_dead_letters(dead_letter_file(end), result.dead_letter_records(view.name))
         first = result.prepared.filter(F.col(KIND) == ROW).agg(F.min(TS)).collect()[0][0]
         result.release()
         manifest.prepared = True
@@ -138,7 +149,13 @@ def backfill_view_spark(
         clock = time.monotonic()
 
     counts = EventCounts(**manifest.counts)
-    report: dict[str, Any] = {"counts": counts, "offline_rows": 0, "partitions": 0, "chunks_skipped": 0}
+    report: dict[str, Any] = {
+        "counts": counts,
+        "offline_rows": 0,
+        "partitions": 0,
+        "chunks_skipped": 0,
+        "end": end,
+    }
     report["online_written"] = report["online_skipped"] = 0
     if manifest.first_ms is None:  # no valid event at all
         shutil.rmtree(work, ignore_errors=True)
