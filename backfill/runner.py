@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,12 @@ class BackfillPlan:
             f"engine: {engine}",
             f"range: [{self.start.isoformat() if self.start else 'beginning'}, {self.end.isoformat()})",
         ]
+        last_day = (self.end - timedelta(microseconds=1)).date()
+        if self.start is not None:
+            days = (last_day - self.start.date()).days + 1
+            lines.append(f"partitions: {days} date(s) from {self.start.date()} to {last_day} per view")
+        else:
+            lines.append(f"partitions: from the first event's date to {last_day} per view")
         for view in self.views:
             files = self.inputs[view.name]
             lines.append(

@@ -110,6 +110,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(
     out = capsys.readouterr().out
     assert "engine: spark (master spark://example:7077, chunks of 1 day(s))" in out
     assert f"view {VIEW}: window continuous, source payments, 1 input file(s)" in out
+    assert "partitions: from the first event's date to 2026-11-22 per view" in out
     assert not (repo / "data" / "offline").exists()
 
 
