@@ -15,6 +15,18 @@ import pyarrow.compute as pc
 from transforms.dtypes import DType
 from transforms.plan import TransformPlan
 
+# How each value type is held inside the engines (timestamps as epoch milliseconds).
+ENGINE_TYPES: dict[str, pa.DataType] = {
+    "String": pa.string(),
+    "Int32": pa.int32(),
+    "Int64": pa.int64(),
+    "Float32": pa.float64(),
+    "Float64": pa.float64(),
+    "Bool": pa.bool_(),
+    "Bytes": pa.binary(),
+    "UnixTimestamp": pa.int64(),
+}
+
 _KEY_TYPES = {"String": (pa.string(), pa.large_string()), "Int64": (pa.int64(),), "Int32": (pa.int32(),)}
 _NUMERIC = (pa.int32(), pa.int64(), pa.float32(), pa.float64())
 
@@ -39,7 +51,7 @@ def _value(
             return pa.array([True] * n, pa.bool_())
         return time_ms if dtype.name == "UnixTimestamp" else None
     if column is None:
-        return pa.nulls(n, pa.bool_() if dtype is None else _engine_type(dtype))
+        return pa.nulls(n, pa.bool_() if dtype is None else ENGINE_TYPES[dtype.name])
     if dtype is None:  # Count(col): only nullness, NaN counting as null
         valid = pc.is_valid(column)
         if pa.types.is_floating(column.type):
@@ -62,19 +74,6 @@ def _value(
     if name == "UnixTimestamp":
         return _time_ms(column)
     return None
-
-
-def _engine_type(dtype: DType) -> pa.DataType:
-    return {
-        "String": pa.string(),
-        "Int32": pa.int32(),
-        "Int64": pa.int64(),
-        "Float32": pa.float64(),
-        "Float64": pa.float64(),
-        "Bool": pa.bool_(),
-        "Bytes": pa.binary(),
-        "UnixTimestamp": pa.int64(),
-    }[dtype.name]
 
 
 def split_clean(

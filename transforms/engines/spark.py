@@ -37,7 +37,7 @@ from transforms.aggregations import (
     Sum,
     Variance,
 )
-from transforms.arrow_events import split_clean
+from transforms.arrow_events import ENGINE_TYPES, split_clean
 from transforms.dtypes import DType
 from transforms.events import DeadLetter, EventCounts, EventPreparer
 from transforms.plan import EVENT_TIMESTAMP, FeatureContext, TransformPlan
@@ -51,30 +51,19 @@ END = "_end"
 ROW, DEAD, FILTERED = 0, 1, 2
 DEAD_COLUMNS = ("_reason", "_detail", "_raw", "_event_ms")
 
-_ARROW_INPUT = {
-    "String": pa.string(),
-    "Int32": pa.int32(),
-    "Int64": pa.int64(),
-    "Float32": pa.float64(),
-    "Float64": pa.float64(),
-    "Bool": pa.bool_(),
-    "Bytes": pa.binary(),
-    "UnixTimestamp": pa.int64(),  # epoch milliseconds inside the engine
-}
-
 
 def _value_column(i: int) -> str:
     return f"_v{i}"
 
 
 def _input_type(dtype: DType | None) -> pa.DataType:
-    return pa.bool_() if dtype is None else _ARROW_INPUT[dtype.name]
+    return pa.bool_() if dtype is None else ENGINE_TYPES[dtype.name]
 
 
 def prepared_schema(plan: TransformPlan) -> pa.Schema:
     """The Arrow schema of stage 1's output."""
     fields = [pa.field(KIND, pa.int8()), pa.field(FIRST, pa.bool_())]
-    fields += [pa.field(name, _ARROW_INPUT[dtype.name]) for name, dtype in plan.keys]
+    fields += [pa.field(name, ENGINE_TYPES[dtype.name]) for name, dtype in plan.keys]
     fields.append(pa.field(TS, pa.int64()))
     fields += [pa.field(_value_column(i), _input_type(f.input_dtype)) for i, f in enumerate(plan.features)]
     fields += [pa.field(c, pa.string()) for c in DEAD_COLUMNS[:3]]
