@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,31 @@ def test_killed_backfill_resumes_to_identical_output(
         (p.name, p.read_text()) for p in (clean / "data" / "dead_letter").rglob("*.jsonl")
     )
     assert not any(work.iterdir())  # a finished run leaves no work behind
+
+
+def test_overlapping_ranges_leave_exactly_the_reference_rows(tmp_path: Path) -> None:
+    from conformance import assert_same_rows
+
+    from backfill.runner import history_path, read_history
+
+    repo_path = applied(tmp_path / "repo")
+    first = (AS_OF - timedelta(days=20), AS_OF - timedelta(days=8))
+    second = (AS_OF - timedelta(days=12), AS_OF - timedelta(days=1))
+    for start, end in (first, second):
+        args = ["backfill", "--start", start.isoformat(), "--end", end.isoformat(), "--chunk-days", "3"]
+        assert main([*args, "--repo", str(repo_path)]) == 0
+    repo = load_repo(repo_path)
+    offline = ParquetOfflineStore(repo.settings.offline_path)
+    for view in repo.views.values():
+        expected = [
+            r
+            for r in view.run(read_history(history_path(repo, view))).rows
+            if first[0] <= r["event_timestamp"] < second[1]
+        ]
+        stored = [
+            {k: v for k, v in r.items() if k != CREATED_TIMESTAMP} for r in offline.read(view).to_pylist()
+        ]
+        assert_same_rows(view, expected, stored)
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(
