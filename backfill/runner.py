@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow.dataset as ds
 
+from backfill.report import ViewReport
 from backfill.spark_session import DEFAULT_MASTER, spark_session
 from featurestore.config import feast_store
 from featurestore.deadletter import write_dead_letters
@@ -25,27 +26,10 @@ from featurestore.repo import FeatureRepo
 from featurestore.view import StreamFeatureView
 from registry.lookup import list_views
 from transforms.errors import MLFSError
-from transforms.events import EventCounts
 from transforms.plan import EVENT_TIMESTAMP, Runner, spec_hash
 
 ENGINES = ("spark", "reference")
 DEFAULT_CHUNK_DAYS = 7
-
-
-@dataclass
-class ViewReport:
-    """What a backfill did for one view."""
-
-    view: str
-    counts: EventCounts
-    offline_rows: int = 0
-    partitions: int = 0
-    online_written: int = 0
-    online_skipped: int = 0
-    dead_letter_file: Path | None = None
-    seconds: float = 0.0
-    chunks_skipped: int = 0
-    end: datetime | None = None  # the range's end, when a resumed run kept an earlier one
 
 
 @dataclass
@@ -179,8 +163,9 @@ def run_backfill(
                 report = _reference_view(
                     repo, plan, view, offline, writer, dead_letter_file(plan.end), progress
                 )
-            if dead_letter_file(report.end or plan.end).is_file():
-                report.dead_letter_file = dead_letter_file(report.end or plan.end)
+            letters = dead_letter_file(report.end or plan.end)
+            if letters.is_file():
+                report.dead_letter_file = letters
             report.seconds = time.monotonic() - started
             reports.append(report)
     finally:
@@ -201,7 +186,7 @@ def _spark_view(
 ) -> ViewReport:
     from backfill.spark_backfill import backfill_view_spark
 
-    done = backfill_view_spark(
+    return backfill_view_spark(
         spark,
         view,
         plan.inputs[view.name],
@@ -215,16 +200,6 @@ def _spark_view(
         restart=restart,
         tick=progress(view.name, None) if progress else None,
         end_given=plan.end_given,
-    )
-    return ViewReport(
-        view.name,
-        done["counts"],
-        offline_rows=done["offline_rows"],
-        partitions=done["partitions"],
-        online_written=done["online_written"],
-        online_skipped=done["online_skipped"],
-        chunks_skipped=done["chunks_skipped"],
-        end=done["end"],
     )
 
 

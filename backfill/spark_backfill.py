@@ -1,8 +1,8 @@
 """A resumable Spark backfill of one view.
 
 1. Stage 1 (decode, time, transform, types) runs once over the history and is persisted, with the
-   event counts and the dead letters, in a work directory named by the run (view definition, range
-   and input files).
+   event counts and the dead letters, in a work directory named by the run (view definition, start
+   and input files; the end is kept in the run's manifest).
 2. The range is cut into day-aligned chunks. Each chunk reads only the rows its values depend on
    (``size`` before it for continuous windows, ``size + hop`` for hopping ones, everything before it
    for lifetime), computes its feature rows, replaces its offline partitions, and is recorded in the
@@ -25,6 +25,7 @@ from functools import reduce
 from pathlib import Path
 from typing import Any
 
+from backfill.report import ViewReport
 from featurestore.deadletter import write_dead_letters
 from featurestore.offline.parquet import ParquetOfflineStore
 from featurestore.online.base import OnlineWriter
@@ -114,22 +115,22 @@ def backfill_view_spark(
     restart: bool = False,
     tick: Callable[[int], None] | None = None,
     end_given: bool = True,
-) -> dict[str, Any]:
+) -> ViewReport:
     """Backfill one view on Spark (see the module docstring); returns what it did."""
     from pyspark.sql import functions as F
 
     work = work_root / view.name / run_key(view, files, start)
-    held = Manifest.load(work / MANIFEST, datetime.now(UTC)) if (work / MANIFEST).is_file() else None
-    if held is not None and held.end != end.isoformat():
+    manifest = Manifest.load(work / MANIFEST, datetime.now(UTC))
+    if manifest.end and manifest.end != end.isoformat():
         if end_given:
             restart = True  # an explicit, different end is a different run
         else:
-            end = datetime.fromisoformat(held.end)
-            log.warning("%s: resuming the interrupted backfill up to %s", view.name, held.end)
+            end = datetime.fromisoformat(manifest.end)
+            log.warning("%s: resuming the interrupted backfill up to %s", view.name, manifest.end)
     if restart:
         shutil.rmtree(work, ignore_errors=True)
+        manifest = Manifest(created=datetime.now(UTC).isoformat())
     work.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest.load(work / MANIFEST, datetime.now(UTC))
     manifest.end = end.isoformat()
     created = datetime.fromisoformat(manifest.created)
     prepared_path = work / "prepared"
@@ -148,15 +149,7 @@ def backfill_view_spark(
         log.info("%s: stage 1 and dead letters in %.1fs", view.name, time.monotonic() - clock)
         clock = time.monotonic()
 
-    counts = EventCounts(**manifest.counts)
-    report: dict[str, Any] = {
-        "counts": counts,
-        "offline_rows": 0,
-        "partitions": 0,
-        "chunks_skipped": 0,
-        "end": end,
-    }
-    report["online_written"] = report["online_skipped"] = 0
+    report = ViewReport(view.name, EventCounts(**manifest.counts), end=end)
     if manifest.first_ms is None:  # no valid event at all
         shutil.rmtree(work, ignore_errors=True)
         return report
@@ -169,7 +162,7 @@ def backfill_view_spark(
         staged = work / "staged" / f"chunk-{chunk.index}"
         staged_dirs.append(staged)
         if chunk.index in manifest.chunks_done:
-            report["chunks_skipped"] += 1
+            report.chunks_skipped += 1
             if tick:
                 tick(1)
             continue
@@ -192,8 +185,8 @@ def backfill_view_spark(
         clock = time.monotonic()
         if view.offline:
             stats = offline.write_staged(view, staged, chunk.start, chunk.end)
-            report["offline_rows"] += stats.rows
-            report["partitions"] += stats.partitions
+            report.offline_rows += stats.rows
+            report.partitions += stats.partitions
         manifest.chunks_done.append(chunk.index)
         manifest.save(work / MANIFEST)
         log.info("%s: chunk %d written offline in %.1fs", view.name, chunk.index, time.monotonic() - clock)
@@ -207,8 +200,8 @@ def backfill_view_spark(
         clock = time.monotonic()
         stats_online = writer.write(view, latest)
         log.info("%s: online write in %.1fs", view.name, time.monotonic() - clock)
-        report["online_written"] = stats_online.written
-        report["online_skipped"] = stats_online.skipped_older
+        report.online_written = stats_online.written
+        report.online_skipped = stats_online.skipped_older
     shutil.rmtree(work, ignore_errors=True)
     return report
 

@@ -1,0 +1,25 @@
+"""What a backfill did for one view (printed at the end of ``mlfs backfill``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from transforms.events import EventCounts
+
+
+@dataclass
+class ViewReport:
+    """What a backfill did for one view."""
+
+    view: str
+    counts: EventCounts
+    offline_rows: int = 0
+    partitions: int = 0
+    online_written: int = 0
+    online_skipped: int = 0
+    dead_letter_file: Path | None = None
+    seconds: float = 0.0
+    chunks_skipped: int = 0
+    end: datetime | None = None  # the range's end, when a resumed run kept an earlier one
