@@ -30,7 +30,16 @@ from featurestore.deadletter import write_dead_letters
 from featurestore.offline.parquet import ParquetOfflineStore
 from featurestore.online.base import OnlineWriter
 from featurestore.view import StreamFeatureView
-from transforms.engines.spark import KIND, ROW, TS, aggregate_rows, run_spark
+from transforms.engines.spark import (
+    KIND,
+    ROW,
+    TS,
+    aggregate_rows,
+    dead_letter_records,
+    run_spark,
+    score_rows,
+    split_scored,
+)
 from transforms.events import EventCounts
 from transforms.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, spec_hash
 from transforms.timeutil import datetime_to_ms, ms_to_datetime
@@ -50,6 +59,7 @@ class Manifest:
     counts: dict[str, int] = field(default_factory=dict)
     first_ms: int | None = None
     chunks_done: list[int] = field(default_factory=list)
+    rows_dead_lettered: dict[str, int] = field(default_factory=dict)  # chunk -> rows a model stage refused
 
     @staticmethod
     def load(path: Path, created: datetime) -> Manifest:
@@ -117,6 +127,7 @@ def backfill_view_spark(
     end_given: bool = True,
 ) -> ViewReport:
     """Backfill one view on Spark (see the module docstring); returns what it did."""
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     work = work_root / view.name / run_key(view, files, start)
@@ -174,6 +185,14 @@ def backfill_view_spark(
             (F.col(EVENT_TIMESTAMP) >= F.timestamp_millis(F.lit(c0)))
             & (F.col(EVENT_TIMESTAMP) < F.timestamp_millis(F.lit(c1)))
         )
+        scored = None
+        if view.plan.row_stages:
+            scored = score_rows(view.plan, features).persist(StorageLevel.MEMORY_AND_DISK)
+            features, dead_rows = split_scored(scored)
+            letters = dead_letter_records(view.name, dead_rows)
+            path = dead_letter_file(end)
+            write_dead_letters(path.with_name(f"{path.stem}-rows-{chunk.index}.jsonl"), letters)
+            manifest.rows_dead_lettered[str(chunk.index)] = len(letters)
         (
             features.withColumn(CREATED_TIMESTAMP, F.lit(created))
             .withColumn("date", F.to_date(F.col(EVENT_TIMESTAMP)))
@@ -181,6 +200,8 @@ def backfill_view_spark(
             .partitionBy("date")
             .parquet(str(staged))
         )
+        if scored is not None:
+            scored.unpersist()
         log.info("%s: chunk %d computed in %.1fs", view.name, chunk.index, time.monotonic() - clock)
         clock = time.monotonic()
         if view.offline:
@@ -194,6 +215,7 @@ def backfill_view_spark(
         if tick:
             tick(1)
 
+    report.counts.rows_dead_lettered = sum(manifest.rows_dead_lettered.values())
     if view.online:
         latest = _latest_rows(spark, view, staged_dirs)
         log.info("%s: %d latest rows in %.1fs", view.name, len(latest), time.monotonic() - clock)

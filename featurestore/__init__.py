@@ -33,6 +33,7 @@ from transforms.dtypes import (
     UnixTimestamp,
 )
 from transforms.errors import DefinitionError, MLFSError
+from transforms.expressions import Select, col, lit, when
 from transforms.plan import FeastContext, FeatureContext, Runner
 from transforms.transformer import Aggregations, LatestFeatureAggregator, UnifiedTransformer
 from transforms.windows import Lifetime, Sliding, Tumbling
@@ -65,6 +66,7 @@ __all__ = [
     "Mean",
     "Min",
     "Runner",
+    "Select",
     "Sliding",
     "Stddev",
     "StreamFeatureView",
@@ -75,5 +77,8 @@ __all__ = [
     "UnifiedTransformer",
     "UnixTimestamp",
     "Variance",
+    "col",
+    "lit",
     "stream_feature_view",
+    "when",
 ]

@@ -28,6 +28,16 @@ def _timestamp(text: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
 def _repo_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repo", "-r", default=".", metavar="DIR", help="feature repository (default: .)")
 
@@ -61,6 +71,43 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--restart", action="store_true", help="discard the progress of an interrupted run")
     backfill.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     _repo_option(backfill)
+
+    stream = commands.add_parser("serve-stream", help="run views continuously on Flink")
+    stream.add_argument("views", nargs="*", metavar="VIEW", help="views to run (default: all)")
+    stream.add_argument("--flink-master", metavar="HOST:PORT", help="remote JobManager (default: local)")
+    stream.add_argument(
+        "--checkpoint-dir", type=Path, metavar="DIR", help="default: <work>/stream/checkpoints"
+    )
+    stream.add_argument(
+        "--checkpoint-interval", type=_positive, metavar="SECONDS", help="between checkpoints (default: 10)"
+    )
+    stream.add_argument(
+        "--for", dest="duration", type=_positive, metavar="SECONDS", help="stop after this long"
+    )
+    stream.add_argument("--parallelism", type=int, metavar="N", help="Flink parallelism (default: 2)")
+    stream.add_argument("--fresh", action="store_true", help="ignore earlier checkpoints and savepoints")
+    stream.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="Prometheus /metrics port (default 9464, 0: any free)",
+    )
+    stream.add_argument("--no-metrics", action="store_true", help="serve no Prometheus endpoint")
+    _repo_option(stream)
+
+    verify = commands.add_parser("verify", help="run a view on every engine over a sample and diff the rows")
+    verify.add_argument("view")
+    verify.add_argument(
+        "--events", type=Path, metavar="FILE", help="JSON lines or Parquet (default: history)"
+    )
+    verify.add_argument("--sample", type=int, default=2000, metavar="N", help="events to use (default: 2000)")
+    verify.add_argument(
+        "--engines",
+        default="spark,flink",
+        metavar="LIST",
+        help="compared with the reference (default: spark,flink)",
+    )
+    _repo_option(verify)
 
     registry = commands.add_parser("registry", help="look up registered views")
     lookups = registry.add_subparsers(dest="lookup", required=True, metavar="LOOKUP")
@@ -200,11 +247,62 @@ def cmd_registry(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from featurestore.repo import load_repo
+    from featurestore.verify import ENGINES, load_sample, report_lines, verify_view
+
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown or not engines:
+        name = unknown[0] if unknown else "(none)"
+        raise MLFSError(f"--engines: unknown engine {name!r} (choose from {', '.join(ENGINES)})")
+    if args.sample < 1:
+        raise MLFSError("--sample must be at least 1")
+    repo = load_repo(args.repo)
+    view = repo.view(args.view)
+    sample = load_sample(repo, view, args.events, args.sample)
+    runs = verify_view(repo, view, sample, engines, lambda line: print(line, file=sys.stderr, flush=True))
+    print("\n".join(report_lines(view.name, runs)))
+    return 1 if any(run.problems for run in runs) else 0
+
+
+def _port(flag: int | None, configured: object) -> int:
+    port = flag if flag is not None else int(str(configured))
+    if not 0 <= port <= 65535:
+        raise MLFSError(f"metrics port must be between 0 and 65535, got {port}")
+    return port
+
+
+def cmd_serve_stream(args: argparse.Namespace) -> int:
+    from featurestore.repo import load_repo
+    from featurestore.stream.service import StreamOptions, serve_stream
+
+    repo = load_repo(args.repo)
+    flink = repo.settings.mlfs.get("flink") or {}
+    options = StreamOptions(
+        views=list(args.views),
+        master=args.flink_master or flink.get("master"),
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_interval_s=args.checkpoint_interval or float(flink.get("checkpoint_interval_s", 10)),
+        duration_s=args.duration,
+        parallelism=args.parallelism or int(flink.get("parallelism", 2)),
+        poll_ms=int(flink.get("poll_interval_ms", 1000)),
+        fresh=args.fresh,
+        metrics_port=None if args.no_metrics else _port(args.metrics_port, flink.get("metrics_port", 9464)),
+    )
+    if options.parallelism < 1:
+        raise MLFSError("--parallelism must be at least 1")
+    serve_stream(repo, options, lambda line: print(line, flush=True))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "init": cmd_init,
     "plan": lambda a: _plan(a, apply=False),
     "apply": lambda a: _plan(a, apply=True),
     "backfill": cmd_backfill,
+    "serve-stream": cmd_serve_stream,
+    "verify": cmd_verify,
     "registry": cmd_registry,
 }
 

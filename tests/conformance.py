@@ -3,7 +3,6 @@ aggregation, and an exact comparison of two engines' rows (floats within 1e-9 re
 
 from __future__ import annotations
 
-import math
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +23,7 @@ from featurestore import (
     Max,
     Mean,
     Min,
+    Select,
     Sliding,
     Stddev,
     String,
@@ -31,10 +31,12 @@ from featurestore import (
     Tumbling,
     UnixTimestamp,
     Variance,
+    col,
+    when,
 )
 from featurestore.view import StreamFeatureView
+from transforms.compare import diff_rows
 from transforms.dtypes import Array
-from transforms.plan import EVENT_TIMESTAMP
 
 BASE = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -93,11 +95,26 @@ def split_and_drop(event: dict[str, Any]) -> Any:
     return event
 
 
-def conformance_view(window: str, transform: bool = True) -> StreamFeatureView:
+# A declarative transform over the same events: drops, nulls, arithmetic, conditions.
+DECLARATIVE = Select(
+    where=col("kind") != "drop",
+    user_id=col("user_id"),
+    v=when(col("kind") == "split", col("v") + 0.5).otherwise(col("v") * 2),
+    i=when(col("v") > 0, col("i") - 1).otherwise(col("i")),
+    tag=when(col("tag").is_null() | (col("tag") == "a"), "z").otherwise(col("tag")),
+)
+
+TRANSFORMS: dict[str, Any] = {"none": None, "row": split_and_drop, "declarative": DECLARATIVE}
+
+
+def conformance_view(window: str, transform: bool | str = True) -> StreamFeatureView:
+    """A view over every aggregation; ``transform`` is True/"row" (a Python row function),
+    "declarative" (a ``Select``), or False/"none"."""
+    key = ("row" if transform else "none") if isinstance(transform, bool) else transform
     return make_view(
         dict(FEATURES),
         window=WINDOWS[window](),
-        transform=split_and_drop if transform else None,
+        transform=TRANSFORMS[key],
         name=f"conformance_{window}",
     )
 
@@ -149,30 +166,28 @@ def _as_time(text: str | None) -> datetime | None:
         return None
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b) and type(a) is type(b)
-
-
 def assert_same_rows(
     view: StreamFeatureView, expected: list[dict[str, Any]], got: list[dict[str, Any]]
 ) -> None:
     """Rows equal by key and feature time; integers exact, floats within 1e-9 relative."""
-    keys = [*view.plan.key_names, EVENT_TIMESTAMP]
+    problems = diff_rows(view.plan, expected, got)
+    assert not problems, "\n".join(problems)
 
-    def index(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], dict[str, Any]]:
-        out = {tuple(r[k] for k in keys): r for r in rows}
-        assert len(out) == len(rows), "one row per key and feature time"
-        return out
 
-    want, have = index(expected), index(got)
-    missing = sorted(set(want) - set(have))[:5]
-    extra = sorted(set(have) - set(want))[:5]
-    assert not missing and not extra, f"missing rows {missing}, unexpected rows {extra}"
-    for ident, row in want.items():
-        for feature in view.plan.features:
-            a, b = row[feature.name], have[ident][feature.name]
-            assert _same(a, b), f"{ident} {feature.name}: expected {a!r}, got {b!r}"
+def arrival_order(
+    events: list[dict[str, Any]], seed: int, jitter_ms: int, late: int = 0
+) -> list[dict[str, Any]]:
+    """The events as a stream delivers them: in time order up to ``jitter_ms`` of disorder, with
+    ``late`` of them held back to the end (late for any bound shorter than the data's span)."""
+    rng = random.Random(seed)
+
+    def arrival(event: dict[str, Any]) -> float:
+        when = _as_time(event["timestamp"])
+        base = rng.uniform(0, 60_000) if when is None else (when - BASE).total_seconds() * 1000
+        return base + rng.uniform(0, jitter_ms)
+
+    ordered = sorted(events, key=arrival)
+    held = sorted(rng.sample(range(len(ordered) // 2), late))
+    stragglers = [ordered[i] for i in held]
+    kept = [e for i, e in enumerate(ordered) if i not in set(held)]
+    return kept + stragglers

@@ -10,7 +10,7 @@ import pytest
 from conformance import WINDOWS, conformance_view, generate_events, write_events
 
 from transforms.arrow_events import split_clean
-from transforms.engines.spark import FIRST, KIND, ROW, TS, prepare_batches
+from transforms.engines.spark import FILTERED, FIRST, KIND, ROW, TS, prepare_batches
 from transforms.events import DeadLetter, EventPreparer
 from transforms.timeutil import datetime_to_ms
 
@@ -28,20 +28,23 @@ def row_path(view: Any, raw_rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]
     return sorted(out, key=repr)
 
 
+@pytest.mark.parametrize("transform", ["none", "declarative"])
 @pytest.mark.parametrize("window", sorted(WINDOWS))
-def test_vectorised_rows_equal_row_path(tmp_path: Path, window: str) -> None:
-    view = conformance_view(window, transform=False)
+def test_vectorised_rows_equal_row_path(tmp_path: Path, window: str, transform: str) -> None:
+    view = conformance_view(window, transform)
     batch = pq.read_table(
         write_events(generate_events(5), tmp_path / "e.parquet", typed_time=True)
     ).to_batches()[0]
 
     split = split_clean(view.plan, batch)
-    assert split is not None, "a typed batch without a transform is vectorised"
-    clean, rest = split
-    assert len(clean[TS]) > 0.9 * batch.num_rows and rest.num_rows > 0  # bad rows go the row path
+    assert split is not None, "a typed batch without a Python transform is vectorised"
+    assert len(split.clean[TS]) > 0.85 * batch.num_rows and split.rest.num_rows > 0  # bad rows: row path
+    expected_filtered = sum(1 for e in batch.to_pylist() if e["kind"] == "drop" and e["timestamp"])
+    assert split.filtered == (expected_filtered if transform == "declarative" else 0)
 
     produced = [b.to_pylist() for b in prepare_batches(view.plan, iter([batch]))]
     rows = [r for batch_rows in produced for r in batch_rows if r[KIND] == ROW]
+    assert sum(1 for b in produced for r in b if r[KIND] == FILTERED) == split.filtered
     assert all(r[FIRST] for r in rows)
     value_names = [f"_v{i}" for i in range(len(view.plan.features))]
     got = sorted(

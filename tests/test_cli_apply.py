@@ -50,7 +50,7 @@ def test_init_plan_apply_and_lookups(repo: Path, capsys: pytest.CaptureFixture[s
 
     code, out, _ = run(capsys, "registry", "show", "user_payment_stats_7d", "--repo", str(repo))
     assert "window:      sliding 7d" in out
-    assert "features.payment_amounts sha256:" in out.replace(":payment_amounts", ".payment_amounts")
+    assert "transform:   Select(user_id=user_id, amount=amount, failed=when((status == 'failed'), 1)" in out
     assert "amount_sum_7d" in out and "sum(amount)" in out and "count()" in out
 
     code, out, _ = run(capsys, "registry", "show", "user_last_payment_fail", "--json", "--repo", str(repo))

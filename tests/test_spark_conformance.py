@@ -23,19 +23,20 @@ def spark() -> Iterator[Any]:
 
 
 CASES = [
-    # (seed, event transform, typed time column): with a transform, or an untyped time column,
-    # every event takes the row path; without both, clean rows take the vectorised path.
+    # (seed, event transform, typed time column): with a Python transform, or an untyped time
+    # column, every event takes the row path; otherwise clean rows take the vectorised path.
     (1, True, False),
     (2, True, False),
     (3, False, True),
     (4, False, False),
+    (5, "declarative", True),  # a Select transform, vectorised
 ]
 
 
 @pytest.mark.parametrize("window", sorted(WINDOWS))
 @pytest.mark.parametrize(("seed", "transform", "typed_time"), CASES)
 def test_spark_rows_equal_reference(
-    spark: Any, tmp_path: Path, window: str, seed: int, transform: bool, typed_time: bool
+    spark: Any, tmp_path: Path, window: str, seed: int, transform: bool | str, typed_time: bool
 ) -> None:
     view = conformance_view(window, transform)
     path = write_events(generate_events(seed), tmp_path / "events.parquet", typed_time)

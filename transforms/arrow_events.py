@@ -1,4 +1,5 @@
-"""The per-event stage over whole Arrow batches, for views without an event transform.
+"""The per-event stage over whole Arrow batches, for views without an event transform or with a
+declarative one (``transforms.expressions.Select``).
 
 It gives exactly what ``transforms.events.EventPreparer`` gives row by row, and only takes the
 rows it can prove clean: a typed, non-null event time at or after 1970 (so truncating to the
@@ -9,10 +10,14 @@ produces the dead letters.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from transforms.dtypes import DType
+from transforms.expressions import NotVectorisable, Select
 from transforms.plan import TransformPlan
 
 # How each value type is held inside the engines (timestamps as epoch milliseconds).
@@ -48,7 +53,7 @@ def _value(
     """One aggregation input, as the row path would coerce it (None: not vectorisable)."""
     if is_time:  # the row path replaces the time column by the event time
         if dtype is None:
-            return pa.array([True] * n, pa.bool_())
+            return pa.array(np.ones(n, dtype=bool))
         return time_ms if dtype.name == "UnixTimestamp" else None
     if column is None:
         return pa.nulls(n, pa.bool_() if dtype is None else ENGINE_TYPES[dtype.name])
@@ -72,40 +77,57 @@ def _value(
     if name == "Bytes" and column.type in (pa.binary(), pa.large_binary()):
         return pc.cast(column, pa.binary())
     if name == "UnixTimestamp":
-        return _time_ms(column)
+        as_ms = _time_ms(column)
+        if as_ms is None or (pc.min(as_ms).as_py() or 0) < 0:
+            return None  # before 1970, truncating to the millisecond would not floor
+        return as_ms
     return None
 
 
-def split_clean(
-    plan: TransformPlan, batch: pa.RecordBatch
-) -> tuple[dict[str, pa.Array], pa.RecordBatch] | None:
-    """The clean rows' keys, time (``_ts``) and input values (``_v<i>``), and the other rows.
+@dataclass
+class VectorisedBatch:
+    """What the vectorised stage took from a batch: the clean rows' keys, time (``_ts``) and input
+    values (``_v<i>``), how many events the transform filtered, and the rows left to the row path."""
 
-    None when the batch cannot be vectorised at all (an event transform, or column types that do
-    not map one-to-one).
+    clean: dict[str, pa.Array]
+    filtered: int
+    rest: pa.RecordBatch
+
+
+def split_clean(plan: TransformPlan, batch: pa.RecordBatch) -> VectorisedBatch | None:
+    """The rows this stage can prepare exactly as the row path would, prepared, and the others.
+
+    None when the batch cannot be vectorised at all (a Python event transform, column types that
+    do not map one-to-one, or an expression the Arrow kernels would evaluate differently).
     """
-    if plan.event_transform is not None or plan.timestamp_field not in batch.schema.names:
+    transform = plan.event_transform
+    if plan.event_stages or (transform is not None and not isinstance(transform, Select)):
+        return None
+    if plan.timestamp_field not in batch.schema.names:
         return None
     columns = dict(zip(batch.schema.names, batch.columns, strict=True))
     time_column = columns[plan.timestamp_field]
-    if not pa.types.is_timestamp(time_column.type):
-        return None
-    clean = pc.is_valid(time_column)
     raw_ms = _time_ms(time_column)
-    assert raw_ms is not None
-    clean = pc.and_(clean, pc.fill_null(pc.greater_equal(raw_ms, 0), False))
+    if raw_ms is None:
+        return None
+    timed = pc.fill_null(pc.and_(pc.is_valid(time_column), pc.greater_equal(raw_ms, 0)), False)
+    kept = pa.array(np.ones(batch.num_rows, dtype=bool))
+    if transform is not None:
+        try:
+            kept, columns = transform.arrow(batch)
+        except NotVectorisable:
+            return None
+    clean = timed
     for name, dtype in plan.keys:
         column = columns.get(name)
         if column is None or column.type not in _KEY_TYPES[dtype.name]:
             return None
         clean = pc.and_(clean, pc.is_valid(column))
-    clean = pc.fill_null(clean, False)
-    rows = batch.filter(clean)
-    rest = batch.filter(pc.invert(clean))
-    n = rows.num_rows
-    picked = dict(zip(rows.schema.names, rows.columns, strict=True))
-    time_ms = _time_ms(picked[plan.timestamp_field])
-    assert time_ms is not None
+    clean = pc.and_(pc.fill_null(clean, False), kept)
+    filtered = pc.and_(timed, pc.invert(kept))
+    n = pc.sum(clean).as_py() or 0
+    picked = {name: column.filter(clean) for name, column in columns.items()}
+    time_ms = raw_ms.filter(clean)
     out: dict[str, pa.Array] = {"_ts": time_ms}
     for name, _ in plan.keys:
         out[name] = (
@@ -114,7 +136,7 @@ def split_clean(
     for i, feature in enumerate(plan.features):
         column_name = feature.aggregation.column
         if column_name is None:  # Count(): every row
-            out[f"_v{i}"] = pa.array([True] * n, pa.bool_())
+            out[f"_v{i}"] = pa.array(np.ones(n, dtype=bool))
             continue
         value = _value(
             picked.get(column_name), feature.input_dtype, n, time_ms, column_name == plan.timestamp_field
@@ -122,4 +144,5 @@ def split_clean(
         if value is None:
             return None
         out[f"_v{i}"] = value
-    return out, rest
+    rest = batch.filter(pc.invert(pc.or_(clean, filtered)))
+    return VectorisedBatch(out, pc.sum(filtered).as_py() or 0, rest)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,6 +30,7 @@ LATE = "late"
 
 Key = tuple[Any, ...]
 Values = tuple[Any, ...]
+TimedEvent = tuple[Any, dict[str, Any], int]  # raw input, decoded event, event time (ms)
 
 
 @dataclass(frozen=True)
@@ -57,20 +59,58 @@ class EventCounts:
     dead_lettered: int = 0
     late: int = 0
     rows: int = 0
+    rows_dead_lettered: int = 0  # feature rows an after-aggregation model stage could not score
 
     @property
     def balanced(self) -> bool:
         return self.input == self.aggregated + self.filtered + self.dead_lettered + self.late
 
     def add(self, other: EventCounts) -> None:
-        for name in ("input", "aggregated", "filtered", "dead_lettered", "late", "rows"):
+        for name in (
+            "input",
+            "aggregated",
+            "filtered",
+            "dead_lettered",
+            "late",
+            "rows",
+            "rows_dead_lettered",
+        ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def summary(self) -> str:
-        return (
+        text = (
             f"{self.input} events: {self.aggregated} aggregated ({self.rows} rows), "
             f"{self.filtered} filtered, {self.dead_lettered} dead-lettered, {self.late} late"
         )
+        if self.rows_dead_lettered:
+            text += f"; {self.rows_dead_lettered} feature rows dead-lettered by model stages"
+        return text
+
+
+@dataclass(frozen=True)
+class Lateness:
+    """Streaming lateness: watermark = max event time seen - ``max_out_of_orderness_ms``; an event
+    older than watermark - ``allowed_lateness_ms`` when it arrives is late."""
+
+    max_out_of_orderness_ms: int
+    allowed_lateness_ms: int = 0
+
+
+class LateClassifier:
+    """Applies ``Lateness`` to events in arrival order (one per source partition)."""
+
+    def __init__(self, lateness: Lateness) -> None:
+        self.lateness = lateness
+        self.max_seen: int | None = None
+
+    def late_watermark(self, time_ms: int) -> int | None:
+        """The watermark an event at ``time_ms`` is late against, or None (then it counts as seen)."""
+        if self.max_seen is not None:
+            watermark = self.max_seen - self.lateness.max_out_of_orderness_ms
+            if time_ms < watermark - self.lateness.allowed_lateness_ms:
+                return watermark
+        self.max_seen = time_ms if self.max_seen is None else max(self.max_seen, time_ms)
+        return None
 
 
 @dataclass
@@ -113,6 +153,7 @@ class EventPreparer:
     def __init__(self, plan: TransformPlan) -> None:
         self.plan = plan
         self._columns = [(f.name, f.aggregation.column, f.input_dtype) for f in plan.features]
+        self._scorers: list[Any] | None = None
 
     def event_time(self, event: dict[str, Any]) -> int:
         """The event's time in ms; ``KeyError`` when absent, ``ValueError`` when unparseable."""
@@ -145,7 +186,24 @@ class EventPreparer:
         return event, time_ms
 
     def transform(self, raw: Any, event: dict[str, Any], time_ms: int) -> PreparedEvent | DeadLetter | None:
-        """Second half: event transform, keys and input types."""
+        """Second half: event transform, model stages (this event's rows as one batch), keys and
+        input types."""
+        return self.transform_batch([(raw, event, time_ms)])[0]
+
+    def transform_batch(self, items: Sequence[TimedEvent]) -> list[PreparedEvent | DeadLetter | None]:
+        """``transform`` for many events at once, so model stages score their rows in batches."""
+        staged: list[list[dict[str, Any]] | DeadLetter | None] = [self.event_rows(*item) for item in items]
+        if self.plan.event_stages:
+            staged = self._enrich(items, staged)
+        return [
+            rows if rows is None or isinstance(rows, DeadLetter) else self._check_rows(raw, rows, time_ms)
+            for (raw, _, time_ms), rows in zip(items, staged, strict=True)
+        ]
+
+    def event_rows(
+        self, raw: Any, event: dict[str, Any], time_ms: int
+    ) -> list[dict[str, Any]] | DeadLetter | None:
+        """The rows the event transform makes of one event (``None``: filtered)."""
         plan = self.plan
         when = ms_to_datetime(time_ms)
         event[plan.timestamp_field] = when
@@ -170,7 +228,7 @@ class EventPreparer:
                 )
             if not outputs:
                 return None
-        prepared = PreparedEvent(time_ms)
+        rows = []
         for row in outputs:
             if not isinstance(row, dict):
                 return self.dead_letter(
@@ -179,20 +237,67 @@ class EventPreparer:
                     f"event transform produced {type(row).__name__}, expected a dict",
                     time_ms,
                 )
-            row = {**row, plan.timestamp_field: when}
+            rows.append({**row, plan.timestamp_field: when})
+        return rows
+
+    def _enrich(
+        self, items: Sequence[TimedEvent], staged: list[list[dict[str, Any]] | DeadLetter | None]
+    ) -> list[list[dict[str, Any]] | DeadLetter | None]:
+        """Every event's rows through the model stages in one batch; an event with a row that
+        cannot be scored is dead-lettered whole."""
+        from transforms.inference.scoring import Failure, StageScorer, run_stages
+
+        if self._scorers is None:
+            self._scorers = [
+                StageScorer(stage, pool_name=f"{self.plan.view}/{stage.name}")
+                for stage in self.plan.event_stages
+            ]
+        flat: list[dict[str, Any]] = []
+        times: list[int] = []
+        for (_, _, time_ms), rows in zip(items, staged, strict=True):
+            if isinstance(rows, list):
+                flat.extend(rows)
+                times.extend([time_ms] * len(rows))
+        scored = iter(run_stages(self._scorers, flat, times))
+        out: list[list[dict[str, Any]] | DeadLetter | None] = []
+        for (raw, _, time_ms), rows in zip(items, staged, strict=True):
+            if not isinstance(rows, list):
+                out.append(rows)
+                continue
+            results = [next(scored) for _ in rows]
+            failed = next((r for r in results if isinstance(r, Failure)), None)
+            if failed is not None:
+                out.append(self.dead_letter(raw, failed.dead_letter_reason, failed.describe(), time_ms))
+            else:
+                out.append(results)  # type: ignore[arg-type]
+        return out
+
+    def _check_rows(self, raw: Any, rows: list[dict[str, Any]], time_ms: int) -> PreparedEvent | DeadLetter:
+        prepared = PreparedEvent(time_ms)
+        for row in rows:
             checked = self._check_row(raw, row, time_ms)
             if isinstance(checked, DeadLetter):
                 return checked
             prepared.rows.append(checked)
         return prepared
 
+    def late(self, raw: Any, time_ms: int, watermark: int) -> DeadLetter:
+        return self.dead_letter(raw, LATE, f"event time is before watermark {watermark}", time_ms)
+
     def prepare(self, raw: Any) -> PreparedEvent | DeadLetter | None:
         """Decode, time and transform one raw event (batch engines, no lateness)."""
-        first = self.decode_and_time(raw)
-        if isinstance(first, DeadLetter):
-            return first
-        event, time_ms = first
-        return self.transform(raw, event, time_ms)
+        return self.prepare_batch([raw])[0]
+
+    def prepare_batch(self, raws: Sequence[Any]) -> list[PreparedEvent | DeadLetter | None]:
+        """``prepare`` for many events, so model stages score their rows together."""
+        firsts = [self.decode_and_time(raw) for raw in raws]
+        timed = [
+            (raw, *first)
+            for raw, first in zip(raws, firsts, strict=True)
+            if not isinstance(first, DeadLetter)
+        ]
+        transformed = iter(self.transform_batch(timed))
+        return [first if isinstance(first, DeadLetter) else next(transformed) for first in firsts]
 
     def _check_row(self, raw: Any, row: dict[str, Any], time_ms: int) -> tuple[Key, Values] | DeadLetter:
         key = []

@@ -18,6 +18,8 @@ from typing import Any
 from transforms.aggregations import Aggregation
 from transforms.dtypes import DType
 from transforms.errors import DefinitionError
+from transforms.expressions import Select
+from transforms.inference.stage import Enrich
 from transforms.windows import Lifetime, Window
 
 EVENT_TIMESTAMP = "event_timestamp"
@@ -79,10 +81,22 @@ class TransformPlan:
     window: Window
     features: tuple[FeatureSpec, ...]
     event_transform: EventTransform | None
+    event_stages: tuple[Enrich, ...] = ()  # model stages on each event row, before aggregation
+    row_stages: tuple[Enrich, ...] = ()  # model stages on each feature row, after aggregation
+    row_outputs: tuple[tuple[str, DType], ...] = ()  # schema fields the row stages produce
 
     @property
     def key_names(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.keys)
+
+    @property
+    def output_features(self) -> tuple[tuple[str, DType], ...]:
+        """Every feature a row carries: the aggregated ones, then those the row stages add."""
+        return tuple((f.name, f.dtype) for f in self.features) + self.row_outputs
+
+    @property
+    def has_inference(self) -> bool:
+        return bool(self.event_stages or self.row_stages)
 
     def spec(self) -> dict[str, Any]:
         """The plan as JSON-able data; code is referenced by name and source hash, never stored."""
@@ -96,13 +110,20 @@ class TransformPlan:
                 for f in self.features
             ],
             "event_transform": code_reference(self.event_transform),
+            "inference": {
+                "before_aggregation": [stage.spec() for stage in self.event_stages],
+                "after_aggregation": [stage.spec() for stage in self.row_stages],
+            },
         }
 
 
 def code_reference(fn: Callable[..., Any] | None) -> dict[str, str] | None:
-    """``module:qualname`` and a SHA-256 of the source of a function (None for no function)."""
+    """``module:qualname`` and a SHA-256 of the source of a function (None for no function); a
+    declarative ``Select`` is recorded as its expression."""
     if fn is None:
         return None
+    if isinstance(fn, Select):
+        return fn.reference()
     target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else type(fn)
     module = getattr(target, "__module__", "?")
     qualname = getattr(target, "__qualname__", repr(target))
@@ -121,6 +142,8 @@ def build_plan(
     window: Window | None,
     event_transform: EventTransform | None,
     aggregations: dict[str, Aggregation],
+    event_stages: tuple[Enrich, ...] = (),
+    row_stages: tuple[Enrich, ...] = (),
 ) -> TransformPlan:
     """Check a transformer's parts against the view's declaration and bind them into a plan."""
     view = info.name
@@ -134,6 +157,25 @@ def build_plan(
     if event_transform is not None and not callable(event_transform):
         raise DefinitionError(view, f"event_transform must be callable, got {event_transform!r:.80}")
     declared = dict(info.features)
+    stage_names = [stage.name for stage in (*event_stages, *row_stages)]
+    repeated = sorted({n for n in stage_names if stage_names.count(n) > 1})
+    if repeated:
+        raise DefinitionError(view, f"two inference stages are named {repeated[0]!r}")
+    row_fields: dict[str, str] = {}  # field -> the row stage that adds it
+    for stage in row_stages:
+        for name in stage.output_fields:
+            if name in row_fields or name in aggregations:
+                raise DefinitionError(
+                    view,
+                    f"field {name!r} of stage {stage.name!r} is also made by another stage or aggregation",
+                )
+            if name not in declared:
+                raise DefinitionError(
+                    view,
+                    f"stage {stage.name!r} adds field {name!r} after aggregation but the schema does not "
+                    f"declare it (declare: {', '.join(f for f in stage.output_fields if f not in declared)})",
+                )
+            row_fields[name] = stage.name
     unknown = [name for name in aggregations if name not in declared]
     if unknown:
         raise DefinitionError(
@@ -141,11 +183,15 @@ def build_plan(
             f"unknown field {unknown[0]!r}: the aggregator defines it but the schema does not "
             f"(schema features: {', '.join(declared) or 'none'})",
         )
-    missing = [name for name in declared if name not in aggregations]
+    missing = [name for name in declared if name not in aggregations and name not in row_fields]
     if missing:
-        raise DefinitionError(view, f"schema field {missing[0]!r} is not produced by any aggregation")
+        raise DefinitionError(
+            view, f"schema field {missing[0]!r} is not produced by any aggregation or inference stage"
+        )
     features = []
     for name, dtype in info.features:
+        if name in row_fields:
+            continue
         agg = aggregations[name]
         if not isinstance(agg, Aggregation):
             raise DefinitionError(view, f"feature {name!r}: {agg!r:.80} is not an aggregation")
@@ -160,6 +206,9 @@ def build_plan(
         window=window,
         features=tuple(features),
         event_transform=event_transform,
+        event_stages=event_stages,
+        row_stages=row_stages,
+        row_outputs=tuple((name, dtype) for name, dtype in info.features if name in row_fields),
     )
 
 

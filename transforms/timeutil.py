@@ -64,3 +64,10 @@ def duration_ms(value: timedelta) -> int:
     if micros % 1000:
         raise ValueError(f"{value} is not a whole number of milliseconds")
     return micros // 1000
+
+
+def engine_value(value: Any) -> Any:
+    """A coerced input value as the engines carry it: datetimes as epoch milliseconds."""
+    if isinstance(value, datetime):
+        return datetime_to_ms(value)
+    return value

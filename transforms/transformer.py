@@ -6,6 +6,7 @@ from typing import Any
 
 from transforms.aggregations import Aggregation, Latest
 from transforms.errors import DefinitionError
+from transforms.inference.stage import StageList, flatten_stages
 from transforms.plan import (
     EventTransform,
     FeatureContext,
@@ -52,7 +53,9 @@ Aggregator = Aggregations | LatestFeatureAggregator
 
 
 class UnifiedTransformer:
-    """A view's transformation: optional event transform, window and aggregator.
+    """A view's transformation: optional event transform, model stages on event rows
+    (``enrich_events``, before aggregation), window, aggregator, and model stages on feature rows
+    (``enrich_rows``, after aggregation).
 
     ``run(inputs)`` hands the plan to the engine named by ``ctx.runner`` (the reference engine takes
     raw events, Spark a DataFrame, Flink a table or stream, Beam a PCollection). Under the symbolic
@@ -66,6 +69,8 @@ class UnifiedTransformer:
         aggregator: Aggregator,
         event_transform: EventTransform | None = None,
         window: Window | None = None,
+        enrich_events: StageList = None,
+        enrich_rows: StageList = None,
         feast_context: FeatureContext | None = None,
     ) -> None:
         context = ctx if ctx is not None else feast_context
@@ -75,6 +80,8 @@ class UnifiedTransformer:
         self._aggregator = aggregator
         self._event_transform = event_transform
         self._window = window
+        self._enrich_events = enrich_events
+        self._enrich_rows = enrich_rows
 
     @property
     def window(self) -> Window | None:
@@ -98,7 +105,12 @@ class UnifiedTransformer:
                 f"got {self._aggregator!r:.80}",
             )
         aggregations = self._aggregator.resolve(info)
-        return build_plan(info, self._window, self._event_transform, aggregations)
+        try:
+            event_stages = flatten_stages(self._enrich_events)
+            row_stages = flatten_stages(self._enrich_rows)
+        except TypeError as err:
+            raise DefinitionError(info.name, str(err)) from None
+        return build_plan(info, self._window, self._event_transform, aggregations, event_stages, row_stages)
 
     def run(self, inputs: Any) -> Any:
         if self.ctx.runner is Runner.PLAN:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -52,7 +53,7 @@ def arrow_type(dtype: DType) -> pa.DataType:
 def arrow_schema(view: StreamFeatureView) -> pa.Schema:
     """The offline table schema of a view."""
     fields = [pa.field(n, arrow_type(t)) for n, t in view.plan.keys]
-    fields += [pa.field(f.name, arrow_type(f.dtype)) for f in view.plan.features]
+    fields += [pa.field(name, arrow_type(dtype)) for name, dtype in view.plan.output_features]
     fields += [pa.field(EVENT_TIMESTAMP, _TS), pa.field(CREATED_TIMESTAMP, _TS)]
     return pa.schema(fields)
 
@@ -110,6 +111,22 @@ class ParquetOfflineStore:
             start,
             end,
         )
+
+    def append(self, view: StreamFeatureView, rows: Sequence[dict[str, Any]], created: datetime) -> int:
+        """Add rows as new files beside the partitions' data (the streaming path); ``read`` and
+        Feast keep the newest created row of a key and time, so a replayed row never duplicates."""
+        schema = arrow_schema(view)
+        by_day: dict[date, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_day.setdefault(_day(row[EVENT_TIMESTAMP]), []).append({**row, CREATED_TIMESTAMP: created})
+        name = f"stream-{created.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.parquet"
+        for day, day_rows in by_day.items():
+            directory = self._partition_dir(view.name, day)
+            directory.mkdir(parents=True, exist_ok=True)
+            tmp = directory / f".{name}.tmp"
+            pq.write_table(pa.Table.from_pylist(day_rows, schema=schema), tmp)
+            tmp.replace(directory / name)
+        return len(rows)
 
     def write_staged(
         self, view: StreamFeatureView, staged: Path, start: datetime | None, end: datetime | None

@@ -61,8 +61,8 @@ def feature_value_protos(view: StreamFeatureView, rows: Sequence[dict[str, Any]]
     from featurestore.feast_types import value_type
 
     out: list[dict[str, Any]] = [{} for _ in rows]
-    for feature in view.plan.features:
-        protos = python_values_to_proto_values([row[feature.name] for row in rows], value_type(feature.dtype))
+    for name, dtype in view.plan.output_features:
+        protos = python_values_to_proto_values([row[name] for row in rows], value_type(dtype))
         for holder, proto in zip(out, protos, strict=True):
-            holder[feature.name] = proto
+            holder[name] = proto
     return out

@@ -20,6 +20,8 @@ from featurestore.online.base import (
 from featurestore.view import StreamFeatureView
 from transforms.plan import EVENT_TIMESTAMP
 
+SQLITE_BUSY_TIMEOUT_MS = 120_000
+
 
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
@@ -31,6 +33,13 @@ class FeastOnlineWriter:
     def __init__(self, store: Any) -> None:
         self.store = store
         self.provider = store._get_provider()
+        online = self.provider.online_store
+        if type(online).__name__ == "SqliteOnlineStore":
+            # Several streaming sinks write one SQLite file at once: let readers and writers overlap
+            # (WAL) and wait for the lock instead of failing after Python's default 5 s.
+            conn = online._get_conn(store.config)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
 
     def write(self, view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> WriteStats:
         latest = latest_per_key(view, rows)

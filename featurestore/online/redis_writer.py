@@ -95,7 +95,7 @@ class RedisOnlineWriter:
         if not latest:
             return WriteStats()
         values = feature_value_protos(view, latest)
-        field_ids = {f.name: _mmh3(f"{view.name}:{f.name}") for f in view.plan.features}
+        field_ids = {name: _mmh3(f"{view.name}:{name}") for name, _ in view.plan.output_features}
         ts_field = f"_ts:{view.name}"
         project = self.project.encode("utf-8")
         pipe = self.client.pipeline(transaction=False)

@@ -21,6 +21,11 @@ def get_engine(runner: Runner) -> Engine:
         from transforms.engines.spark import spark_engine
 
         return spark_engine
+    if runner is Runner.FLINK:
+        from transforms.engines.flink import flink_engine
+
+        return flink_engine
     raise EngineUnavailable(
-        f"the {runner.value} engine is not available in this version of MLFS (available: reference, spark)"
+        f"the {runner.value} engine is not available in this version of MLFS "
+        "(available: reference, spark, flink)"
     )

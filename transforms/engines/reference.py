@@ -15,26 +15,18 @@ from typing import Any
 
 from transforms.dtypes import feature_value
 from transforms.events import (
-    LATE,
     DeadLetter,
     EventCounts,
     EventPreparer,
     Key,
+    LateClassifier,
+    Lateness,
     PreparedEvent,
     Values,
 )
 from transforms.plan import EVENT_TIMESTAMP, FeatureContext, TransformPlan
 from transforms.timeutil import ms_to_datetime
 from transforms.windows import NEG_INF
-
-
-@dataclass(frozen=True)
-class Lateness:
-    """Streaming lateness: watermark = max event time seen - ``max_out_of_orderness_ms``; an event
-    older than watermark - ``allowed_lateness_ms`` when it arrives is late."""
-
-    max_out_of_orderness_ms: int
-    allowed_lateness_ms: int = 0
 
 
 @dataclass
@@ -58,7 +50,7 @@ def run_reference(
     result = EngineResult()
     counts = result.counts
     by_key: dict[Key, list[tuple[int, Values]]] = {}
-    max_seen: int | None = None
+    classifier = None if lateness is None else LateClassifier(lateness)
     for raw in events:
         counts.input += 1
         if progress is not None:
@@ -69,18 +61,12 @@ def run_reference(
             result.dead_letters.append(first)
             continue
         event, time_ms = first
-        if lateness is not None:
-            if max_seen is not None:
-                watermark = max_seen - lateness.max_out_of_orderness_ms
-                if time_ms < watermark - lateness.allowed_lateness_ms:
-                    counts.late += 1
-                    result.dead_letters.append(
-                        preparer.dead_letter(
-                            raw, LATE, f"event time is before watermark {watermark}", time_ms
-                        )
-                    )
-                    continue
-            max_seen = time_ms if max_seen is None else max(max_seen, time_ms)
+        if classifier is not None:
+            watermark = classifier.late_watermark(time_ms)
+            if watermark is not None:
+                counts.late += 1
+                result.dead_letters.append(preparer.late(raw, time_ms, watermark))
+                continue
         prepared = preparer.transform(raw, event, time_ms)
         if prepared is None:
             counts.filtered += 1
@@ -93,6 +79,12 @@ def run_reference(
             _collect(by_key, prepared)
     for key in sorted(by_key, key=repr):
         result.rows.extend(_key_rows(plan, key, by_key[key]))
+    if plan.row_stages:
+        from transforms.inference.feature_rows import FeatureRowScorer
+
+        result.rows, letters = FeatureRowScorer(plan).score(result.rows)
+        result.dead_letters.extend(letters)
+        counts.rows_dead_lettered += len(letters)
     return result
 
 

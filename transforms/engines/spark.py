@@ -15,12 +15,11 @@ Peers (equal timestamps) share a frame, so one row per key and time is kept.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from transforms.aggregations import (
@@ -41,7 +40,8 @@ from transforms.arrow_events import ENGINE_TYPES, split_clean
 from transforms.dtypes import DType
 from transforms.events import DeadLetter, EventCounts, EventPreparer
 from transforms.plan import EVENT_TIMESTAMP, FeatureContext, TransformPlan
-from transforms.timeutil import datetime_to_ms, ms_to_datetime
+from transforms.timeutil import datetime_to_ms, engine_value, ms_to_datetime
+from transforms.usercode import plan_functions, user_module
 from transforms.windows import Lifetime, Sliding
 
 KIND = "_kind"  # 0: a row, 1: a dead letter, 2: a filtered event
@@ -71,13 +71,6 @@ def prepared_schema(plan: TransformPlan) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _engine_value(value: Any) -> Any:
-    """Python value as stage 1 stores it (timestamps as epoch milliseconds)."""
-    if hasattr(value, "tzinfo") and hasattr(value, "microsecond"):
-        return datetime_to_ms(value)
-    return value
-
-
 class _BatchBuilder:
     """Stage 1's output columns for one batch, filled one outcome at a time."""
 
@@ -105,7 +98,7 @@ class _BatchBuilder:
             columns[name].append(value)
         columns[TS].append(ts)
         for i, value in enumerate(values or self.no_values):
-            columns[_value_column(i)].append(_engine_value(value))
+            columns[_value_column(i)].append(engine_value(value))
         for name, value in zip(DEAD_COLUMNS, dead or self.no_dead, strict=True):
             columns[name].append(value)
 
@@ -118,13 +111,19 @@ def _clean_batch(schema: pa.Schema, clean: dict[str, pa.Array]) -> pa.RecordBatc
     arrays = []
     for field in schema:
         if field.name == KIND:
-            arrays.append(pa.array([ROW] * n, pa.int8()))
+            arrays.append(pa.array(np.full(n, ROW, dtype=np.int8)))
         elif field.name == FIRST:
-            arrays.append(pa.array([True] * n, pa.bool_()))
+            arrays.append(pa.array(np.ones(n, dtype=bool)))
         elif field.name in clean:
             arrays.append(clean[field.name].cast(field.type))
         else:
             arrays.append(pa.nulls(n, field.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _filtered_batch(schema: pa.Schema, n: int) -> pa.RecordBatch:
+    fixed = {KIND: pa.array(np.full(n, FILTERED, dtype=np.int8)), FIRST: pa.array(np.zeros(n, dtype=bool))}
+    arrays = [fixed.get(field.name, pa.nulls(n, field.type)) for field in schema]
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
@@ -135,11 +134,12 @@ def prepare_batches(plan: TransformPlan, batches: Iterator[pa.RecordBatch]) -> I
     for batch in batches:
         split = split_clean(plan, batch)
         if split is not None:  # clean rows vectorised; the rest (bad rows) row by row
-            clean, batch = split
-            yield _clean_batch(schema, clean)
+            yield _clean_batch(schema, split.clean)
+            if split.filtered:
+                yield _filtered_batch(schema, split.filtered)
+            batch = split.rest
         out = _BatchBuilder(plan, schema)
-        for raw in batch.to_pylist():
-            outcome = preparer.prepare(raw)
+        for outcome in preparer.prepare_batch(batch.to_pylist()):
             if outcome is None:
                 out.emit(FILTERED)
             elif isinstance(outcome, DeadLetter):
@@ -230,12 +230,27 @@ def _finish(agg: Aggregation, dtype: DType, value: Any) -> Any:
             return F.timestamp_seconds(F.floor(ms / F.lit(1000)))
 
         return F.transform(value, to_seconds) if dtype.element is not None else to_seconds(value)
-    spark_type = {"Int32": "int", "Int64": "bigint", "Float32": "float", "Float64": "double"}
-    if dtype.element is None and dtype.name in spark_type:
-        return value.cast(spark_type[dtype.name])
-    if dtype.element is not None and dtype.element.name in spark_type:
-        return value.cast(f"array<{spark_type[dtype.element.name]}>")
+    if element.name in ("Int32", "Int64", "Float32", "Float64"):
+        return value.cast(spark_type(dtype))
     return value
+
+
+def spark_type(dtype: DType) -> Any:
+    """The Spark SQL type a feature of ``dtype`` is stored as."""
+    from pyspark.sql import types as T
+
+    if dtype.element is not None:
+        return T.ArrayType(spark_type(dtype.element))
+    return {
+        "String": T.StringType,
+        "Int32": T.IntegerType,
+        "Int64": T.LongType,
+        "Float32": T.FloatType,
+        "Float64": T.DoubleType,
+        "Bool": T.BooleanType,
+        "Bytes": T.BinaryType,
+        "UnixTimestamp": T.TimestampType,
+    }[dtype.name]()
 
 
 def aggregate_rows(plan: TransformPlan, rows: Any) -> Any:
@@ -301,6 +316,65 @@ def aggregate_rows(plan: TransformPlan, rows: Any) -> Any:
     )
 
 
+def score_rows(plan: TransformPlan, rows: Any) -> Any:
+    """After-aggregation model stages on Spark's Python workers (``FeatureRowScorer`` over Arrow
+    batches): the feature rows with the stages' fields, plus one row per row that could not be
+    scored, which carries only the dead-letter columns (``_reason`` not null). See ``split_scored``."""
+    from pyspark.sql import types as T
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    from transforms.inference.feature_rows import FeatureRowScorer
+
+    ship_code_by_value(*plan_functions(plan))
+    # Nullable throughout: a dead-letter row leaves every feature column empty.
+    schema = T.StructType([T.StructField(f.name, f.dataType, True) for f in rows.schema.fields])
+    for name, dtype in plan.row_outputs:
+        schema.add(name, spark_type(dtype))
+    for name in DEAD_COLUMNS[:3]:
+        schema.add(name, T.StringType())
+    schema.add(DEAD_COLUMNS[3], T.LongType())
+    arrow_schema = to_arrow_schema(schema)
+
+    def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        scorer = FeatureRowScorer(plan)
+        for batch in batches:
+            scored, letters = scorer.score(batch.to_pylist())
+            dead = [
+                {
+                    "_reason": d.reason,
+                    "_detail": d.detail,
+                    "_raw": d.raw,
+                    "_event_ms": None if d.event_time is None else datetime_to_ms(d.event_time),
+                }
+                for d in letters
+            ]
+            yield pa.RecordBatch.from_pylist(scored + dead, schema=arrow_schema)
+
+    return rows.mapInArrow(score, schema)
+
+
+def split_scored(scored: Any) -> tuple[Any, Any]:
+    """``score_rows``'s output as (feature rows, dead letters)."""
+    from pyspark.sql import functions as F
+
+    dead = F.col(DEAD_COLUMNS[0]).isNotNull()
+    return scored.filter(~dead).drop(*DEAD_COLUMNS), scored.filter(dead).select(*DEAD_COLUMNS)
+
+
+def dead_letter_records(view: str, dead_letters: Any) -> list[DeadLetter]:
+    """A DataFrame of dead-letter columns, collected."""
+    return [
+        DeadLetter(
+            view=view,
+            reason=r["_reason"],
+            detail=r["_detail"],
+            raw=r["_raw"],
+            event_time=None if r["_event_ms"] is None else ms_to_datetime(r["_event_ms"]),
+        )
+        for r in dead_letters.toArrow().to_pylist()
+    ]
+
+
 @dataclass
 class SparkResult:
     """A Spark run: the feature rows and dead letters as DataFrames, and the event counts."""
@@ -309,36 +383,26 @@ class SparkResult:
     dead_letters: Any
     counts: EventCounts
     prepared: Any
+    scored: Any = None  # after-aggregation model stages' output, persisted
 
     def dead_letter_records(self, view: str) -> list[DeadLetter]:
-        table = self.dead_letters.toArrow()
-        return [
-            DeadLetter(
-                view=view,
-                reason=r["_reason"],
-                detail=r["_detail"],
-                raw=r["_raw"],
-                event_time=None if r["_event_ms"] is None else ms_to_datetime(r["_event_ms"]),
-            )
-            for r in table.to_pylist()
-        ]
+        return dead_letter_records(view, self.dead_letters)
 
     def release(self) -> None:
         self.prepared.unpersist()
+        if self.scored is not None:
+            self.scored.unpersist()
 
 
-def ship_code_by_value(fn: Any) -> None:
-    """Let Spark workers run ``fn`` although they cannot import its module (a feature repository's
-    file is not installed on them): its module is pickled by value instead of by reference."""
-    module = sys.modules.get(getattr(fn, "__module__", "") or "")
-    path = getattr(module, "__file__", None) or ""
-    if module is None or not path or "site-packages" in Path(path).parts:
-        return
-    if module.__name__.split(".")[0] in ("featurestore", "transforms", "registry", "backfill"):
-        return
+def ship_code_by_value(*functions: Any) -> None:
+    """Let Spark workers run ``functions`` although they cannot import their modules (a feature
+    repository's files are not installed on them): those modules are pickled by value instead."""
     from pyspark import cloudpickle
 
-    cloudpickle.register_pickle_by_value(module)
+    for fn in functions:
+        module = user_module(fn)
+        if module is not None:
+            cloudpickle.register_pickle_by_value(module)
 
 
 def run_spark(plan: TransformPlan, events: Any) -> SparkResult:
@@ -346,8 +410,7 @@ def run_spark(plan: TransformPlan, events: Any) -> SparkResult:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    if plan.event_transform is not None:
-        ship_code_by_value(plan.event_transform)
+    ship_code_by_value(*plan_functions(plan))
 
     def stage1(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         return prepare_batches(plan, batches)
@@ -363,7 +426,13 @@ def run_spark(plan: TransformPlan, events: Any) -> SparkResult:
     counts.input = events.count()  # counted apart, so a lost event unbalances the counts
     rows = aggregate_rows(plan, prepared.filter(F.col(KIND) == ROW))
     dead = prepared.filter(F.col(KIND) == DEAD).select(*DEAD_COLUMNS)
-    return SparkResult(rows=rows, dead_letters=dead, counts=counts, prepared=prepared)
+    scored = None
+    if plan.row_stages:
+        scored = score_rows(plan, rows).persist(StorageLevel.MEMORY_AND_DISK)
+        rows, dead_rows = split_scored(scored)
+        counts.rows_dead_lettered = dead_rows.count()
+        dead = dead.unionByName(dead_rows)
+    return SparkResult(rows=rows, dead_letters=dead, counts=counts, prepared=prepared, scored=scored)
 
 
 def spark_engine(plan: TransformPlan, inputs: Any, ctx: FeatureContext) -> SparkResult:

@@ -1,0 +1,1 @@
+"""The streaming service behind ``mlfs serve-stream``."""

@@ -1,0 +1,221 @@
+"""``mlfs serve-stream``: a repository's views as one PyFlink job, with checkpoints and status.
+
+Every file source is read once (Flink's ``FileSource``, watching its directory); each view on it gets
+its own stage 1, stage 2 and sinks (``transforms.engines.flink``). The job restores from the newest
+retained checkpoint or savepoint of the repository unless told to start fresh, and ``--for`` or
+Ctrl-C stop it with a savepoint, so the next start carries on where this one stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from featurestore.definitions import FileStreamSource, StreamSource
+from featurestore.repo import FeatureRepo
+from featurestore.stream.metrics import ViewMetrics, collect, serve_metrics
+from featurestore.stream.sinks import LiveOutcomes, StoreRows, clear_status
+from featurestore.view import StreamFeatureView
+from transforms.errors import MLFSError
+from transforms.events import Lateness
+
+
+@dataclass
+class StreamOptions:
+    """How to run the job (CLI flags override ``feature_store.yaml``'s ``mlfs.flink`` section)."""
+
+    views: list[str] = field(default_factory=list)
+    master: str | None = None
+    checkpoint_dir: Path | None = None
+    checkpoint_interval_s: float = 10.0
+    duration_s: float | None = None
+    parallelism: int = 2
+    poll_ms: int = 1000
+    fresh: bool = False
+    report_every_s: float = 5.0
+    metrics_port: int | None = 9464  # None: no Prometheus endpoint
+
+
+def select_views(repo: FeatureRepo, names: list[str]) -> list[StreamFeatureView]:
+    if not names:
+        return list(repo.views.values())
+    return [repo.view(name) for name in names]
+
+
+def lateness_of(source: StreamSource) -> Lateness:
+    return Lateness(
+        int(source.max_out_of_orderness.total_seconds() * 1000),
+        int(source.allowed_lateness.total_seconds() * 1000),
+    )
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The newest complete checkpoint or savepoint under ``directory`` (one with ``_metadata``)."""
+    if not directory.is_dir():
+        return None
+    found = [m.parent for m in directory.glob("*/*/_metadata")] + [
+        m.parent for m in directory.glob("*/_metadata")
+    ]
+    return max(found, key=lambda p: (p / "_metadata").stat().st_mtime) if found else None
+
+
+def _file_source(env: Any, source: FileStreamSource, repo_path: Path, poll_ms: int) -> Any:
+    from pyflink.common import Duration, WatermarkStrategy
+    from pyflink.datastream.connectors.file_system import FileSource, StreamFormat
+
+    directory = Path(source.path) if Path(source.path).is_absolute() else repo_path / source.path
+    if not directory.is_dir():
+        raise MLFSError(f"source {source.name!r}: stream directory {directory} does not exist")
+    file_source = (
+        FileSource.for_record_stream_format(StreamFormat.text_line_format(), str(directory))
+        .monitor_continuously(Duration.of_millis(poll_ms))
+        .build()
+    )
+    return (
+        env.from_source(file_source, WatermarkStrategy.no_watermarks(), f"source-{source.name}")
+        .uid(f"source-{source.name}")
+        .set_parallelism(1)
+    )
+
+
+def serve_stream(
+    repo: FeatureRepo, options: StreamOptions, report: Callable[[str], None] = print
+) -> list[ViewMetrics]:
+    """Run the streaming job until ``options.duration_s`` passes or Ctrl-C; returns the last status."""
+    from transforms.engines.flink import build_job, flink_environment
+
+    settings = repo.settings
+    views = select_views(repo, options.views)
+    for view in views:
+        if not isinstance(view.source, FileStreamSource):
+            raise MLFSError(
+                f"view {view.name!r}: source {view.source.name!r} is {view.source.kind}; "
+                "serve-stream reads file sources in this version (Kafka: see docs/streaming.md)"
+            )
+    stream_dir = settings.work_path / "stream"
+    status_dir = stream_dir / "status"
+    clear_status(status_dir)
+    checkpoint_dir = (options.checkpoint_dir or stream_dir / "checkpoints").resolve()
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    restore = None if options.fresh else latest_checkpoint(checkpoint_dir)
+    config = {
+        "execution.checkpointing.interval": f"{int(options.checkpoint_interval_s * 1000)} ms",
+        "execution.checkpointing.dir": checkpoint_dir.as_uri(),
+        "execution.checkpointing.savepoint-dir": (checkpoint_dir / "savepoints").as_uri(),
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+        "execution.checkpointing.num-retained": "2",
+    }
+    if restore is not None:
+        config["execution.state-recovery.path"] = restore.as_uri()
+        report(f"restoring from {restore}")
+    with _ctrl_c_stops() as stop:
+        env, t_env = flink_environment(options.parallelism, options.master, config)
+        env.add_python_file(str(settings.repo_path))
+        sources: dict[str, Any] = {}
+        for view in views:
+            source = view.source
+            assert isinstance(source, FileStreamSource)
+            if source.name not in sources:
+                sources[source.name] = _file_source(env, source, settings.repo_path, options.poll_ms)
+            outcomes = functools.partial(
+                LiveOutcomes, view.name, str(settings.dead_letter_path), str(status_dir)
+            )
+            sink = functools.partial(StoreRows, view, str(settings.repo_path), str(status_dir))
+            build_job(
+                view.plan,
+                env,
+                t_env,
+                sources[source.name],
+                lateness_of(source),
+                outcomes,
+                sink,
+                table=f"prepared_{view.name}",
+                uid_prefix=view.name,
+            )
+        bounds = {v.name: lateness_of(v.source).max_out_of_orderness_ms for v in views}
+        client = env.execute_async(f"mlfs-stream-{settings.project}")
+        report(
+            f"streaming {len(views)} view(s) ({', '.join(v.name for v in views)}) on "
+            f"{options.master or 'a local Flink mini-cluster'}; job {client.get_job_id()}"
+        )
+        server = None
+        if options.metrics_port is not None:
+            server = serve_metrics("127.0.0.1", options.metrics_port, lambda: collect(status_dir, bounds))
+            report(f"metrics on http://127.0.0.1:{server.server_address[1]}/metrics")
+        started = time.monotonic()
+        last_report = started
+        while not stop.requested and (
+            options.duration_s is None or time.monotonic() - started < options.duration_s
+        ):
+            time.sleep(0.2)
+            status = str(client.get_job_status().result())
+            if status in ("FAILED", "CANCELED", "FINISHED"):
+                result = client.get_job_execution_result()
+                result.result()  # raises the job's failure
+                raise MLFSError(f"the streaming job stopped: {status}")
+            if time.monotonic() - last_report >= options.report_every_s:
+                last_report = time.monotonic()
+                for metrics in collect(status_dir, bounds):
+                    report(metrics.line())
+        if stop.requested:
+            report("stopping (Ctrl-C)")
+        report(f"stopped with savepoint {_stop_with_savepoint(client, checkpoint_dir / 'savepoints')}")
+        if server is not None:
+            server.shutdown()
+        final = collect(status_dir, bounds)
+        for metrics in final:
+            report(metrics.line())
+        return final
+
+
+class _StopRequest:
+    """Set by the first Ctrl-C, so a stop requested while the job is still being submitted (inside a
+    call into the JVM) waits for it and ends with a savepoint; a second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops() -> Iterator[_StopRequest]:
+    stop = _StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = signal.signal(signal.SIGINT, stop)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+STARTING_TASKS_WAIT_S = 120.0
+
+
+def _stop_with_savepoint(client: Any, directory: Path) -> str:
+    """Stop the job gracefully after a savepoint (PyFlink's wrapper predates Flink 2's signature)."""
+    from pyflink.java_gateway import get_gateway
+
+    format_type = get_gateway().jvm.org.apache.flink.core.execution.SavepointFormatType.CANONICAL
+    deadline = time.monotonic() + STARTING_TASKS_WAIT_S
+    while True:
+        try:
+            future = client._j_job_client.stopWithSavepoint(False, directory.as_uri(), format_type)
+            return str(future.get())
+        except Exception as err:  # py4j wraps the Java failure
+            # A job stopped right after it started (or was restored) may still be deploying tasks.
+            if "Not all required tasks are currently running" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)

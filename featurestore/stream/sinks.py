@@ -1,0 +1,185 @@
+"""What a streaming job writes, from Flink's Python workers: feature rows to the online and offline
+stores, dead letters to the dead-letter directory, and status files the service reads for metrics.
+
+Rows arrive in small batches (``transforms.engines.flink.buffered_sink_function``). Online writes
+are newer-wins and a re-emitted row replaces one with the same time, so a row written twice (after
+a restart) changes nothing; offline reads keep the newest created row per key and time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from featurestore.view import StreamFeatureView
+from transforms.events import DeadLetter, EventCounts
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, sort_keys=True))
+    tmp.replace(path)
+
+
+@dataclass
+class SinkStatus:
+    """What one row-sink instance has written."""
+
+    rows_out: int = 0
+    online_written: int = 0
+    online_skipped_older: int = 0
+    offline_rows: int = 0
+    last_write: float = 0.0
+    freshness_ms: float | None = None  # write time minus the newest written row's feature time
+
+
+class LiveOutcomes:
+    """Stage 1's dead letters (appended as JSON lines) and counts (a status file, once a second)."""
+
+    def __init__(self, view: str, dead_letter_dir: str, status_dir: str) -> None:
+        self.view = view
+        self.dead_letter_dir = dead_letter_dir
+        self.status_dir = status_dir
+        self.counts = EventCounts()
+        self.max_event_ms: int | None = None
+        self._id = uuid.uuid4().hex[:12]  # names this instance's dead-letter file
+        self._letters: Any = None
+        self._stop = threading.Event()
+        self._publisher = threading.Thread(target=self._publish_every_second, daemon=True)
+        self._publisher.start()
+
+    def _publish_every_second(self) -> None:
+        while not self._stop.wait(1.0):
+            self._publish()
+
+    def dead(self, letter: DeadLetter, late: bool = False) -> None:
+        if late:
+            self.counts.late += 1
+        else:
+            self.counts.dead_lettered += 1
+        if self._letters is None:
+            directory = Path(self.dead_letter_dir) / self.view
+            directory.mkdir(parents=True, exist_ok=True)
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+            self._letters = (directory / f"stream-{stamp}-{self._id}.jsonl").open("a")
+        # ``seq`` is the event's position in the source (checkpointed), so a line written again by a
+        # job replaying from its last checkpoint is recognisable as the same dead letter.
+        self._letters.write(json.dumps({"seq": self.counts.input, **json.loads(letter.to_json())}) + "\n")
+        self._letters.flush()
+
+    def tick(self) -> None:
+        return None
+
+    def _publish(self) -> None:
+        directory = Path(self.status_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        status = {"counts": asdict(replace(self.counts)), "max_event_ms": self.max_event_ms}
+        # Stage 1 runs as one instance: a restarted one replaces its predecessor's status.
+        _write_json(directory / f"{self.view}.stage1.0.json", status)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._publish()
+        if self._letters is not None:
+            self._letters.close()
+
+
+class StoreRows:
+    """The row writer of ``mlfs serve-stream``: a view's feature rows to the repository's online
+    and offline stores (opened on the Flink worker), with a status file for the service."""
+
+    def __init__(self, view: StreamFeatureView, repo_path: str, status_dir: str, subtask: int = 0) -> None:
+        from featurestore.config import load_settings
+        from featurestore.offline.parquet import ParquetOfflineStore
+        from featurestore.online import open_online_writer
+
+        # The view comes with the job (its code by reference, as for stage 1): loading the
+        # repository here would import its modules a second time on a cluster's workers.
+        settings = load_settings(repo_path)
+        self.view = view
+        view_name = view.name
+        self.writer = open_online_writer(settings) if self.view.online else None
+        self.offline = ParquetOfflineStore(settings.offline_path) if self.view.offline else None
+        self.status = SinkStatus()
+        # One file per sink subtask, so a restarted subtask replaces its own status.
+        self.status_file = Path(status_dir) / f"{view_name}.sink.{subtask}.json"
+        self.status_file.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, results: list[tuple[Any, ...]]) -> None:
+        from transforms.engines.flink_sql import feature_row
+
+        rows = [feature_row(self.view.plan, r)[1] for r in results]
+        status = self.status
+        if self.writer is not None:
+            stats = self.writer.write(self.view, rows)
+            status.online_written += stats.written
+            status.online_skipped_older += stats.skipped_older
+        if self.offline is not None:
+            status.offline_rows += self.offline.append(self.view, rows, datetime.now(UTC))
+        status.rows_out += len(rows)
+        status.last_write = time.time()
+        newest = max(r["event_timestamp"] for r in rows).timestamp()
+        status.freshness_ms = (status.last_write - newest) * 1000
+        _write_json(self.status_file, asdict(status))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+@dataclass
+class StreamStatus:
+    """A view's summed status over its running instances."""
+
+    counts: EventCounts
+    sink: SinkStatus
+    max_event_ms: int | None = None  # the latest event time seen (the watermark's base)
+
+
+def read_status(status_dir: Path, view: str) -> StreamStatus:
+    """The summed stage-1 counts and sink status of a view's running instances."""
+    status = StreamStatus(EventCounts(), SinkStatus())
+    if not status_dir.is_dir():
+        return status
+    for path in status_dir.glob(f"{view}.stage1.*.json"):
+        data = _load(path)
+        if data:
+            status.counts.add(EventCounts(**data["counts"]))
+            seen = data.get("max_event_ms")
+            if seen is not None and (status.max_event_ms is None or seen > status.max_event_ms):
+                status.max_event_ms = seen
+    sink = status.sink
+    for path in status_dir.glob(f"{view}.sink.*.json"):
+        data = _load(path)
+        if not data:
+            continue
+        part = SinkStatus(**data)
+        sink.rows_out += part.rows_out
+        sink.online_written += part.online_written
+        sink.online_skipped_older += part.online_skipped_older
+        sink.offline_rows += part.offline_rows
+        if part.last_write >= sink.last_write:
+            sink.last_write = part.last_write
+            sink.freshness_ms = part.freshness_ms
+    return status
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def clear_status(status_dir: Path) -> None:
+    if status_dir.is_dir():
+        for path in status_dir.glob("*.json"):
+            os.unlink(path)

@@ -1,0 +1,51 @@
+"""The streaming job's status line and Prometheus text, from the workers' status files."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from featurestore.stream.metrics import collect, prometheus_text, serve_metrics
+
+
+def write_status(directory: Path) -> None:
+    directory.mkdir(parents=True)
+    counts = {"input": 10, "aggregated": 6, "filtered": 2, "dead_lettered": 1, "late": 1, "rows": 7}
+    for part in ("a", "b"):  # two instances are summed
+        (directory / f"v.stage1.{part}.json").write_text(
+            json.dumps({"counts": counts, "max_event_ms": int(time.time() * 1000) - 60_000})
+        )
+    sink = {"rows_out": 4, "online_written": 3, "online_skipped_older": 0, "offline_rows": 4}
+    (directory / "v.sink.a.json").write_text(json.dumps({**sink, "last_write": 5.0, "freshness_ms": 1500.0}))
+
+
+def test_prometheus_text_and_status_line(tmp_path: Path) -> None:
+    write_status(tmp_path / "status")
+    [metrics] = collect(tmp_path / "status", {"v": 5000})
+    text = prometheus_text([metrics])
+    assert 'mlfs_events_in_total{view="v"} 20' in text
+    assert 'mlfs_events_late_total{view="v"} 2' in text
+    assert 'mlfs_rows_out_total{view="v"} 4' in text
+    assert 'mlfs_freshness_seconds{view="v"} 1.500' in text
+    assert "# TYPE mlfs_watermark_lag_seconds gauge" in text
+    assert metrics.watermark_lag_s is not None and 64 < metrics.watermark_lag_s < 66  # 60 s + the 5 s bound
+    assert metrics.line().startswith("v: 20 events in, 4 rows out (3 online), 2 dead-lettered, 2 late")
+
+
+def test_metrics_endpoint(tmp_path: Path) -> None:
+    write_status(tmp_path / "status")
+    server = serve_metrics("127.0.0.1", 0, lambda: collect(tmp_path / "status", {"v": 0}))
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
+            assert 'mlfs_online_writes_total{view="v"} 3' in response.read().decode()
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{base}/other", timeout=5)
+        assert err.value.code == 404
+    finally:
+        server.shutdown()

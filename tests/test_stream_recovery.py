@@ -1,0 +1,153 @@
+"""`kill -9` of a running `mlfs serve-stream` and a restart from its last checkpoint end with the same
+offline rows, online values, dead letters and counts as a run that was never interrupted."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from repo_helpers import example_repo
+from test_backfill_e2e import normalise
+from test_stream_service import (
+    STARTUP_S,
+    drop_file,
+    payments,
+    repr_row,
+    serve_stream,
+    stop_when_quiet,
+    wait_for,
+)
+
+from featurestore.cli import main
+from featurestore.config import feast_store
+from featurestore.offline.parquet import ParquetOfflineStore
+from featurestore.repo import load_repo
+from featurestore.stream.sinks import read_status
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning"),
+]
+
+VIEWS = [("user_payment_stats_7d", "user_id"), ("user_last_payment_fail", "user_id")]
+
+
+def stream_files() -> list[list[str]]:
+    rng = random.Random(11)
+    first = payments(rng, 0, 200)
+    second = [*payments(rng, 400, 200), '{"broken": ']
+    late = json.dumps({**json.loads(first[5]), "payment_id": "late"})
+    return [first, second, [*payments(rng, 800, 100), late]]
+
+
+def start(repo: Path) -> subprocess.Popen[str]:
+    """Start ``serve-stream`` and wait until its job is submitted: by then it has cleared the status
+    files of the run before, so what ``seen`` reads next is this run's."""
+    runs = sorted(repo.parent.glob(f"{repo.name}-run*.log"))
+    log = repo.parent / f"{repo.name}-run{len(runs)}.log"
+    job = serve_stream(repo, log, "--checkpoint-interval", "1", "--no-metrics")
+    wait_for(lambda: "streaming " in log.read_text() or job.poll() is not None, STARTUP_S, "the job to start")
+    assert job.poll() is None, log.read_text()[-3000:]
+    return job
+
+
+def finish(job: subprocess.Popen[str], repo: Path) -> str:
+    status_dir = load_repo(repo).settings.work_path / "stream" / "status"
+    return stop_when_quiet(job, status_dir, [name for name, _ in VIEWS])
+
+
+def new_repo(path: Path) -> tuple[Path, Path]:
+    repo = example_repo(path, events=200)
+    assert main(["apply", "--repo", str(repo)]) == 0
+    stream_dir = repo / "data" / "stream" / "payments"
+    for old in stream_dir.iterdir():
+        old.unlink()
+    return repo, stream_dir
+
+
+def completed_checkpoint_since(directory: Path, since: float) -> bool:
+    return any(m.stat().st_mtime > since for m in directory.glob("*/chk-*/_metadata"))
+
+
+def seen(repo: Path, n: int) -> bool:
+    status_dir = load_repo(repo).settings.work_path / "stream" / "status"
+    return read_status(status_dir, "user_payment_stats_7d").counts.input >= n
+
+
+def outcome(repo_path: Path) -> dict[str, Any]:
+    """Everything the job wrote: offline rows, online values, dead letters (one per source
+    position), and the final counts."""
+    repo = load_repo(repo_path)
+    offline = ParquetOfflineStore(repo.settings.offline_path)
+    store = feast_store(repo.settings)
+    result: dict[str, Any] = {}
+    for view_name, key in VIEWS:
+        view = repo.views[view_name]
+        rows = offline.read(view).drop_columns(["created_timestamp"]).to_pylist()
+        result[f"{view_name} offline"] = sorted(map(repr_row, rows))
+        entities = sorted({r[key] for r in rows})
+        features = [f.name for f in view.feature_fields]
+        online = store.get_online_features(
+            features=[f"{view_name}:{f}" for f in features], entity_rows=[{key: e} for e in entities]
+        ).to_dict()
+        result[f"{view_name} online"] = {f: [normalise(v) for v in online[f]] for f in features}
+        letters = {
+            json.loads(line)["seq"]: json.loads(line)
+            for f in (repo.settings.dead_letter_path / view_name).glob("stream-*.jsonl")
+            for line in f.read_text().splitlines()
+        }
+        result[f"{view_name} dead letters"] = sorted((s, d["reason"], d["raw"]) for s, d in letters.items())
+        status_dir = repo.settings.work_path / "stream" / "status"
+        result[f"{view_name} counts"] = read_status(status_dir, view_name).counts
+    return result
+
+
+def test_kill_and_restart_gives_the_uninterrupted_result(tmp_path: Path) -> None:
+    files = stream_files()
+    total = sum(len(f) for f in files)
+
+    clean, clean_dir = new_repo(tmp_path / "clean")
+    job = start(clean)
+    dropped = 0
+    for i, lines in enumerate(files):
+        drop_file(clean_dir, f"{i}.jsonl", lines)
+        dropped += len(lines)
+        wait_for(functools.partial(seen, clean, dropped), STARTUP_S, f"file {i}")
+    finish(job, clean)
+    expected = outcome(clean)
+    assert expected["user_payment_stats_7d counts"].input == total
+    assert expected["user_payment_stats_7d counts"].late == 1
+
+    crashed, crashed_dir = new_repo(tmp_path / "crashed")
+    checkpoints = load_repo(crashed).settings.work_path / "stream" / "checkpoints"
+    job = start(crashed)
+    drop_file(crashed_dir, "0.jsonl", files[0])
+    wait_for(lambda: seen(crashed, len(files[0])), STARTUP_S, "file 0")
+    after = time.time()
+    wait_for(lambda: completed_checkpoint_since(checkpoints, after), 120, "a checkpoint with file 0")
+    drop_file(crashed_dir, "1.jsonl", files[1])
+    time.sleep(random.uniform(0.2, 3.0))
+    os.killpg(job.pid, signal.SIGKILL)  # the CLI, its JVM and the Python workers
+    job.wait()
+
+    job = start(crashed)
+    wait_for(lambda: seen(crashed, len(files[0]) + len(files[1])), STARTUP_S, "file 1 after the restart")
+    drop_file(crashed_dir, "2.jsonl", files[2])  # once file 1 is in, so the order is the clean run's
+    wait_for(lambda: seen(crashed, total), 120, "file 2")
+    output = finish(job, crashed)
+    assert "restoring from" in output
+    assert outcome(crashed) == expected
+
+    # Restarted with nothing new to read, the job reports its restored counts and changes nothing.
+    job = start(crashed)
+    wait_for(lambda: seen(crashed, total), STARTUP_S, "the restored counts")
+    finish(job, crashed)
+    assert outcome(crashed) == expected

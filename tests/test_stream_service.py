@@ -1,0 +1,216 @@
+"""`mlfs serve-stream` on a real Flink mini-cluster: files appearing in the stream directory end up
+in Redis (read with the stock Feast SDK) and the offline store exactly as the reference computes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import AS_OF, free_port, start_redis, stop_redis
+from repo_helpers import example_repo
+from test_backfill_e2e import latest, normalise
+
+from featurestore.cli import main
+from featurestore.config import feast_store
+from featurestore.offline.parquet import ParquetOfflineStore
+from featurestore.repo import load_repo
+from featurestore.stream.sinks import read_status
+from transforms.engines.reference import run_reference
+from transforms.plan import EVENT_TIMESTAMP
+from transforms.timeutil import ms_to_datetime, parse_event_time
+from transforms.windows import Sliding
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning"),
+]
+
+
+VIEWS = [
+    ("user_payment_stats_7d", "user_id"),
+    ("user_last_payment_fail", "user_id"),
+    ("merchant_amount_1h", "merchant_id"),
+]
+
+
+def payments(rng: random.Random, start_s: float, n: int) -> list[str]:
+    lines = []
+    for i in range(n):
+        when = AS_OF + timedelta(seconds=start_s + i * 2 + rng.uniform(-3, 3))  # disorder under 5 s
+        status = rng.choice(["ok", "ok", "ok", "failed"])
+        lines.append(
+            json.dumps(
+                {
+                    "payment_id": f"p{start_s}-{i}",
+                    "user_id": f"u{rng.randrange(15):03d}",
+                    "merchant_id": f"m{rng.randrange(4):02d}",
+                    "amount": round(rng.uniform(1, 500), 2),
+                    "status": status,
+                    "failure_reason": rng.choice(["ach_nsf", "card_declined"])
+                    if status == "failed"
+                    else None,
+                    "timestamp": when.isoformat(),
+                }
+            )
+        )
+    return lines
+
+
+def drop_file(directory: Path, name: str, lines: list[str]) -> None:
+    tmp = directory / f".{name}"
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.rename(directory / name)  # Flink's FileSource skips hidden files, so it sees the whole file
+
+
+STARTUP_S = 240  # a job's first event can take minutes when the whole suite shares two cores
+
+
+def stop_when_quiet(
+    job: subprocess.Popen[str], status_dir: Path, views: list[str], quiet_s: float = 4.0
+) -> str:
+    """Ctrl-C the job once no view's counts or written rows have changed for ``quiet_s``; its output."""
+    last: Any = None
+    since = time.monotonic()
+    while time.monotonic() - since < quiet_s:
+        time.sleep(0.5)
+        now = [(s.counts, s.sink.rows_out) for s in (read_status(status_dir, v) for v in views)]
+        if now != last:
+            last, since = now, time.monotonic()
+    job.send_signal(signal.SIGINT)
+    job.wait(timeout=180)
+    output = log_of(job).read_text()
+    assert job.returncode == 0, output[-3000:]
+    assert "stopping (Ctrl-C)" in output and "stopped with savepoint" in output
+    return output
+
+
+def serve_stream(
+    repo: Path, log: Path, *flags: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """`mlfs serve-stream` in its own process group, its output in ``log`` (never a full pipe)."""
+    command = [sys.executable, "-m", "featurestore.cli", "serve-stream", "--repo", str(repo), *flags]
+    # A PyFlink job run earlier in this test process (loopback mode) leaves PYFLINK_GATEWAY_DISABLED
+    # set, which would stop the child from starting its own Flink gateway.
+    env = {k: v for k, v in (env or os.environ).items() if not k.startswith("PYFLINK_")}
+    with log.open("w") as out:
+        job = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+    _LOGS[job.pid] = log
+    return job
+
+
+_LOGS: dict[int, Path] = {}
+
+
+def log_of(job: subprocess.Popen[str]) -> Path:
+    return _LOGS[job.pid]
+
+
+def wait_for(condition: Any, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def test_stream_to_redis_and_offline_equals_reference(tmp_path: Path) -> None:
+    port, redis_proc = start_redis(tmp_path)
+    env = {**os.environ, "MLFS_TEST_REDIS": f"127.0.0.1:{port}"}
+    os.environ["MLFS_TEST_REDIS"] = env["MLFS_TEST_REDIS"]
+    try:
+        repo_path = example_repo(tmp_path / "repo", events=200, redis_env="MLFS_TEST_REDIS")
+        assert main(["apply", "--repo", str(repo_path)]) == 0
+        stream_dir = repo_path / "data" / "stream" / "payments"
+        for old in stream_dir.iterdir():
+            old.unlink()
+        rng = random.Random(3)
+        first = payments(rng, 0, 150)
+        second = [*payments(rng, 300, 150), '{"user_id": "u001", "timestamp": ', '"just text"']
+        late = json.dumps({**json.loads(first[10]), "payment_id": "late"})  # 10 minutes behind
+        third = [*payments(rng, 600, 60), late]
+        drop_file(stream_dir, "a.jsonl", first)
+
+        metrics_port = free_port()
+        job = serve_stream(repo_path, tmp_path / "stream.log", "--metrics-port", str(metrics_port), env=env)
+        repo = load_repo(repo_path)
+        status_dir = repo.settings.work_path / "stream" / "status"
+
+        def seen(n: int) -> bool:
+            return read_status(status_dir, "user_payment_stats_7d").counts.input >= n
+
+        wait_for(lambda: seen(len(first)), STARTUP_S, "the first file")
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+            scraped = response.read().decode()
+        assert f'mlfs_events_in_total{{view="user_payment_stats_7d"}} {len(first)}' in scraped
+        assert 'mlfs_watermark_lag_seconds{view="user_last_payment_fail"}' in scraped
+        drop_file(stream_dir, "b.jsonl", second)
+        wait_for(lambda: seen(len(first) + len(second)), 120, "the second file")
+        drop_file(stream_dir, "c.jsonl", third)
+        wait_for(lambda: seen(len(first) + len(second) + len(third)), 120, "the third file")
+        stop_when_quiet(job, status_dir, [name for name, _ in VIEWS])
+
+        arrivals = first + second + third
+        times = [parse_event_time(json.loads(line)["timestamp"]) for line in first + third[:-1] + second[:-2]]
+        watermark = max(times) - 5000 - 1  # Flink's, once every event is in
+        store = feast_store(repo.settings)
+        offline = ParquetOfflineStore(repo.settings.offline_path)
+        for view_name, key in VIEWS:
+            view = repo.views[view_name]
+            expected = run_reference(view.plan, arrivals, lateness=view_lateness(view))
+            window = view.plan.window
+            # Rows are emitted once the watermark reaches them (a hopping window: its last millisecond).
+            bound = watermark + (1 if isinstance(window, Sliding) and window.hop is not None else 0)
+            rows = [r for r in expected.rows if r[EVENT_TIMESTAMP] <= ms_to_datetime(bound)]
+            assert expected.counts.late == 1 and expected.counts.dead_lettered == 2
+
+            stored = offline.read(view).drop_columns(["created_timestamp"]).to_pylist()
+            assert sorted(map(repr_row, stored)) == sorted(map(repr_row, rows)), view_name
+
+            want = latest(rows, key)
+            if not view.online or not want:
+                continue
+            features = [f.name for f in view.feature_fields]
+            entity_rows = [{key: k} for k in sorted(want)]
+            got = store.get_online_features(
+                features=[f"{view_name}:{f}" for f in features], entity_rows=entity_rows
+            ).to_dict()
+            for i, entity in enumerate(entity_rows):
+                assert {f: normalise(got[f][i]) for f in features} == {
+                    f: want[entity[key]][f] for f in features
+                }
+
+            letters = [
+                json.loads(line)
+                for f in (repo.settings.dead_letter_path / view_name).glob("stream-*.jsonl")
+                for line in f.read_text().splitlines()
+            ]
+            assert sorted(d["reason"] for d in letters) == sorted(d.reason for d in expected.dead_letters)
+    finally:
+        os.environ.pop("MLFS_TEST_REDIS", None)
+        stop_redis(redis_proc)
+
+
+def view_lateness(view: Any) -> Any:
+    from featurestore.stream.service import lateness_of
+
+    return lateness_of(view.source)
+
+
+def repr_row(row: dict[str, Any]) -> str:
+    def plain(v: Any) -> Any:
+        if isinstance(v, float):
+            return round(v, 9)
+        return v.timestamp() if isinstance(v, datetime) else v
+
+    return repr(sorted((k, plain(v)) for k, v in row.items()))

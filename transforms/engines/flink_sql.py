@@ -1,0 +1,234 @@
+"""Compiling a ``TransformPlan``'s windows and aggregations to Flink SQL, and reading its results back.
+
+Stage 1 (``transforms.engines.flink``) hands Flink a table ``prepared`` of typed rows: the keys,
+``_ts`` (event time, epoch ms), one input column ``_v<i>`` per feature and, for the order-sensitive
+monoids (latest, first, last_k), an order-preserving text ``_o<i>`` of ``(event time, value)``, so
+that Flink's own ``MAX``/``MIN``/``LISTAGG`` break ties exactly as ``transforms.aggregations`` does.
+Continuous and hopping windows also get a *leave marker* per row at ``_ts + size`` with null
+values, which makes Flink emit the rows where events leave a window. All keyed state and
+aggregation then stays in Flink's Java operators:
+
+* continuous: ``OVER (PARTITION BY keys ORDER BY rt RANGE BETWEEN size - 1 ms PRECEDING AND CURRENT ROW)``;
+* lifetime: the same with ``UNBOUNDED PRECEDING``;
+* hopping and tumbling: the ``HOP`` window table function grouped by window, keeping the windows
+  with a row or marker in their last hop (exactly the ends where the window changed).
+
+The rows where several inputs share a key and time repeat the same values; readers keep one.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from transforms.aggregations import (
+    Aggregation,
+    Count,
+    CountDistinct,
+    First,
+    LastK,
+    Latest,
+    Max,
+    Mean,
+    Min,
+    Stddev,
+    Sum,
+    Variance,
+)
+from transforms.dtypes import DType, feature_value
+from transforms.plan import EVENT_TIMESTAMP, TransformPlan
+from transforms.timeutil import datetime_to_ms, ms_to_datetime
+from transforms.windows import Lifetime, Sliding
+
+ORDERED = (Latest, First, LastK)
+PREPARED = "prepared"
+END = "_end"
+
+
+def is_ordered(agg: Aggregation) -> bool:
+    return isinstance(agg, ORDERED)
+
+
+def marker_offset_ms(plan: TransformPlan) -> int | None:
+    """How far after a row its leave marker goes (None: the window needs no markers)."""
+    window = plan.window
+    return window.size_ms if isinstance(window, Sliding) else None
+
+
+def watermark_lag_ms(plan: TransformPlan, out_of_orderness_ms: int) -> int:
+    """Flink's watermark lag over ``prepared``: the markers run ``size`` ahead of the events, so the
+    lag adds ``size`` to keep the watermark at (latest event time - out-of-orderness)."""
+    return out_of_orderness_ms + (marker_offset_ms(plan) or 0)
+
+
+# -- order-preserving text of (event time, value) ------------------------------------------------
+
+_SIGN = 1 << 63
+
+
+def _hex64(n: int) -> str:
+    return format(n, "016x")
+
+
+def encode_ordered(ts: int, value: Any, dtype: DType) -> str:
+    """Text whose byte order is the order of ``(ts, value)`` (values as the monoids compare them)."""
+    return _hex64(ts + _SIGN) + _encode_value(value, dtype)
+
+
+def _encode_value(value: Any, dtype: DType) -> str:
+    name = dtype.name
+    if name in ("Int64", "Int32", "UnixTimestamp"):
+        return _hex64(int(value) + _SIGN)
+    if name in ("Float64", "Float32"):
+        bits = struct.unpack(">Q", struct.pack(">d", float(value)))[0]
+        return _hex64(bits ^ 0xFFFFFFFFFFFFFFFF if bits & _SIGN else bits | _SIGN)
+    if name == "Bool":
+        return "1" if value else "0"
+    if name == "String":
+        return str(value).encode("utf-8").hex()  # UTF-8 byte order is code point order
+    if name == "Bytes":
+        return bytes(value).hex()
+    raise TypeError(f"no ordered encoding for {dtype}")
+
+
+def decode_ordered(text: str, dtype: DType) -> tuple[int, Any]:
+    ts = int(text[:16], 16) - _SIGN
+    body = text[16:]
+    name = dtype.name
+    value: Any
+    if name in ("Int64", "Int32", "UnixTimestamp"):
+        value = int(body, 16) - _SIGN
+    elif name in ("Float64", "Float32"):
+        bits = int(body, 16)
+        bits = bits ^ _SIGN if bits & _SIGN else bits ^ 0xFFFFFFFFFFFFFFFF
+        value = struct.unpack(">d", struct.pack(">Q", bits))[0]
+    elif name == "Bool":
+        value = body == "1"
+    elif name == "String":
+        value = bytes.fromhex(body).decode("utf-8")
+    elif name == "Bytes":
+        value = bytes.fromhex(body)
+    else:
+        raise TypeError(f"no ordered encoding for {dtype}")
+    return ts, value
+
+
+# -- SQL ---------------------------------------------------------------------------------------
+
+
+def quote(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def interval(ms: int) -> str:
+    """A Flink SQL day-time interval of ``ms`` milliseconds."""
+    days, rest = divmod(ms, 86_400_000)
+    hours, rest = divmod(rest, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    seconds, millis = divmod(rest, 1000)
+    if days > 999:  # the largest day precision Flink's planner accepts is 3
+        raise ValueError(f"Flink cannot express an interval of {days} days (at most 999)")
+    return f"INTERVAL '{days} {hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}' DAY(3) TO SECOND(3)"
+
+
+def _aggregate_sql(agg: Aggregation, i: int) -> str:
+    v, o = quote(f"_v{i}"), quote(f"_o{i}")
+    if isinstance(agg, Count):
+        return f"COUNT({v})"
+    if isinstance(agg, Sum):
+        return f"SUM({v})"
+    if isinstance(agg, Mean):
+        return f"AVG(CAST({v} AS DOUBLE))"
+    if isinstance(agg, Min):
+        return f"MIN({v})"
+    if isinstance(agg, Max):
+        return f"MAX({v})"
+    if isinstance(agg, Latest):
+        return f"MAX({o})"
+    if isinstance(agg, First):
+        return f"MIN({o})"
+    if isinstance(agg, LastK):
+        return f"LISTAGG({o}, ',')"
+    if isinstance(agg, Stddev):
+        return f"STDDEV_{'SAMP' if agg.sample else 'POP'}(CAST({v} AS DOUBLE))"
+    if isinstance(agg, Variance):
+        return f"VAR_{'SAMP' if agg.sample else 'POP'}(CAST({v} AS DOUBLE))"
+    if isinstance(agg, CountDistinct):
+        return f"COUNT(DISTINCT {v})"
+    raise TypeError(f"no Flink compilation for {agg!r}")
+
+
+def stage2_sql(plan: TransformPlan, table: str = PREPARED) -> str:
+    """The query over ``table`` (stage 1's rows, with time attribute ``rt``) giving the keys, the
+    row's time (``_ts`` in ms, or ``_end`` as a timestamp for hopping windows) and results ``f<i>``."""
+    keys = ", ".join(quote(k) for k in plan.key_names)
+    window = plan.window
+    if isinstance(window, Sliding) and window.hop is not None:
+        assert window.hop_ms is not None
+        aggregates = ", ".join(
+            f"{_aggregate_sql(f.aggregation, i)} AS f{i}" for i, f in enumerate(plan.features)
+        )
+        return (
+            f"SELECT {keys}, CAST(window_end AS TIMESTAMP(3)) AS {END}, {aggregates} "
+            f"FROM TABLE(HOP(TABLE {quote(table)}, DESCRIPTOR(rt), {interval(window.hop_ms)}, "
+            f"{interval(window.size_ms)})) "
+            f"GROUP BY {keys}, window_start, window_end "
+            f"HAVING MAX(rt) >= window_end - {interval(window.hop_ms)}"
+        )
+    if isinstance(window, Lifetime):
+        frame = "RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
+    else:
+        assert isinstance(window, Sliding)
+        frame = f"RANGE BETWEEN {interval(window.size_ms - 1)} PRECEDING AND CURRENT ROW"
+    aggregates = ", ".join(
+        f"{_aggregate_sql(f.aggregation, i)} OVER w AS f{i}" for i, f in enumerate(plan.features)
+    )
+    return (
+        f"SELECT {keys}, _ts, {aggregates} FROM {quote(table)} "
+        f"WINDOW w AS (PARTITION BY {keys} ORDER BY rt {frame})"
+    )
+
+
+# -- results back to feature rows -------------------------------------------------------------
+
+
+def _result(agg: Aggregation, dtype: DType, value: Any, element: DType | None) -> Any:
+    """A SQL aggregate as the monoid's result (engine values: timestamps in ms)."""
+    if isinstance(agg, (Count, CountDistinct)):
+        return 0 if value is None else int(value)
+    if isinstance(agg, Sum):
+        return (0 if dtype.is_integer else 0.0) if value is None else value
+    if value is None:
+        return None
+    item_type = element if element is not None else dtype
+    if isinstance(agg, (Latest, First)):
+        return decode_ordered(value, item_type)[1]
+    if isinstance(agg, LastK):
+        items = sorted((decode_ordered(text, item_type) for text in value.split(",")), reverse=True)
+        return [v for _, v in items[: agg.k]]
+    return value
+
+
+def _as_feature(value: Any, dtype: DType) -> Any:
+    """Engine value (timestamps in ms) to the stored feature value, as every engine stores it."""
+    if value is None:
+        return None
+    if dtype.name == "UnixTimestamp":
+        return feature_value(ms_to_datetime(value), dtype)
+    if dtype.element is not None and dtype.element.name == "UnixTimestamp":
+        return feature_value([ms_to_datetime(v) for v in value], dtype)
+    return feature_value(value, dtype)
+
+
+def feature_row(plan: TransformPlan, values: tuple[Any, ...]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """One stage-2 result (keys, time, ``f<i>``...) as (key, feature row)."""
+    n_keys = len(plan.keys)
+    key = tuple(values[:n_keys])
+    when = values[n_keys]
+    time_ms = when if isinstance(when, int) else datetime_to_ms(when)  # naive means UTC
+    row: dict[str, Any] = dict(zip(plan.key_names, key, strict=True))
+    for i, feature in enumerate(plan.features):
+        result = _result(feature.aggregation, feature.dtype, values[n_keys + 1 + i], feature.dtype.element)
+        row[feature.name] = _as_feature(result, feature.dtype)
+    row[EVENT_TIMESTAMP] = ms_to_datetime(time_ms)
+    return key, row
