@@ -142,3 +142,17 @@ def test_spark_dead_letters_feature_rows_a_model_refuses(spark: Any, tmp_path: P
         (d.reason, d.raw) for d in expected.dead_letters
     )
     result.release()
+
+
+def test_flink_scores_like_the_reference(tmp_path: Path) -> None:
+    view = scored_view(tmp_path)
+    events = generate_events(23, n=500, keys=6)
+    expected = view.run(events)
+    assert expected.dead_letters and {r["label"] for r in expected.rows} == {0, 1}
+
+    result = view.run(events, Runner.FLINK)
+    assert_same_rows(view, expected.rows, result.rows)
+    assert result.counts == expected.counts
+    assert sorted((d.reason, d.raw) for d in result.dead_letters) == sorted(
+        (d.reason, d.raw) for d in expected.dead_letters
+    )

@@ -53,6 +53,11 @@ _COUNTERS = [
     ("events_late", "Events beyond the allowed lateness", lambda m: m.status.counts.late),
     ("rows_out", "Feature rows written since the job started", lambda m: m.status.sink.rows_out),
     ("online_writes", "Keys written to the online store", lambda m: m.status.sink.online_written),
+    (
+        "rows_dead_lettered",
+        "Feature rows a model stage could not score",
+        lambda m: m.status.sink.rows_dead_lettered,
+    ),
 ]
 
 

@@ -127,7 +127,9 @@ def serve_stream(
             outcomes = functools.partial(
                 LiveOutcomes, view.name, str(settings.dead_letter_path), str(status_dir)
             )
-            sink = functools.partial(StoreRows, view, str(settings.repo_path), str(status_dir))
+            sink = functools.partial(
+                StoreRows, view, str(settings.repo_path), str(status_dir), str(settings.dead_letter_path)
+            )
             build_job(
                 view.plan,
                 env,

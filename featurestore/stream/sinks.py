@@ -36,8 +36,31 @@ class SinkStatus:
     online_written: int = 0
     online_skipped_older: int = 0
     offline_rows: int = 0
+    rows_dead_lettered: int = 0
     last_write: float = 0.0
     freshness_ms: float | None = None  # write time minus the newest written row's feature time
+
+
+class DeadLetterLog:
+    """A file of JSON-line dead letters of one view, opened on the first letter (one file per
+    writer instance, so parallel and restarted instances never share a file)."""
+
+    def __init__(self, dead_letter_dir: str, view: str, prefix: str) -> None:
+        self.directory = Path(dead_letter_dir) / view
+        self.prefix = prefix
+        self._file: Any = None
+
+    def append(self, record: dict[str, Any]) -> None:
+        if self._file is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+            self._file = (self.directory / f"{self.prefix}-{stamp}-{uuid.uuid4().hex[:12]}.jsonl").open("a")
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 class LiveOutcomes:
@@ -49,8 +72,7 @@ class LiveOutcomes:
         self.status_dir = status_dir
         self.counts = EventCounts()
         self.max_event_ms: int | None = None
-        self._id = uuid.uuid4().hex[:12]  # names this instance's dead-letter file
-        self._letters: Any = None
+        self._letters = DeadLetterLog(dead_letter_dir, view, "stream")
         self._stop = threading.Event()
         self._publisher = threading.Thread(target=self._publish_every_second, daemon=True)
         self._publisher.start()
@@ -64,15 +86,9 @@ class LiveOutcomes:
             self.counts.late += 1
         else:
             self.counts.dead_lettered += 1
-        if self._letters is None:
-            directory = Path(self.dead_letter_dir) / self.view
-            directory.mkdir(parents=True, exist_ok=True)
-            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-            self._letters = (directory / f"stream-{stamp}-{self._id}.jsonl").open("a")
         # ``seq`` is the event's position in the source (checkpointed), so a line written again by a
         # job replaying from its last checkpoint is recognisable as the same dead letter.
-        self._letters.write(json.dumps({"seq": self.counts.input, **json.loads(letter.to_json())}) + "\n")
-        self._letters.flush()
+        self._letters.append({"seq": self.counts.input, **json.loads(letter.to_json())})
 
     def tick(self) -> None:
         return None
@@ -87,15 +103,16 @@ class LiveOutcomes:
     def close(self) -> None:
         self._stop.set()
         self._publish()
-        if self._letters is not None:
-            self._letters.close()
+        self._letters.close()
 
 
 class StoreRows:
     """The row writer of ``mlfs serve-stream``: a view's feature rows to the repository's online
     and offline stores (opened on the Flink worker), with a status file for the service."""
 
-    def __init__(self, view: StreamFeatureView, repo_path: str, status_dir: str, subtask: int = 0) -> None:
+    def __init__(
+        self, view: StreamFeatureView, repo_path: str, status_dir: str, dead_letter_dir: str, subtask: int = 0
+    ) -> None:
         from featurestore.config import load_settings
         from featurestore.offline.parquet import ParquetOfflineStore
         from featurestore.online import open_online_writer
@@ -108,14 +125,20 @@ class StoreRows:
         self.writer = open_online_writer(settings) if self.view.online else None
         self.offline = ParquetOfflineStore(settings.offline_path) if self.view.offline else None
         self.status = SinkStatus()
+        self.letters = DeadLetterLog(dead_letter_dir, view_name, "stream-rows")
         # One file per sink subtask, so a restarted subtask replaces its own status.
         self.status_file = Path(status_dir) / f"{view_name}.sink.{subtask}.json"
         self.status_file.parent.mkdir(parents=True, exist_ok=True)
 
-    def write(self, results: list[tuple[Any, ...]]) -> None:
-        from transforms.engines.flink_sql import feature_row
+    def dead(self, letters: list[DeadLetter]) -> None:
+        """Feature rows an after-aggregation model stage could not score (a row replayed after a
+        restart is logged again; its key and time identify it)."""
+        for letter in letters:
+            self.letters.append(json.loads(letter.to_json()))
+        self.status.rows_dead_lettered += len(letters)
+        _write_json(self.status_file, asdict(self.status))
 
-        rows = [feature_row(self.view.plan, r)[1] for r in results]
+    def write(self, rows: list[dict[str, Any]]) -> None:
         status = self.status
         if self.writer is not None:
             stats = self.writer.write(self.view, rows)
@@ -130,6 +153,7 @@ class StoreRows:
         _write_json(self.status_file, asdict(status))
 
     def close(self) -> None:
+        self.letters.close()
         if self.writer is not None:
             self.writer.close()
 
@@ -165,6 +189,7 @@ def read_status(status_dir: Path, view: str) -> StreamStatus:
         sink.online_written += part.online_written
         sink.online_skipped_older += part.online_skipped_older
         sink.offline_rows += part.offline_rows
+        sink.rows_dead_lettered += part.rows_dead_lettered
         if part.last_write >= sink.last_write:
             sink.last_write = part.last_write
             sink.freshness_ms = part.freshness_ms

@@ -45,9 +45,9 @@ from transforms.engines.flink_sql import (
 )
 from transforms.engines.reference import EngineResult
 from transforms.events import DeadLetter, EventCounts, EventPreparer, LateClassifier, Lateness
-from transforms.plan import FeatureContext, TransformPlan
+from transforms.plan import EVENT_TIMESTAMP, FeatureContext, TransformPlan
 from transforms.timeutil import engine_value
-from transforms.usercode import import_root, user_module
+from transforms.usercode import import_root, plan_functions, user_module
 
 KIND = "_kind"
 ROW, MARKER, HEARTBEAT = 0, 4, 5
@@ -139,9 +139,12 @@ def _spool(directory: str, prefix: str, data: Any) -> None:
 
 
 class RowWriter(Protocol):
-    """Where a sink instance writes stage 2's result rows (opened on the Flink worker)."""
+    """Where a sink instance writes feature rows, and the dead letters of rows an after-aggregation
+    model stage could not score (opened on the Flink worker)."""
 
-    def write(self, rows: list[tuple[Any, ...]]) -> None: ...
+    def write(self, rows: list[dict[str, Any]]) -> None: ...
+
+    def dead(self, letters: list[DeadLetter]) -> None: ...
 
     def close(self) -> None: ...
 
@@ -149,16 +152,19 @@ class RowWriter(Protocol):
 class SpoolRows:
     """Keeps the feature rows and spools them when the job ends (tests, ``mlfs verify``)."""
 
-    def __init__(self, plan: TransformPlan, spool: str, subtask: int = 0) -> None:
-        self.plan = plan
+    def __init__(self, spool: str, subtask: int = 0) -> None:
         self.spool = spool
-        self.rows: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        self.rows: list[dict[str, Any]] = []
+        self.letters: list[DeadLetter] = []
 
-    def write(self, rows: list[tuple[Any, ...]]) -> None:
-        self.rows.extend(feature_row(self.plan, row) for row in rows)
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        self.rows.extend(rows)
+
+    def dead(self, letters: list[DeadLetter]) -> None:
+        self.letters.extend(letters)
 
     def close(self) -> None:
-        _spool(self.spool, "rows", self.rows)
+        _spool(self.spool, "rows", (self.rows, self.letters))
 
 
 def prepare_events_function(
@@ -263,11 +269,14 @@ def prepare_events_function(
     return PrepareEvents()
 
 
-def buffered_sink_function(writer: Callable[[int], RowWriter], flush_ms: int = 100) -> Any:
-    """The row sink: a ``KeyedProcessFunction`` that buffers result rows in Flink state and hands
-    them to ``writer`` at most ``flush_ms`` later. A checkpoint holds the rows not yet written, so
-    a restored job writes them; rows written after the checkpoint are written again on replay,
-    which the stores absorb (newer-wins online, newest created row offline)."""
+def buffered_sink_function(
+    plan: TransformPlan, writer: Callable[[int], RowWriter], flush_ms: int = 100
+) -> Any:
+    """The row sink: a ``KeyedProcessFunction`` that buffers result rows in Flink state and, at most
+    ``flush_ms`` later, decodes them, runs the plan's after-aggregation model stages over them as one
+    batch and hands them to ``writer``. A checkpoint holds the rows not yet written, so a restored
+    job writes them; rows written after the checkpoint are written again on replay, which the stores
+    absorb (newer-wins online, newest created row offline)."""
     from pyflink.common import Types
     from pyflink.datastream.functions import KeyedProcessFunction
     from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
@@ -275,6 +284,11 @@ def buffered_sink_function(writer: Callable[[int], RowWriter], flush_ms: int = 1
     class BufferedSink(KeyedProcessFunction):
         def open(self, runtime_context: Any) -> None:
             self.writer = writer(runtime_context.get_index_of_this_subtask())
+            self.scorer = None
+            if plan.row_stages:
+                from transforms.inference.feature_rows import FeatureRowScorer
+
+                self.scorer = FeatureRowScorer(plan)
             self.buffer = runtime_context.get_list_state(
                 ListStateDescriptor("rows", Types.PICKLED_BYTE_ARRAY())
             )
@@ -297,13 +311,21 @@ def buffered_sink_function(writer: Callable[[int], RowWriter], flush_ms: int = 1
             self.buffer.clear()
             self.timer.clear()
             self.unflushed.pop(ctx.get_current_key(), None)
+            self._flush(rows)
+
+        def _flush(self, results: list[tuple[Any, ...]]) -> None:
+            if not results:
+                return
+            rows = [feature_row(plan, r)[1] for r in results]
+            if self.scorer is not None:
+                rows, letters = self.scorer.score(rows)
+                if letters:
+                    self.writer.dead(letters)
             if rows:
                 self.writer.write(rows)
 
         def close(self) -> None:
-            rows = [row for pending in self.unflushed.values() for row in pending]
-            if rows:
-                self.writer.write(rows)
+            self._flush([row for pending in self.unflushed.values() for row in pending])
             self.writer.close()
 
     return BufferedSink()
@@ -377,9 +399,10 @@ def build_job(
     from pyflink.common import Types
     from pyflink.table import Schema
 
-    module = user_module(plan.event_transform)
-    if module is not None:  # the workers import the transform's module from a shipped copy
-        env.add_python_file(str(import_root(module)))
+    # The workers import the user code's modules (event transform, model stages) from shipped copies.
+    roots = {import_root(m) for m in map(user_module, plan_functions(plan)) if m is not None}
+    for folder in sorted(roots):
+        env.add_python_file(str(folder))
     columns = prepared_columns(plan)
     row_type = Types.ROW_NAMED([c[0] for c in columns], [c[1] for c in columns])
     prepared = (
@@ -412,7 +435,7 @@ def build_job(
     sink = (
         t_env.to_data_stream(result)
         .key_by(sink_bucket, key_type=Types.INT())
-        .process(buffered_sink_function(row_writer))
+        .process(buffered_sink_function(plan, row_writer))
     )
     if uid_prefix is not None:
         sink.uid(f"{uid_prefix}-sink")
@@ -435,7 +458,7 @@ def run_flink(
         env, t_env = flink_environment(parallelism, master)
         raw = env.from_collection(texts, Types.STRING())
         outcomes = functools.partial(SpoolOutcomes, spool)
-        build_job(plan, env, t_env, raw, lateness, outcomes, functools.partial(SpoolRows, plan, spool))
+        build_job(plan, env, t_env, raw, lateness, outcomes, functools.partial(SpoolRows, spool))
         env.execute(f"mlfs-{plan.view}")
         # Python workers may close their functions just after the job reports FINISHED.
         _wait_for_spools(spool, 1 + parallelism)
@@ -471,8 +494,11 @@ def _read_spool(plan: TransformPlan, spool: str) -> EngineResult:
             result.counts.add(counts)
             result.dead_letters.extend(letters)
         elif name.startswith("rows-"):
-            for key, row in data:
-                ident = (*key, row["event_timestamp"])
+            written, letters = data
+            result.dead_letters.extend(letters)
+            result.counts.rows_dead_lettered += len(letters)
+            for row in written:
+                ident = (*(row[k] for k in plan.key_names), row[EVENT_TIMESTAMP])
                 held = rows.setdefault(ident, row)
                 if held != row:
                     raise RuntimeError(f"Flink gave two different rows for {ident}: {held} and {row}")
