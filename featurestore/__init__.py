@@ -1,5 +1,7 @@
 """MLFS public API: define features once, run them on every engine, serve them through Feast."""
 
+from typing import Any
+
 from featurestore.definitions import (
     Entity,
     Field,
@@ -34,18 +36,24 @@ from transforms.dtypes import (
 )
 from transforms.errors import DefinitionError, MLFSError
 from transforms.expressions import Select, col, lit, when
+from transforms.inference import ABTest, Batching, Cascade, Enrich, KeyedModels, Model, Shadow
+from transforms.inference.trained import TrainedModels
 from transforms.plan import FeastContext, FeatureContext, Runner
 from transforms.transformer import Aggregations, LatestFeatureAggregator, UnifiedTransformer
 from transforms.windows import Lifetime, Sliding, Tumbling
 
 __all__ = [
+    "ABTest",
     "Aggregations",
     "Array",
+    "Batching",
     "Bool",
     "Bytes",
+    "Cascade",
     "Count",
     "CountDistinct",
     "DefinitionError",
+    "Enrich",
     "Entity",
     "FeastContext",
     "FeatureContext",
@@ -57,6 +65,7 @@ __all__ = [
     "Int32",
     "Int64",
     "KafkaStreamSource",
+    "KeyedModels",
     "LastK",
     "Latest",
     "LatestFeatureAggregator",
@@ -65,14 +74,18 @@ __all__ = [
     "Max",
     "Mean",
     "Min",
+    "Model",
     "Runner",
     "Select",
+    "SentenceEmbeddingHandler",
+    "Shadow",
     "Sliding",
     "Stddev",
     "StreamFeatureView",
     "StreamSource",
     "String",
     "Sum",
+    "TrainedModels",
     "Tumbling",
     "UnifiedTransformer",
     "UnixTimestamp",
@@ -82,3 +95,12 @@ __all__ = [
     "stream_feature_view",
     "when",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: it needs Apache Beam, which a plain ``import featurestore`` should not load.
+    if name == "SentenceEmbeddingHandler":
+        from transforms.inference.handlers import SentenceEmbeddingHandler
+
+        return SentenceEmbeddingHandler
+    raise AttributeError(f"module 'featurestore' has no attribute {name!r}")

@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--as-of", type=_timestamp, help="end of the generated data (default: now)")
     init.add_argument("--events", type=int, default=20_000, help="history events to generate")
     init.add_argument("--force", action="store_true", help="write into a non-empty directory")
+    init.add_argument(
+        "--with-embeddings",
+        action="store_true",
+        help="add a view that embeds failure reasons with all-MiniLM-L6-v2 (loads the model in every job)",
+    )
 
     plan = commands.add_parser("plan", help="show what `apply` would change in the registry")
     _repo_option(plan)
@@ -109,6 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _repo_option(verify)
 
+    train = commands.add_parser("train", help="train one model per key over a view's offline rows (Spark)")
+    train.add_argument("name", help="the model set's name (its directory and registry entry)")
+    train.add_argument("--view", required=True, help="the view whose offline rows to train on")
+    train.add_argument("--key", required=True, help="one model per value of this column (a key or segment)")
+    train.add_argument("--features", required=True, metavar="A,B,...", help="input columns")
+    train.add_argument("--label", required=True, help="target column (logistic: positive when > 0)")
+    train.add_argument("--estimator", default="logistic", choices=["logistic", "linear"])
+    train.add_argument(
+        "--end", type=_timestamp, help="train on rows before this time; models are live from it"
+    )
+    train.add_argument("--model-dir", type=Path, metavar="DIR", help="default: <repo>/data/models")
+    train.add_argument(
+        "--min-rows", type=int, default=10, metavar="N", help="fewest rows to fit a key's model"
+    )
+    train.add_argument("--spark-master", metavar="URL", help="Spark master (default: local[*])")
+    _repo_option(train)
+
     registry = commands.add_parser("registry", help="look up registered views")
     lookups = registry.add_subparsers(dest="lookup", required=True, metavar="LOOKUP")
     listing = lookups.add_parser("list", help="every registered view")
@@ -126,7 +148,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     if args.events < 100:
         raise MLFSError("--events must be at least 100")
-    counts = init_repo(args.directory, args.as_of, args.force, args.events)
+    counts = init_repo(args.directory, args.as_of, args.force, args.events, args.with_embeddings)
     print(
         f"Created feature repository {args.directory} "
         f"({counts['history']} history events, {counts['stream']} stream lines).\n"
@@ -184,6 +206,30 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         if r.dead_letter_file:
             print(f"  dead letters: {r.dead_letter_file}")
     print(f"Backfilled {len(reports)} view(s) in {time.monotonic() - started:.1f}s.")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from featurestore.repo import load_repo
+    from featurestore.training import train_per_key
+
+    repo = load_repo(args.repo)
+    report = train_per_key(
+        repo,
+        args.name,
+        args.view,
+        key=args.key,
+        features=[f.strip() for f in args.features.split(",") if f.strip()],
+        label=args.label,
+        estimator=args.estimator,
+        end=args.end,
+        model_dir=args.model_dir,
+        spark_master=args.spark_master,
+        min_rows=args.min_rows,
+    )
+    for key, why in sorted(report.skipped.items()):
+        print(f"  skipped {key}: {why}")
+    print(f"{report.summary()} ({report.seconds:.1f}s)")
     return 0
 
 
@@ -303,6 +349,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "backfill": cmd_backfill,
     "serve-stream": cmd_serve_stream,
     "verify": cmd_verify,
+    "train": cmd_train,
     "registry": cmd_registry,
 }
 

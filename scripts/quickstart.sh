@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
-mlfs init quickstart --force
+mlfs init quickstart --force --with-embeddings  # incl. a view scored by all-MiniLM-L6-v2
 cd quickstart
 mlfs apply
 mlfs backfill

@@ -23,6 +23,7 @@ from repo_helpers import example_repo
 from test_stream_service import (
     STARTUP_S,
     drop_file,
+    no_leftover_jobs,
     payments,
     repr_row,
     serve_stream,
@@ -39,6 +40,8 @@ from featurestore.stream.sinks import read_status
 from transforms.engines.reference import run_reference
 from transforms.plan import EVENT_TIMESTAMP
 from transforms.timeutil import ms_to_datetime, parse_event_time
+
+__all__ = ["no_leftover_jobs"]  # the fixture, used by every test here
 
 pytestmark = [
     pytest.mark.slow,

@@ -1,19 +1,22 @@
-"""Model stages give the reference engine's rows, dead letters and counts on Spark: a torch model per
-key before aggregation (with a pool smaller than the models) and an sklearn classifier on the
-feature rows after it, over the conformance suite's generated events."""
+"""Model stages give the reference engine's rows, dead letters and counts on Spark, Flink and Beam: a
+torch model per key before aggregation (with a pool smaller than the models) and an sklearn
+classifier on the feature rows after it, over the conformance suite's generated events."""
 
 from __future__ import annotations
 
+import pickle
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-from conformance import assert_same_rows, generate_events, split_and_drop, write_events
+from conformance import assert_same_rows, generate_events, write_events
 from conftest import EVENTS, USER
-from inference_models import sklearn_model, torch_model
+from inference_models import sklearn_model
+from inference_views import scored_view
 
 from backfill.runner import read_history
 from backfill.spark_session import spark_session
@@ -21,71 +24,16 @@ from featurestore import (
     Aggregations,
     Count,
     Field,
-    Float64,
     Int64,
-    Latest,
-    Max,
     Runner,
     Sliding,
     String,
-    Sum,
     UnifiedTransformer,
     stream_feature_view,
 )
-from transforms.inference import Batching, Enrich, KeyedModels
+from transforms.inference import Enrich
 
 pytestmark = pytest.mark.slow
-
-
-def risk_inputs(row: dict[str, Any]) -> torch.Tensor:
-    if row.get("tag") == "e" and row.get("i") is None:
-        raise ValueError("no input for tag e without i")
-    v = row.get("v")
-    i = row.get("i")
-    return torch.tensor(
-        [0.0 if v is None else v / 100, 0.0 if i is None else i / 50, len(row.get("tag") or "")],
-        dtype=torch.float64,
-    )
-
-
-def label_inputs(row: dict[str, Any]) -> list[float]:
-    return [float(row["n"]), row["risk_sum"] or 0.0]
-
-
-def scored_view(tmp: Path) -> Any:
-    segments = {tag: torch_model(tmp, f"seg-{tag}", seed=n) for n, tag in enumerate("abc", start=1)}
-    fallback = torch_model(tmp, "fallback", seed=7)
-    label = sklearn_model(tmp, "label", seed=5, version="2")
-
-    def model_scores(ctx: Any, inputs: Any) -> Any:
-        return UnifiedTransformer(
-            ctx,
-            event_transform=split_and_drop,
-            enrich_events=Enrich(
-                "risk",
-                KeyedModels("tag", segments, max_loaded=1, default=fallback),
-                inputs=risk_inputs,
-                outputs="risk",
-                batching=Batching(max_batch_size=8),
-            ),
-            window=Sliding(timedelta(seconds=10)),
-            aggregator=Aggregations(
-                n=Count(), risk_sum=Sum("risk"), risk_max=Max("risk"), risk_model=Latest("risk_model_id")
-            ),
-            enrich_rows=Enrich("label", label, inputs=label_inputs, outputs="label", batching=Batching(5)),
-        ).run(inputs)
-
-    schema = [
-        Field("user_id", String),
-        Field("n", Int64),
-        Field("risk_sum", Float64),
-        Field("risk_max", Float64),
-        Field("risk_model", String),
-        Field("label", Int64),
-        Field("label_model_id", String),
-        Field("label_model_version", String),
-    ]
-    return stream_feature_view(entities=[USER], schema=schema, source=EVENTS)(model_scores)
 
 
 @pytest.fixture(scope="module")
@@ -154,5 +102,35 @@ def test_flink_scores_like_the_reference(tmp_path: Path) -> None:
     assert_same_rows(view, expected.rows, result.rows)
     assert result.counts == expected.counts
     assert sorted((d.reason, d.raw) for d in result.dead_letters) == sorted(
+        (d.reason, d.raw) for d in expected.dead_letters
+    )
+
+
+def test_beam_scores_like_the_reference(tmp_path: Path) -> None:
+    seed, n, keys = 23, 500, 6
+    (tmp_path / "beam").mkdir()
+    out = tmp_path / "beam.pkl"
+    job = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("beam_job.py")),
+            str(tmp_path / "beam"),
+            str(seed),
+            str(n),
+            str(keys),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert job.returncode == 0, job.stderr[-3000:]
+    got = pickle.loads(out.read_bytes())
+
+    view = scored_view(tmp_path)  # the same seeds train the same models here
+    expected = view.run(generate_events(seed, n=n, keys=keys))
+    assert_same_rows(view, expected.rows, got["rows"])
+    assert got["counts"] == [expected.counts]
+    assert sorted((d.reason, d.raw) for d in got["dead_letters"]) == sorted(
         (d.reason, d.raw) for d in expected.dead_letters
     )

@@ -19,6 +19,7 @@ from test_backfill_e2e import normalise
 from test_stream_service import (
     STARTUP_S,
     drop_file,
+    no_leftover_jobs,
     payments,
     repr_row,
     serve_stream,
@@ -31,6 +32,8 @@ from featurestore.config import feast_store
 from featurestore.offline.parquet import ParquetOfflineStore
 from featurestore.repo import load_repo
 from featurestore.stream.sinks import read_status
+
+__all__ = ["no_leftover_jobs"]  # the fixture, used by every test here
 
 pytestmark = [
     pytest.mark.slow,
@@ -49,8 +52,8 @@ def stream_files() -> list[list[str]]:
 
 
 def start(repo: Path) -> subprocess.Popen[str]:
-    """Start ``serve-stream`` and wait until its job is submitted: by then it has cleared the status
-    files of the run before, so what ``seen`` reads next is this run's."""
+    """Start ``serve-stream`` and wait until its job is submitted (the status files are this run's:
+    a restored job keeps only stage 1's counts, which it starts from)."""
     runs = sorted(repo.parent.glob(f"{repo.name}-run*.log"))
     log = repo.parent / f"{repo.name}-run{len(runs)}.log"
     job = serve_stream(repo, log, "--checkpoint-interval", "1", "--no-metrics")
@@ -138,16 +141,27 @@ def test_kill_and_restart_gives_the_uninterrupted_result(tmp_path: Path) -> None
     os.killpg(job.pid, signal.SIGKILL)  # the CLI, its JVM and the Python workers
     job.wait()
 
+    restarted = time.time()
     job = start(crashed)
+    # The restored job has file 1 (in its restored state, or read again) once its counts say so and
+    # it has completed a checkpoint: its source rediscovers unread files when it starts, so file 2,
+    # dropped now, is read after file 1 as in the clean run.
     wait_for(lambda: seen(crashed, len(files[0]) + len(files[1])), STARTUP_S, "file 1 after the restart")
+    wait_for(
+        lambda: completed_checkpoint_since(checkpoints, restarted), 120, "a checkpoint after the restart"
+    )
     drop_file(crashed_dir, "2.jsonl", files[2])  # once file 1 is in, so the order is the clean run's
     wait_for(lambda: seen(crashed, total), 120, "file 2")
     output = finish(job, crashed)
     assert "restoring from" in output
     assert outcome(crashed) == expected
 
-    # Restarted with nothing new to read, the job reports its restored counts and changes nothing.
+    # Restarted with nothing new to read, the job reports the restored counts and changes nothing.
+    restarted = time.time()
     job = start(crashed)
-    wait_for(lambda: seen(crashed, total), STARTUP_S, "the restored counts")
+    assert seen(crashed, total)
+    wait_for(
+        lambda: completed_checkpoint_since(checkpoints, restarted), 120, "a checkpoint after the restart"
+    )
     finish(job, crashed)
     assert outcome(crashed) == expected

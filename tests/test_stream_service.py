@@ -107,10 +107,24 @@ def serve_stream(
             command, env=env, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True
         )
     _LOGS[job.pid] = log
+    _JOBS.append(job)
     return job
 
 
 _LOGS: dict[int, Path] = {}
+_JOBS: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_jobs() -> Any:
+    """Kill what a failed test left running (the CLI, its JVM and Python workers), so it does not
+    slow every test after it."""
+    yield
+    while _JOBS:
+        job = _JOBS.pop()
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
 
 
 def log_of(job: subprocess.Popen[str]) -> Path:

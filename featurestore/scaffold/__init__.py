@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from transforms.errors import MLFSError
 
 TEMPLATES = ("feature_store.yaml", "features.py", "read_features.py", ".mlfsignore")
+EMBEDDING_TEMPLATE = "features_embeddings.py"  # a view with a pretrained text model (opt-in: it loads MiniLM)
 FAILURE_REASONS = ("insufficient_funds", "ach_nsf", "card_declined")
 
 HISTORY_SCHEMA = pa.schema(
@@ -93,14 +94,18 @@ def project_name(directory: Path) -> str:
 
 
 def init_repo(
-    directory: Path, as_of: datetime | None = None, force: bool = False, history_events: int = 20_000
+    directory: Path,
+    as_of: datetime | None = None,
+    force: bool = False,
+    history_events: int = 20_000,
+    with_embeddings: bool = False,
 ) -> dict[str, int]:
     """Create the example repository in ``directory`` (which must be empty unless ``force``)."""
     if directory.exists() and any(directory.iterdir()) and not force:
         raise MLFSError(f"{directory} is not empty (use --force to write into it anyway)")
     directory.mkdir(parents=True, exist_ok=True)
     templates = resources.files("featurestore.scaffold") / "templates"
-    for name in TEMPLATES:
+    for name in (*TEMPLATES, EMBEDDING_TEMPLATE) if with_embeddings else TEMPLATES:
         text = (templates / name).read_text()
         (directory / name).write_text(text.replace("{{project}}", project_name(directory)))
     as_of = as_of or datetime.now(UTC).replace(minute=0, second=0, microsecond=0)

@@ -101,10 +101,10 @@ def serve_stream(
             )
     stream_dir = settings.work_path / "stream"
     status_dir = stream_dir / "status"
-    clear_status(status_dir)
     checkpoint_dir = (options.checkpoint_dir or stream_dir / "checkpoints").resolve()
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     restore = None if options.fresh else latest_checkpoint(checkpoint_dir)
+    clear_status(status_dir, keep_counts=restore is not None)
     config = {
         "execution.checkpointing.interval": f"{int(options.checkpoint_interval_s * 1000)} ms",
         "execution.checkpointing.dir": checkpoint_dir.as_uri(),

@@ -204,7 +204,12 @@ def _load(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def clear_status(status_dir: Path) -> None:
+def clear_status(status_dir: Path, keep_counts: bool = False) -> None:
+    """Remove the status files of the run before. With ``keep_counts`` (a job restoring its state)
+    stage 1's counts stay: they are what the restored job starts from (or, if the run before got
+    further than its last checkpoint, what its replay reaches again), so metrics do not drop to zero
+    while the restored job starts."""
     if status_dir.is_dir():
         for path in status_dir.glob("*.json"):
-            os.unlink(path)
+            if not (keep_counts and ".stage1." in path.name):
+                os.unlink(path)

@@ -25,7 +25,10 @@ def get_engine(runner: Runner) -> Engine:
         from transforms.engines.flink import flink_engine
 
         return flink_engine
+    if runner is Runner.BEAM:
+        from transforms.engines.beam import beam_engine
+
+        return beam_engine
     raise EngineUnavailable(
-        f"the {runner.value} engine is not available in this version of MLFS "
-        "(available: reference, spark, flink)"
+        f"the {runner.value} engine cannot run a view (the symbolic plan run only captures it)"
     )

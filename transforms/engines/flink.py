@@ -53,6 +53,7 @@ KIND = "_kind"
 ROW, MARKER, HEARTBEAT = 0, 4, 5
 BOUNDED_REPLAY_LAG_MS = 500 * 86_400_000  # without lateness, hold the watermark back 500 days
 RESTORE_TIMER_MS = 1000
+END_OF_INPUT_MS = 2**63 - 2  # an event-time timer the final watermark of a bounded input fires
 
 
 def _flink_type(dtype: DType | None) -> tuple[Any, Any]:
@@ -175,7 +176,7 @@ def prepare_events_function(
     job restored from a checkpoint classifies and counts exactly as an uninterrupted one."""
     from pyflink.common import Row, Types
     from pyflink.datastream.functions import KeyedProcessFunction
-    from pyflink.datastream.state import ValueStateDescriptor
+    from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 
     offset = marker_offset_ms(plan)
     ordered: list[tuple[int, DType]] = []
@@ -186,6 +187,10 @@ def prepare_events_function(
     no_key = [None] * len(plan.keys)
     no_values = [None] * (len(plan.features) + len(ordered))
 
+    # With model stages before aggregation, events wait (in Flink state) until a batch is full or
+    # its oldest event has waited max_wait_ms, so the models score batches, not single events.
+    batching = plan.event_stages[0].batching if plan.event_stages else None
+
     class PrepareEvents(KeyedProcessFunction):
         def open(self, runtime_context: Any) -> None:
             self.preparer = EventPreparer(plan)
@@ -193,29 +198,48 @@ def prepare_events_function(
             self.outcomes = outcomes()
             descriptor = ValueStateDescriptor("stage1", Types.PICKLED_BYTE_ARRAY())
             self.state = runtime_context.get_state(descriptor)
+            self.pending = runtime_context.get_list_state(
+                ListStateDescriptor("pending", Types.PICKLED_BYTE_ARRAY())
+            )
+            self.pending_count = runtime_context.get_state(
+                ValueStateDescriptor("pending_count", Types.LONG())
+            )
+            self.flush_due = runtime_context.get_state(ValueStateDescriptor("flush_due", Types.LONG()))
+            self.chain_due = runtime_context.get_state(ValueStateDescriptor("chain_due", Types.LONG()))
             self.restored = False
 
         def process_element(self, raw: Any, ctx: Any) -> Iterator[Any]:
             if not self.restored and not self._restore() and lateness is not None:
                 self._wake_up(ctx)  # the first event of a fresh job starts the timer chain
-            yield from self._prepare(raw)
-            max_seen = None if self.classifier is None else self.classifier.max_seen
-            self.outcomes.max_event_ms = max_seen
-            self.state.update((max_seen, dataclasses.astuple(self.outcomes.counts)))
-            self.outcomes.tick()
+            if batching is None:
+                yield from self._prepare_many([raw])
+                return
+            self.pending.add(raw)
+            count = (self.pending_count.value() or 0) + 1
+            self.pending_count.update(count)
+            if count >= batching.max_batch_size:
+                yield from self._flush()
+            elif self.flush_due.value() is None:
+                due = ctx.timer_service().current_processing_time() + batching.max_wait_ms
+                ctx.timer_service().register_processing_time_timer(due)
+                self.flush_due.update(due)
+                # A bounded input ends with the final watermark: what still waits is scored then.
+                ctx.timer_service().register_event_time_timer(END_OF_INPUT_MS)
 
         def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
-            # Timers are checkpointed with the state, so a restored job reads its counts back (and
-            # publishes them) before any new event arrives, not only when the next one does.
             if not self.restored:
                 self._restore()
-            self._wake_up(ctx)
-            yield from ()
+            if timestamp == END_OF_INPUT_MS or timestamp == self.flush_due.value():
+                yield from self._flush()
+            if lateness is not None and timestamp == self.chain_due.value():
+                # Timers are checkpointed with the state, so a restored job reads its counts back
+                # (and publishes them) before any new event arrives, not only when the next one does.
+                self._wake_up(ctx)
 
         def _wake_up(self, ctx: Any) -> None:
-            ctx.timer_service().register_processing_time_timer(
-                ctx.timer_service().current_processing_time() + RESTORE_TIMER_MS
-            )
+            due = ctx.timer_service().current_processing_time() + RESTORE_TIMER_MS
+            ctx.timer_service().register_processing_time_timer(due)
+            self.chain_due.update(due)
 
         def _restore(self) -> bool:
             self.restored = True
@@ -229,20 +253,44 @@ def prepare_events_function(
             self.outcomes.counts = EventCounts(*counts)
             return True
 
-        def _prepare(self, raw: Any) -> Iterator[Any]:
-            outcomes = self.outcomes
-            outcomes.counts.input += 1
-            first = self.preparer.decode_and_time(raw)
-            if isinstance(first, DeadLetter):
-                outcomes.dead(first)
-                return
-            event, time_ms = first
-            if self.classifier is not None:
-                watermark = self.classifier.late_watermark(time_ms)
+        def _flush(self) -> Iterator[Any]:
+            raws = list(self.pending.get() or [])
+            self.pending.clear()
+            self.pending_count.clear()
+            self.flush_due.clear()  # a timer still due finds nothing to flush
+            if raws:
+                yield from self._prepare_many(raws)
+
+        def _prepare_many(self, raws: list[Any]) -> Iterator[Any]:
+            """Events in arrival order: classified one by one (lateness depends on those before),
+            transformed and scored as one batch, emitted in order."""
+            classified: list[Any] = []
+            for raw in raws:
+                first = self.preparer.decode_and_time(raw)
+                if isinstance(first, DeadLetter):
+                    classified.append((raw, first, False))
+                    continue
+                event, time_ms = first
+                watermark = None if self.classifier is None else self.classifier.late_watermark(time_ms)
                 if watermark is not None:
-                    outcomes.dead(self.preparer.late(raw, time_ms, watermark), late=True)
-                    return
-            prepared = self.preparer.transform(raw, event, time_ms)
+                    classified.append((raw, self.preparer.late(raw, time_ms, watermark), True))
+                else:
+                    classified.append((raw, (event, time_ms), None))
+            good = [(raw, *timed) for raw, timed, kind in classified if kind is None]
+            prepared = iter(self.preparer.transform_batch(good))
+            for _, outcome, late in classified:
+                self.outcomes.counts.input += 1
+                if late is None:
+                    yield from self._emit(outcome[1], next(prepared))
+                else:
+                    self.outcomes.dead(outcome, late=late)
+            max_seen = None if self.classifier is None else self.classifier.max_seen
+            self.outcomes.max_event_ms = max_seen
+            self.state.update((max_seen, dataclasses.astuple(self.outcomes.counts)))
+            self.outcomes.tick()
+
+        def _emit(self, time_ms: int, prepared: Any) -> Iterator[Any]:
+            outcomes = self.outcomes
             if prepared is None or isinstance(prepared, DeadLetter):
                 if prepared is None:
                     outcomes.counts.filtered += 1
@@ -432,10 +480,12 @@ def build_job(
         table, t_env.sql_query(f"SELECT * FROM `{table}_all` WHERE {KIND} <> {HEARTBEAT}")
     )
     result = t_env.sql_query(stage2_sql(plan, table))
+    # Rows wait at most this long in the sink: the row stages' max wait, or 100 ms.
+    flush_ms = plan.row_stages[0].batching.max_wait_ms if plan.row_stages else 100
     sink = (
         t_env.to_data_stream(result)
         .key_by(sink_bucket, key_type=Types.INT())
-        .process(buffered_sink_function(plan, row_writer))
+        .process(buffered_sink_function(plan, row_writer, flush_ms))
     )
     if uid_prefix is not None:
         sink.uid(f"{uid_prefix}-sink")

@@ -78,7 +78,7 @@ def run_reference(
             counts.rows += len(prepared.rows)
             _collect(by_key, prepared)
     for key in sorted(by_key, key=repr):
-        result.rows.extend(_key_rows(plan, key, by_key[key]))
+        result.rows.extend(key_rows(plan, key, by_key[key]))
     if plan.row_stages:
         from transforms.inference.feature_rows import FeatureRowScorer
 
@@ -93,7 +93,8 @@ def _collect(by_key: dict[Key, list[tuple[int, Values]]], prepared: PreparedEven
         by_key.setdefault(key, []).append((prepared.time_ms, values))
 
 
-def _key_rows(plan: TransformPlan, key: Key, events: list[tuple[int, Values]]) -> list[dict[str, Any]]:
+def key_rows(plan: TransformPlan, key: Key, events: list[tuple[int, Values]]) -> list[dict[str, Any]]:
+    """The feature rows of one key from its (time, values) rows, in any order (sorted here)."""
     events.sort(key=lambda e: e[0])
     times = [e[0] for e in events]
     emit_at = sorted({t for e in times for t in plan.window.emission_times(e)})

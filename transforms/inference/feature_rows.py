@@ -26,11 +26,21 @@ class FeatureRowScorer:
 
     def score(self, rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[DeadLetter]]:
         """The scored rows (in input order, failures left out) and a dead letter per failure."""
-        if not self.scorers:
-            return list(rows), []
-        times = [parse_event_time(row[EVENT_TIMESTAMP]) for row in rows]
         scored: list[dict[str, Any]] = []
         letters: list[DeadLetter] = []
+        for result in self.score_each(rows):
+            if isinstance(result, DeadLetter):
+                letters.append(result)
+            else:
+                scored.append(result)
+        return scored, letters
+
+    def score_each(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any] | DeadLetter]:
+        """Each row scored, or its dead letter, in input order."""
+        if not self.scorers:
+            return list(rows)
+        times = [parse_event_time(row[EVENT_TIMESTAMP]) for row in rows]
+        out: list[dict[str, Any] | DeadLetter] = []
         for row, result in zip(rows, run_stages(self.scorers, rows, times), strict=True):
             if not isinstance(result, Failure):
                 try:
@@ -38,11 +48,8 @@ class FeatureRowScorer:
                         result[name] = feature_value(result.get(name), dtype)
                 except CoercionError as err:
                     result = Failure("", OUTPUT_ERROR, f"field {name!r}: {err}")
-            if isinstance(result, Failure):
-                letters.append(self._dead_letter(row, result))
-            else:
-                scored.append(result)
-        return scored, letters
+            out.append(self._dead_letter(row, result) if isinstance(result, Failure) else result)
+        return out
 
     def _dead_letter(self, row: dict[str, Any], failure: Failure) -> DeadLetter:
         detail = failure.describe() if failure.stage else failure.detail

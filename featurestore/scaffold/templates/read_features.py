@@ -15,6 +15,11 @@ features = [
 ]
 
 if __name__ == "__main__":
+    if any(v.name == "user_failure_semantics_7d" for v in store.list_feature_views()):
+        features += [  # the view scored by all-MiniLM-L6-v2 (`mlfs init --with-embeddings`)
+            "user_failure_semantics_7d:fails_7d",
+            "user_failure_semantics_7d:shortfall_similarity_max_7d",
+        ]
     users = [{"user_id": f"u{i:04d}"} for i in range(3)]
     online = store.get_online_features(features=features, entity_rows=users).to_df()
     print("Online features (latest values):")
