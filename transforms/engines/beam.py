@@ -91,6 +91,13 @@ class _RowHandler(ModelHandler):
         return f"mlfs-{self.plan.view}-rows"
 
 
+class _Scorers:
+    """The stages' scorers as one object (Beam keeps a weak reference to a handler's model)."""
+
+    def __init__(self, scorers: list[StageScorer]) -> None:
+        self.scorers = scorers
+
+
 class EnrichHandler(ModelHandler):
     """MLFS model stages as a Beam ``ModelHandler`` for any pipeline: examples are ``(row, time_ms)``,
     inferences the scored rows (or ``Failure``s). Keyed models, pools, A/B and shadow routing and
@@ -102,17 +109,17 @@ class EnrichHandler(ModelHandler):
         self.name = name
         self._max_batch = self.stages[0].batching.max_batch_size
 
-    def load_model(self) -> list[StageScorer]:
-        return [StageScorer(stage, pool_name=f"{self.name}/{stage.name}") for stage in self.stages]
+    def load_model(self) -> _Scorers:
+        return _Scorers([StageScorer(stage, pool_name=f"{self.name}/{stage.name}") for stage in self.stages])
 
     def run_inference(
         self,
         batch: Sequence[tuple[dict[str, Any], int]],
-        model: list[StageScorer],
+        model: _Scorers,
         inference_args: Any = None,
     ) -> Iterable[PredictionResult]:
         rows = [row for row, _ in batch]
-        outcomes = run_stages(model, rows, [time_ms for _, time_ms in batch])
+        outcomes = run_stages(model.scorers, rows, [time_ms for _, time_ms in batch])
         for example, outcome in zip(batch, outcomes, strict=True):
             yield PredictionResult(example, outcome)
 
