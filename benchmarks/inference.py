@@ -64,12 +64,26 @@ def make_rows(n: int, seed: int = 1) -> list[dict[str, Any]]:
     return [{"id": i, "segment": f"m{rng.randrange(MODELS)}", "x": vectors[i]} for i in range(n)]
 
 
+def keyed_stage(paths: list[Path], batch: int) -> Any:
+    """One stage scoring each row with its segment's model, at most 2 models in memory."""
+    from transforms.inference import Batching, Enrich, KeyedModels, Model
+
+    models = {f"m{i}": Model(f"m{i}", handler(p, batch)) for i, p in enumerate(paths)}
+    return Enrich(
+        "s",
+        KeyedModels("segment", models, max_loaded=2),
+        inputs=inputs,
+        outputs="y",
+        batching=Batching(batch),
+    )
+
+
 def rate(n: int, seconds: float) -> str:
     return f"{n / seconds:>10,.0f} rows/s ({seconds:.2f}s)"
 
 
 def mlfs_scoring(rows: list[dict[str, Any]], paths: list[Path], batch: int) -> None:
-    from transforms.inference import Batching, Enrich, KeyedModels, Model, ModelPool, StageScorer
+    from transforms.inference import Batching, Enrich, Model, ModelPool, StageScorer
 
     single = Model("m0", handler(paths[0], batch))
     times = [0] * len(rows)
@@ -83,14 +97,7 @@ def mlfs_scoring(rows: list[dict[str, Any]], paths: list[Path], batch: int) -> N
         scorer.score(rows[:n], times[:n])
         print(f"  one model, {label:<22} {rate(n, time.perf_counter() - started)}")
 
-    models = {f"m{i}": Model(f"m{i}", handler(p, batch)) for i, p in enumerate(paths)}
-    stage = Enrich(
-        "s",
-        KeyedModels("segment", models, max_loaded=2),
-        inputs=inputs,
-        outputs="y",
-        batching=Batching(batch),
-    )
+    stage = keyed_stage(paths, batch)
     pool = ModelPool(max_loaded=2)
     scorer = StageScorer(stage, pool)
     chunk = 4096  # what one engine batch holds (a Spark Arrow batch, a Flink flush)
@@ -113,7 +120,6 @@ def beam_keyed(
     from apache_beam.ml.inference.base import KeyedModelHandler, KeyModelMapping, RunInference
 
     from transforms.engines.beam import EnrichHandler
-    from transforms.inference import Batching, Enrich, KeyedModels, Model
 
     out_dir = Path(tempfile.mkdtemp(prefix="mlfs-bench-"))
     results: dict[str, list[tuple[int, float]]] = {}
@@ -147,14 +153,7 @@ def beam_keyed(
             | "Out" >> beam.Map(lambda kv: (0, float(kv[1].inference[0])))
         )
 
-    models = {f"m{i}": Model(f"m{i}", handler(p, batch)) for i, p in enumerate(paths)}
-    stage = Enrich(
-        "s",
-        KeyedModels("segment", models, max_loaded=2),
-        inputs=inputs,
-        outputs="y",
-        batching=Batching(batch),
-    )
+    stage = keyed_stage(paths, batch)
 
     def mlfs_build(events: Any) -> Any:
         return (
