@@ -61,7 +61,8 @@ def inputs(row: dict[str, Any]) -> torch.Tensor:
 def make_rows(n: int, seed: int = 1) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     vectors = torch.rand(n, 8, generator=torch.Generator().manual_seed(seed))
-    return [{"id": i, "segment": f"m{rng.randrange(MODELS)}", "x": vectors[i]} for i in range(n)]
+    # clone(): a view would pickle the whole 2-D tensor with every row in a Beam pipeline.
+    return [{"id": i, "segment": f"m{rng.randrange(MODELS)}", "x": vectors[i].clone()} for i in range(n)]
 
 
 def keyed_stage(paths: list[Path], batch: int) -> Any:
