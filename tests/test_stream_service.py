@@ -164,6 +164,12 @@ def test_stream_to_redis_and_offline_equals_reference(tmp_path: Path) -> None:
             return read_status(status_dir, "user_payment_stats_7d").counts.input >= n
 
         wait_for(lambda: seen(len(first)), STARTUP_S, "the first file")
+        # Each view's stage 1 reports on its own (once a second): scrape when both have.
+        wait_for(
+            lambda: read_status(status_dir, "user_last_payment_fail").max_event_ms is not None,
+            60,
+            "user_last_payment_fail's first report",
+        )
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
             scraped = response.read().decode()
         assert f'mlfs_events_in_total{{view="user_payment_stats_7d"}} {len(first)}' in scraped
