@@ -27,6 +27,21 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+def _with_retries(statement: Any, attempts: int = 20) -> None:
+    """Run a SQLite statement, retrying while the database is locked by another writer."""
+    import sqlite3
+    import time
+
+    for attempt in range(attempts):
+        try:
+            statement()
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
+
+
 class FeastOnlineWriter:
     """Newer-wins writes of a view's latest rows through a ``feast.FeatureStore``."""
 
@@ -37,9 +52,10 @@ class FeastOnlineWriter:
         if type(online).__name__ == "SqliteOnlineStore":
             # Several streaming sinks write one SQLite file at once: let readers and writers overlap
             # (WAL) and wait for the lock instead of failing after Python's default 5 s.
+            # The timeout first: switching to WAL takes a lock that another sink may hold right now.
             conn = online._get_conn(store.config)
-            conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            _with_retries(lambda: conn.execute("PRAGMA journal_mode=WAL"))
 
     def write(self, view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> WriteStats:
         latest = latest_per_key(view, rows)
