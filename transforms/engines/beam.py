@@ -34,7 +34,20 @@ class BeamResult(NamedTuple):
     counts: beam.PCollection
 
 
-class _PrepareHandler(ModelHandler):
+class _StageBatches(ModelHandler):
+    """What the MLFS handlers share: Beam batches rows up to the first stage's ``max_batch_size``
+    and counts rows, not bytes."""
+
+    _max_batch: int
+
+    def get_num_bytes(self, batch: Sequence[Any]) -> int:
+        return len(batch)
+
+    def batch_elements_kwargs(self) -> dict[str, Any]:
+        return {"max_batch_size": self._max_batch}
+
+
+class _PrepareHandler(_StageBatches):
     """Stage 1's transform and model stages as a Beam model handler: the "model" is an
     ``EventPreparer`` (whose stages load the user's models through their pools), an example is a
     decoded event and an inference is its outcome."""
@@ -54,17 +67,11 @@ class _PrepareHandler(ModelHandler):
         for item, outcome in zip(batch, model.transform_batch(list(batch)), strict=True):
             yield PredictionResult(item, outcome)
 
-    def get_num_bytes(self, batch: Sequence[Any]) -> int:
-        return len(batch)
-
-    def batch_elements_kwargs(self) -> dict[str, Any]:
-        return {"max_batch_size": self._max_batch}
-
     def get_metrics_namespace(self) -> str:
         return f"mlfs-{self.plan.view}-events"
 
 
-class _RowHandler(ModelHandler):
+class _RowHandler(_StageBatches):
     """The model stages after aggregation as a Beam model handler (examples are feature rows)."""
 
     def __init__(self, plan: TransformPlan) -> None:
@@ -81,12 +88,6 @@ class _RowHandler(ModelHandler):
         for row, outcome in zip(batch, model.score_each(list(batch)), strict=True):
             yield PredictionResult(row, outcome)
 
-    def get_num_bytes(self, batch: Sequence[Any]) -> int:
-        return len(batch)
-
-    def batch_elements_kwargs(self) -> dict[str, Any]:
-        return {"max_batch_size": self._max_batch}
-
     def get_metrics_namespace(self) -> str:
         return f"mlfs-{self.plan.view}-rows"
 
@@ -98,7 +99,7 @@ class _Scorers:
         self.scorers = scorers
 
 
-class EnrichHandler(ModelHandler):
+class EnrichHandler(_StageBatches):
     """MLFS model stages as a Beam ``ModelHandler`` for any pipeline: examples are ``(row, time_ms)``,
     inferences the scored rows (or ``Failure``s). Keyed models, pools, A/B and shadow routing and
     per-row failures behave as in MLFS's engines: ``RunInference(EnrichHandler([stage]))``."""
@@ -122,12 +123,6 @@ class EnrichHandler(ModelHandler):
         outcomes = run_stages(model.scorers, rows, [time_ms for _, time_ms in batch])
         for example, outcome in zip(batch, outcomes, strict=True):
             yield PredictionResult(example, outcome)
-
-    def get_num_bytes(self, batch: Sequence[Any]) -> int:
-        return len(batch)
-
-    def batch_elements_kwargs(self) -> dict[str, Any]:
-        return {"max_batch_size": self._max_batch}
 
 
 class _Decode(beam.DoFn):
