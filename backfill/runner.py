@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,9 @@ from featurestore.deadletter import write_dead_letters
 from featurestore.offline.parquet import ParquetOfflineStore
 from featurestore.online import open_online_writer
 from featurestore.repo import FeatureRepo
+from featurestore.runstatus import BackfillRecord, record_backfill
 from featurestore.view import StreamFeatureView
-from registry.lookup import list_views
+from registry.catalog import load_catalog
 from transforms.errors import MLFSError
 from transforms.plan import EVENT_TIMESTAMP, Runner, spec_hash
 
@@ -125,7 +126,7 @@ def plan_backfill(
 
 
 def _check_applied(store: Any, views: list[StreamFeatureView]) -> None:
-    held = {r.name: r.spec_hash for r in list_views(store)}
+    held = {r.name: r.spec_hash for r in load_catalog(store).list_views()}
     for view in views:
         if view.name not in held:
             raise MLFSError(f"view {view.name!r} is not registered; run `mlfs apply` first")
@@ -168,6 +169,21 @@ def run_backfill(
                 report.dead_letter_file = letters
             report.seconds = time.monotonic() - started
             reports.append(report)
+            end = report.end or plan.end
+            record_backfill(
+                repo.settings.work_path,
+                BackfillRecord(
+                    view=view.name,
+                    engine=plan.engine,
+                    start=plan.start.isoformat() if plan.start else None,
+                    end=end.isoformat(),
+                    finished_at=time.time(),
+                    seconds=round(report.seconds, 3),
+                    counts=asdict(report.counts),
+                    offline_rows=report.offline_rows,
+                    online_written=report.online_written,
+                ),
+            )
     finally:
         writer.close()
     return reports

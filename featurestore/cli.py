@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -131,15 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--spark-master", metavar="URL", help="Spark master (default: local[*])")
     _repo_option(train)
 
-    registry = commands.add_parser("registry", help="look up registered views")
-    lookups = registry.add_subparsers(dest="lookup", required=True, metavar="LOOKUP")
-    listing = lookups.add_parser("list", help="every registered view")
-    listing.add_argument("--json", action="store_true", help="print JSON")
-    _repo_option(listing)
-    show = lookups.add_parser("show", help="one view's definition")
-    show.add_argument("view")
-    show.add_argument("--json", action="store_true", help="print JSON")
-    _repo_option(show)
+    from registry.cli import add_commands
+
+    add_commands(commands, _repo_option)
     return parser
 
 
@@ -233,66 +226,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
-
-
-def cmd_registry(args: argparse.Namespace) -> int:
-    from featurestore.config import feast_store, load_settings
-    from registry.lookup import describe_aggregation, get_view, list_views
-
-    store = feast_store(load_settings(args.repo))
-    if args.lookup == "list":
-        records = list_views(store)
-        if args.json:
-            print(json.dumps([r.spec for r in records], indent=2, sort_keys=True))
-        elif not records:
-            print("No views registered (run `mlfs apply`).")
-        else:
-            rows: list[tuple[str, ...]] = [("VIEW", "ENTITIES", "WINDOW", "FEATURES", "SOURCE", "OWNER")]
-            for r in records:
-                rows.append(
-                    (
-                        r.name,
-                        ",".join(r.spec["entities"]),
-                        r.window,
-                        str(len(r.features)),
-                        r.spec["source"],
-                        r.spec["owner"],
-                    )
-                )
-            print(_table(rows))
-        return 0
-    record = get_view(store, args.view)
-    if args.json:
-        print(json.dumps(record.spec, indent=2, sort_keys=True))
-        return 0
-    spec = record.spec
-    plan = spec["plan"]
-    transform = plan["event_transform"]
-    transform_text = f"{transform['ref']} sha256:{transform['source_sha256'][:12]}" if transform else "-"
-    lines = [
-        f"view:        {record.name}",
-        f"description: {spec['description'] or '-'}",
-        f"entities:    {', '.join(spec['entities'])} (keys: {', '.join(k['name'] for k in plan['keys'])})",
-        f"source:      {spec['source']} (time field {spec['timestamp_field']})",
-        f"window:      {record.window}",
-        f"transform:   {transform_text}",
-        f"function:    {spec['function']['ref']} sha256:{spec['function']['source_sha256'][:12]}",
-        f"ttl:         {spec['ttl_ms'] // 1000}s" if spec["ttl_ms"] else "ttl:         none",
-        f"stores:      {'online ' if spec['online'] else ''}{'offline' if spec['offline'] else ''}",
-        f"owner:       {spec['owner'] or '-'}",
-        f"tags:        {', '.join(f'{k}={v}' for k, v in sorted(spec['tags'].items())) or '-'}",
-        "features:",
-    ]
-    rows = [("  NAME", "TYPE", "AGGREGATION")]
-    rows += [(f"  {f['name']}", f["dtype"], describe_aggregation(f["aggregation"])) for f in plan["features"]]
-    print("\n".join(lines))
-    print(_table(rows))
-    return 0
-
-
 def cmd_verify(args: argparse.Namespace) -> int:
     from featurestore.repo import load_repo
     from featurestore.verify import ENGINES, load_sample, report_lines, verify_view
@@ -342,6 +275,12 @@ def cmd_serve_stream(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry(args: argparse.Namespace) -> int:
+    from registry.cli import run
+
+    return run(args)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "init": cmd_init,
     "plan": lambda a: _plan(a, apply=False),
@@ -350,7 +289,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve-stream": cmd_serve_stream,
     "verify": cmd_verify,
     "train": cmd_train,
-    "registry": cmd_registry,
+    "registry": lambda a: _registry(a),
 }
 
 

@@ -28,7 +28,8 @@ class RepoSettings:
 
     repo_path: Path
     project: str
-    registry_path: Path
+    registry_type: str  # file | sql
+    registry: str  # the registry file's path, or the SQL registry's database URL
     online_store: dict[str, Any]
     offline_path: Path
     dead_letter_path: Path
@@ -38,6 +39,19 @@ class RepoSettings:
     @property
     def online_type(self) -> str:
         return str(self.online_store.get("type", "sqlite"))
+
+    @property
+    def registry_path(self) -> Path:
+        """The registry file (a file registry only)."""
+        if self.registry_type != "file":
+            raise ConfigError(f"the {self.registry_type} registry has no file")
+        return Path(self.registry)
+
+    @property
+    def repo_id(self) -> str:
+        """Which repository owns the objects it registers: ``mlfs.repo_id``, by default the project
+        (repositories sharing one project's registry each set their own)."""
+        return str(self.mlfs.get("repo_id") or self.project)
 
 
 def _resolve(repo: Path, value: str) -> Path:
@@ -58,13 +72,16 @@ def load_settings(repo_path: str | Path) -> RepoSettings:
     if not isinstance(raw, dict) or not isinstance(raw.get("project"), str):
         raise ConfigError(f"{config_file}: needs a 'project' name")
     registry = raw.get("registry", "data/registry.db")
+    registry_type = "file"
     if isinstance(registry, dict):
-        registry_type = registry.get("registry_type", "file")
-        if registry_type != "file":
+        registry_type = str(registry.get("registry_type", "file"))
+        if registry_type not in ("file", "sql"):
             raise ConfigError(
-                f"{config_file}: registry_type {registry_type!r} is not supported yet (use a file)"
+                f"{config_file}: registry_type {registry_type!r} is not supported (use file or sql)"
             )
         registry = registry.get("path", "data/registry.db")
+    if registry_type == "file":
+        registry = str(_resolve(repo, str(registry)))
     online = raw.get("online_store") or {"type": "sqlite", "path": "data/online_store.db"}
     if isinstance(online, str):
         online = {"type": online}
@@ -78,7 +95,8 @@ def load_settings(repo_path: str | Path) -> RepoSettings:
     return RepoSettings(
         repo_path=repo,
         project=raw["project"],
-        registry_path=_resolve(repo, str(registry)),
+        registry_type=registry_type,
+        registry=str(registry),
         online_store=dict(online),
         offline_path=_resolve(repo, str(mlfs.get("offline_path", "data/offline"))),
         dead_letter_path=_resolve(repo, str(mlfs.get("dead_letter_path", "data/dead_letter"))),

@@ -21,6 +21,9 @@ TAG_MANAGED = "mlfs.managed"
 TAG_SPEC = "mlfs.spec"
 TAG_SPEC_HASH = "mlfs.spec_hash"
 TAG_KIND = "mlfs.kind"
+TAG_REPO = "mlfs.repo"  # the repository that registered the object
+TAG_HISTORY = "mlfs.history"  # the view's definition versions, newest last
+HISTORY_KEPT = 50
 OUTPUT_KIND = "offline_output"
 
 

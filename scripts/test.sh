@@ -3,6 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The registry page's test drives a real headless browser.
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "test: installing chromium with apt-get"
+  apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+fi
 .venv/bin/ruff check .
 .venv/bin/mypy
 .venv/bin/python -m pytest -n 2 --durations=15 "$@"

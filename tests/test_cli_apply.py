@@ -43,7 +43,7 @@ def test_init_plan_apply_and_lookups(repo: Path, capsys: pytest.CaptureFixture[s
 
     code, out, _ = run(capsys, "registry", "list", "--repo", str(repo))
     lines = out.splitlines()
-    assert lines[0].split() == ["VIEW", "ENTITIES", "WINDOW", "FEATURES", "SOURCE", "OWNER"]
+    assert lines[0].split() == ["VIEW", "ENTITIES", "WINDOW", "FEATURES", "SOURCE", "OWNER", "VERSION"]
     assert any(line.split()[:4] == ["merchant_amount_1h", "merchant", "tumbling", "1h"] for line in lines)
     assert any(line.split()[:4] == ["user_payment_stats_7d", "user", "sliding", "7d"] for line in lines)
     assert any(line.split()[:3] == ["user_last_payment_fail", "user", "lifetime"] for line in lines)
@@ -54,7 +54,7 @@ def test_init_plan_apply_and_lookups(repo: Path, capsys: pytest.CaptureFixture[s
     assert "amount_sum_7d" in out and "sum(amount)" in out and "count()" in out
 
     code, out, _ = run(capsys, "registry", "show", "user_last_payment_fail", "--json", "--repo", str(repo))
-    spec = json.loads(out)
+    spec = json.loads(out)["definition"]
     assert spec["plan"]["window"] == {"kind": "lifetime"}
     assert spec["owner"] == "risk@example.com" and spec["tags"] == {"team": "risk"}
     assert spec["plan"]["event_transform"]["ref"] == "features:extract_payment_fail_data"
@@ -192,6 +192,10 @@ def test_kafka_source_is_declared_and_registered(repo: Path, capsys: pytest.Capt
     capsys.readouterr()
     code, out, _ = run(capsys, "registry", "show", "user_clicks_1h", "--json", "--repo", str(repo))
     assert code == 0 and json.loads(out)["source"] == "clicks"
+    code, out, _ = run(
+        capsys, "registry", "show", "clicks", "--kind", "sources", "--json", "--repo", str(repo)
+    )
+    assert code == 0 and json.loads(out)["kind"] == "kafka"
     from featurestore.config import feast_store, load_settings
 
     source = feast_store(load_settings(repo)).get_data_source("clicks")

@@ -25,6 +25,7 @@ from featurestore.config import feast_store
 from featurestore.offline.parquet import ParquetOfflineStore
 from featurestore.repo import load_repo
 from featurestore.stream.sinks import read_status
+from registry.status import view_status
 from transforms.engines.reference import run_reference
 from transforms.plan import EVENT_TIMESTAMP
 from transforms.timeutil import ms_to_datetime, parse_event_time
@@ -174,11 +175,16 @@ def test_stream_to_redis_and_offline_equals_reference(tmp_path: Path) -> None:
             scraped = response.read().decode()
         assert f'mlfs_events_in_total{{view="user_payment_stats_7d"}} {len(first)}' in scraped
         assert 'mlfs_watermark_lag_seconds{view="user_last_payment_fail"}' in scraped
+        running = view_status(repo.settings, "user_payment_stats_7d")["stream"]
+        assert running["state"] == "running" and running["counts"]["input"] >= len(first)
         drop_file(stream_dir, "b.jsonl", second)
         wait_for(lambda: seen(len(first) + len(second)), 120, "the second file")
         drop_file(stream_dir, "c.jsonl", third)
         wait_for(lambda: seen(len(first) + len(second) + len(third)), 120, "the third file")
         stop_when_quiet(job, status_dir, [name for name, _ in VIEWS])
+        stopped = view_status(repo.settings, "user_payment_stats_7d")
+        assert stopped["stream"]["state"] == "stopped" and stopped["stream"]["job_id"]
+        assert stopped["last_online_write"] and stopped["dead_letters"]["stream"] == 3  # 2 bad, 1 late
 
         arrivals = first + second + third
         times = [parse_event_time(json.loads(line)["timestamp"]) for line in first + third[:-1] + second[:-2]]

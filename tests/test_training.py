@@ -38,6 +38,8 @@ from featurestore.config import feast_store
 from featurestore.offline.parquet import ParquetOfflineStore
 from featurestore.repo import load_repo
 from featurestore.training import list_model_sets
+from registry.catalog import load_catalog
+from registry.lineage import lineage
 from transforms.compare import diff_rows
 from transforms.events import Lateness
 from transforms.inference import Enrich
@@ -128,6 +130,12 @@ def test_train_per_user_then_score_with_point_in_time_versions(tmp_path: Path) -
         recorded["name"] == "fails_by_user"
         and recorded["versions"] == json.loads(json.dumps(index.to_json()))["versions"]
     )
+    catalog = load_catalog(feast_store(settings))  # the registry's lookups know the model set
+    model_set = catalog.model("fails_by_user")
+    assert model_set.kind == "model_set" and model_set.trained_from == "user_payment_stats_7d"
+    assert model_set.summary()["keys"] == len(index.versions)
+    edge = ("view:user_payment_stats_7d", "model:fails_by_user", "trained on")
+    assert edge in lineage(catalog, "user_payment_stats_7d").edges
 
     # Scoring: each row by its user's model live at the row's time.
     scorer = scoring_view(model_dir)

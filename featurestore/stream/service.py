@@ -20,6 +20,7 @@ from typing import Any
 
 from featurestore.definitions import FileStreamSource, StreamSource
 from featurestore.repo import FeatureRepo
+from featurestore.runstatus import StreamJobRecord
 from featurestore.stream.metrics import ViewMetrics, collect, serve_metrics
 from featurestore.stream.sinks import LiveOutcomes, StoreRows, clear_status
 from featurestore.view import StreamFeatureView
@@ -142,7 +143,9 @@ def serve_stream(
                 uid_prefix=view.name,
             )
         bounds = {v.name: lateness_of(v.source).max_out_of_orderness_ms for v in views}
+        job = StreamJobRecord(settings.work_path, [v.name for v in views], options.master or "local")
         client = env.execute_async(f"mlfs-stream-{settings.project}")
+        job.write(state="running", job_id=str(client.get_job_id()))
         report(
             f"streaming {len(views)} view(s) ({', '.join(v.name for v in views)}) on "
             f"{options.master or 'a local Flink mini-cluster'}; job {client.get_job_id()}"
@@ -157,8 +160,10 @@ def serve_stream(
             options.duration_s is None or time.monotonic() - started < options.duration_s
         ):
             time.sleep(0.2)
+            job.beat()
             status = str(client.get_job_status().result())
             if status in ("FAILED", "CANCELED", "FINISHED"):
+                job.write(state=status.lower())
                 result = client.get_job_execution_result()
                 result.result()  # raises the job's failure
                 raise MLFSError(f"the streaming job stopped: {status}")
@@ -168,7 +173,10 @@ def serve_stream(
                     report(metrics.line())
         if stop.requested:
             report("stopping (Ctrl-C)")
-        report(f"stopped with savepoint {_stop_with_savepoint(client, checkpoint_dir / 'savepoints')}")
+        job.write(state="stopping")
+        savepoint = _stop_with_savepoint(client, checkpoint_dir / "savepoints")
+        job.write(state="stopped", savepoint=savepoint, stopped_at=time.time())
+        report(f"stopped with savepoint {savepoint}")
         if server is not None:
             server.shutdown()
         final = collect(status_dir, bounds)

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from transforms.inference.models import Model, ModelLoadError, ModelPool, worker_pool
 from transforms.inference.routing import RoutingError
 from transforms.inference.stage import Enrich, Row
@@ -50,6 +52,24 @@ def plain(value: Any) -> Any:
     return value
 
 
+def plain_batch(predictions: list[Any]) -> list[Any]:
+    """``plain`` of each prediction, converted as one stacked array where they stack (per-row
+    conversion costs more than the small models it serves)."""
+    if not predictions:
+        return []
+    first = predictions[0]
+    try:
+        if hasattr(first, "detach"):
+            import torch
+
+            return list(torch.stack([p.detach() for p in predictions]).cpu().tolist())
+        if isinstance(first, np.ndarray | np.generic):
+            return list(np.stack(predictions).tolist())
+    except (RuntimeError, ValueError, TypeError):  # shapes or types differ: one by one
+        pass
+    return [plain(p) for p in predictions]
+
+
 def _scalar(value: Any) -> Any:
     while isinstance(value, list) and len(value) == 1:
         value = value[0]
@@ -66,6 +86,8 @@ class StageScorer:
         self.pool = pool or worker_pool(pool_name or stage.name, stage.router.max_loaded)
         self._fields = list(stage.outputs)
         self._elementwise = len(self._fields) > 1 and all(fn is None for fn in stage.outputs.values())
+        # Output functions receive the handler's own prediction objects; otherwise convert per batch.
+        self._convert_batch = all(fn is None for fn in stage.outputs.values())
 
     def score(self, rows: Sequence[Row], times: Sequence[int]) -> list[Row | Failure]:
         """``rows`` with the stage's fields added (new dicts, same order), or a ``Failure`` each."""
@@ -124,6 +146,8 @@ class StageScorer:
                         continue
                     self._put(results, i, shadow, model, prediction)
                 continue
+            if self._convert_batch:
+                predictions = plain_batch(predictions)
             for (i, shadow), prediction in zip(chunk, predictions, strict=True):
                 self._put(results, i, shadow, model, prediction)
 
