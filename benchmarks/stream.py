@@ -53,11 +53,18 @@ def drop(directory: Path, name: str, lines: list[str]) -> float:
     return time.time()
 
 
-def make_repo(base: Path) -> Path:
+def make_repo(base: Path, flink_config: dict[str, str]) -> Path:
+    import yaml
+
     from featurestore.cli import main
 
     repo = base / "repo"
     assert main(["init", str(repo), "--events", "200"]) == 0
+    if flink_config:
+        config_file = repo / "feature_store.yaml"
+        config = yaml.safe_load(config_file.read_text())
+        config["mlfs"].setdefault("flink", {})["config"] = flink_config
+        config_file.write_text(yaml.safe_dump(config))
     features = repo / "features.py"
     features.write_text(features.read_text().replace("timedelta(seconds=5)", "timedelta(0)"))
     assert main(["apply", "--repo", str(repo)]) == 0
@@ -98,7 +105,15 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--probes", type=int, default=30)
     parser.add_argument("--parallelism", type=int, default=2)
+    parser.add_argument(
+        "--flink-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Flink configuration entry for the job (repeatable), e.g. python.execution-mode=thread",
+    )
     args = parser.parse_args()
+    flink_config = dict(entry.split("=", 1) for entry in args.flink_config)
 
     from featurestore.config import feast_store
     from featurestore.repo import load_repo
@@ -106,7 +121,7 @@ def main() -> None:
 
     rng = random.Random(7)
     base = Path(tempfile.mkdtemp(prefix="mlfs-bench-stream-"))
-    repo_path = make_repo(base)
+    repo_path = make_repo(base, flink_config)
     repo = load_repo(repo_path)
     stream_dir = repo_path / "data" / "stream" / "payments"
     status_dir = repo.settings.work_path / "stream" / "status"

@@ -268,6 +268,7 @@ def cmd_serve_stream(args: argparse.Namespace) -> int:
         poll_ms=int(flink.get("poll_interval_ms", 1000)),
         fresh=args.fresh,
         metrics_port=None if args.no_metrics else _port(args.metrics_port, flink.get("metrics_port", 9464)),
+        flink_config={str(k): str(v) for k, v in (flink.get("config") or {}).items()},
     )
     if options.parallelism < 1:
         raise MLFSError("--parallelism must be at least 1")

@@ -24,7 +24,7 @@ TAG_MODEL = "mlfs.model"  # on a feature service that records an `mlfs train` mo
 MODEL_SET_KIND = "trained_models"
 
 
-class LookupError_(MLFSError):
+class RegistryLookupError(MLFSError):
     """A name or query that the registry cannot answer (the HTTP API answers 404 or 400)."""
 
     def __init__(self, message: str, status: int = 404) -> None:
@@ -328,9 +328,9 @@ def paginate(
 ) -> Page:
     """Items ``offset`` to ``offset + limit``; ``render`` turns each into JSON (only the page's)."""
     if offset < 0:
-        raise LookupError_("offset must be 0 or more", 400)
+        raise RegistryLookupError("offset must be 0 or more", 400)
     if not 1 <= limit <= 1000:
-        raise LookupError_("limit must be between 1 and 1000", 400)
+        raise RegistryLookupError("limit must be between 1 and 1000", 400)
     page = items[offset : offset + limit]
     return Page([render(i) for i in page] if render else list(page), len(items), offset, limit)
 
@@ -486,7 +486,7 @@ class Catalog:
     def listing(self, kind: str, **filters: Any) -> list[Record]:
         """``list_<kind>`` by name (``views``, ``features``, ``sources``, ``entities``, ``models``)."""
         if kind not in KINDS:
-            raise LookupError_(f"unknown kind {kind!r} (one of {', '.join(KINDS)})", 400)
+            raise RegistryLookupError(f"unknown kind {kind!r} (one of {', '.join(KINDS)})", 400)
         given = {k: v for k, v in filters.items() if v}
         allowed = {
             "views": {"name", "tag", "owner", "entity", "source", "feature"},
@@ -494,7 +494,7 @@ class Catalog:
         }.get(kind, set())
         unknown = sorted(set(given) - allowed)
         if unknown:
-            raise LookupError_(f"{kind} cannot be filtered by {', '.join(unknown)}", 400)
+            raise RegistryLookupError(f"{kind} cannot be filtered by {', '.join(unknown)}", 400)
         method: Callable[..., Sequence[Record]] = getattr(self, f"list_{kind}")
         return list(method(**given))
 
@@ -505,7 +505,7 @@ class Catalog:
             return table[name]
         close = difflib.get_close_matches(name, list(table), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise LookupError_(f"no registered {kind} named {name!r}{hint}")
+        raise RegistryLookupError(f"no registered {kind} named {name!r}{hint}")
 
     def view(self, name: str) -> ViewRecord:
         return self._get("view", self.views, name)
@@ -528,7 +528,7 @@ class Catalog:
         names = [f["name"] for f in view.features]
         close = difflib.get_close_matches(name, names, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise LookupError_(f"view {view.name!r} has no feature {name!r}{hint}")
+        raise RegistryLookupError(f"view {view.name!r} has no feature {name!r}{hint}")
 
     def get(self, kind: str, name: str) -> Record:
         getters: dict[str, Callable[[str], Record]] = {
@@ -539,7 +539,7 @@ class Catalog:
             "models": self.model,
         }
         if kind not in getters:
-            raise LookupError_(f"unknown kind {kind!r} (one of {', '.join(KINDS)})", 400)
+            raise RegistryLookupError(f"unknown kind {kind!r} (one of {', '.join(KINDS)})", 400)
         return getters[kind](name)
 
     # --- search ----------------------------------------------------------------------------------
@@ -549,10 +549,10 @@ class Catalog:
         and entities) contain ``query`` (case-insensitive), names that match best first."""
         needle = query.strip().lower()
         if not needle:
-            raise LookupError_("the search query is empty", 400)
+            raise RegistryLookupError("the search query is empty", 400)
         unknown = [k for k in kinds if k not in KINDS]
         if unknown:
-            raise LookupError_(f"unknown kind {unknown[0]!r} (one of {', '.join(KINDS)})", 400)
+            raise RegistryLookupError(f"unknown kind {unknown[0]!r} (one of {', '.join(KINDS)})", 400)
         hits: list[tuple[int, str, str, Any]] = []
 
         def rank(name: str) -> int:

@@ -8,7 +8,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from registry.catalog import Catalog, LookupError_
+from registry.catalog import Catalog, RegistryLookupError
 
 
 @dataclass
@@ -90,7 +90,7 @@ def resolve(catalog: Catalog, name: str) -> str:
         if name in table:
             return f"{kind}:{name}"
     catalog.view(name)  # raises with close matches
-    raise LookupError_(f"no registered object named {name!r}")
+    raise RegistryLookupError(f"no registered object named {name!r}")
 
 
 def lineage(catalog: Catalog, name: str) -> Graph:

@@ -21,7 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from featurestore.config import RepoSettings, feast_store
-from registry.catalog import KINDS, Catalog, Hit, LookupError_, load_catalog, paginate
+from registry.catalog import KINDS, Catalog, Hit, RegistryLookupError, load_catalog, paginate
 from registry.lineage import lineage
 from registry.status import view_status
 
@@ -77,8 +77,8 @@ def create_app(settings: RepoSettings, refresh_s: float = DEFAULT_REFRESH_S) -> 
         version="1",
     )
 
-    @app.exception_handler(LookupError_)
-    async def lookup_failed(request: Request, err: LookupError_) -> JSONResponse:
+    @app.exception_handler(RegistryLookupError)
+    async def lookup_failed(request: Request, err: RegistryLookupError) -> JSONResponse:
         return JSONResponse({"error": str(err)}, status_code=err.status)
 
     @app.exception_handler(RequestValidationError)
@@ -90,7 +90,7 @@ def create_app(settings: RepoSettings, refresh_s: float = DEFAULT_REFRESH_S) -> 
 
     def check_kind(kind: str) -> None:
         if kind not in KINDS:
-            raise LookupError_(f"unknown kind {kind!r} (one of {', '.join(KINDS)})", 404)
+            raise RegistryLookupError(f"unknown kind {kind!r} (one of {', '.join(KINDS)})", 404)
 
     @app.get("/api/health")
     def health() -> dict[str, Any]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -59,6 +61,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_for_json(url: str, ready: Callable[[Any], bool], what: str, timeout_s: float = 120) -> None:
+    """Poll the JSON endpoint ``url`` (a cluster's REST API) until ``ready`` accepts its answer."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if ready(json.load(answer)):
+                    return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"{what} did not come up in {timeout_s:.0f}s"
+        time.sleep(0.5)
 
 
 def start_redis(directory: Path) -> tuple[int, subprocess.Popen[bytes]]:

@@ -8,7 +8,6 @@ import os
 import random
 import shutil
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import pyflink
 import pytest
 import yaml
 from conformance import assert_same_rows, conformance_view, generate_events
-from conftest import free_port
+from conftest import free_port, wait_for_json
 from repo_helpers import example_repo
 from test_stream_service import (
     STARTUP_S,
@@ -72,16 +71,11 @@ def flink_master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         ["bash", str(FLINK_HOME / "bin" / "start-cluster.sh")], env=env, check=True, capture_output=True
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://localhost:{rest_port}/overview", timeout=2) as response:
-                    if json.load(response).get("taskmanagers", 0) >= 1:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the standalone Flink cluster did not start"
-            time.sleep(1)
+        wait_for_json(
+            f"http://localhost:{rest_port}/overview",
+            lambda overview: overview.get("taskmanagers", 0) >= 1,
+            "the standalone Flink cluster",
+        )
         yield f"localhost:{rest_port}"
     finally:
         subprocess.run(["bash", str(FLINK_HOME / "bin" / "stop-cluster.sh")], env=env, capture_output=True)

@@ -221,6 +221,28 @@ def test_shadow_scores_both_and_serves_one(tmp_path: Path) -> None:
         assert (row["risk_model_id"], row["risk_shadow_model_id"]) == ("served", "shadow")
 
 
+def test_a_failing_shadow_leaves_its_fields_null_counts_and_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    served = torch_model(tmp_path, "served", seed=1)
+    broken = Model(
+        "broken",
+        type(served.handler)(
+            state_dict_path=str(tmp_path / "missing.pt"),
+            model_class=type(served.handler.load_model()),
+            model_params={},
+        ),
+    )
+    scorer = StageScorer(
+        Enrich("risk", Shadow(served, broken), inputs=risk_inputs, outputs="score"), ModelPool()
+    )
+    with caplog.at_level("WARNING"):
+        out = scorer.score(events(12), [0] * 12)
+    assert all(isinstance(r, dict) and r["risk_shadow_score"] is None and r["score"] is not None for r in out)
+    assert scorer.shadow_failures == {"model_load": 12}
+    assert sum("the shadow model failed" in r.message for r in caplog.records) == 1  # once, not per row
+
+
 def test_cascade_feeds_model_a_into_model_b(tmp_path: Path) -> None:
     a = torch_model(tmp_path, "a", seed=1)
     b = torch_model(tmp_path, "b", seed=2)

@@ -13,7 +13,7 @@ from conftest import AS_OF
 from featurestore.cli import main
 from featurestore.config import feast_store, load_settings
 from featurestore.repo import load_repo
-from registry.catalog import Catalog, LookupError_, load_catalog, paginate
+from registry.catalog import Catalog, RegistryLookupError, load_catalog, paginate
 from registry.lineage import lineage
 from registry.status import view_status
 from registry.synthetic import TEAMS, register, synthetic_objects
@@ -80,9 +80,9 @@ def test_listings_and_filters(catalog: Catalog) -> None:
     (model,) = catalog.list_models()
     assert model.kind == "model" and model.used_by == ("user_failure_semantics_7d",)
     assert "SentenceEmbeddingHandler" in model.description
-    with pytest.raises(LookupError_, match="cannot be filtered by owner"):
+    with pytest.raises(RegistryLookupError, match="cannot be filtered by owner"):
         catalog.listing("sources", owner="x")
-    with pytest.raises(LookupError_, match="unknown kind 'widgets'"):
+    with pytest.raises(RegistryLookupError, match="unknown kind 'widgets'"):
         catalog.listing("widgets")
 
 
@@ -101,9 +101,9 @@ def test_definition_history_and_errors(catalog: Catalog) -> None:
     semantics = catalog.view("user_failure_semantics_7d").detail()
     (stage,) = semantics["inference"]["before_aggregation"]
     assert stage["model"]["kind"] == "single"
-    with pytest.raises(LookupError_, match="did you mean user_payment_stats_7d"):
+    with pytest.raises(RegistryLookupError, match="did you mean user_payment_stats_7d"):
         catalog.view("user_payment_stats")
-    with pytest.raises(LookupError_, match="has no feature 'amount_sum'; did you mean amount_sum_7d"):
+    with pytest.raises(RegistryLookupError, match="has no feature 'amount_sum'; did you mean amount_sum_7d"):
         catalog.feature("user_payment_stats_7d:amount_sum")
     assert catalog.feature("user_payment_stats_7d:amount_sum_7d").aggregation == "sum(amount)"
 
@@ -125,7 +125,7 @@ def test_search_ranks_names_first(catalog: Catalog) -> None:
         "user_payment_stats_7d:fail_count_7d"
     ]
     assert catalog.search("no-such-thing") == []
-    with pytest.raises(LookupError_, match="empty"):
+    with pytest.raises(RegistryLookupError, match="empty"):
         catalog.search("  ")
 
 
@@ -142,7 +142,7 @@ def test_lineage_connects_source_transform_view_stores_and_models(catalog: Catal
     entity = lineage(catalog, "entity:merchant")
     assert ("entity:merchant", "view:merchant_amount_1h", "keys") in entity.edges
     assert {n for n in entity.nodes if n.startswith("view:")} == {"view:merchant_amount_1h"}
-    with pytest.raises(LookupError_):
+    with pytest.raises(RegistryLookupError):
         lineage(catalog, "nothing_here")
 
 

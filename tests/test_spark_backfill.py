@@ -9,14 +9,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AS_OF, free_port
+from conftest import AS_OF, free_port, wait_for_json
 from repo_helpers import example_repo
 
 from featurestore.cli import main
@@ -190,16 +189,11 @@ def standalone_spark(tmp_path: Path) -> Iterator[str]:
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{ui}/json/", timeout=2) as answer:
-                    if json.load(answer).get("aliveworkers", 0) >= 1:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the standalone Spark cluster did not come up"
-            time.sleep(0.5)
+        wait_for_json(
+            f"http://127.0.0.1:{ui}/json/",
+            lambda overview: overview.get("aliveworkers", 0) >= 1,
+            "the standalone Spark cluster",
+        )
         yield url
     finally:
         for proc in (worker, master):

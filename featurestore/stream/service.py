@@ -42,6 +42,7 @@ class StreamOptions:
     fresh: bool = False
     report_every_s: float = 5.0
     metrics_port: int | None = 9464  # None: no Prometheus endpoint
+    flink_config: dict[str, str] = field(default_factory=dict)  # extra Flink configuration entries
 
 
 def select_views(repo: FeatureRepo, names: list[str]) -> list[StreamFeatureView]:
@@ -112,6 +113,7 @@ def serve_stream(
         "execution.checkpointing.savepoint-dir": (checkpoint_dir / "savepoints").as_uri(),
         "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
         "execution.checkpointing.num-retained": "2",
+        **options.flink_config,
     }
     if restore is not None:
         config["execution.state-recovery.path"] = restore.as_uri()

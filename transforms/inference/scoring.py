@@ -9,6 +9,8 @@ a ``Failure`` with the reason; the other rows of the batch are scored normally.
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +20,8 @@ import numpy as np
 from transforms.inference.models import Model, ModelLoadError, ModelPool, worker_pool
 from transforms.inference.routing import RoutingError
 from transforms.inference.stage import Enrich, Row
+
+log = logging.getLogger(__name__)
 
 # Failure reasons (the dead letter's reason is ``inference:<reason>``).
 INPUT_ERROR = "input_error"
@@ -88,6 +92,7 @@ class StageScorer:
         self._elementwise = len(self._fields) > 1 and all(fn is None for fn in stage.outputs.values())
         # Output functions receive the handler's own prediction objects; otherwise convert per batch.
         self._convert_batch = all(fn is None for fn in stage.outputs.values())
+        self.shadow_failures: Counter[str] = Counter()  # reason -> rows whose shadow fields are null
 
     def score(self, rows: Sequence[Row], times: Sequence[int]) -> list[Row | Failure]:
         """``rows`` with the stage's fields added (new dicts, same order), or a ``Failure`` each."""
@@ -196,6 +201,13 @@ class StageScorer:
         if isinstance(row, Failure):
             return
         if shadow:
+            if not self.shadow_failures:
+                log.warning(
+                    "stage %r: the shadow model failed (%s); its fields stay null",
+                    failure.stage,
+                    failure.detail,
+                )
+            self.shadow_failures[failure.reason] += 1
             for field in self.stage.output_fields:
                 if field.startswith(f"{self.stage.name}_shadow_"):
                     row.setdefault(field, None)
