@@ -254,7 +254,7 @@ def _port(flag: int | None, configured: object) -> int:
 
 def cmd_serve_stream(args: argparse.Namespace) -> int:
     from featurestore.repo import load_repo
-    from featurestore.stream.service import StreamOptions, serve_stream
+    from featurestore.stream.service import StreamOptions, connector_jars, serve_stream
 
     repo = load_repo(args.repo)
     flink = repo.settings.mlfs.get("flink") or {}
@@ -269,6 +269,7 @@ def cmd_serve_stream(args: argparse.Namespace) -> int:
         fresh=args.fresh,
         metrics_port=None if args.no_metrics else _port(args.metrics_port, flink.get("metrics_port", 9464)),
         flink_config={str(k): str(v) for k, v in (flink.get("config") or {}).items()},
+        jars=connector_jars([str(j) for j in flink.get("jars") or []], repo.settings.repo_path),
     )
     if options.parallelism < 1:
         raise MLFSError("--parallelism must be at least 1")

@@ -8,6 +8,8 @@ if ! command -v chromium >/dev/null 2>&1; then
   echo "test: installing chromium with apt-get"
   apt-get update -qq && apt-get install -y -qq chromium >/dev/null
 fi
+# The Kafka source's test runs Flink's Kafka connector: fetch its jars once (from PyPI).
+bash scripts/kafka_jars.sh >/dev/null
 .venv/bin/ruff check .
 .venv/bin/mypy
 .venv/bin/python -m pytest -n 2 --durations=15 "$@"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import signal
 import threading
 import time
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from featurestore.definitions import FileStreamSource, StreamSource
+from featurestore.definitions import FileStreamSource, KafkaStreamSource, StreamSource
 from featurestore.repo import FeatureRepo
 from featurestore.runstatus import StreamJobRecord
 from featurestore.stream.metrics import ViewMetrics, collect, serve_metrics
@@ -43,6 +44,7 @@ class StreamOptions:
     report_every_s: float = 5.0
     metrics_port: int | None = 9464  # None: no Prometheus endpoint
     flink_config: dict[str, str] = field(default_factory=dict)  # extra Flink configuration entries
+    jars: list[Path] = field(default_factory=list)  # connector jars (the Kafka connector for Kafka sources)
 
 
 def select_views(repo: FeatureRepo, names: list[str]) -> list[StreamFeatureView]:
@@ -87,6 +89,57 @@ def _file_source(env: Any, source: FileStreamSource, repo_path: Path, poll_ms: i
     )
 
 
+JARS_ENV = "MLFS_FLINK_JARS"  # connector jars, separated by os.pathsep (beside mlfs.flink.jars)
+
+
+def connector_jars(configured: list[str], repo_path: Path) -> list[Path]:
+    """The connector jars from ``mlfs.flink.jars`` (relative to the repository) and ``$MLFS_FLINK_JARS``."""
+    names = [*configured, *(p for p in os.environ.get(JARS_ENV, "").split(os.pathsep) if p)]
+    jars = [Path(n) if Path(n).is_absolute() else repo_path / n for n in names]
+    missing = [str(j) for j in jars if not j.is_file()]
+    if missing:
+        raise MLFSError(f"connector jar(s) not found: {', '.join(missing)}")
+    return jars
+
+
+def _check_kafka(source: KafkaStreamSource, jars: list[Path]) -> str:
+    """The source's bootstrap servers (``${VAR}`` expanded), once the connector jars are there."""
+    if not any("kafka" in jar.name for jar in jars):
+        raise MLFSError(
+            f"source {source.name!r} is a Kafka topic: add the Flink Kafka connector jars "
+            f"(flink-connector-kafka and kafka-clients) to mlfs.flink.jars or ${JARS_ENV}; "
+            "scripts/kafka_jars.sh fetches them (docs/streaming.md)"
+        )
+    servers = os.path.expandvars(source.bootstrap_servers)
+    if not servers or "$" in servers:
+        raise MLFSError(f"source {source.name!r}: bootstrap servers {source.bootstrap_servers!r} are not set")
+    return servers
+
+
+def _kafka_source(env: Any, source: KafkaStreamSource, jars: list[Path]) -> Any:
+    """The topic's messages, read from the earliest offset on a fresh start (a restored job resumes
+    from the offsets in its checkpoint), one partition after another in offset order."""
+    from pyflink.common import WatermarkStrategy
+    from pyflink.common.serialization import SimpleStringSchema
+    from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSource
+
+    servers = _check_kafka(source, jars)
+    kafka = (
+        KafkaSource.builder()
+        .set_bootstrap_servers(servers)
+        .set_topics(source.topic)
+        .set_group_id(f"mlfs-{source.name}")
+        .set_starting_offsets(KafkaOffsetsInitializer.earliest())
+        .set_value_only_deserializer(SimpleStringSchema())
+        .build()
+    )
+    return (
+        env.from_source(kafka, WatermarkStrategy.no_watermarks(), f"source-{source.name}")
+        .uid(f"source-{source.name}")
+        .set_parallelism(1)
+    )
+
+
 def serve_stream(
     repo: FeatureRepo, options: StreamOptions, report: Callable[[str], None] = print
 ) -> list[ViewMetrics]:
@@ -96,11 +149,13 @@ def serve_stream(
     settings = repo.settings
     views = select_views(repo, options.views)
     for view in views:
-        if not isinstance(view.source, FileStreamSource):
+        if not isinstance(view.source, FileStreamSource | KafkaStreamSource):
             raise MLFSError(
                 f"view {view.name!r}: source {view.source.name!r} is {view.source.kind}; "
-                "serve-stream reads file sources in this version (Kafka: see docs/streaming.md)"
+                "serve-stream reads file and Kafka sources"
             )
+        if isinstance(view.source, KafkaStreamSource):
+            _check_kafka(view.source, options.jars)  # before a Flink environment is started
     stream_dir = settings.work_path / "stream"
     status_dir = stream_dir / "status"
     checkpoint_dir = (options.checkpoint_dir or stream_dir / "checkpoints").resolve()
@@ -121,11 +176,17 @@ def serve_stream(
     with _ctrl_c_stops() as stop:
         env, t_env = flink_environment(options.parallelism, options.master, config)
         env.add_python_file(str(settings.repo_path))
+        if options.jars:
+            env.add_jars(*(jar.resolve().as_uri() for jar in options.jars))
         sources: dict[str, Any] = {}
         for view in views:
             source = view.source
-            assert isinstance(source, FileStreamSource)
-            if source.name not in sources:
+            if source.name in sources:
+                pass
+            elif isinstance(source, KafkaStreamSource):
+                sources[source.name] = _kafka_source(env, source, options.jars)
+            else:
+                assert isinstance(source, FileStreamSource)
                 sources[source.name] = _file_source(env, source, settings.repo_path, options.poll_ms)
             outcomes = functools.partial(
                 LiveOutcomes, view.name, str(settings.dead_letter_path), str(status_dir)

@@ -317,6 +317,15 @@ def prepare_events_function(
     return PrepareEvents()
 
 
+def subtask_index(runtime_context: Any) -> int:
+    """This parallel instance's index. In thread mode PyFlink 2.3 asks the Java context for a method
+    Flink 2 moved to ``TaskInfo``, so fall back to that."""
+    try:
+        return int(runtime_context.get_index_of_this_subtask())
+    except AttributeError:
+        return int(runtime_context._runtime_context.getTaskInfo().getIndexOfThisSubtask())
+
+
 def buffered_sink_function(
     plan: TransformPlan, writer: Callable[[int], RowWriter], flush_ms: int = 100
 ) -> Any:
@@ -331,7 +340,7 @@ def buffered_sink_function(
 
     class BufferedSink(KeyedProcessFunction):
         def open(self, runtime_context: Any) -> None:
-            self.writer = writer(runtime_context.get_index_of_this_subtask())
+            self.writer = writer(subtask_index(runtime_context))
             self.scorer = None
             if plan.row_stages:
                 from transforms.inference.feature_rows import FeatureRowScorer

