@@ -178,12 +178,9 @@ class FeatureRecord:
         return {**asdict(self), "entities": list(self.entities), "qualified": self.qualified}
 
 
-@dataclass(frozen=True)
-class SourceRecord:
-    """A registered stream source (its history twin is a Feast ``FileSource``)."""
+class _FromSpec:
+    """Owner, tags, description and the detail view of a record read from its stored definition."""
 
-    name: str
-    kind: str
     spec: dict[str, Any]
 
     @property
@@ -197,6 +194,21 @@ class SourceRecord:
     @property
     def description(self) -> str:
         return str(self.spec.get("description") or "")
+
+    def summary(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def detail(self) -> dict[str, Any]:
+        return {**self.summary(), "definition": self.spec}
+
+
+@dataclass(frozen=True)
+class SourceRecord(_FromSpec):
+    """A registered stream source (its history twin is a Feast ``FileSource``)."""
+
+    name: str
+    kind: str
+    spec: dict[str, Any]
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -209,29 +221,14 @@ class SourceRecord:
             "description": self.description,
         }
 
-    def detail(self) -> dict[str, Any]:
-        return {**self.summary(), "definition": self.spec}
-
 
 @dataclass(frozen=True)
-class EntityRecord:
+class EntityRecord(_FromSpec):
     """A registered entity and its join keys."""
 
     name: str
     join_keys: tuple[str, ...]
     spec: dict[str, Any]
-
-    @property
-    def owner(self) -> str:
-        return str(self.spec.get("owner") or "")
-
-    @property
-    def tags(self) -> dict[str, str]:
-        return dict(self.spec.get("tags") or {})
-
-    @property
-    def description(self) -> str:
-        return str(self.spec.get("description") or "")
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -243,12 +240,9 @@ class EntityRecord:
             "description": self.description,
         }
 
-    def detail(self) -> dict[str, Any]:
-        return {**self.summary(), "definition": self.spec}
-
 
 @dataclass(frozen=True)
-class ModelRecord:
+class ModelRecord(_FromSpec):
     """A model a view scores with (``kind`` "model": id and handler from an inference stage) or a
     model set ``mlfs train`` recorded (``kind`` "model_set": one model per key, with versions)."""
 
@@ -287,9 +281,6 @@ class ModelRecord:
         else:
             out["versions"] = sorted(set(self.spec.get("versions", [])))
         return out
-
-    def detail(self) -> dict[str, Any]:
-        return {**self.summary(), "definition": self.spec}
 
 
 Record = ViewRecord | FeatureRecord | SourceRecord | EntityRecord | ModelRecord

@@ -10,6 +10,21 @@ from conftest import AS_OF
 from featurestore.cli import main
 
 
+def generated_registry(path: Path, n: int) -> Path:
+    """The example repository applied, plus ``n`` synthetic views (``registry.synthetic``) in its
+    registry."""
+    from featurestore.config import feast_store
+    from featurestore.repo import load_repo
+    from registry.synthetic import register, synthetic_objects
+
+    example_repo(path, events=100)
+    assert main(["apply", "--repo", str(path)]) == 0
+    repo = load_repo(path)
+    store = feast_store(repo.settings)
+    register(store, synthetic_objects(repo.views["user_payment_stats_7d"], [store.get_entity("user")], n))
+    return path
+
+
 def example_repo(path: Path, events: int = 2000, redis_env: str | None = None) -> Path:
     """``mlfs init`` a repository; with ``redis_env``, its online store is the Redis whose
     connection string is in that environment variable (as a user would keep credentials)."""

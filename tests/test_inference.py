@@ -221,18 +221,21 @@ def test_shadow_scores_both_and_serves_one(tmp_path: Path) -> None:
         assert (row["risk_model_id"], row["risk_shadow_model_id"]) == ("served", "shadow")
 
 
+def unloadable_like(model: Model, tmp_path: Path) -> Model:
+    """A model of the same kind whose weights file does not exist (its load fails)."""
+    handler = type(model.handler)(
+        state_dict_path=str(tmp_path / "missing.pt"),
+        model_class=type(model.handler.load_model()),
+        model_params={},
+    )
+    return Model("broken", handler)
+
+
 def test_a_failing_shadow_leaves_its_fields_null_counts_and_warns(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     served = torch_model(tmp_path, "served", seed=1)
-    broken = Model(
-        "broken",
-        type(served.handler)(
-            state_dict_path=str(tmp_path / "missing.pt"),
-            model_class=type(served.handler.load_model()),
-            model_params={},
-        ),
-    )
+    broken = unloadable_like(served, tmp_path)
     scorer = StageScorer(
         Enrich("risk", Shadow(served, broken), inputs=risk_inputs, outputs="score"), ModelPool()
     )
@@ -278,14 +281,7 @@ def test_point_in_time_versions(tmp_path: Path) -> None:
 
 def test_failures_are_dead_lettered_and_the_rest_goes_on(tmp_path: Path) -> None:
     risk = torch_model(tmp_path, "risk", seed=1)
-    broken = Model(
-        "broken",
-        type(risk.handler)(
-            state_dict_path=str(tmp_path / "missing.pt"),
-            model_class=type(risk.handler.load_model()),
-            model_params={},
-        ),
-    )
+    broken = unloadable_like(risk, tmp_path)
 
     def inputs(row: dict[str, Any]) -> torch.Tensor:
         if row["amount"] % 7 == 0:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import AS_OF, free_port
+from repo_helpers import generated_registry
 
 from featurestore.cli import main
 
@@ -189,17 +190,10 @@ def test_registry_page_in_a_headless_browser(server: str, tmp_path: Path) -> Non
 
 
 def test_lookups_over_a_generated_registry_of_10k_views(tmp_path: Path) -> None:
-    from featurestore.config import feast_store
-    from featurestore.repo import load_repo
-    from registry.synthetic import TEAMS, register, synthetic_objects
+    from registry.synthetic import TEAMS
 
-    path = tmp_path / "repo"
-    assert main(["init", str(path), "--as-of", AS_OF.isoformat(), "--events", "100"]) == 0
-    assert main(["apply", "--repo", str(path)]) == 0
-    repo = load_repo(path)
-    store = feast_store(repo.settings)
     n = 10_000
-    register(store, synthetic_objects(repo.views["user_payment_stats_7d"], [store.get_entity("user")], n))
+    path = generated_registry(tmp_path / "repo", n)
     proc, url = start_server(path, None)
     try:
         session = requests.Session()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import AS_OF
+from repo_helpers import generated_registry
 
 from featurestore.cli import main
 from featurestore.config import feast_store, load_settings
@@ -16,7 +17,7 @@ from featurestore.repo import load_repo
 from registry.catalog import Catalog, RegistryLookupError, load_catalog, paginate
 from registry.lineage import lineage
 from registry.status import view_status
-from registry.synthetic import TEAMS, register, synthetic_objects
+from registry.synthetic import TEAMS
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -211,15 +212,10 @@ def test_reads_never_import_the_repository(repo: Path, tmp_path: Path) -> None:
         load_repo(copy)  # the marker does fire when the code is imported
 
 
-def test_generated_registry_of_10k_views(tmp_path: Path) -> None:
-    path = tmp_path / "repo"
-    assert main(["init", str(path), "--as-of", AS_OF.isoformat(), "--events", "100"]) == 0
-    assert main(["apply", "--repo", str(path)]) == 0
-    repo = load_repo(path)
-    store = feast_store(repo.settings)
+def test_generated_registry_of_10k_views(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     n = 10_000
-    register(store, synthetic_objects(repo.views["user_payment_stats_7d"], [store.get_entity("user")], n))
-    catalog = load_catalog(store)
+    path = generated_registry(tmp_path / "repo", n)
+    catalog = load_catalog(feast_store(load_settings(path)))
     assert len(catalog.views) == n + 3
     risk = catalog.list_views(tag="team=risk")
     assert len(risk) == n // len(TEAMS) + 2  # every 8th synthetic view, and two of the example's
@@ -235,3 +231,11 @@ def test_generated_registry_of_10k_views(tmp_path: Path) -> None:
     first = paginate(catalog.list_views(), limit=100)
     assert first.next_offset == 100
     assert catalog.view("view_04242").detail()["definition"]["owner"] == f"{TEAMS[4242 % 8]}@example.com"
+
+    capsys.readouterr()  # the CLI over the same registry
+    assert main(["registry", "list", "--tag", "team=ops", "--json", "--repo", str(path)]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [v["name"] for v in listed] == [f"view_{i:05d}" for i in range(n) if TEAMS[i % 8] == "ops"]
+    assert main(["registry", "search", "view_0424", "--kind", "views", "--repo", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in lines[1:]] == [f"view_0424{d}" for d in range(10)]

@@ -110,17 +110,20 @@ def kafka_jars() -> str:
     return os.pathsep.join(str(ROOT / line) for line in out.split())
 
 
-def test_serve_stream_reads_a_kafka_topic(tmp_path: Path, kafka_broker: str) -> None:
-    repo_path = example_repo(tmp_path / "repo", events=200)
+def kafka_repo(path: Path) -> Path:
+    """The example repository with its payments source on the Kafka topic instead of files."""
+    repo_path = example_repo(path, events=200)
     features = repo_path / "features.py"
     text = features.read_text()
     start = text.index("payments = FileStreamSource(")
     end = text.index(")\n", start) + 2
-    features.write_text(
-        text[:start].replace("    FileStreamSource,\n", "    KafkaStreamSource,\n")
-        + KAFKA_SOURCE
-        + text[end:]
-    )
+    imports = text[:start].replace("    FileStreamSource,\n", "    KafkaStreamSource,\n")
+    features.write_text(imports + KAFKA_SOURCE + text[end:])
+    return repo_path
+
+
+def test_serve_stream_reads_a_kafka_topic(tmp_path: Path, kafka_broker: str) -> None:
+    repo_path = kafka_repo(tmp_path / "repo")
     env = {**os.environ, "MLFS_TEST_KAFKA": kafka_broker, "MLFS_FLINK_JARS": kafka_jars()}
     os.environ["MLFS_TEST_KAFKA"] = kafka_broker
     try:
@@ -163,16 +166,7 @@ def test_serve_stream_reads_a_kafka_topic(tmp_path: Path, kafka_broker: str) -> 
 def test_a_kafka_source_without_the_connector_jars_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    repo_path = example_repo(tmp_path / "repo", events=200)
-    features = repo_path / "features.py"
-    text = features.read_text()
-    start = text.index("payments = FileStreamSource(")
-    end = text.index(")\n", start) + 2
-    features.write_text(
-        text[:start].replace("    FileStreamSource,\n", "    KafkaStreamSource,\n")
-        + KAFKA_SOURCE
-        + text[end:]
-    )
+    repo_path = kafka_repo(tmp_path / "repo")
     monkeypatch.setenv("MLFS_TEST_KAFKA", "127.0.0.1:1")
     monkeypatch.delenv("MLFS_FLINK_JARS", raising=False)
     assert main(["apply", "--repo", str(repo_path)]) == 0
