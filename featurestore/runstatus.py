@@ -14,14 +14,16 @@ HEARTBEAT_S = 2.0  # how often a running `serve-stream` refreshes its job record
 STALE_AFTER_S = 30.0  # a "running" record older than this belongs to a job that died
 
 
-def _write(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Replace ``path`` with ``data`` atomically (readers never see half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, sort_keys=True, default=str))
     tmp.replace(path)
 
 
-def _read(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None if it is missing or unreadable."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -49,11 +51,11 @@ class BackfillRecord:
 
 
 def record_backfill(work_path: Path, record: BackfillRecord) -> None:
-    _write(backfill_record_path(work_path, record.view), asdict(record))
+    write_json(backfill_record_path(work_path, record.view), asdict(record))
 
 
 def last_backfill(work_path: Path, view: str) -> dict[str, Any] | None:
-    return _read(backfill_record_path(work_path, view))
+    return read_json(backfill_record_path(work_path, view))
 
 
 def stream_job_path(work_path: Path) -> Path:
@@ -80,7 +82,7 @@ class StreamJobRecord:
     def write(self, **changes: Any) -> None:
         self.data.update(changes, heartbeat=time.time())
         self._last = time.monotonic()
-        _write(self.path, self.data)
+        write_json(self.path, self.data)
 
     def beat(self) -> None:
         if time.monotonic() - self._last >= HEARTBEAT_S:
@@ -90,7 +92,7 @@ class StreamJobRecord:
 def stream_job_state(work_path: Path) -> dict[str, Any] | None:
     """The job record, with ``state`` "lost" where a job recorded as running stopped refreshing
     it (killed, or its machine gone)."""
-    data = _read(stream_job_path(work_path))
+    data = read_json(stream_job_path(work_path))
     if data is None:
         return None
     silent_s = time.time() - float(data.get("heartbeat", 0))

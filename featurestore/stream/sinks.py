@@ -18,14 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from featurestore.runstatus import read_json, write_json
 from featurestore.view import StreamFeatureView
 from transforms.events import DeadLetter, EventCounts
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, sort_keys=True))
-    tmp.replace(path)
 
 
 @dataclass
@@ -98,7 +93,7 @@ class LiveOutcomes:
         directory.mkdir(parents=True, exist_ok=True)
         status = {"counts": asdict(replace(self.counts)), "max_event_ms": self.max_event_ms}
         # Stage 1 runs as one instance: a restarted one replaces its predecessor's status.
-        _write_json(directory / f"{self.view}.stage1.0.json", status)
+        write_json(directory / f"{self.view}.stage1.0.json", status)
 
     def close(self) -> None:
         self._stop.set()
@@ -136,7 +131,7 @@ class StoreRows:
         for letter in letters:
             self.letters.append(json.loads(letter.to_json()))
         self.status.rows_dead_lettered += len(letters)
-        _write_json(self.status_file, asdict(self.status))
+        write_json(self.status_file, asdict(self.status))
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         status = self.status
@@ -150,7 +145,7 @@ class StoreRows:
         status.last_write = time.time()
         newest = max(r["event_timestamp"] for r in rows).timestamp()
         status.freshness_ms = (status.last_write - newest) * 1000
-        _write_json(self.status_file, asdict(status))
+        write_json(self.status_file, asdict(status))
 
     def close(self) -> None:
         self.letters.close()
@@ -173,7 +168,7 @@ def read_status(status_dir: Path, view: str) -> StreamStatus:
     if not status_dir.is_dir():
         return status
     for path in status_dir.glob(f"{view}.stage1.*.json"):
-        data = _load(path)
+        data = read_json(path)
         if data:
             status.counts.add(EventCounts(**data["counts"]))
             seen = data.get("max_event_ms")
@@ -181,7 +176,7 @@ def read_status(status_dir: Path, view: str) -> StreamStatus:
                 status.max_event_ms = seen
     sink = status.sink
     for path in status_dir.glob(f"{view}.sink.*.json"):
-        data = _load(path)
+        data = read_json(path)
         if not data:
             continue
         part = SinkStatus(**data)
@@ -194,14 +189,6 @@ def read_status(status_dir: Path, view: str) -> StreamStatus:
             sink.last_write = part.last_write
             sink.freshness_ms = part.freshness_ms
     return status
-
-
-def _load(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def clear_status(status_dir: Path, keep_counts: bool = False) -> None:
