@@ -141,6 +141,18 @@ def test_writes_need_the_token_and_reads_never_run_registered_code(repo: Path, s
         features.write_text(original)
         marker.unlink(missing_ok=True)
 
+    # An apply by someone else (here, this process) shows up once the server has reloaded.
+    assert main(["apply", "--repo", str(repo)]) == 0
+
+    def reloaded() -> bool:
+        view = requests.get(f"{server}/api/views/user_payment_stats_7d", timeout=10).json()
+        return bool(view["window"] == "sliding 7d" and len(view["history"]) == 3)
+
+    deadline = time.monotonic() + 30
+    while not reloaded():
+        assert time.monotonic() < deadline, "the server never showed the registry's new version"
+        time.sleep(0.2)
+
 
 def test_a_server_without_a_token_is_read_only(repo: Path) -> None:
     proc, url = start_server(repo, None)
