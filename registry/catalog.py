@@ -362,6 +362,11 @@ def _model_set_names(value: Any) -> Iterable[str]:
             yield from _model_set_names(item)
 
 
+def _did_you_mean(name: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=3)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
 def _lower(*parts: str) -> str:
     return " ".join(parts).lower()
 
@@ -494,9 +499,7 @@ class Catalog:
     def _get(self, kind: str, table: dict[str, R], name: str) -> R:
         if name in table:
             return table[name]
-        close = difflib.get_close_matches(name, list(table), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise RegistryLookupError(f"no registered {kind} named {name!r}{hint}")
+        raise RegistryLookupError(f"no registered {kind} named {name!r}{_did_you_mean(name, table)}")
 
     def view(self, name: str) -> ViewRecord:
         return self._get("view", self.views, name)
@@ -516,9 +519,7 @@ class Catalog:
         for f in self.features:
             if f.view == view.name and f.name == name:
                 return f
-        names = [f["name"] for f in view.features]
-        close = difflib.get_close_matches(name, names, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        hint = _did_you_mean(name, [f["name"] for f in view.features])
         raise RegistryLookupError(f"view {view.name!r} has no feature {name!r}{hint}")
 
     def get(self, kind: str, name: str) -> Record:
