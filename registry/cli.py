@@ -102,11 +102,11 @@ def _list(catalog: Catalog, args: argparse.Namespace) -> int:
     elif not items:
         print(f"No {args.kind} found" + (" (run `mlfs apply`)." if not catalog.views else "."))
     else:
+        if args.kind == "views":  # the table shows how many features, JSON names them
+            items = [{**item, "features": len(item["features"])} for item in items]
         columns = COLUMNS[args.kind]
         rows = [tuple(h for h, _ in columns)]
         rows += [tuple(_cell(item.get(key)) for _, key in columns) for item in items]
-        if args.kind == "views":
-            rows = [rows[0], *((r[0], r[1], r[2], str(len(r[3].split(","))), *r[4:]) for r in rows[1:])]
         print(table(rows))
     return 0
 

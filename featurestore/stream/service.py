@@ -118,7 +118,7 @@ def _check_kafka(source: KafkaStreamSource, jars: list[Path]) -> str:
 
 def _kafka_source(env: Any, source: KafkaStreamSource, jars: list[Path]) -> Any:
     """The topic's messages, read from the earliest offset on a fresh start (a restored job resumes
-    from the offsets in its checkpoint), one partition after another in offset order."""
+    from the offsets in its checkpoint); each partition in offset order, partitions interleaved."""
     from pyflink.common import WatermarkStrategy
     from pyflink.common.serialization import SimpleStringSchema
     from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSource
@@ -138,6 +138,13 @@ def _kafka_source(env: Any, source: KafkaStreamSource, jars: list[Path]) -> Any:
         .uid(f"source-{source.name}")
         .set_parallelism(1)
     )
+
+
+def _open_source(env: Any, source: StreamSource, repo_path: Path, options: StreamOptions) -> Any:
+    if isinstance(source, KafkaStreamSource):
+        return _kafka_source(env, source, options.jars)
+    assert isinstance(source, FileStreamSource), "serve_stream checked the source kinds"
+    return _file_source(env, source, repo_path, options.poll_ms)
 
 
 def serve_stream(
@@ -181,13 +188,8 @@ def serve_stream(
         sources: dict[str, Any] = {}
         for view in views:
             source = view.source
-            if source.name in sources:
-                pass
-            elif isinstance(source, KafkaStreamSource):
-                sources[source.name] = _kafka_source(env, source, options.jars)
-            else:
-                assert isinstance(source, FileStreamSource)
-                sources[source.name] = _file_source(env, source, settings.repo_path, options.poll_ms)
+            if source.name not in sources:
+                sources[source.name] = _open_source(env, source, settings.repo_path, options)
             outcomes = functools.partial(
                 LiveOutcomes, view.name, str(settings.dead_letter_path), str(status_dir)
             )
