@@ -21,9 +21,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import reduce
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from backfill.report import ViewReport
 from featurestore.deadletter import write_dead_letters
@@ -31,14 +34,17 @@ from featurestore.offline.parquet import ParquetOfflineStore
 from featurestore.online.base import OnlineWriter
 from featurestore.view import StreamFeatureView
 from transforms.engines.spark import (
+    DEAD,
+    DEAD_COLUMNS,
     KIND,
     ROW,
     TS,
     aggregate_rows,
     dead_letter_records,
-    run_spark,
+    prepare,
     score_rows,
     split_scored,
+    tally,
 )
 from transforms.events import EventCounts
 from transforms.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, spec_hash
@@ -148,13 +154,14 @@ def backfill_view_spark(
 
     clock = time.monotonic()
     if not manifest.prepared:
-        result = run_spark(view.plan, spark.read.parquet(*[str(f) for f in files]))
-        result.prepared.write.mode("overwrite").parquet(str(prepared_path))
-        write_dead_letters(dead_letter_file(end), result.dead_letter_records(view.name))
-        first = result.prepared.filter(F.col(KIND) == ROW).agg(F.min(TS)).collect()[0][0]
-        result.release()
+        events = spark.read.parquet(*[str(f) for f in files])
+        prepare(view.plan, events).write.mode("overwrite").parquet(str(prepared_path))
+        prepared = spark.read.parquet(str(prepared_path))
+        counts, first = tally(prepared, events.count())
+        dead = prepared.filter(F.col(KIND) == DEAD).select(*DEAD_COLUMNS)
+        write_dead_letters(dead_letter_file(end), dead_letter_records(view.name, dead))
         manifest.prepared = True
-        manifest.counts = asdict(result.counts)
+        manifest.counts = asdict(counts)
         manifest.first_ms = first
         manifest.save(work / MANIFEST)
         log.info("%s: stage 1 and dead letters in %.1fs", view.name, time.monotonic() - clock)
@@ -194,10 +201,10 @@ def backfill_view_spark(
             write_dead_letters(path.with_name(f"{path.stem}-rows-{chunk.index}.jsonl"), letters)
             manifest.rows_dead_lettered[str(chunk.index)] = len(letters)
         (
+            # Not partitioned by date: Spark would sort every row for that; the offline store
+            # splits the rows into days itself.
             features.withColumn(CREATED_TIMESTAMP, F.lit(created))
-            .withColumn("date", F.to_date(F.col(EVENT_TIMESTAMP)))
             .write.mode("overwrite")
-            .partitionBy("date")
             .parquet(str(staged))
         )
         if scored is not None:
@@ -217,7 +224,7 @@ def backfill_view_spark(
 
     report.counts.rows_dead_lettered = sum(manifest.rows_dead_lettered.values())
     if view.online:
-        latest = _latest_rows(spark, view, staged_dirs)
+        latest = _latest_rows(view, staged_dirs)
         log.info("%s: %d latest rows in %.1fs", view.name, len(latest), time.monotonic() - clock)
         clock = time.monotonic()
         stats_online = writer.write(view, latest)
@@ -228,21 +235,29 @@ def backfill_view_spark(
     return report
 
 
-def _latest_rows(spark: Any, view: StreamFeatureView, staged_dirs: list[Path]) -> list[dict[str, Any]]:
-    """The newest row of each key among the run's staged chunks."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    present = [str(d) for d in staged_dirs if d.is_dir() and any(d.rglob("*.parquet"))]
-    if not present:
-        return []
+def _latest_rows(view: StreamFeatureView, staged_dirs: list[Path]) -> list[dict[str, Any]]:
+    """The newest row of each key among the run's staged chunks, read with Arrow batch by batch
+    (feature rows are unique per key and time, so the newest is one row)."""
     keys = list(view.plan.key_names)
-    order = Window.partitionBy(*keys).orderBy(F.col(EVENT_TIMESTAMP).desc())
-    staged = reduce(lambda a, b: a.unionByName(b), [spark.read.parquet(d) for d in present])
-    latest = (
-        staged.drop("date", CREATED_TIMESTAMP)
-        .withColumn("_rank", F.row_number().over(order))
-        .filter(F.col("_rank") == 1)
-        .drop("_rank")
+    candidates: list[pa.Table] = []
+    for directory in staged_dirs:
+        for file in sorted(directory.glob("*.parquet")) if directory.is_dir() else []:
+            for batch in pq.ParquetFile(file).iter_batches(batch_size=1 << 20):
+                candidates.append(_newest_per_key(pa.Table.from_batches([batch]), keys))
+    if not candidates:
+        return []
+    latest = _newest_per_key(pa.concat_tables(candidates, promote_options="permissive"), keys)
+    return list(latest.drop_columns([CREATED_TIMESTAMP]).to_pylist())
+
+
+def _newest_per_key(table: pa.Table, keys: list[str]) -> pa.Table:
+    # Joined on keys, time and row number only: Arrow's join carries no list columns.
+    narrow = table.select([*keys, EVENT_TIMESTAMP]).append_column("_row", pa.array(np.arange(table.num_rows)))
+    newest = narrow.group_by(keys).aggregate([(EVENT_TIMESTAMP, "max")])
+    kept = narrow.join(
+        newest,
+        keys=[*keys, EVENT_TIMESTAMP],
+        right_keys=[*keys, f"{EVENT_TIMESTAMP}_max"],
+        join_type="left semi",
     )
-    return list(latest.toArrow().to_pylist())
+    return table.take(kept.column("_row"))

@@ -15,11 +15,13 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -30,7 +32,10 @@ from transforms.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 
 PARTITION_PREFIX = "date="
 DATA_FILE = "data.parquet"
+WRITE_THREADS = 4  # partitions rewritten at once (each holds one day in memory)
 _TS = pa.timestamp("us", tz="UTC")
+_MICROS_PER_DAY = 86_400_000_000
+_EPOCH_DAY = date(1970, 1, 1)
 
 _ARROW_TYPES: dict[str, pa.DataType] = {
     "String": pa.string(),
@@ -131,24 +136,24 @@ class ParquetOfflineStore:
     def write_staged(
         self, view: StreamFeatureView, staged: Path, start: datetime | None, end: datetime | None
     ) -> OfflineWriteStats:
-        """Like ``write``, from a directory of ``date=YYYY-MM-DD`` Parquet partitions (as Spark
-        writes them, with ``created_timestamp``), one day in memory at a time."""
+        """Like ``write``, from a directory of Parquet files in any row order (as Spark writes them,
+        with ``created_timestamp``): the rows are first split into spool files per day, batch by
+        batch, then each partition is rewritten from its day's file."""
         schema = arrow_schema(view)
-        days = {
-            date.fromisoformat(d.name[len(PARTITION_PREFIX) :]): d
-            for d in (staged.iterdir() if staged.is_dir() else [])
-            if d.is_dir() and d.name.startswith(PARTITION_PREFIX)
-        }
+        spool = staged.with_name(f"{staged.name}-days")
+        shutil.rmtree(spool, ignore_errors=True)
+        spool.mkdir(parents=True)
+        try:
+            days = _split_by_day(sorted(staged.glob("*.parquet")) if staged.is_dir() else [], schema, spool)
 
-        def day_table(day: date) -> pa.Table:
-            if day not in days:
-                return schema.empty_table()
-            tables = [pq.read_table(f) for f in sorted(days[day].glob("*.parquet"))]
-            if not tables:
-                return schema.empty_table()
-            return pa.concat_tables(tables).select(schema.names).cast(schema)
+            def day_table(day: date) -> pa.Table:
+                if day not in days:
+                    return schema.empty_table()
+                return pa.concat_tables([pq.read_table(f, schema=schema) for f in days[day]])
 
-        return self.replace(view, set(days), day_table, start, end)
+            return self.replace(view, set(days), day_table, start, end)
+        finally:
+            shutil.rmtree(spool, ignore_errors=True)
 
     def replace(
         self,
@@ -159,7 +164,7 @@ class ParquetOfflineStore:
         end: datetime | None,
     ) -> OfflineWriteStats:
         """Rewrite every partition that ``[start, end)`` touches or that gets new rows: rows of the
-        range come from ``day_rows(day)``, rows outside it are kept."""
+        range come from ``day_rows(day)`` (called from worker threads), rows outside it are kept."""
         schema = arrow_schema(view)
         touched = set(new_days)
         for day in self.partitions(view.name):
@@ -167,15 +172,17 @@ class ParquetOfflineStore:
                 end is None or _day_start(day) < end
             ):
                 touched.add(day)
-        stats = OfflineWriteStats()
-        for day in sorted(touched):
+
+        def rewrite(day: date) -> int:
             new = day_rows(day)
             kept = self._outside(self._read_partition(view.name, day, schema), start, end)
-            table = pa.concat_tables([kept, new]) if kept.num_rows else new
-            self._replace_partition(view, day, table)
-            stats.rows += new.num_rows
-            stats.partitions += 1
-        return stats
+            self._replace_partition(view, day, pa.concat_tables([kept, new]) if kept.num_rows else new)
+            return new.num_rows
+
+        # Arrow reads, sorts and writes without the GIL: a few days at a time use every core.
+        with ThreadPoolExecutor(max_workers=min(WRITE_THREADS, os.cpu_count() or 1)) as pool:
+            written = list(pool.map(rewrite, sorted(touched)))
+        return OfflineWriteStats(rows=sum(written), partitions=len(written))
 
     def read(self, view: StreamFeatureView) -> pa.Table:
         """All rows of a view; where a row was re-emitted, only the newest created one."""
@@ -234,3 +241,40 @@ class ParquetOfflineStore:
         for other in directory.glob("*.parquet"):
             if other.name != DATA_FILE:
                 other.unlink()
+
+
+def _split_by_day(
+    files: list[Path], schema: pa.Schema, spool: Path, batch_rows: int = 1 << 20
+) -> dict[date, list[Path]]:
+    """Copy the rows of ``files`` into Parquet files per UTC day of ``event_timestamp`` under
+    ``spool`` (one per input file and day, uncompressed: they are read once), a few files at a
+    time on worker threads, one batch of each in memory."""
+
+    def split(index: int, file: Path) -> dict[date, Path]:
+        writers: dict[date, pq.ParquetWriter] = {}
+        paths: dict[date, Path] = {}
+        try:
+            for batch in pq.ParquetFile(file).iter_batches(batch_size=batch_rows, columns=schema.names):
+                table = pa.Table.from_batches([batch]).cast(schema)
+                micros = table.column(EVENT_TIMESTAMP).cast(pa.int64()).to_numpy()
+                day_numbers = np.floor_divide(micros, _MICROS_PER_DAY)
+                order = np.argsort(day_numbers, kind="stable")
+                table, day_numbers = table.take(pa.array(order)), day_numbers[order]
+                numbers, starts, counts = np.unique(day_numbers, return_index=True, return_counts=True)
+                for number, first, count in zip(numbers, starts, counts, strict=True):
+                    day = _EPOCH_DAY + timedelta(days=int(number))
+                    if day not in writers:
+                        paths[day] = spool / f"{day.isoformat()}-{index}.parquet"
+                        writers[day] = pq.ParquetWriter(paths[day], schema, compression="none")
+                    writers[day].write_table(table.slice(int(first), int(count)))
+        finally:
+            for writer in writers.values():
+                writer.close()
+        return paths
+
+    days: dict[date, list[Path]] = {}
+    with ThreadPoolExecutor(max_workers=min(WRITE_THREADS, os.cpu_count() or 1)) as pool:
+        for paths in pool.map(split, range(len(files)), files):
+            for day, path in paths.items():
+                days.setdefault(day, []).append(path)
+    return days

@@ -39,19 +39,19 @@ def latest_per_key(view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> l
     return list(latest.values())
 
 
-def entity_key_proto(view: StreamFeatureView, row: dict[str, Any]) -> Any:
-    """Feast's ``EntityKey`` proto of a row."""
+def entity_key_protos(view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> list[Any]:
+    """Feast's ``EntityKey`` proto of each row, converted column by column."""
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.type_map import python_values_to_proto_values
 
     from featurestore.feast_types import value_type
 
-    names = []
-    values = []
-    for name, dtype in view.plan.keys:
-        names.append(name)
-        values.extend(python_values_to_proto_values([row[name]], value_type(dtype)))
-    return EntityKey(join_keys=names, entity_values=values)
+    names = list(view.plan.key_names)
+    columns = [
+        python_values_to_proto_values([row[name] for row in rows], value_type(dtype))
+        for name, dtype in view.plan.keys
+    ]
+    return [EntityKey(join_keys=names, entity_values=values) for values in zip(*columns, strict=True)]
 
 
 def feature_value_protos(view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from featurestore.online.base import (
     WriteStats,
-    entity_key_proto,
+    entity_key_protos,
     feature_value_protos,
     latest_per_key,
 )
@@ -62,7 +62,7 @@ class FeastOnlineWriter:
         if not latest:
             return WriteStats()
         table = self.store.get_feature_view(view.name)
-        keys = [entity_key_proto(view, row) for row in latest]
+        keys = entity_key_protos(view, latest)
         held = self.provider.online_read(self.store.config, table, keys)
         keep = [
             i

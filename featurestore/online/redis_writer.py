@@ -16,7 +16,7 @@ import redis
 
 from featurestore.online.base import (
     WriteStats,
-    entity_key_proto,
+    entity_key_protos,
     feature_value_protos,
     latest_per_key,
 )
@@ -99,12 +99,13 @@ class RedisOnlineWriter:
         ts_field = f"_ts:{view.name}"
         project = self.project.encode("utf-8")
         pipe = self.client.pipeline(transaction=False)
-        for row, protos in zip(latest, values, strict=True):
+        entity_keys = entity_key_protos(view, latest)
+        for row, protos, entity_key in zip(latest, values, entity_keys, strict=True):
             stamp = Timestamp()
             stamp.FromDatetime(row[EVENT_TIMESTAMP])
             if stamp.seconds < 0:
                 raise MLFSError(f"view {view.name!r}: online timestamps before 1970 are not supported")
-            key = serialize_entity_key(entity_key_proto(view, row), 3) + project
+            key = serialize_entity_key(entity_key, 3) + project
             args: list[Any] = [ts_field, stamp.SerializeToString(), stamp.seconds, stamp.nanos]
             for name, proto in protos.items():
                 args.extend((field_ids[name], proto.SerializeToString()))

@@ -2,13 +2,16 @@
 
 Stage 1 runs ``transforms.events.EventPreparer`` (the same code as the reference engine) over Arrow
 record batches with ``mapInArrow``, producing one table of typed rows, dead letters and "filtered"
-markers. Stage 2 is Spark-native:
+markers; for views without an event transform, Spark SQL prepares the clean rows (``spark_clean``)
+and only the others go to Python. Stage 2 is Spark-native, one shuffle by key:
 
-* continuous windows: the rows unioned with a "leave" marker at ``e + size`` per event, aggregated
-  over ``RANGE BETWEEN size - 1 PRECEDING AND CURRENT ROW`` on epoch milliseconds;
+* continuous windows: one sorted pass over the events; each event's row over
+  ``RANGE BETWEEN size - 1 PRECEDING AND CURRENT ROW`` and its leave row at ``e + size`` over
+  ``RANGE BETWEEN 1 FOLLOWING AND size FOLLOWING`` (epoch milliseconds);
 * lifetime: ``RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW``;
-* hopping and tumbling: each row exploded into the ``size / hop`` windows containing it and grouped by
-  window end, then joined onto the ends where a window can change (emptied windows get empty values).
+* hopping and tumbling: each row exploded into the ``size / hop`` windows containing it plus the
+  window it has just left (with no value), grouped by window end, keeping the ends where some event
+  entered or left.
 
 Peers (equal timestamps) share a frame, so one row per key and time is kept.
 """
@@ -255,7 +258,6 @@ def spark_type(dtype: DType) -> Any:
 
 def aggregate_rows(plan: TransformPlan, rows: Any) -> Any:
     """Stage 2: feature rows (keys, features, ``event_timestamp``) from stage 1's typed rows."""
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     keys = list(plan.key_names)
@@ -263,49 +265,9 @@ def aggregate_rows(plan: TransformPlan, rows: Any) -> Any:
     rows = rows.select(*keys, TS, *values)
     window = plan.window
     if isinstance(window, Sliding) and window.hop is not None:
-        size, hop = window.size_ms, window.hop_ms
-        assert hop is not None
-        first_end = F.col(TS) - F.pmod(F.col(TS), F.lit(hop)) + F.lit(hop)
-        exploded = rows.select(
-            *keys,
-            F.explode(F.sequence(first_end, first_end + F.lit(size - hop), F.lit(hop))).alias(END),
-            TS,
-            *values,
-        )
-        grouped = exploded.groupBy(*keys, END).agg(
-            *[
-                _extract(f.aggregation, _aggregate(f.aggregation, F.col(v))).alias(v)
-                for f, v in zip(plan.features, values, strict=True)
-            ]
-        )
-        ends = (
-            rows.select(*keys, first_end.alias(END))
-            .union(rows.select(*keys, (first_end + F.lit(size)).alias(END)))
-            .distinct()
-        )
-        out = ends.join(grouped, on=[*keys, END], how="left").withColumnRenamed(END, TS)
+        out = _hopping(plan, rows, keys, values)
     else:
-        if isinstance(window, Lifetime):
-            frame = Window.partitionBy(*keys).orderBy(TS).rangeBetween(Window.unboundedPreceding, 0)
-            framed = rows
-        else:
-            assert isinstance(window, Sliding)
-            size = window.size_ms
-            frame = Window.partitionBy(*keys).orderBy(TS).rangeBetween(-(size - 1), 0)
-            leave = rows.select(
-                *keys,
-                (F.col(TS) + F.lit(size)).alias(TS),
-                *[F.lit(None).cast(rows.schema[v].dataType).alias(v) for v in values],
-            )
-            framed = rows.unionByName(leave)
-        out = framed.select(
-            *keys,
-            TS,
-            *[
-                _extract(f.aggregation, _aggregate(f.aggregation, F.col(v)).over(frame)).alias(v)
-                for f, v in zip(plan.features, values, strict=True)
-            ],
-        ).dropDuplicates([*keys, TS])
+        out = _framed(plan, rows, keys, values)
     return out.select(
         *keys,
         *[
@@ -314,6 +276,86 @@ def aggregate_rows(plan: TransformPlan, rows: Any) -> Any:
         ],
         F.timestamp_millis(F.col(TS)).alias(EVENT_TIMESTAMP),
     )
+
+
+def _framed(plan: TransformPlan, rows: Any, keys: list[str], values: list[str]) -> Any:
+    """Continuous and lifetime windows in one sorted pass over the events (no marker rows).
+
+    Each event gives its arrival row, over ``RANGE BETWEEN size - 1 PRECEDING AND CURRENT ROW``,
+    and, for a continuous window, its leave row at ``e + size``, whose window ``(e, e + size]`` is
+    the frame ``RANGE BETWEEN 1 FOLLOWING AND size FOLLOWING`` of the same event. Only the last of
+    equal-time peers emits (peers share frames), and a leave row is dropped when an event arrives
+    at exactly ``e + size`` (its arrival row has the same window)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    ordered = Window.partitionBy(*keys).orderBy(TS)
+    last_peer = F.coalesce(F.lead(TS).over(ordered) != F.col(TS), F.lit(True))
+
+    def over(frame: Any, prefix: str = "") -> list[Any]:
+        return [
+            _extract(f.aggregation, _aggregate(f.aggregation, F.col(v)).over(frame)).alias(prefix + v)
+            for f, v in zip(plan.features, values, strict=True)
+        ]
+
+    window = plan.window
+    if isinstance(window, Lifetime):
+        arrive = over(ordered.rangeBetween(Window.unboundedPreceding, 0))
+        framed = rows.select(*keys, TS, last_peer.alias("_keep"), *arrive)
+        return framed.filter("_keep").drop("_keep")
+    assert isinstance(window, Sliding)
+    size = window.size_ms
+    leave_frame = ordered.rangeBetween(1, size)
+    reached = F.max(F.col(TS)).over(leave_frame)  # the last event in the leave row's window
+    framed = rows.select(
+        *keys,
+        TS,
+        last_peer.alias("_peer"),
+        reached.alias("_reached"),
+        *over(ordered.rangeBetween(-(size - 1), 0), "_a"),
+        *over(leave_frame, "_l"),
+    )
+    leave_kept = F.col("_peer") & F.coalesce(F.col("_reached") != F.col(TS) + F.lit(size), F.lit(True))
+    both = F.array(
+        F.struct(
+            F.col(TS).alias(TS), F.col("_peer").alias("_keep"), *[F.col("_a" + v).alias(v) for v in values]
+        ),
+        F.struct(
+            (F.col(TS) + F.lit(size)).alias(TS),
+            leave_kept.alias("_keep"),
+            *[F.col("_l" + v).alias(v) for v in values],
+        ),
+    )
+    return framed.select(*keys, F.inline(both)).filter("_keep").drop("_keep")
+
+
+def _hopping(plan: TransformPlan, rows: Any, keys: list[str], values: list[str]) -> Any:
+    """Hopping and tumbling windows in one grouping: each event goes to the ``size / hop`` windows
+    containing it and, with no value, to the window where it has just left; the windows kept are
+    those some event entered (its first window) or left (emptied windows get empty values)."""
+    from pyspark.sql import functions as F
+
+    window = plan.window
+    assert isinstance(window, Sliding) and window.hop_ms is not None
+    size, hop = window.size_ms, window.hop_ms
+    first_end = F.col("_first")
+    exploded = rows.withColumn("_first", F.col(TS) - F.pmod(F.col(TS), F.lit(hop)) + F.lit(hop)).select(
+        *keys,
+        TS,
+        *values,
+        first_end,
+        F.explode(F.sequence(first_end, first_end + F.lit(size), F.lit(hop))).alias(END),
+    )
+    inside = F.col(END) < first_end + F.lit(size)
+    changes = (F.col(END) == first_end) | ~inside
+    grouped = exploded.groupBy(*keys, END).agg(
+        F.max(changes).alias("_keep"),
+        *[
+            _extract(f.aggregation, _aggregate(f.aggregation, F.when(inside, F.col(v)))).alias(v)
+            for f, v in zip(plan.features, values, strict=True)
+        ],
+    )
+    return grouped.filter("_keep").drop("_keep").withColumnRenamed(END, TS)
 
 
 def score_rows(plan: TransformPlan, rows: Any) -> Any:
@@ -405,25 +447,58 @@ def ship_code_by_value(*functions: Any) -> None:
             cloudpickle.register_pickle_by_value(module)
 
 
-def run_spark(plan: TransformPlan, events: Any) -> SparkResult:
-    """Compile ``plan`` over the raw events DataFrame ``events``; stage 1 is computed once."""
-    from pyspark import StorageLevel
+def prepare(plan: TransformPlan, events: Any) -> Any:
+    """Stage 1 over the raw events DataFrame (not cached): typed rows, dead letters, filtered.
+    Where ``spark_clean`` can, the clean rows are prepared in the JVM and only the rest go to Python."""
     from pyspark.sql import functions as F
+
+    from transforms.engines.spark_clean import clean_rows
 
     ship_code_by_value(*plan_functions(plan))
 
     def stage1(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         return prepare_batches(plan, batches)
 
-    prepared = events.mapInArrow(stage1, prepared_ddl(plan)).persist(StorageLevel.MEMORY_AND_DISK)
-    tallies = {(r[KIND], r[FIRST]): r["count"] for r in prepared.groupBy(KIND, FIRST).count().collect()}
+    fast = clean_rows(plan, events, KIND, FIRST, TS)
+    if fast is None:
+        return events.mapInArrow(stage1, prepared_ddl(plan))
+    clean, condition = fast
+    typed = clean.select(
+        *[
+            (F.col(f.name) if f.name in clean.columns else F.lit(None))
+            .cast(_spark_type(f.type))
+            .alias(f.name)
+            for f in prepared_schema(plan)
+        ]
+    )
+    return typed.unionByName(events.filter(~condition).mapInArrow(stage1, prepared_ddl(plan)))
+
+
+def tally(prepared: Any, events: int) -> tuple[EventCounts, int | None]:
+    """The event counts of stage 1's output for ``events`` input events, and the first row's time."""
+    from pyspark.sql import functions as F
+
+    groups = prepared.groupBy(KIND, FIRST).agg(F.count(F.lit(1)).alias("n"), F.min(TS).alias("t")).collect()
+    tallies = {(r[KIND], r[FIRST]): r["n"] for r in groups}
+    first = min((r["t"] for r in groups if r[KIND] == ROW and r["t"] is not None), default=None)
     counts = EventCounts(
+        input=events,
         aggregated=tallies.get((ROW, True), 0),
         filtered=tallies.get((FILTERED, False), 0),
         dead_lettered=tallies.get((DEAD, False), 0),
         rows=tallies.get((ROW, True), 0) + tallies.get((ROW, False), 0),
     )
-    counts.input = events.count()  # counted apart, so a lost event unbalances the counts
+    return counts, first
+
+
+def run_spark(plan: TransformPlan, events: Any) -> SparkResult:
+    """Compile ``plan`` over the raw events DataFrame ``events``; stage 1 is computed once."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    prepared = prepare(plan, events).persist(StorageLevel.MEMORY_AND_DISK)
+    # The input is counted apart from stage 1's output, so a lost event unbalances the counts.
+    counts, _ = tally(prepared, events.count())
     rows = aggregate_rows(plan, prepared.filter(F.col(KIND) == ROW))
     dead = prepared.filter(F.col(KIND) == DEAD).select(*DEAD_COLUMNS)
     scored = None
