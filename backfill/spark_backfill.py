@@ -240,10 +240,17 @@ def _latest_rows(view: StreamFeatureView, staged_dirs: list[Path]) -> list[dict[
     (feature rows are unique per key and time, so the newest is one row)."""
     keys = list(view.plan.key_names)
     candidates: list[pa.Table] = []
+    held = 0
     for directory in staged_dirs:
         for file in sorted(directory.glob("*.parquet")) if directory.is_dir() else []:
             for batch in pq.ParquetFile(file).iter_batches(batch_size=1 << 20):
                 candidates.append(_newest_per_key(pa.Table.from_batches([batch]), keys))
+                held += candidates[-1].num_rows
+                if held > 1 << 22:  # fold the candidates so far, to keep memory near one row per key
+                    candidates = [
+                        _newest_per_key(pa.concat_tables(candidates, promote_options="permissive"), keys)
+                    ]
+                    held = candidates[0].num_rows
     if not candidates:
         return []
     latest = _newest_per_key(pa.concat_tables(candidates, promote_options="permissive"), keys)

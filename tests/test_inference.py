@@ -35,6 +35,7 @@ from featurestore import (
     UnifiedTransformer,
     stream_feature_view,
 )
+from transforms.compare import same_value
 from transforms.engines.reference import run_reference
 from transforms.errors import DefinitionError
 from transforms.inference import (
@@ -154,7 +155,12 @@ def test_batches_respect_the_limit_and_match_scoring_one_by_one(tmp_path: Path) 
     one_by_one = StageScorer(
         Enrich("r", risk, inputs=risk_inputs, outputs="s", batching=Batching(1)), ModelPool()
     ).score(rows, times)
-    assert batched == one_by_one
+    # torch computes a batch of 16 and a batch of 1 by different kernels, so a prediction may
+    # differ in its last bit: floats are compared by the engines' rule, everything else exactly.
+    assert len(batched) == len(one_by_one)
+    for ours, single in zip(batched, one_by_one, strict=True):
+        assert isinstance(ours, dict) and isinstance(single, dict) and ours.keys() == single.keys()
+        assert all(same_value(ours[k], single[k]) for k in ours), (ours, single)
     assert [r["amount"] for r in batched] == [r["amount"] for r in rows]  # type: ignore[index]
 
 
