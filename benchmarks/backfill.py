@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import shutil
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 # Run as a script, this folder comes first on sys.path, and this file's name would hide the
@@ -128,23 +127,29 @@ def generate(path: Path, events: int, users: int, days: int) -> None:
     pq.write_table(table, path, row_group_size=1_000_000)
 
 
-def rows_of(table: pa.Table) -> list[tuple[Any, ...]]:
-    return list(zip(*(column.to_pylist() for column in table.columns), strict=True))
-
-
-def close(a: Any, b: Any) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
-        return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
-    return bool(a == b)
-
-
-def compare(name: str, ours: list[tuple[Any, ...]], theirs: list[tuple[Any, ...]]) -> None:
-    ours, theirs = sorted(ours), sorted(theirs)
-    if len(ours) != len(theirs):
-        raise SystemExit(f"{name}: {len(ours)} rows from MLFS, {len(theirs)} from DuckDB")
-    for a, b in zip(ours, theirs, strict=True):
-        if not all(close(x, y) for x, y in zip(a, b, strict=True)):
-            raise SystemExit(f"{name}: MLFS {a} != DuckDB {b}")
+def compare(name: str, ours: pa.Table, theirs: pa.Table) -> None:
+    """Both tables (key, time, then values) sorted by key and time and compared column by column:
+    keys, times and integers exactly, floats within 1e-9 relative, nulls only against nulls."""
+    if ours.num_rows != theirs.num_rows:
+        raise SystemExit(f"{name}: {ours.num_rows} rows from MLFS, {theirs.num_rows} from DuckDB")
+    order = [(ours.column_names[0], "ascending"), (ours.column_names[1], "ascending")]
+    ours = ours.take(pc.sort_indices(ours, sort_keys=order))
+    theirs = theirs.rename_columns(ours.column_names)
+    theirs = theirs.take(pc.sort_indices(theirs, sort_keys=order))
+    for column in ours.column_names:
+        a, b = ours.column(column), theirs.column(column)
+        if not pc.all(pc.equal(pc.is_null(a), pc.is_null(b))).as_py():
+            raise SystemExit(f"{name}: {column} is null in different rows")
+        if pa.types.is_floating(a.type) or pa.types.is_floating(b.type):
+            x = a.cast(pa.float64()).fill_null(0.0).to_numpy()
+            y = b.cast(pa.float64()).fill_null(0.0).to_numpy()
+            same = np.isclose(x, y, rtol=1e-9, atol=1e-9)
+        else:
+            same = pc.fill_null(pc.equal(a, b.cast(a.type)), True).to_numpy(zero_copy_only=False)
+        if not same.all():
+            i = int(np.argmin(same))
+            mine, duck = ours.slice(i, 1).to_pylist(), theirs.slice(i, 1).to_pylist()
+            raise SystemExit(f"{name}: row {i}: MLFS {mine} != DuckDB {duck}")
 
 
 def main() -> None:
@@ -200,21 +205,23 @@ def main() -> None:
 
     offline = ParquetOfflineStore(repo.settings.offline_path)
 
-    def ours(view: str, columns: list[str]) -> list[tuple[Any, ...]]:
+    def ours(view: str, columns: list[str]) -> pa.Table:
         table = offline.read(repo.views[view])
-        ts = [int(t.timestamp() * 1000) for t in table.column("event_timestamp").to_pylist()]
-        cols = [table.column(c).to_pylist() for c in columns]
-        return [(row[0], t, *row[1:]) for t, row in zip(ts, zip(*cols, strict=True), strict=True)]
+        ts = pc.cast(pc.cast(table.column("event_timestamp"), pa.timestamp("ms", tz="UTC")), pa.int64())
+        return pa.table(
+            [table.column(columns[0]), ts, *[table.column(c) for c in columns[1:]]],
+            names=[columns[0], "ts", *columns[1:]],
+        )
 
     compare(
         "user_payment_stats_7d",
         ours("user_payment_stats_7d", ["user_id", "payment_count_7d", "amount_sum_7d", "fail_count_7d"]),
-        rows_of(continuous),
+        continuous,
     )
     compare(
         "merchant_amount_1h",
         ours("merchant_amount_1h", ["merchant_id", "amount_mean_1h", "amount_max_1h", "payment_count_1h"]),
-        rows_of(tumbling),
+        tumbling,
     )
 
     n = args.events

@@ -53,13 +53,19 @@ def test_spark_rows_equal_reference(
     result.release()
 
 
-@pytest.mark.parametrize("window", ["continuous", "tumbling"])
-def test_clean_rows_prepared_in_the_jvm_equal_reference(spark: Any, tmp_path: Path, window: str) -> None:
-    """Without an event transform, clean rows never reach Python (``spark_clean``); NaN values
-    count as null there too, and the rows Spark SQL leaves to Python still become dead letters."""
+@pytest.mark.parametrize(
+    ("window", "transform"), [("continuous", "none"), ("tumbling", "none"), ("hopping", "declarative")]
+)
+def test_clean_rows_prepared_in_the_jvm_equal_reference(
+    spark: Any, tmp_path: Path, window: str, transform: str
+) -> None:
+    """Without an event transform or with a ``Select``, clean rows never reach Python
+    (``spark_clean``, ``spark_expressions``); NaN values count as null there too, events the
+    ``Select`` drops are counted as filtered, and the rows Spark SQL leaves to Python still
+    become dead letters."""
     from transforms.engines.spark_clean import clean_rows
 
-    view = conformance_view(window, False)
+    view = conformance_view(window, transform)
     events = generate_events(7)
     for i, event in enumerate(events):
         if i % 9 == 0:
@@ -67,7 +73,9 @@ def test_clean_rows_prepared_in_the_jvm_equal_reference(spark: Any, tmp_path: Pa
     path = write_events(events, tmp_path / "events.parquet", typed_time=True)
     frame = spark.read.parquet(str(path))
     fast = clean_rows(view.plan, frame, "_kind", "_first", "_ts")
-    assert fast is not None and 0 < fast[0].count() < len(events)
+    assert fast is not None and 0 < fast[0].filter("_kind = 0").count() < len(events)
+    if transform == "declarative":
+        assert fast[0].filter("_kind = 2").count() > 0
 
     expected = view.run(read_history(path))
     result = view.run(frame, Runner.SPARK)

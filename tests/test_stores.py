@@ -1,4 +1,4 @@
-"""Online stores (Redis in Feast's layout, SQLite through Feast) and the Parquet offline store."""
+"""Online stores (Redis and SQLite in Feast's layouts) and the Parquet offline store."""
 
 from __future__ import annotations
 
@@ -77,6 +77,51 @@ def test_online_writes_are_newer_wins_and_readable_by_feast(applied_repo: Path) 
     assert online(store, "u2") == (1, 2.0, 0)
     assert online(store, "nobody") == (None, None, None)
     writer.close()
+
+
+def test_sqlite_bulk_writes_are_feasts_layout(tmp_path: Path) -> None:
+    """The bulk SQLite writer fills exactly the rows Feast's own writer does, its newer-wins check
+    works over rows Feast wrote (whole seconds) and orders its own rows to the microsecond."""
+    import sqlite3
+
+    from featurestore.online.feast_writer import FeastOnlineWriter
+    from featurestore.online.sqlite_writer import SqliteOnlineWriter
+
+    tables = []
+    whole = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
+    rows = [row("u1", whole, 2, 1.25, 0), row("u2", whole + timedelta(microseconds=1500), 1, -0.5, 1)]
+    for name, make in (("bulk", lambda s: SqliteOnlineWriter(s.config)), ("feast", FeastOnlineWriter)):
+        repo = load_repo(example_repo(tmp_path / name, events=300))
+        apply_repo(repo)
+        store = feast_store(repo.settings)
+        writer = make(store)
+        assert type(writer).__name__ == ("FeastOnlineWriter" if name == "feast" else "SqliteOnlineWriter")
+        writer.write(repo.views[VIEW], rows)
+        with sqlite3.connect(tmp_path / name / "data" / "online_store.db") as conn:
+            table = f"{repo.settings.project}_{VIEW}"
+            tables.append(
+                sorted(
+                    conn.execute(
+                        f'SELECT entity_key, feature_name, value, value_text, event_ts FROM "{table}"'
+                    )
+                )
+            )
+    assert tables[0] == tables[1] and len(tables[0]) == 6
+
+    # Feast's writer held u1 at a whole second: a bulk row a microsecond older is skipped, a newer taken
+    bulk = SqliteOnlineWriter(store.config)
+    stats = bulk.write(repo.views[VIEW], [row("u1", whole - timedelta(microseconds=1), 9, 9.0, 9)])
+    assert (stats.written, stats.skipped_older) == (0, 1)
+    stats = bulk.write(repo.views[VIEW], [row("u2", whole + timedelta(microseconds=1501), 7, 7.0, 7)])
+    assert (stats.written, stats.skipped_older) == (1, 0)
+    assert online(store, "u1") == (2, 1.25, 0) and online(store, "u2") == (7, 7.0, 7)
+    # Feast keeps whole seconds; the bulk writer still orders rows within one second
+    late = whole + timedelta(milliseconds=900)
+    bulk.write(repo.views[VIEW], [row("u3", late, 3, 3.0, 3)])
+    stats = bulk.write(repo.views[VIEW], [row("u3", late - timedelta(milliseconds=400), 1, 1.0, 1)])
+    assert (stats.written, stats.skipped_older) == (0, 1)
+    assert online(store, "u3") == (3, 3.0, 3)
+    bulk.close()
 
 
 def test_redis_layout_is_feasts(tmp_path: Path, redis_port: int, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,8 +20,12 @@ def open_online_writer(settings: RepoSettings, store: Any | None = None) -> Onli
             key_ttl_seconds=online.get("key_ttl_seconds"),
         )
     from featurestore.online.feast_writer import FeastOnlineWriter
+    from featurestore.online.sqlite_writer import SqliteOnlineWriter, bulk_writable
 
-    return FeastOnlineWriter(store if store is not None else feast_store(settings))
+    store = store if store is not None else feast_store(settings)
+    if settings.online_type == "sqlite" and bulk_writable(store.config):
+        return SqliteOnlineWriter(store.config)
+    return FeastOnlineWriter(store)
 
 
 __all__ = ["OnlineWriter", "WriteStats", "latest_per_key", "open_online_writer"]

@@ -2,8 +2,9 @@
 
 Stage 1 runs ``transforms.events.EventPreparer`` (the same code as the reference engine) over Arrow
 record batches with ``mapInArrow``, producing one table of typed rows, dead letters and "filtered"
-markers; for views without an event transform, Spark SQL prepares the clean rows (``spark_clean``)
-and only the others go to Python. Stage 2 is Spark-native, one shuffle by key:
+markers; for views without an event transform or with a declarative ``Select`` (compiled by
+``spark_expressions``), Spark SQL prepares the clean rows (``spark_clean``) and only the others go
+to Python. Stage 2 is Spark-native, one shuffle by key:
 
 * continuous windows: one sorted pass over the events; each event's row over
   ``RANGE BETWEEN size - 1 PRECEDING AND CURRENT ROW`` and its leave row at ``e + size`` over

@@ -1,7 +1,8 @@
-"""Stage 1 in the JVM for views without an event transform: Spark SQL expressions take the rows
+"""Stage 1 in the JVM for views without an event transform or with a declarative one (``Select``,
+compiled by ``spark_expressions``): Spark SQL expressions take the rows
 ``transforms.arrow_events.split_clean`` would take (a typed event time at or after 1970, non-null
-keys of the exact key type) and coerce their values by the same rules, so only the other rows
-(the future dead letters) cross into Python.
+keys of the exact key type, a decided transform) and coerce their values by the same rules, so only
+the other rows (the future dead letters) cross into Python.
 
 ``clean_rows`` returns None whenever a column's type is not one of the pairs mapped here; the
 caller then runs every row through Python, which gives the same result more slowly.
@@ -12,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from transforms.dtypes import DType
+from transforms.engines.spark_expressions import compile_select
+from transforms.expressions import Select
 from transforms.plan import TransformPlan
 
 # Spark type names (``DataType.typeName()``) per MLFS value type, taken as they are.
@@ -60,33 +63,60 @@ def _engine_type(dtype: DType) -> str:
 
 
 def clean_rows(plan: TransformPlan, events: Any, kind: str, first: str, ts: str) -> tuple[Any, Any] | None:
-    """(the clean rows as stage 1's typed columns, the condition that picks them), or None."""
+    """(stage 1's rows for the events Spark SQL prepares, the condition that picks those events),
+    or None. Those rows are the clean rows, typed, and a ``filtered`` marker (kind 2) per event a
+    ``Select``'s ``where=`` drops; every other event is left to Python."""
     from pyspark.sql import functions as F
 
-    if plan.event_transform is not None or plan.event_stages:
+    transform = plan.event_transform
+    if plan.event_stages or (transform is not None and not isinstance(transform, Select)):
         return None
-    types = {f.name: f.dataType.typeName() for f in events.schema.fields}
-    if types.get(plan.timestamp_field) != "timestamp":
+    raw_types = {f.name: f.dataType.typeName() for f in events.schema.fields}
+    if raw_types.get(plan.timestamp_field) != "timestamp":
         return None
     when = F.col(plan.timestamp_field)
-    clean = when.isNotNull() & (F.unix_micros(when) >= 0)
+    timed = when.isNotNull() & (F.unix_micros(when) >= 0)
     time_ms = F.unix_millis(when)
-    columns = [F.lit(0).cast("tinyint").alias(kind), F.lit(True).alias(first)]
+    filtered = None
+    if transform is None:
+        sources = {name: F.col(f"`{name}`") for name in raw_types}
+        types = raw_types
+        clean = timed
+    else:
+        compiled = compile_select(transform, raw_types)
+        if compiled is None:
+            return None
+        sources = compiled.outputs
+        schema = events.select(*[c.alias(name) for name, c in sources.items()]).schema
+        types = {f.name: f.dataType.typeName() for f in schema.fields}
+        clean = timed & compiled.kept & ~compiled.undecided
+        if transform.where is not None:
+            filtered = timed & ~compiled.where_undecided & ~compiled.kept
     for name, dtype in plan.keys:
         if types.get(name) != _KEY_TYPES[dtype.name]:
             return None
-        clean = clean & F.col(name).isNotNull()
-        columns.append(F.col(name))
-    columns.append(time_ms.alias(ts))
+        clean = clean & sources[name].isNotNull()
+    values = [(name, sources[name]) for name, _ in plan.keys]
+    values.append((ts, time_ms))
     for i, feature in enumerate(plan.features):
         source = feature.aggregation.column
         if source is None:  # Count(): every row
             value = F.lit(True)
         else:
             value = _value(
-                F.col(source), types.get(source), feature.input_dtype, time_ms, source == plan.timestamp_field
+                sources.get(source),
+                types.get(source),
+                feature.input_dtype,
+                time_ms,
+                source == plan.timestamp_field,
             )
         if value is None:
             return None
-        columns.append(value.alias(f"_v{i}"))
-    return events.filter(clean).select(*columns), clean
+        values.append((f"_v{i}", value))
+    if filtered is None:
+        marks = [F.lit(0).cast("tinyint").alias(kind), F.lit(True).alias(first)]
+        return events.filter(clean).select(*marks, *[v.alias(name) for name, v in values]), clean
+    # A dropped event becomes one filtered marker, with no key, time or values.
+    marks = [F.when(clean, 0).otherwise(2).cast("tinyint").alias(kind), clean.alias(first)]
+    typed = [F.when(clean, v).alias(name) for name, v in values]
+    return events.filter(clean | filtered).select(*marks, *typed), clean | filtered

@@ -1,0 +1,147 @@
+"""Online writes to Feast's SQLite online store, in Feast's own table layout, in bulk.
+
+Feast's SQLite store writes one ``INSERT`` per key and feature from Python, overwrites
+unconditionally, and keeps timestamps as whole epoch seconds. This writer fills the same table
+(``<project>_<view>``: entity key as Feast serialises it, feature name, serialised ``Value``,
+``value_text``, event and created timestamps as Feast stores them) with ``executemany``, plus one
+column of its own, ``mlfs_event_us`` (the exact event time, in epoch microseconds), which Feast's
+reads ignore. The newer-wins check compares that column inside the upsert, so a row never
+replaces a newer one, even one newer by less than a second or written by another writer at the
+same moment. The stock Feast SDK reads what it writes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from featurestore.online.base import (
+    WriteStats,
+    entity_key_protos,
+    feature_value_protos,
+    latest_per_key,
+)
+from featurestore.view import StreamFeatureView
+from transforms.errors import MLFSError
+from transforms.plan import EVENT_TIMESTAMP
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+BUSY_TIMEOUT_S = 120.0
+LOCKED_RETRIES = 20
+
+
+def bulk_writable(config: Any) -> bool:
+    """Whether Feast's SQLite layout for ``config`` is the plain one this writer fills (no vector or
+    numeric-value columns, unversioned tables)."""
+    online = config.online_store
+    return (
+        not getattr(online, "vector_enabled", False)
+        and not getattr(online, "enable_openai_compatible_store", False)
+        and not getattr(config.registry, "enable_online_feature_view_versioning", False)
+    )
+
+
+EXACT_COLUMN = "mlfs_event_us"
+
+
+def _feast_seconds(value: datetime) -> int:
+    """A timestamp as Feast's SQLite store holds it (its ``datetime`` adapter over naive UTC)."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return int(value.timestamp())
+
+
+def _epoch_us(value: datetime) -> int:
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return (aware - EPOCH) // timedelta(microseconds=1)
+
+
+class SqliteOnlineWriter:
+    """Newer-wins bulk writes of a view's latest rows into Feast's SQLite online store."""
+
+    def __init__(self, config: Any) -> None:
+        from feast.infra.key_encoding_utils import serialize_entity_key
+        from feast.infra.online_stores.helpers import compute_table_id, extract_text_and_num
+
+        self.project = config.project
+        self.version = config.entity_key_serialization_version
+        self._table_id = compute_table_id
+        self._serialize = serialize_entity_key
+        self._text = extract_text_and_num
+        path = Path(config.online_store.path)
+        if config.repo_path and not path.is_absolute():
+            path = Path(config.repo_path) / path
+        self.conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+        self._retrying(lambda: self.conn.execute("PRAGMA journal_mode=WAL"))
+        self.prepared: set[str] = set()
+
+    def write(self, view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> WriteStats:
+        latest = latest_per_key(view, rows)
+        if not latest:
+            return WriteStats()
+        table = '"' + self._table_id(self.project, view).replace('"', '""') + '"'
+        if table not in self.prepared:
+            self._retrying(lambda: self._add_exact_column(table))
+            self.prepared.add(table)
+        keys = [
+            self._serialize(k, entity_key_serialization_version=self.version)
+            for k in entity_key_protos(view, latest)
+        ]
+        now = _feast_seconds(datetime.now(UTC))
+        data = []
+        for key, row, protos in zip(keys, latest, feature_value_protos(view, latest), strict=True):
+            at = row[EVENT_TIMESTAMP]
+            seconds, exact = _feast_seconds(at), _epoch_us(at)
+            for name, proto in protos.items():
+                text = self._text(proto, False)[0]
+                data.append((key, name, proto.SerializeToString(), text, seconds, now, exact))
+        sql = (
+            f"INSERT INTO {table} (entity_key, feature_name, value, value_text, event_ts, created_ts, "
+            f"{EXACT_COLUMN}) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(entity_key, feature_name) DO UPDATE "
+            "SET value = excluded.value, value_text = excluded.value_text, event_ts = excluded.event_ts, "
+            f"created_ts = excluded.created_ts, {EXACT_COLUMN} = excluded.{EXACT_COLUMN} "
+            # A row Feast's own writer put there has only whole seconds to compare with.
+            f"WHERE excluded.{EXACT_COLUMN} >= coalesce({table}.{EXACT_COLUMN}, {table}.event_ts * 1000000)"
+        )
+        features = max(1, len(view.plan.output_features))
+        changed = 0
+
+        def upsert() -> None:
+            nonlocal changed
+            before = self.conn.total_changes
+            with self.conn:
+                self.conn.executemany(sql, data)
+            changed = self.conn.total_changes - before
+
+        self._retrying(upsert)
+        written = changed // features
+        return WriteStats(written=written, skipped_older=len(latest) - written)
+
+    def _add_exact_column(self, table: str) -> None:
+        columns = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+        if not columns:
+            raise MLFSError(f"the online table {table} does not exist: run `mlfs apply` first")
+        if EXACT_COLUMN not in columns:
+            try:
+                self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {EXACT_COLUMN} INTEGER")
+            except sqlite3.OperationalError as err:
+                if "duplicate column" not in str(err):  # another writer added it just now
+                    raise
+
+    def _retrying(self, statement: Any) -> None:
+        """Run ``statement``, retrying while another writer holds the database past the timeout."""
+        for attempt in range(LOCKED_RETRIES):
+            try:
+                statement()
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or attempt == LOCKED_RETRIES - 1:
+                    raise
+                time.sleep(0.5)
+
+    def close(self) -> None:
+        self.conn.close()
