@@ -1,8 +1,10 @@
 """A resumable Spark backfill of one view.
 
-1. Stage 1 (decode, time, transform, types) runs once over the history and is persisted, with the
-   event counts and the dead letters, in a work directory named by the run (view definition, start
-   and input files; the end is kept in the run's manifest).
+1. Stage 1 (decode, time, transform, types) runs once over the history and what Python prepared is
+   persisted, with the event counts and the dead letters, in a work directory named by the run (view
+   definition, start and input files; the end is kept in the run's manifest). The rows Spark SQL
+   prepares (``spark_clean``) are not written: each chunk recomputes them from the history, which
+   costs less than writing and reading them back.
 2. The range is cut into day-aligned chunks. Each chunk reads only the rows its values depend on
    (``size`` before it for continuous windows, ``size + hop`` for hopping ones, everything before it
    for lifetime), computes its feature rows, replaces its offline partitions, and is recorded in the
@@ -41,7 +43,8 @@ from transforms.engines.spark import (
     TS,
     aggregate_rows,
     dead_letter_records,
-    prepare,
+    prepare_parts,
+    prepared_ddl,
     score_rows,
     split_scored,
     tally,
@@ -153,12 +156,19 @@ def backfill_view_spark(
     prepared_path = work / "prepared"
 
     clock = time.monotonic()
+    events = spark.read.parquet(*[str(f) for f in files])
+    jvm, python = prepare_parts(view.plan, events)
+
+    def stage1() -> Any:
+        """Stage 1's rows: what Python prepared (persisted), and the JVM's part recomputed."""
+        persisted = spark.read.schema(prepared_ddl(view.plan)).parquet(str(prepared_path))
+        return persisted if jvm is None else persisted.unionByName(jvm)
+
     if not manifest.prepared:
-        events = spark.read.parquet(*[str(f) for f in files])
-        prepare(view.plan, events).write.mode("overwrite").parquet(str(prepared_path))
-        prepared = spark.read.parquet(str(prepared_path))
-        counts, first = tally(prepared, events.count())
-        dead = prepared.filter(F.col(KIND) == DEAD).select(*DEAD_COLUMNS)
+        python.write.mode("overwrite").parquet(str(prepared_path))
+        counts, first = tally(stage1(), events.count())
+        persisted = spark.read.schema(prepared_ddl(view.plan)).parquet(str(prepared_path))
+        dead = persisted.filter(F.col(KIND) == DEAD).select(*DEAD_COLUMNS)
         write_dead_letters(dead_letter_file(end), dead_letter_records(view.name, dead))
         manifest.prepared = True
         manifest.counts = asdict(counts)
@@ -171,9 +181,7 @@ def backfill_view_spark(
     if manifest.first_ms is None:  # no valid event at all
         shutil.rmtree(work, ignore_errors=True)
         return report
-    rows = spark.read.parquet(str(prepared_path)).filter(
-        (F.col(KIND) == ROW) & (F.col(TS) < datetime_to_ms(end))
-    )
+    rows = stage1().filter((F.col(KIND) == ROW) & (F.col(TS) < datetime_to_ms(end)))
     reach = lookback_ms(view)
     staged_dirs = []
     for chunk in chunks(ms_to_datetime(manifest.first_ms), end, start, chunk_days):

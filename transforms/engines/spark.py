@@ -448,9 +448,11 @@ def ship_code_by_value(*functions: Any) -> None:
             cloudpickle.register_pickle_by_value(module)
 
 
-def prepare(plan: TransformPlan, events: Any) -> Any:
-    """Stage 1 over the raw events DataFrame (not cached): typed rows, dead letters, filtered.
-    Where ``spark_clean`` can, the clean rows are prepared in the JVM and only the rest go to Python."""
+def prepare_parts(plan: TransformPlan, events: Any) -> tuple[Any | None, Any]:
+    """Stage 1 over the raw events DataFrame, in two parts: the rows Spark SQL prepares in the JVM
+    (``spark_clean``; None where it cannot) and what Python prepares from the other events (all
+    events when the first part is None). Only the Python part holds dead letters. Neither is cached:
+    the JVM part is cheap to recompute from the events."""
     from pyspark.sql import functions as F
 
     from transforms.engines.spark_clean import clean_rows
@@ -462,7 +464,7 @@ def prepare(plan: TransformPlan, events: Any) -> Any:
 
     fast = clean_rows(plan, events, KIND, FIRST, TS)
     if fast is None:
-        return events.mapInArrow(stage1, prepared_ddl(plan))
+        return None, events.mapInArrow(stage1, prepared_ddl(plan))
     clean, condition = fast
     typed = clean.select(
         *[
@@ -472,7 +474,13 @@ def prepare(plan: TransformPlan, events: Any) -> Any:
             for f in prepared_schema(plan)
         ]
     )
-    return typed.unionByName(events.filter(~condition).mapInArrow(stage1, prepared_ddl(plan)))
+    return typed, events.filter(~condition).mapInArrow(stage1, prepared_ddl(plan))
+
+
+def prepare(plan: TransformPlan, events: Any) -> Any:
+    """Stage 1 over the raw events DataFrame (not cached): typed rows, dead letters, filtered."""
+    jvm, python = prepare_parts(plan, events)
+    return python if jvm is None else jvm.unionByName(python)
 
 
 def tally(prepared: Any, events: int) -> tuple[EventCounts, int | None]:
