@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -66,3 +66,18 @@ def feature_value_protos(view: StreamFeatureView, rows: Sequence[dict[str, Any]]
         for holder, proto in zip(out, protos, strict=True):
             holder[name] = proto
     return out
+
+
+def retry_while_locked(statement: Callable[[], Any], attempts: int = 20) -> None:
+    """Run a SQLite statement, retrying while another writer holds the database locked."""
+    import sqlite3
+    import time
+
+    for attempt in range(attempts):
+        try:
+            statement()
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or attempt == attempts - 1:
+                raise
+            time.sleep(0.5)

@@ -16,6 +16,7 @@ from featurestore.online.base import (
     entity_key_protos,
     feature_value_protos,
     latest_per_key,
+    retry_while_locked,
 )
 from featurestore.view import StreamFeatureView
 from transforms.plan import EVENT_TIMESTAMP
@@ -25,21 +26,6 @@ SQLITE_BUSY_TIMEOUT_MS = 120_000
 
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def _with_retries(statement: Any, attempts: int = 20) -> None:
-    """Run a SQLite statement, retrying while the database is locked by another writer."""
-    import sqlite3
-    import time
-
-    for attempt in range(attempts):
-        try:
-            statement()
-            return
-        except sqlite3.OperationalError as err:
-            if "locked" not in str(err) or attempt == attempts - 1:
-                raise
-            time.sleep(0.5)
 
 
 class FeastOnlineWriter:
@@ -55,7 +41,7 @@ class FeastOnlineWriter:
             # The timeout first: switching to WAL takes a lock that another sink may hold right now.
             conn = online._get_conn(store.config)
             conn.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-            _with_retries(lambda: conn.execute("PRAGMA journal_mode=WAL"))
+            retry_while_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
 
     def write(self, view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> WriteStats:
         latest = latest_per_key(view, rows)

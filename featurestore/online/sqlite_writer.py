@@ -13,7 +13,6 @@ same moment. The stock Feast SDK reads what it writes.
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +23,7 @@ from featurestore.online.base import (
     entity_key_protos,
     feature_value_protos,
     latest_per_key,
+    retry_while_locked,
 )
 from featurestore.view import StreamFeatureView
 from transforms.errors import MLFSError
@@ -31,7 +31,7 @@ from transforms.plan import EVENT_TIMESTAMP
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 BUSY_TIMEOUT_S = 120.0
-LOCKED_RETRIES = 20
+EXACT_COLUMN = "mlfs_event_us"
 
 
 def bulk_writable(config: Any) -> bool:
@@ -43,9 +43,6 @@ def bulk_writable(config: Any) -> bool:
         and not getattr(online, "enable_openai_compatible_store", False)
         and not getattr(config.registry, "enable_online_feature_view_versioning", False)
     )
-
-
-EXACT_COLUMN = "mlfs_event_us"
 
 
 def _feast_seconds(value: datetime) -> int:
@@ -76,17 +73,17 @@ class SqliteOnlineWriter:
         if config.repo_path and not path.is_absolute():
             path = Path(config.repo_path) / path
         self.conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
-        self._retrying(lambda: self.conn.execute("PRAGMA journal_mode=WAL"))
-        self.prepared: set[str] = set()
+        retry_while_locked(lambda: self.conn.execute("PRAGMA journal_mode=WAL"))
+        self.ready_tables: set[str] = set()
 
     def write(self, view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> WriteStats:
         latest = latest_per_key(view, rows)
         if not latest:
             return WriteStats()
         table = '"' + self._table_id(self.project, view).replace('"', '""') + '"'
-        if table not in self.prepared:
-            self._retrying(lambda: self._add_exact_column(table))
-            self.prepared.add(table)
+        if table not in self.ready_tables:
+            retry_while_locked(lambda: self._add_exact_column(table))
+            self.ready_tables.add(table)
         keys = [
             self._serialize(k, entity_key_serialization_version=self.version)
             for k in entity_key_protos(view, latest)
@@ -117,7 +114,7 @@ class SqliteOnlineWriter:
                 self.conn.executemany(sql, data)
             changed = self.conn.total_changes - before
 
-        self._retrying(upsert)
+        retry_while_locked(upsert)
         written = changed // features
         return WriteStats(written=written, skipped_older=len(latest) - written)
 
@@ -131,17 +128,6 @@ class SqliteOnlineWriter:
             except sqlite3.OperationalError as err:
                 if "duplicate column" not in str(err):  # another writer added it just now
                     raise
-
-    def _retrying(self, statement: Any) -> None:
-        """Run ``statement``, retrying while another writer holds the database past the timeout."""
-        for attempt in range(LOCKED_RETRIES):
-            try:
-                statement()
-                return
-            except sqlite3.OperationalError as err:
-                if "locked" not in str(err) or attempt == LOCKED_RETRIES - 1:
-                    raise
-                time.sleep(0.5)
 
     def close(self) -> None:
         self.conn.close()
