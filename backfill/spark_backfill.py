@@ -159,16 +159,18 @@ def backfill_view_spark(
     events = spark.read.parquet(*[str(f) for f in files])
     jvm, python = prepare_parts(view.plan, events)
 
+    def persisted() -> Any:
+        """What Python prepared in stage 1 (all of it where Spark SQL prepares nothing)."""
+        return spark.read.schema(prepared_ddl(view.plan)).parquet(str(prepared_path))
+
     def stage1() -> Any:
-        """Stage 1's rows: what Python prepared (persisted), and the JVM's part recomputed."""
-        persisted = spark.read.schema(prepared_ddl(view.plan)).parquet(str(prepared_path))
-        return persisted if jvm is None else persisted.unionByName(jvm)
+        """Stage 1's rows: the persisted part, and the JVM's part recomputed."""
+        return persisted() if jvm is None else persisted().unionByName(jvm)
 
     if not manifest.prepared:
         python.write.mode("overwrite").parquet(str(prepared_path))
         counts, first = tally(stage1(), events.count())
-        persisted = spark.read.schema(prepared_ddl(view.plan)).parquet(str(prepared_path))
-        dead = persisted.filter(F.col(KIND) == DEAD).select(*DEAD_COLUMNS)
+        dead = persisted().filter(F.col(KIND) == DEAD).select(*DEAD_COLUMNS)
         write_dead_letters(dead_letter_file(end), dead_letter_records(view.name, dead))
         manifest.prepared = True
         manifest.counts = asdict(counts)
