@@ -48,6 +48,13 @@ class DeadLetter:
         data["event_time"] = None if self.event_time is None else self.event_time.isoformat()
         return json.dumps(data, sort_keys=True)
 
+    @classmethod
+    def from_json(cls, text: str) -> DeadLetter:
+        data = json.loads(text)
+        when = data.get("event_time")
+        data["event_time"] = None if when is None else datetime.fromisoformat(when)
+        return cls(**data)
+
 
 @dataclass
 class EventCounts:

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -59,45 +58,26 @@ class DeadLetterLog:
 
 
 class LiveOutcomes:
-    """Stage 1's dead letters (appended as JSON lines) and counts (a status file, once a second)."""
+    """Stage 1's dead letters (appended as JSON lines) and counts (a status file, rewritten with
+    each new total, which stage 1 emits about once a second while events arrive)."""
 
     def __init__(self, view: str, dead_letter_dir: str, status_dir: str) -> None:
         self.view = view
-        self.dead_letter_dir = dead_letter_dir
-        self.status_dir = status_dir
-        self.counts = EventCounts()
-        self.max_event_ms: int | None = None
+        self.status_dir = Path(status_dir)
         self._letters = DeadLetterLog(dead_letter_dir, view, "stream")
-        self._stop = threading.Event()
-        self._publisher = threading.Thread(target=self._publish_every_second, daemon=True)
-        self._publisher.start()
 
-    def _publish_every_second(self) -> None:
-        while not self._stop.wait(1.0):
-            self._publish()
-
-    def dead(self, letter: DeadLetter, late: bool = False) -> None:
-        if late:
-            self.counts.late += 1
-        else:
-            self.counts.dead_lettered += 1
+    def dead(self, letter: DeadLetter, late: bool, seq: int) -> None:
         # ``seq`` is the event's position in the source (checkpointed), so a line written again by a
         # job replaying from its last checkpoint is recognisable as the same dead letter.
-        self._letters.append({"seq": self.counts.input, **json.loads(letter.to_json())})
+        self._letters.append({"seq": seq, **json.loads(letter.to_json())})
 
-    def tick(self) -> None:
-        return None
-
-    def _publish(self) -> None:
-        directory = Path(self.status_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        status = {"counts": asdict(replace(self.counts)), "max_event_ms": self.max_event_ms}
+    def update(self, counts: EventCounts, max_event_ms: int | None) -> None:
+        self.status_dir.mkdir(parents=True, exist_ok=True)
+        status = {"counts": asdict(counts), "max_event_ms": max_event_ms}
         # Stage 1 runs as one instance: a restarted one replaces its predecessor's status.
-        write_json(directory / f"{self.view}.stage1.0.json", status)
+        write_json(self.status_dir / f"{self.view}.stage1.0.json", status)
 
     def close(self) -> None:
-        self._stop.set()
-        self._publish()
         self._letters.close()
 
 

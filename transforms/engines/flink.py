@@ -1,9 +1,10 @@
 """The Flink engine: compiles a ``TransformPlan`` to a PyFlink job.
 
-* Stage 1 is a Python ``flat_map`` running ``transforms.events`` (the reference's code) on each raw
-  event, in arrival order, with the same ``LateClassifier``; it emits typed rows (plus leave
-  markers, see ``flink_sql``, and a heartbeat for an event that gives no row, so every event moves
-  the watermark as in the reference) and hands dead letters and counts to an ``OutcomeSink``.
+* Stage 1 (``flink_stage1``): a vectorised Python function runs ``transforms.events`` (the
+  reference's code) over batches of raw events, and Flink SQL decides lateness in arrival order,
+  counts the outcomes and unnests the typed rows (plus leave markers, see ``flink_sql``, and a
+  heartbeat for an event that gives no row, so every event moves the watermark as in the
+  reference). Dead letters and counts go to an ``OutcomeSink``.
 * The rows become the table ``prepared`` with event-time attribute ``rt`` and a watermark that trails
   the latest event by the source's out-of-orderness plus allowed lateness, so no event stage 1
   accepted is ever late for Flink's operators.
@@ -17,7 +18,6 @@ for it, so emitted rows are final and no correction is ever needed.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -32,80 +32,14 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from transforms.dtypes import DType
-from transforms.engines.flink_sql import (
-    PREPARED,
-    encode_ordered,
-    feature_row,
-    interval,
-    is_ordered,
-    marker_offset_ms,
-    stage2_sql,
-    watermark_lag_ms,
-)
+from transforms.engines.flink_sql import PREPARED, feature_row, interval, stage2_sql, watermark_lag_ms
+from transforms.engines.flink_stage1 import HEARTBEAT, OutcomeSink, build_stage1, prepared_columns
 from transforms.engines.reference import EngineResult
-from transforms.events import DeadLetter, EventCounts, EventPreparer, LateClassifier, Lateness
+from transforms.events import DeadLetter, EventCounts, Lateness
 from transforms.plan import EVENT_TIMESTAMP, FeatureContext, TransformPlan
-from transforms.timeutil import engine_value
 from transforms.usercode import import_root, plan_functions, user_module
 
-KIND = "_kind"
-ROW, MARKER, HEARTBEAT = 0, 4, 5
 BOUNDED_REPLAY_LAG_MS = 500 * 86_400_000  # without lateness, hold the watermark back 500 days
-RESTORE_TIMER_MS = 1000
-END_OF_INPUT_MS = 2**63 - 2  # an event-time timer the final watermark of a bounded input fires
-
-
-def _flink_type(dtype: DType | None) -> tuple[Any, Any]:
-    """(DataStream type info, Table data type) of a key or input column."""
-    from pyflink.common import Types
-    from pyflink.table import DataTypes
-
-    name = "Bool" if dtype is None else dtype.name
-    table = {
-        "String": (Types.STRING(), DataTypes.STRING()),
-        "Int32": (Types.INT(), DataTypes.INT()),
-        "Int64": (Types.LONG(), DataTypes.BIGINT()),
-        "UnixTimestamp": (Types.LONG(), DataTypes.BIGINT()),
-        "Float32": (Types.DOUBLE(), DataTypes.DOUBLE()),
-        "Float64": (Types.DOUBLE(), DataTypes.DOUBLE()),
-        "Bool": (Types.BOOLEAN(), DataTypes.BOOLEAN()),
-        "Bytes": (Types.PRIMITIVE_ARRAY(Types.BYTE()), DataTypes.BYTES()),
-    }
-    if name not in table:
-        raise TypeError(f"no Flink type for {dtype}")
-    return table[name]
-
-
-def prepared_columns(plan: TransformPlan) -> list[tuple[str, Any, Any]]:
-    """Stage 1's output columns: (name, type info, data type)."""
-    from pyflink.common import Types
-    from pyflink.table import DataTypes
-
-    columns = [(KIND, Types.INT(), DataTypes.INT())]
-    columns += [(name, *_flink_type(dtype)) for name, dtype in plan.keys]
-    columns.append(("_ts", Types.LONG(), DataTypes.BIGINT()))
-    columns += [(f"_v{i}", *_flink_type(f.input_dtype)) for i, f in enumerate(plan.features)]
-    columns += [
-        (f"_o{i}", Types.STRING(), DataTypes.STRING())
-        for i, f in enumerate(plan.features)
-        if is_ordered(f.aggregation)
-    ]
-    return columns
-
-
-class OutcomeSink(Protocol):
-    """Where one stage-1 instance puts dead letters and counts (opened on the Flink worker)."""
-
-    counts: EventCounts
-    max_event_ms: int | None
-
-    def dead(self, letter: DeadLetter, late: bool = False) -> None: ...
-
-    def tick(self) -> None:
-        """Called after every event; an implementation may publish its counts now and then."""
-
-    def close(self) -> None: ...
 
 
 class SpoolOutcomes:
@@ -113,22 +47,23 @@ class SpoolOutcomes:
 
     def __init__(self, spool: str) -> None:
         self.spool = spool
+        _opened(spool)
         self.counts = EventCounts()
-        self.max_event_ms: int | None = None
         self.dead_letters: list[DeadLetter] = []
 
-    def dead(self, letter: DeadLetter, late: bool = False) -> None:
-        if late:
-            self.counts.late += 1
-        else:
-            self.counts.dead_lettered += 1
+    def dead(self, letter: DeadLetter, late: bool, seq: int) -> None:
         self.dead_letters.append(letter)
 
-    def tick(self) -> None:
-        return None
+    def update(self, counts: EventCounts, max_event_ms: int | None) -> None:
+        self.counts = counts
 
     def close(self) -> None:
         _spool(self.spool, "stage1", (self.counts, self.dead_letters))
+
+
+def _opened(directory: str) -> None:
+    """Mark that one more spooling instance runs: the job's result waits for its spool file."""
+    (Path(directory) / f"opened-{uuid.uuid4().hex}").touch()
 
 
 def _spool(directory: str, prefix: str, data: Any) -> None:
@@ -155,6 +90,7 @@ class SpoolRows:
 
     def __init__(self, spool: str, subtask: int = 0) -> None:
         self.spool = spool
+        _opened(spool)
         self.rows: list[dict[str, Any]] = []
         self.letters: list[DeadLetter] = []
 
@@ -166,155 +102,6 @@ class SpoolRows:
 
     def close(self) -> None:
         _spool(self.spool, "rows", (self.rows, self.letters))
-
-
-def prepare_events_function(
-    plan: TransformPlan, lateness: Lateness | None, outcomes: Callable[[], OutcomeSink]
-) -> Any:
-    """Stage 1 as a PyFlink ``KeyedProcessFunction`` over a stream keyed by one constant (arrival
-    order decides lateness). The highest event time seen and the counts live in Flink state, so a
-    job restored from a checkpoint classifies and counts exactly as an uninterrupted one."""
-    from pyflink.common import Row, Types
-    from pyflink.datastream.functions import KeyedProcessFunction
-    from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
-
-    offset = marker_offset_ms(plan)
-    ordered: list[tuple[int, DType]] = []
-    for i, feature in enumerate(plan.features):
-        if is_ordered(feature.aggregation):
-            assert feature.input_dtype is not None, "ordered monoids have typed inputs"
-            ordered.append((i, feature.input_dtype))
-    no_key = [None] * len(plan.keys)
-    no_values = [None] * (len(plan.features) + len(ordered))
-
-    # With model stages before aggregation, events wait (in Flink state) until a batch is full or
-    # its oldest event has waited max_wait_ms, so the models score batches, not single events.
-    batching = plan.event_stages[0].batching if plan.event_stages else None
-
-    class PrepareEvents(KeyedProcessFunction):
-        def open(self, runtime_context: Any) -> None:
-            self.preparer = EventPreparer(plan)
-            self.classifier = None if lateness is None else LateClassifier(lateness)
-            self.outcomes = outcomes()
-            descriptor = ValueStateDescriptor("stage1", Types.PICKLED_BYTE_ARRAY())
-            self.state = runtime_context.get_state(descriptor)
-            self.pending = runtime_context.get_list_state(
-                ListStateDescriptor("pending", Types.PICKLED_BYTE_ARRAY())
-            )
-            self.pending_count = runtime_context.get_state(
-                ValueStateDescriptor("pending_count", Types.LONG())
-            )
-            self.flush_due = runtime_context.get_state(ValueStateDescriptor("flush_due", Types.LONG()))
-            self.chain_due = runtime_context.get_state(ValueStateDescriptor("chain_due", Types.LONG()))
-            self.restored = False
-
-        def process_element(self, raw: Any, ctx: Any) -> Iterator[Any]:
-            if not self.restored and not self._restore() and lateness is not None:
-                self._wake_up(ctx)  # the first event of a fresh job starts the timer chain
-            if batching is None:
-                yield from self._prepare_many([raw])
-                return
-            self.pending.add(raw)
-            count = (self.pending_count.value() or 0) + 1
-            self.pending_count.update(count)
-            if count >= batching.max_batch_size:
-                yield from self._flush()
-            elif self.flush_due.value() is None:
-                due = ctx.timer_service().current_processing_time() + batching.max_wait_ms
-                ctx.timer_service().register_processing_time_timer(due)
-                self.flush_due.update(due)
-                # A bounded input ends with the final watermark: what still waits is scored then.
-                ctx.timer_service().register_event_time_timer(END_OF_INPUT_MS)
-
-        def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
-            if not self.restored:
-                self._restore()
-            if timestamp == END_OF_INPUT_MS or timestamp == self.flush_due.value():
-                yield from self._flush()
-            if lateness is not None and timestamp == self.chain_due.value():
-                # Timers are checkpointed with the state, so a restored job reads its counts back
-                # (and publishes them) before any new event arrives, not only when the next one does.
-                self._wake_up(ctx)
-
-        def _wake_up(self, ctx: Any) -> None:
-            due = ctx.timer_service().current_processing_time() + RESTORE_TIMER_MS
-            ctx.timer_service().register_processing_time_timer(due)
-            self.chain_due.update(due)
-
-        def _restore(self) -> bool:
-            self.restored = True
-            saved = self.state.value()
-            if saved is None:
-                return False
-            max_seen, counts = saved
-            if self.classifier is not None:
-                self.classifier.max_seen = max_seen
-            self.outcomes.max_event_ms = max_seen
-            self.outcomes.counts = EventCounts(*counts)
-            return True
-
-        def _flush(self) -> Iterator[Any]:
-            raws = list(self.pending.get() or [])
-            self.pending.clear()
-            self.pending_count.clear()
-            self.flush_due.clear()  # a timer still due finds nothing to flush
-            if raws:
-                yield from self._prepare_many(raws)
-
-        def _prepare_many(self, raws: list[Any]) -> Iterator[Any]:
-            """Events in arrival order: classified one by one (lateness depends on those before),
-            transformed and scored as one batch, emitted in order."""
-            classified: list[Any] = []
-            for raw in raws:
-                first = self.preparer.decode_and_time(raw)
-                if isinstance(first, DeadLetter):
-                    classified.append((raw, first, False))
-                    continue
-                event, time_ms = first
-                watermark = None if self.classifier is None else self.classifier.late_watermark(time_ms)
-                if watermark is not None:
-                    classified.append((raw, self.preparer.late(raw, time_ms, watermark), True))
-                else:
-                    classified.append((raw, (event, time_ms), None))
-            good = [(raw, *timed) for raw, timed, kind in classified if kind is None]
-            prepared = iter(self.preparer.transform_batch(good))
-            for _, outcome, late in classified:
-                self.outcomes.counts.input += 1
-                if late is None:
-                    yield from self._emit(outcome[1], next(prepared))
-                else:
-                    self.outcomes.dead(outcome, late=late)
-            max_seen = None if self.classifier is None else self.classifier.max_seen
-            self.outcomes.max_event_ms = max_seen
-            self.state.update((max_seen, dataclasses.astuple(self.outcomes.counts)))
-            self.outcomes.tick()
-
-        def _emit(self, time_ms: int, prepared: Any) -> Iterator[Any]:
-            outcomes = self.outcomes
-            if prepared is None or isinstance(prepared, DeadLetter):
-                if prepared is None:
-                    outcomes.counts.filtered += 1
-                else:
-                    outcomes.dead(prepared)
-                # The event produced no row, but it still moves the source's watermark on.
-                yield Row(HEARTBEAT, *no_key, time_ms + (offset or 0), *no_values)
-                return
-            outcomes.counts.aggregated += 1
-            outcomes.counts.rows += len(prepared.rows)
-            for key, values in prepared.rows:
-                engine_values = [engine_value(v) for v in values]
-                encoded = [
-                    None if engine_values[i] is None else encode_ordered(time_ms, engine_values[i], dtype)
-                    for i, dtype in ordered
-                ]
-                yield Row(ROW, *key, time_ms, *engine_values, *encoded)
-                if offset is not None:
-                    yield Row(MARKER, *key, time_ms + offset, *no_values)
-
-        def close(self) -> None:
-            self.outcomes.close()
-
-    return PrepareEvents()
 
 
 def subtask_index(runtime_context: Any) -> int:
@@ -460,15 +247,8 @@ def build_job(
     roots = {import_root(m) for m in map(user_module, plan_functions(plan)) if m is not None}
     for folder in sorted(roots):
         env.add_python_file(str(folder))
+    prepared = build_stage1(plan, env, raw, lateness, outcomes, table)
     columns = prepared_columns(plan)
-    row_type = Types.ROW_NAMED([c[0] for c in columns], [c[1] for c in columns])
-    prepared = (
-        raw.key_by(lambda _: 0, key_type=Types.INT())
-        .process(prepare_events_function(plan, lateness, outcomes), output_type=row_type)
-        .set_parallelism(1)  # arrival order decides lateness
-    )
-    if uid_prefix is not None:  # stable operator ids, so a restart can restore their state
-        prepared = prepared.uid(f"{uid_prefix}-stage1")
     if lateness is None:  # a bounded replay: every event counts, rows are emitted at the end
         out_of_order = BOUNDED_REPLAY_LAG_MS
     else:
@@ -486,7 +266,7 @@ def build_job(
     # Heartbeats only carry the watermark; a filter keeps the time attribute and its watermarks.
     t_env.create_temporary_view(f"{table}_all", t_env.from_data_stream(prepared, schema))
     t_env.create_temporary_view(
-        table, t_env.sql_query(f"SELECT * FROM `{table}_all` WHERE {KIND} <> {HEARTBEAT}")
+        table, t_env.sql_query(f"SELECT * FROM `{table}_all` WHERE _kind <> {HEARTBEAT}")
     )
     result = t_env.sql_query(stage2_sql(plan, table))
     # Rows wait at most this long in the sink: the row stages' max wait, or 100 ms.
@@ -520,15 +300,21 @@ def run_flink(
         build_job(plan, env, t_env, raw, lateness, outcomes, functools.partial(SpoolRows, spool))
         env.execute(f"mlfs-{plan.view}")
         # Python workers may close their functions just after the job reports FINISHED.
-        _wait_for_spools(spool, 1 + parallelism)
+        _wait_for_spools(spool)
         return _read_spool(plan, spool)
     finally:
         shutil.rmtree(spool, ignore_errors=True)
 
 
-def _wait_for_spools(spool: str, expected: int, timeout_s: float = 60.0) -> None:
+def _wait_for_spools(spool: str, timeout_s: float = 60.0) -> None:
+    """Wait until every instance that opened has spooled (Python workers may close their functions
+    just after the job reports FINISHED)."""
     deadline = time.monotonic() + timeout_s
-    while len([n for n in os.listdir(spool) if not n.startswith(".")]) < expected:
+    while True:
+        names = [n for n in os.listdir(spool) if not n.startswith(".")]
+        opened = sum(n.startswith("opened-") for n in names)
+        if opened and len(names) - opened >= opened:
+            return
         if time.monotonic() > deadline:
             raise RuntimeError(f"Flink's Python workers did not report within {timeout_s:.0f}s")
         time.sleep(0.05)
@@ -546,6 +332,8 @@ def _read_spool(plan: TransformPlan, spool: str) -> EngineResult:
     result = EngineResult()
     rows: dict[tuple[Any, ...], dict[str, Any]] = {}
     for name in sorted(os.listdir(spool)):
+        if name.startswith("opened-"):
+            continue
         with open(os.path.join(spool, name), "rb") as f:
             data = pickle.load(f)
         if name.startswith("stage1-"):

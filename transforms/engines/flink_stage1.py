@@ -1,0 +1,360 @@
+"""Stage 1 of the Flink engine: raw events to the typed rows of ``flink_sql``, mostly in Flink's
+own operators.
+
+* ``prepare`` is a vectorised (pandas) Python function that runs the reference's own
+  ``EventPreparer`` over a batch of raw events: decode, event time, event transform, model stages,
+  keys and types. It keeps no state, so Flink hands it Arrow batches, not single events. A row
+  function may give several rows per event, so rows come back as one array per column.
+* Lateness depends on arrival order, so it is decided after ``prepare`` by a Flink SQL ``OVER``
+  aggregate at parallelism 1 ordered by processing time: the highest event time so far (this event
+  included) and the event's position ``_seq``, both in Flink state. An event is late when its time is
+  below that maximum minus the bound. A late event never raises the maximum, so this is exactly
+  ``LateClassifier``'s rule, which compares with the maximum before the event.
+* The accepted rows are unnested in SQL, with leave markers and a heartbeat for an event that gives
+  no row (every event moves the watermark, as in the reference). Dead letters (and late events)
+  go to a Python outcome sink; the counts are one global SQL aggregate, emitted once per mini-batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from transforms.dtypes import DType
+from transforms.engines.flink_sql import encode_ordered, is_ordered, marker_offset_ms, quote
+from transforms.events import DeadLetter, EventCounts, EventPreparer, Lateness
+from transforms.plan import TransformPlan
+from transforms.timeutil import engine_value
+
+ROW, MARKER, HEARTBEAT = 0, 4, 5  # ``_kind`` of a prepared row
+OK, FILTERED, DEAD = 0, 1, 2  # what ``prepare`` made of an event
+COUNTS_EVERY = "1 s"  # how often the counts are emitted while events arrive
+
+
+def flink_types(dtype: DType | None) -> tuple[Any, Any]:
+    """(DataStream type info, Table data type) of a key or input column."""
+    from pyflink.common import Types
+    from pyflink.table import DataTypes
+
+    name = "Bool" if dtype is None else dtype.name
+    table = {
+        "String": (Types.STRING(), DataTypes.STRING()),
+        "Int32": (Types.INT(), DataTypes.INT()),
+        "Int64": (Types.LONG(), DataTypes.BIGINT()),
+        "UnixTimestamp": (Types.LONG(), DataTypes.BIGINT()),
+        "Float32": (Types.DOUBLE(), DataTypes.DOUBLE()),
+        "Float64": (Types.DOUBLE(), DataTypes.DOUBLE()),
+        "Bool": (Types.BOOLEAN(), DataTypes.BOOLEAN()),
+        "Bytes": (Types.PRIMITIVE_ARRAY(Types.BYTE()), DataTypes.BYTES()),
+    }
+    if name not in table:
+        raise TypeError(f"no Flink type for {dtype}")
+    return table[name]
+
+
+def _ordered(plan: TransformPlan) -> list[tuple[int, DType]]:
+    found = []
+    for i, feature in enumerate(plan.features):
+        if is_ordered(feature.aggregation):
+            assert feature.input_dtype is not None, "ordered monoids have typed inputs"
+            found.append((i, feature.input_dtype))
+    return found
+
+
+def row_columns(plan: TransformPlan) -> list[tuple[str, DType | None]]:
+    """Stage 1's output columns, which ``prepare`` returns as one array per column (an event's rows,
+    leave markers and heartbeat): ``_kind``, keys, ``_ts``, input values, ordered encodings."""
+    from transforms.dtypes import Int32, Int64, String
+
+    columns: list[tuple[str, DType | None]] = [("_kind", Int32), *plan.keys, ("_ts", Int64)]
+    columns += [(f"_v{i}", f.input_dtype) for i, f in enumerate(plan.features)]
+    columns += [(f"_o{i}", String) for i, _ in _ordered(plan)]
+    return columns
+
+
+def prepared_columns(plan: TransformPlan) -> list[tuple[str, Any, Any]]:
+    """Stage 1's output columns as (name, type info, data type)."""
+    return [(name, *flink_types(dtype)) for name, dtype in row_columns(plan)]
+
+
+def prepare_result_type(plan: TransformPlan) -> Any:
+    from pyflink.table import DataTypes
+
+    fields = [
+        DataTypes.FIELD("_kind", DataTypes.INT()),
+        DataTypes.FIELD("_t", DataTypes.BIGINT()),
+        DataTypes.FIELD("_n", DataTypes.INT()),
+        DataTypes.FIELD("_letter", DataTypes.STRING()),
+    ]
+    fields += [
+        DataTypes.FIELD(f"_a{j}", DataTypes.ARRAY(flink_types(dtype)[1]))
+        for j, (_, dtype) in enumerate(row_columns(plan))
+    ]
+    return DataTypes.ROW(fields)
+
+
+def prepare_function(plan: TransformPlan) -> Callable[[Any], Any]:
+    """The batch function behind ``prepare``: raw events (a pandas Series of text) to one result each
+    (a DataFrame): what became of the event, its time, its number of rows, its dead letter, and its
+    output rows (``row_columns``) as arrays."""
+    ordered = _ordered(plan)
+    offset = marker_offset_ms(plan)
+    n_keys = len(plan.keys)
+    n_values = len(plan.features) + len(ordered)
+    preparers: list[EventPreparer] = []  # made on the worker, once
+
+    def event_rows(prepared: Any, time_ms: int) -> list[tuple[Any, ...]]:
+        if prepared is None or isinstance(prepared, DeadLetter) or not prepared.rows:
+            # The event gives no row, but it still moves the source's watermark on.
+            return [(HEARTBEAT, *[None] * n_keys, time_ms + (offset or 0), *[None] * n_values)]
+        rows = []
+        for key, values in prepared.rows:
+            engine_values = [engine_value(v) for v in values]
+            encoded = [
+                None if engine_values[i] is None else encode_ordered(time_ms, engine_values[i], dtype)
+                for i, dtype in ordered
+            ]
+            rows.append((ROW, *key, time_ms, *engine_values, *encoded))
+            if offset is not None:
+                rows.append((MARKER, *key, time_ms + offset, *[None] * n_values))
+        return rows
+
+    def prepare(raws: Any) -> Any:
+        import pandas as pd
+
+        if not preparers:
+            preparers.append(EventPreparer(plan))
+        preparer = preparers[0]
+        texts = raws.tolist()
+        firsts = [preparer.decode_and_time(raw) for raw in texts]
+        good = [
+            (raw, *first)
+            for raw, first in zip(texts, firsts, strict=True)
+            if not isinstance(first, DeadLetter)
+        ]
+        transformed = iter(preparer.transform_batch(good))
+        kinds: list[int] = []
+        times: list[int | None] = []
+        counts: list[int] = []
+        letters: list[str | None] = []
+        arrays: list[list[Any]] = [[] for _ in range(n_keys + n_values + 2)]
+        for first in firsts:
+            if isinstance(first, DeadLetter):
+                kinds.append(DEAD)
+                times.append(None)
+                counts.append(0)
+                letters.append(first.to_json())
+                for column in arrays:
+                    column.append(None)
+                continue
+            time_ms = first[1]
+            prepared = next(transformed)
+            times.append(time_ms)
+            if prepared is None:
+                kinds.append(FILTERED)
+            else:
+                kinds.append(DEAD if isinstance(prepared, DeadLetter) else OK)
+            counts.append(0 if prepared is None or isinstance(prepared, DeadLetter) else len(prepared.rows))
+            letters.append(prepared.to_json() if isinstance(prepared, DeadLetter) else None)
+            for column, values in zip(arrays, zip(*event_rows(prepared, time_ms), strict=True), strict=True):
+                column.append(list(values))
+        data = {
+            "_kind": kinds,
+            "_t": pd.Series(times, dtype="object"),
+            "_n": counts,
+            "_letter": pd.Series(letters, dtype="object"),
+        }
+        for j, column in enumerate(arrays):
+            data[f"_a{j}"] = pd.Series(column, dtype="object")
+        return pd.DataFrame(data)
+
+    return prepare
+
+
+class OutcomeSink(Protocol):
+    """Where a view's dead letters and counts go (opened on a Flink worker; one instance receives
+    the dead letters, another the counts)."""
+
+    def dead(self, letter: DeadLetter, late: bool, seq: int) -> None:
+        """A dead letter; ``seq`` is the event's 1-based position in the source (checkpointed, so a
+        letter written again after a restart is recognisable)."""
+
+    def update(self, counts: EventCounts, max_event_ms: int | None) -> None:
+        """The counts so far (they only grow) and the highest event time seen."""
+
+    def close(self) -> None: ...
+
+
+def prepared_sql(plan: TransformPlan, classified: str) -> str:
+    """Stage 1's output: the rows, markers and heartbeats of the events that are not late, in the
+    order of the events (one unnesting, so nothing reorders them)."""
+    items = ", ".join(f"_a{j}[_i] AS {quote(name)}" for j, (name, _) in enumerate(row_columns(plan)))
+    return (
+        f"SELECT {items} FROM {quote(classified)} CROSS JOIN UNNEST(_a0) WITH ORDINALITY AS r(_x, _i) "
+        "WHERE _late = 0"
+    )
+
+
+def events_sql(plan: TransformPlan, raw: str, function: str) -> str:
+    """Each raw event with what ``prepare`` made of it."""
+    fields = ["_kind", "_t", "_n", "_letter", *(f"_a{j}" for j in range(len(row_columns(plan))))]
+    items = ", ".join(f"p.{quote(name)} AS {quote(name)}" for name in fields)
+    return f"SELECT _raw, {items}, _pt FROM (SELECT f0 AS _raw, {function}(f0) AS p, _pt FROM {quote(raw)})"
+
+
+def classified_sql(plan: TransformPlan, events: str, lateness: Lateness | None) -> str:
+    """Each event with its position ``_seq``, the highest event time so far ``_max`` (this event
+    included) and whether it is late (``_late``, 0 or 1)."""
+    if lateness is None:  # a bounded replay: nothing is late
+        late = "0"
+    else:
+        bound = lateness.max_out_of_orderness_ms + lateness.allowed_lateness_ms
+        late = f"CASE WHEN _t < _max - {bound} THEN 1 ELSE 0 END"
+    fields = ["_raw", "_kind", "_t", "_n", "_letter", *(f"_a{j}" for j in range(len(row_columns(plan))))]
+    listed = ", ".join(quote(name) for name in fields)
+    return (
+        f"SELECT {listed}, _max, _seq, {late} AS _late FROM ("
+        f"SELECT {listed}, MAX(_t) OVER w AS _max, COUNT(*) OVER w AS _seq FROM {quote(events)} "
+        "WINDOW w AS (ORDER BY _pt ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW))"
+    )
+
+
+def letters_sql(classified: str) -> str:
+    """The events that become dead letters: late, or rejected by ``prepare``."""
+    return (
+        f"SELECT _seq, _late, _t, _max, _raw, _letter FROM {quote(classified)} "
+        "WHERE _late = 1 OR _letter IS NOT NULL"
+    )
+
+
+def counts_sql(classified: str) -> str:
+    """The four outcomes and the rows so far, and the highest event time (one global aggregate)."""
+    accepted = "_late = 0 AND _kind"
+    return (
+        "SELECT COUNT(*) AS `input`, "
+        f"CAST(SUM(CASE WHEN {accepted} = {OK} THEN 1 ELSE 0 END) AS BIGINT) AS aggregated, "
+        f"CAST(SUM(CASE WHEN {accepted} = {FILTERED} THEN 1 ELSE 0 END) AS BIGINT) AS filtered, "
+        f"CAST(SUM(CASE WHEN {accepted} = {DEAD} THEN 1 ELSE 0 END) AS BIGINT) AS dead_lettered, "
+        "CAST(SUM(_late) AS BIGINT) AS late, "
+        f"CAST(SUM(CASE WHEN {accepted} = {OK} THEN _n ELSE 0 END) AS BIGINT) AS `rows`, "
+        f"MAX(_max) AS max_seen FROM {quote(classified)}"
+    )
+
+
+def dead_letters_function(
+    plan: TransformPlan, lateness: Lateness | None, outcomes: Callable[[], OutcomeSink]
+) -> Any:
+    """A Python function over ``letters_sql``'s rows: late events become late dead letters (against
+    the watermark they missed), the others are ``prepare``'s letters; all go to an outcome sink."""
+    from pyflink.datastream.functions import ProcessFunction
+
+    class DeadLetters(ProcessFunction):
+        def open(self, runtime_context: Any) -> None:
+            self.preparer = EventPreparer(plan)
+            self.sink = outcomes()
+
+        def process_element(self, value: Any, ctx: Any) -> Any:
+            yield from ()  # a sink
+            seq, late, time_ms, max_seen, raw, text = tuple(value)
+            if late:
+                assert lateness is not None, "nothing is late without lateness"
+                letter = self.preparer.late(raw, time_ms, max_seen - lateness.max_out_of_orderness_ms)
+            else:
+                letter = DeadLetter.from_json(text)
+            self.sink.dead(letter, bool(late), seq)
+
+        def close(self) -> None:
+            self.sink.close()
+
+    return DeadLetters()
+
+
+def counts_function(outcomes: Callable[[], OutcomeSink]) -> Any:
+    """A Python function over ``counts_sql``'s changelog: each new total goes to an outcome sink."""
+    from pyflink.common import RowKind
+    from pyflink.datastream.functions import ProcessFunction
+
+    class Counts(ProcessFunction):
+        def open(self, runtime_context: Any) -> None:
+            self.sink = outcomes()
+
+        def process_element(self, value: Any, ctx: Any) -> Any:
+            yield from ()  # a sink
+            if value.get_row_kind() in (RowKind.UPDATE_BEFORE, RowKind.DELETE):
+                return
+            total, aggregated, filtered, dead, late, rows, max_seen = tuple(value)
+            counts = EventCounts(
+                input=total,
+                aggregated=aggregated,
+                filtered=filtered,
+                dead_lettered=dead,
+                late=late,
+                rows=rows,
+            )
+            self.sink.update(counts, max_seen)
+
+        def close(self) -> None:
+            self.sink.close()
+
+    return Counts()
+
+
+def _table_environment(env: Any, settings: dict[str, str]) -> Any:
+    from pyflink.table import StreamTableEnvironment
+
+    t_env = StreamTableEnvironment.create(env)
+    config = t_env.get_config()
+    config.set("table.local-time-zone", "UTC")
+    for name, value in settings.items():
+        config.set(name, value)
+    return t_env
+
+
+# Stage 1 runs at parallelism 1 (arrival order decides lateness); Python gets batches of up to
+# ``arrow.batch.size`` events, at least every ``bundle.time``.
+STAGE1_SETTINGS = {
+    "table.exec.resource.default-parallelism": "1",
+    "python.fn-execution.bundle.time": "100",
+    "python.fn-execution.arrow.batch.size": "5000",
+}
+COUNTS_SETTINGS = {
+    "table.exec.resource.default-parallelism": "1",
+    "table.exec.mini-batch.enabled": "true",
+    "table.exec.mini-batch.allow-latency": COUNTS_EVERY,
+    "table.exec.mini-batch.size": "1000000",
+}
+
+
+def build_stage1(
+    plan: TransformPlan,
+    env: Any,
+    raw: Any,
+    lateness: Lateness | None,
+    outcomes: Callable[[], OutcomeSink],
+    name: str,
+) -> Any:
+    """Add stage 1 for ``plan`` over the raw events ``raw`` to ``env``; returns the DataStream of
+    prepared rows (``prepared_columns``), in the order stage 1 accepted the events. Its state
+    lives in the SQL operators, whose ids derive from the job's shape, so a restarted job of the
+    same views restores it."""
+    from pyflink.table import DataTypes, Schema
+    from pyflink.table.udf import udf
+
+    t_env = _table_environment(env, STAGE1_SETTINGS)
+    function = f"{name}_prepare"
+    t_env.create_temporary_function(
+        function, udf(prepare_function(plan), result_type=prepare_result_type(plan), func_type="pandas")
+    )
+    schema = Schema.new_builder().column("f0", DataTypes.STRING()).column_by_expression("_pt", "PROCTIME()")
+    t_env.create_temporary_view(f"{name}_raw", t_env.from_data_stream(raw, schema.build()))
+    t_env.create_temporary_view(f"{name}_events", t_env.sql_query(events_sql(plan, f"{name}_raw", function)))
+    classified = t_env.to_data_stream(t_env.sql_query(classified_sql(plan, f"{name}_events", lateness)))
+    # Every consumer starts from this one stream, so ``prepare`` and the classification run once.
+    t_env.create_temporary_view(f"{name}_classified", t_env.from_data_stream(classified))
+    letters = t_env.to_data_stream(t_env.sql_query(letters_sql(f"{name}_classified")))
+    letters.process(dead_letters_function(plan, lateness, outcomes)).name(f"{name}-dead-letters")
+    counts_env = _table_environment(env, COUNTS_SETTINGS)
+    counts_env.create_temporary_view(f"{name}_classified", counts_env.from_data_stream(classified))
+    counts = counts_env.to_changelog_stream(counts_env.sql_query(counts_sql(f"{name}_classified")))
+    counts.process(counts_function(outcomes)).name(f"{name}-counts")
+    return t_env.to_data_stream(t_env.sql_query(prepared_sql(plan, f"{name}_classified")))
