@@ -297,6 +297,12 @@ class EventPreparer:
 
     def prepare_batch(self, raws: Sequence[Any]) -> list[PreparedEvent | DeadLetter | None]:
         """``prepare`` for many events, so model stages score their rows together."""
+        return [outcome for _, outcome in self.prepare_batch_timed(raws)]
+
+    def prepare_batch_timed(
+        self, raws: Sequence[Any]
+    ) -> list[tuple[int | None, PreparedEvent | DeadLetter | None]]:
+        """``prepare_batch`` with each event's time (None for an event without a usable time)."""
         firsts = [self.decode_and_time(raw) for raw in raws]
         timed = [
             (raw, *first)
@@ -304,7 +310,10 @@ class EventPreparer:
             if not isinstance(first, DeadLetter)
         ]
         transformed = iter(self.transform_batch(timed))
-        return [first if isinstance(first, DeadLetter) else next(transformed) for first in firsts]
+        return [
+            (None, first) if isinstance(first, DeadLetter) else (first[1], next(transformed))
+            for first in firsts
+        ]
 
     def _check_row(self, raw: Any, row: dict[str, Any], time_ms: int) -> tuple[Key, Values] | DeadLetter:
         key = []

@@ -125,38 +125,24 @@ def prepare_function(plan: TransformPlan) -> Callable[[Any], Any]:
         if not preparers:
             preparers.append(EventPreparer(plan))
         preparer = preparers[0]
-        texts = raws.tolist()
-        firsts = [preparer.decode_and_time(raw) for raw in texts]
-        good = [
-            (raw, *first)
-            for raw, first in zip(texts, firsts, strict=True)
-            if not isinstance(first, DeadLetter)
-        ]
-        transformed = iter(preparer.transform_batch(good))
         kinds: list[int] = []
         times: list[int | None] = []
         counts: list[int] = []
         letters: list[str | None] = []
         arrays: list[list[Any]] = [[] for _ in range(n_keys + n_values + 2)]
-        for first in firsts:
-            if isinstance(first, DeadLetter):
-                kinds.append(DEAD)
-                times.append(None)
-                counts.append(0)
-                letters.append(first.to_json())
+        for time_ms, outcome in preparer.prepare_batch_timed(raws.tolist()):
+            times.append(time_ms)
+            if outcome is None:
+                kinds.append(FILTERED)
+            else:
+                kinds.append(DEAD if isinstance(outcome, DeadLetter) else OK)
+            counts.append(0 if outcome is None or isinstance(outcome, DeadLetter) else len(outcome.rows))
+            letters.append(outcome.to_json() if isinstance(outcome, DeadLetter) else None)
+            if time_ms is None:  # undecodable, or no usable time: no rows and no watermark
                 for column in arrays:
                     column.append(None)
                 continue
-            time_ms = first[1]
-            prepared = next(transformed)
-            times.append(time_ms)
-            if prepared is None:
-                kinds.append(FILTERED)
-            else:
-                kinds.append(DEAD if isinstance(prepared, DeadLetter) else OK)
-            counts.append(0 if prepared is None or isinstance(prepared, DeadLetter) else len(prepared.rows))
-            letters.append(prepared.to_json() if isinstance(prepared, DeadLetter) else None)
-            for column, values in zip(arrays, zip(*event_rows(prepared, time_ms), strict=True), strict=True):
+            for column, values in zip(arrays, zip(*event_rows(outcome, time_ms), strict=True), strict=True):
                 column.append(list(values))
         data = {
             "_kind": kinds,
