@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
+import pandas as pd
 import pytest
-from conformance import conformance_view
+from conformance import conformance_view, generate_events
 from hypothesis import given
 from hypothesis import strategies as st
 
 from transforms.dtypes import Bool, DType, Float64, Int64, String, UnixTimestamp
-from transforms.engines.flink_sql import decode_ordered, encode_ordered, interval, stage2_sql
+from transforms.engines.flink_sql import (
+    decode_ordered,
+    encode_ordered,
+    interval,
+    marker_offset_ms,
+    stage2_sql,
+)
+from transforms.engines.flink_stage1 import (
+    DEAD,
+    FILTERED,
+    HEARTBEAT,
+    MARKER,
+    OK,
+    ROW,
+    prepare_function,
+    row_columns,
+)
+from transforms.events import DeadLetter, EventPreparer, LateClassifier, Lateness
 
 VALUES: dict[str, tuple[DType, st.SearchStrategy[Any]]] = {
     "int": (Int64, st.integers(-(2**63), 2**63 - 1)),
@@ -57,3 +76,57 @@ def test_stage2_sql_shapes() -> None:
     hopping = stage2_sql(conformance_view("hopping").plan)
     assert "TABLE(HOP(TABLE `prepared`, DESCRIPTOR(rt)" in hopping
     assert "HAVING MAX(rt) >= window_end - INTERVAL '0 00:00:02.000'" in hopping
+
+
+@given(
+    times=st.lists(st.one_of(st.none(), st.integers(0, 20_000)), max_size=60),
+    bound=st.integers(0, 3000),
+)
+def test_lateness_against_the_maximum_including_the_event_is_the_classifiers_rule(
+    times: list[int | None], bound: int
+) -> None:
+    # classified_sql compares each event with MAX(_t) over the events so far, itself included
+    # (None: an event without a time); LateClassifier compares with the maximum before it.
+    classifier = LateClassifier(Lateness(bound, 0))
+    running: int | None = None
+    for t in times:
+        if t is not None:
+            running = t if running is None else max(running, t)
+        late_in_sql = t is not None and running is not None and t < running - bound
+        late_in_reference = t is not None and classifier.late_watermark(t) is not None
+        assert late_in_sql == late_in_reference
+
+
+@pytest.mark.parametrize("window", ["continuous", "hopping", "lifetime"])
+def test_prepare_function_gives_the_reference_rows_markers_and_heartbeats(window: str) -> None:
+    view = conformance_view(window, "row")
+    plan = view.plan
+    raws = [json.dumps(e, default=str) if isinstance(e, dict) else e for e in generate_events(3)[:300]]
+    got = prepare_function(plan)(pd.Series(raws, dtype="object"))
+    offset = marker_offset_ms(plan)
+    n_keys = len(plan.keys)
+    preparer = EventPreparer(plan)
+    for i, raw in enumerate(raws):
+        expected = preparer.prepare(raw)
+        result = got.iloc[i]
+        if isinstance(expected, DeadLetter):
+            assert result["_kind"] == DEAD and DeadLetter.from_json(result["_letter"]) == expected
+        elif expected is None:
+            assert result["_kind"] == FILTERED and result["_letter"] is None
+        else:
+            assert result["_kind"] == OK and result["_n"] == len(expected.rows)
+        if result["_t"] is None:
+            assert result["_a0"] is None
+            continue
+        elements = list(zip(*(result[f"_a{j}"] for j in range(len(row_columns(plan)))), strict=True))
+        if result["_n"] == 0:
+            assert [e[0] for e in elements] == [HEARTBEAT] and elements[0][n_keys + 1] == result["_t"] + (
+                offset or 0
+            )
+            continue
+        assert [e[0] for e in elements if e[0] == ROW] == [ROW] * len(expected.rows)
+        rows = [e for e in elements if e[0] == ROW]
+        assert [tuple(e[1 : n_keys + 1]) for e in rows] == [key for key, _ in expected.rows]
+        markers = [e for e in elements if e[0] == MARKER]
+        assert len(markers) == (len(expected.rows) if offset is not None else 0)
+        assert all(m[n_keys + 1] == result["_t"] + offset for m in markers)
