@@ -33,7 +33,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from transforms.engines.flink_sql import PREPARED, feature_row, interval, stage2_sql, watermark_lag_ms
-from transforms.engines.flink_stage1 import HEARTBEAT, OutcomeSink, build_stage1, prepared_columns
+from transforms.engines.flink_stage1 import (
+    HEARTBEAT,
+    OutcomeSink,
+    build_stage1,
+    prepared_columns,
+    table_environment,
+)
 from transforms.engines.reference import EngineResult
 from transforms.events import DeadLetter, EventCounts, Lateness
 from transforms.plan import EVENT_TIMESTAMP, FeatureContext, TransformPlan
@@ -190,7 +196,6 @@ def flink_environment(
     its table environment, in UTC; ``settings`` are extra Flink configuration entries."""
     from pyflink.common import Configuration
     from pyflink.datastream import StreamExecutionEnvironment
-    from pyflink.table import StreamTableEnvironment
 
     config = Configuration()
     config.set_string("python.executable", sys.executable)
@@ -203,9 +208,7 @@ def flink_environment(
     else:
         env = StreamExecutionEnvironment.get_execution_environment(config)
     env.set_parallelism(parallelism)
-    t_env = StreamTableEnvironment.create(env)
-    t_env.get_config().set("table.local-time-zone", "UTC")
-    return env, t_env
+    return env, table_environment(env)
 
 
 def _remote_environment(master: str, config: Any) -> Any:

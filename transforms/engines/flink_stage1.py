@@ -181,10 +181,14 @@ def prepared_sql(plan: TransformPlan, classified: str) -> str:
     )
 
 
+def _outcome_fields(plan: TransformPlan) -> list[str]:
+    """The fields of ``prepare``'s result (``prepare_result_type``)."""
+    return ["_kind", "_t", "_n", "_letter", *(f"_a{j}" for j in range(len(row_columns(plan))))]
+
+
 def events_sql(plan: TransformPlan, raw: str, function: str) -> str:
     """Each raw event with what ``prepare`` made of it."""
-    fields = ["_kind", "_t", "_n", "_letter", *(f"_a{j}" for j in range(len(row_columns(plan))))]
-    items = ", ".join(f"p.{quote(name)} AS {quote(name)}" for name in fields)
+    items = ", ".join(f"p.{quote(name)} AS {quote(name)}" for name in _outcome_fields(plan))
     return f"SELECT _raw, {items}, _pt FROM (SELECT f0 AS _raw, {function}(f0) AS p, _pt FROM {quote(raw)})"
 
 
@@ -196,8 +200,7 @@ def classified_sql(plan: TransformPlan, events: str, lateness: Lateness | None) 
     else:
         bound = lateness.max_out_of_orderness_ms + lateness.allowed_lateness_ms
         late = f"CASE WHEN _t < _max - {bound} THEN 1 ELSE 0 END"
-    fields = ["_raw", "_kind", "_t", "_n", "_letter", *(f"_a{j}" for j in range(len(row_columns(plan))))]
-    listed = ", ".join(quote(name) for name in fields)
+    listed = ", ".join(quote(name) for name in ["_raw", *_outcome_fields(plan)])
     return (
         f"SELECT {listed}, _max, _seq, {late} AS _late FROM ("
         f"SELECT {listed}, MAX(_t) OVER w AS _max, COUNT(*) OVER w AS _seq FROM {quote(events)} "
@@ -285,13 +288,14 @@ def counts_function(outcomes: Callable[[], OutcomeSink]) -> Any:
     return Counts()
 
 
-def _table_environment(env: Any, settings: dict[str, str]) -> Any:
+def table_environment(env: Any, settings: dict[str, str] | None = None) -> Any:
+    """A table environment over ``env`` in UTC, with extra table ``settings``."""
     from pyflink.table import StreamTableEnvironment
 
     t_env = StreamTableEnvironment.create(env)
     config = t_env.get_config()
     config.set("table.local-time-zone", "UTC")
-    for name, value in settings.items():
+    for name, value in (settings or {}).items():
         config.set(name, value)
     return t_env
 
@@ -326,7 +330,7 @@ def build_stage1(
     from pyflink.table import DataTypes, Schema
     from pyflink.table.udf import udf
 
-    t_env = _table_environment(env, STAGE1_SETTINGS)
+    t_env = table_environment(env, STAGE1_SETTINGS)
     function = f"{name}_prepare"
     t_env.create_temporary_function(
         function, udf(prepare_function(plan), result_type=prepare_result_type(plan), func_type="pandas")
@@ -339,7 +343,7 @@ def build_stage1(
     t_env.create_temporary_view(f"{name}_classified", t_env.from_data_stream(classified))
     letters = t_env.to_data_stream(t_env.sql_query(letters_sql(f"{name}_classified")))
     letters.process(dead_letters_function(plan, lateness, outcomes)).name(f"{name}-dead-letters")
-    counts_env = _table_environment(env, COUNTS_SETTINGS)
+    counts_env = table_environment(env, COUNTS_SETTINGS)
     counts_env.create_temporary_view(f"{name}_classified", counts_env.from_data_stream(classified))
     counts = counts_env.to_changelog_stream(counts_env.sql_query(counts_sql(f"{name}_classified")))
     counts.process(counts_function(outcomes)).name(f"{name}-counts")
