@@ -205,7 +205,6 @@ def serve_stream(
                 outcomes,
                 sink,
                 table=f"prepared_{view.name}",
-                uid_prefix=view.name,
             )
         bounds = {v.name: lateness_of(v.source).max_out_of_orderness_ms for v in views}
         job = StreamJobRecord(settings.work_path, [v.name for v in views], options.master or "local")

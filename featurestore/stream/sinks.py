@@ -1,7 +1,7 @@
 """What a streaming job writes, from Flink's Python workers: feature rows to the online and offline
 stores, dead letters to the dead-letter directory, and status files the service reads for metrics.
 
-Rows arrive in small batches (``transforms.engines.flink.buffered_sink_function``). Online writes
+Rows arrive in batches (``transforms.engines.flink.row_sink_function``). Online writes
 are newer-wins and a re-emitted row replaces one with the same time, so a row written twice (after
 a restart) changes nothing; offline reads keep the newest created row per key and time.
 """
@@ -86,7 +86,7 @@ class StoreRows:
     and offline stores (opened on the Flink worker), with a status file for the service."""
 
     def __init__(
-        self, view: StreamFeatureView, repo_path: str, status_dir: str, dead_letter_dir: str, subtask: int = 0
+        self, view: StreamFeatureView, repo_path: str, status_dir: str, dead_letter_dir: str
     ) -> None:
         from featurestore.config import load_settings
         from featurestore.offline.parquet import ParquetOfflineStore
@@ -101,8 +101,8 @@ class StoreRows:
         self.offline = ParquetOfflineStore(settings.offline_path) if self.view.offline else None
         self.status = SinkStatus()
         self.letters = DeadLetterLog(dead_letter_dir, view_name, "stream-rows")
-        # One file per sink subtask, so a restarted subtask replaces its own status.
-        self.status_file = Path(status_dir) / f"{view_name}.sink.{subtask}.json"
+        # One file per sink instance (the service clears them when it starts).
+        self.status_file = Path(status_dir) / f"{view_name}.sink.{uuid.uuid4().hex[:12]}.json"
         self.status_file.parent.mkdir(parents=True, exist_ok=True)
 
     def dead(self, letters: list[DeadLetter]) -> None:

@@ -27,12 +27,19 @@ import sys
 import tempfile
 import time
 import uuid
-import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from transforms.engines.flink_sql import PREPARED, feature_row, interval, stage2_sql, watermark_lag_ms
+from transforms.engines.flink_sql import (
+    PREPARED,
+    feature_row,
+    interval,
+    quote,
+    stage2_sql,
+    watermark_lag_ms,
+)
 from transforms.engines.flink_stage1 import (
     HEARTBEAT,
     OutcomeSink,
@@ -94,7 +101,7 @@ class RowWriter(Protocol):
 class SpoolRows:
     """Keeps the feature rows and spools them when the job ends (tests, ``mlfs verify``)."""
 
-    def __init__(self, spool: str, subtask: int = 0) -> None:
+    def __init__(self, spool: str) -> None:
         self.spool = spool
         _opened(spool)
         self.rows: list[dict[str, Any]] = []
@@ -110,62 +117,28 @@ class SpoolRows:
         _spool(self.spool, "rows", (self.rows, self.letters))
 
 
-def subtask_index(runtime_context: Any) -> int:
-    """This parallel instance's index. In thread mode PyFlink 2.3 asks the Java context for a method
-    Flink 2 moved to ``TaskInfo``, so fall back to that."""
-    try:
-        return int(runtime_context.get_index_of_this_subtask())
-    except AttributeError:
-        return int(runtime_context._runtime_context.getTaskInfo().getIndexOfThisSubtask())
-
-
-def buffered_sink_function(
-    plan: TransformPlan, writer: Callable[[int], RowWriter], flush_ms: int = 100
-) -> Any:
-    """The row sink: a ``KeyedProcessFunction`` that buffers result rows in Flink state and, at most
-    ``flush_ms`` later, decodes them, runs the plan's after-aggregation model stages over them as one
-    batch and hands them to ``writer``. A checkpoint holds the rows not yet written, so a restored
-    job writes them; rows written after the checkpoint are written again on replay, which the stores
+def row_sink_function(plan: TransformPlan, writer: Callable[[], RowWriter], kinds: list[str]) -> Any:
+    """The row sink: a vectorised (pandas) function over batches of stage 2's results (columns as
+    ``sink_columns`` passes them, of ``kinds``) that turns them into feature rows, runs the plan's
+    after-aggregation model stages over them and hands them to ``writer``; it returns one ``1`` per
+    row. It keeps no state: Flink finishes a batch before each checkpoint completes, so every row
+    before a checkpoint is written, and rows after it are written again on replay, which the stores
     absorb (newer-wins online, newest created row offline)."""
-    from pyflink.common import Types
-    from pyflink.datastream.functions import KeyedProcessFunction
-    from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
+    from pyflink.table.udf import ScalarFunction
 
-    class BufferedSink(KeyedProcessFunction):
-        def open(self, runtime_context: Any) -> None:
-            self.writer = writer(subtask_index(runtime_context))
+    class RowSink(ScalarFunction):
+        def open(self, function_context: Any) -> None:
+            self.writer = writer()
             self.scorer = None
             if plan.row_stages:
                 from transforms.inference.feature_rows import FeatureRowScorer
 
                 self.scorer = FeatureRowScorer(plan)
-            self.buffer = runtime_context.get_list_state(
-                ListStateDescriptor("rows", Types.PICKLED_BYTE_ARRAY())
-            )
-            self.timer = runtime_context.get_state(ValueStateDescriptor("flush_at", Types.LONG()))
-            self.unflushed: dict[Any, list[tuple[Any, ...]]] = {}  # what the buffer holds, for close()
 
-        def process_element(self, value: Any, ctx: Any) -> Iterator[Any]:
-            yield from ()  # a sink: PyFlink wants a generator of (no) outputs
-            row = tuple(value)
-            self.buffer.add(row)
-            self.unflushed.setdefault(ctx.get_current_key(), []).append(row)
-            if self.timer.value() is None:
-                due = ctx.timer_service().current_processing_time() + flush_ms
-                ctx.timer_service().register_processing_time_timer(due)
-                self.timer.update(due)
+        def eval(self, *columns: Any) -> Any:
+            import pandas as pd
 
-        def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
-            yield from ()
-            rows = list(self.buffer.get() or [])
-            self.buffer.clear()
-            self.timer.clear()
-            self.unflushed.pop(ctx.get_current_key(), None)
-            self._flush(rows)
-
-        def _flush(self, results: list[tuple[Any, ...]]) -> None:
-            if not results:
-                return
+            results = zip(*decode_columns(columns, kinds), strict=True)
             rows = [feature_row(plan, r)[1] for r in results]
             if self.scorer is not None:
                 rows, letters = self.scorer.score(rows)
@@ -173,20 +146,60 @@ def buffered_sink_function(
                     self.writer.dead(letters)
             if rows:
                 self.writer.write(rows)
+            return pd.Series([1] * len(columns[0]), dtype="int32")
 
         def close(self) -> None:
-            self._flush([row for pending in self.unflushed.values() for row in pending])
             self.writer.close()
 
-    return BufferedSink()
+        def is_deterministic(self) -> bool:
+            return False  # it writes: never folded, reordered or dropped
+
+    return RowSink()
 
 
-SINK_BUCKETS = 16
+# How each stage-2 result column reaches the row sink. pandas turns integers with nulls into floats
+# and timestamps into nanoseconds, so integers and times travel as text; a float column comes with
+# an ``IS NULL`` flag, because pandas cannot tell a null from NaN.
+_AS_TEXT = ("TINYINT", "SMALLINT", "INT", "BIGINT", "TIMESTAMP")
+_FLOATS = ("FLOAT", "DOUBLE")
 
 
-def sink_bucket(row: Any) -> int:
-    """Which sink buffer a result row goes to: a stable hash of its first key."""
-    return zlib.crc32(repr(row[0]).encode()) % SINK_BUCKETS
+def sink_columns(table: Any) -> tuple[list[str], list[str]]:
+    """(SQL expressions passing ``table``'s columns to ``row_sink_function``, the Python kind of
+    each: ``int``, ``time``, ``float`` (then a null flag follows) or ``value``)."""
+    schema = table.get_schema()
+    expressions: list[str] = []
+    kinds: list[str] = []
+    for name, data_type in zip(schema.get_field_names(), schema.get_field_data_types(), strict=True):
+        type_name = str(data_type).split("(")[0].split(" ")[0].upper()
+        column = quote(name)
+        if type_name in _AS_TEXT:
+            expressions.append(f"CAST({column} AS STRING)")
+            kinds.append("time" if type_name == "TIMESTAMP" else "int")
+        elif type_name in _FLOATS:
+            expressions += [f"CAST({column} AS DOUBLE)", f"{column} IS NULL"]
+            kinds.append("float")
+        else:
+            expressions.append(column)
+            kinds.append("value")
+    return expressions, kinds
+
+
+def decode_columns(columns: Sequence[Any], kinds: list[str]) -> list[list[Any]]:
+    """The pandas columns ``sink_columns`` passes, as lists of Python values (None for null)."""
+    decoded: list[list[Any]] = []
+    given = iter(columns)
+    for kind in kinds:
+        values = next(given).tolist()
+        if kind == "float":
+            nulls = next(given).tolist()
+            values = [None if null else value for value, null in zip(values, nulls, strict=True)]
+        elif kind == "int":
+            values = [None if v is None else int(v) for v in values]
+        elif kind == "time":
+            values = [None if v is None else datetime.fromisoformat(v) for v in values]
+        decoded.append(values)
+    return decoded
 
 
 def flink_environment(
@@ -238,12 +251,10 @@ def build_job(
     raw: Any,
     lateness: Lateness | None,
     outcomes: Callable[[], OutcomeSink],
-    row_writer: Callable[[int], RowWriter],
+    row_writer: Callable[[], RowWriter],
     table: str = PREPARED,
-    uid_prefix: str | None = None,
 ) -> None:
     """Add the view's stage 1, stage 2 and sinks to ``env``, reading raw events from ``raw``."""
-    from pyflink.common import Types
     from pyflink.table import Schema
 
     # The workers import the user code's modules (event transform, model stages) from shipped copies.
@@ -274,13 +285,39 @@ def build_job(
     result = t_env.sql_query(stage2_sql(plan, table))
     # Rows wait at most this long in the sink: the row stages' max wait, or 100 ms.
     flush_ms = plan.row_stages[0].batching.max_wait_ms if plan.row_stages else 100
-    sink = (
-        t_env.to_data_stream(result)
-        .key_by(sink_bucket, key_type=Types.INT())
-        .process(buffered_sink_function(plan, row_writer, flush_ms))
+    add_row_sink(plan, env, t_env.to_data_stream(result), row_writer, table, flush_ms)
+
+
+def add_row_sink(
+    plan: TransformPlan, env: Any, results: Any, row_writer: Callable[[], RowWriter], name: str, flush_ms: int
+) -> None:
+    """Send stage 2's ``results`` (a DataStream) through the row sink, in a table environment of its
+    own whose Python batches close at least every ``flush_ms``."""
+    from pyflink.table import DataTypes, TableDescriptor
+    from pyflink.table.udf import udf
+
+    batching = {
+        "python.fn-execution.bundle.time": str(flush_ms),
+        "python.fn-execution.arrow.batch.size": "5000",
+    }
+    sink_env = table_environment(env, batching)
+    results_table = sink_env.from_data_stream(results)
+    expressions, kinds = sink_columns(results_table)
+    function = f"{name}_sink"
+    sink_env.create_temporary_function(
+        function,
+        udf(
+            row_sink_function(plan, row_writer, kinds),
+            result_type=DataTypes.INT(),
+            func_type="pandas",
+        ),
     )
-    if uid_prefix is not None:
-        sink.uid(f"{uid_prefix}-sink")
+    sink_env.create_temporary_view(f"{name}_results", results_table)
+    arguments = ", ".join(expressions)
+    written = sink_env.sql_query(f"SELECT {function}({arguments}) AS n FROM {quote(name + '_results')}")
+    statements = sink_env.create_statement_set()
+    statements.add_insert(TableDescriptor.for_connector("blackhole").build(), written)
+    statements.attach_as_datastream()
 
 
 def run_flink(
