@@ -221,7 +221,8 @@ def flink_environment(
     else:
         env = StreamExecutionEnvironment.get_execution_environment(config)
     env.set_parallelism(parallelism)
-    return env, table_environment(env)
+    # Table operators otherwise take the parallelism of the stream they start from (stage 1's is 1).
+    return env, table_environment(env, {"table.exec.resource.default-parallelism": str(parallelism)})
 
 
 def _remote_environment(master: str, config: Any) -> Any:
@@ -297,6 +298,7 @@ def add_row_sink(
     from pyflink.table.udf import udf
 
     batching = {
+        "table.exec.resource.default-parallelism": str(env.get_parallelism()),
         "python.fn-execution.bundle.time": str(flush_ms),
         "python.fn-execution.arrow.batch.size": "5000",
     }
