@@ -106,7 +106,8 @@ def test_serve_stream_on_a_standalone_cluster(flink_master: str, tmp_path: Path)
         old.unlink()
     lines = payments(random.Random(5), 0, 120)
     drop_file(stream_dir, "a.jsonl", lines)
-    job = serve_stream(repo_path, tmp_path / "stream.log", "--flink-master", flink_master, "--no-metrics")
+    flags = ["--flink-master", flink_master, "--no-metrics", "--parallelism", "1"]
+    job = serve_stream(repo_path, tmp_path / "stream.log", *flags)
     repo = load_repo(repo_path)
     status_dir = repo.settings.work_path / "stream" / "status"
     view = repo.views["user_payment_stats_7d"]

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from transforms.dtypes import Bool, DType, Float64, Int64, String, UnixTimestamp
+from transforms.engines.flink import decode_columns
 from transforms.engines.flink_sql import (
     decode_ordered,
     encode_ordered,
@@ -130,3 +131,39 @@ def test_prepare_function_gives_the_reference_rows_markers_and_heartbeats(window
         markers = [e for e in elements if e[0] == MARKER]
         assert len(markers) == (len(expected.rows) if offset is not None else 0)
         assert all(m[n_keys + 1] == result["_t"] + offset for m in markers)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.none() | st.integers(-(2**63), 2**63 - 1),
+            st.none() | st.floats(),
+            st.none() | st.datetimes(),
+            st.none() | st.text(),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_sink_columns_decode_exactly(rows: list[tuple[Any, ...]]) -> None:
+    """What the row sink receives (pandas columns from Arrow, as PyFlink converts them, in the shapes
+    ``sink_columns`` asks Flink for) decodes to the exact values: integers beyond 2**53 next to
+    nulls, NaN apart from null, timestamps as text."""
+    import pyarrow as pa
+
+    ints, floats, times, texts = (list(column) for column in zip(*rows, strict=True))
+    table = pa.table(
+        {
+            "i": pa.array([None if v is None else str(v) for v in ints], pa.string()),
+            "f": pa.array(floats, pa.float64()),
+            "f_null": pa.array([v is None for v in floats], pa.bool_()),
+            "t": pa.array([None if v is None else v.isoformat(sep=" ") for v in times], pa.string()),
+            "s": pa.array(texts, pa.string()),
+        }
+    )
+    columns = [c.to_pandas(date_as_object=True) for c in table.itercolumns()]
+    decoded = decode_columns(columns, ["int", "float", "time", "value"])
+    assert decoded[0] == ints
+    assert [repr(v) for v in decoded[1]] == [repr(v) for v in floats]  # repr: NaN equals NaN
+    assert decoded[2] == times
+    assert decoded[3] == texts

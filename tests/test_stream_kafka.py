@@ -135,7 +135,7 @@ def test_serve_stream_reads_a_kafka_topic(tmp_path: Path, kafka_broker: str) -> 
     first = payments(rng, 0, 120)
     second = [*payments(rng, 300, 120), '{"user_id": "u001", "timestamp": ']
     produce(kafka_broker, first)
-    job = serve_stream(repo_path, tmp_path / "stream.log", "--no-metrics", env=env)
+    job = serve_stream(repo_path, tmp_path / "stream.log", "--no-metrics", "--parallelism", "1", env=env)
     repo = load_repo(repo_path)
     status_dir = repo.settings.work_path / "stream" / "status"
 

@@ -56,7 +56,7 @@ def start(repo: Path) -> subprocess.Popen[str]:
     a restored job keeps only stage 1's counts, which it starts from)."""
     runs = sorted(repo.parent.glob(f"{repo.name}-run*.log"))
     log = repo.parent / f"{repo.name}-run{len(runs)}.log"
-    job = serve_stream(repo, log, "--checkpoint-interval", "1", "--no-metrics")
+    job = serve_stream(repo, log, "--checkpoint-interval", "1", "--no-metrics", "--parallelism", "1")
     wait_for(lambda: "streaming " in log.read_text() or job.poll() is not None, STARTUP_S, "the job to start")
     assert job.poll() is None, log.read_text()[-3000:]
     return job
