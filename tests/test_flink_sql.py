@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from transforms.dtypes import Bool, DType, Float64, Int64, String, UnixTimestamp
-from transforms.engines.flink import decode_columns
+from transforms.engines.flink import decode_columns, sink_columns
 from transforms.engines.flink_sql import (
     decode_ordered,
     encode_ordered,
@@ -167,3 +167,18 @@ def test_sink_columns_decode_exactly(rows: list[tuple[Any, ...]]) -> None:
     assert [repr(v) for v in decoded[1]] == [repr(v) for v in floats]  # repr: NaN equals NaN
     assert decoded[2] == times
     assert decoded[3] == texts
+
+
+def test_sink_columns_of_a_flink_table() -> None:
+    """The kinds ``sink_columns`` reads from a real Flink table's schema."""
+    from pyflink.table import EnvironmentSettings, TableEnvironment
+
+    t_env = TableEnvironment.create(EnvironmentSettings.in_batch_mode())
+    table = t_env.sql_query(
+        "SELECT 'k' AS k, CAST(1 AS BIGINT) AS n, CAST(1 AS INT) AS i, CAST(0.5 AS DOUBLE) AS d, "
+        "CAST(NULL AS TIMESTAMP(3)) AS t, TRUE AS b"
+    )
+    expressions, kinds = sink_columns(table)
+    assert kinds == ["value", "int", "int", "float", "time", "value"]
+    assert expressions[1] == "CAST(`n` AS STRING)"
+    assert expressions[3:5] == ["CAST(`d` AS DOUBLE)", "`d` IS NULL"]

@@ -160,23 +160,28 @@ def row_sink_function(plan: TransformPlan, writer: Callable[[], RowWriter], kind
 # How each stage-2 result column reaches the row sink. pandas turns integers with nulls into floats
 # and timestamps into nanoseconds, so integers and times travel as text; a float column comes with
 # an ``IS NULL`` flag, because pandas cannot tell a null from NaN.
-_AS_TEXT = ("TINYINT", "SMALLINT", "INT", "BIGINT", "TIMESTAMP")
-_FLOATS = ("FLOAT", "DOUBLE")
-
-
 def sink_columns(table: Any) -> tuple[list[str], list[str]]:
     """(SQL expressions passing ``table``'s columns to ``row_sink_function``, the Python kind of
     each: ``int``, ``time``, ``float`` (then a null flag follows) or ``value``)."""
+    from pyflink.table.types import (
+        BigIntType,
+        DoubleType,
+        FloatType,
+        IntType,
+        SmallIntType,
+        TimestampType,
+        TinyIntType,
+    )
+
     schema = table.get_schema()
     expressions: list[str] = []
     kinds: list[str] = []
     for name, data_type in zip(schema.get_field_names(), schema.get_field_data_types(), strict=True):
-        type_name = str(data_type).split("(")[0].split(" ")[0].upper()
         column = quote(name)
-        if type_name in _AS_TEXT:
+        if isinstance(data_type, (TinyIntType, SmallIntType, IntType, BigIntType, TimestampType)):
             expressions.append(f"CAST({column} AS STRING)")
-            kinds.append("time" if type_name == "TIMESTAMP" else "int")
-        elif type_name in _FLOATS:
+            kinds.append("time" if isinstance(data_type, TimestampType) else "int")
+        elif isinstance(data_type, (FloatType, DoubleType)):
             expressions += [f"CAST({column} AS DOUBLE)", f"{column} IS NULL"]
             kinds.append("float")
         else:
