@@ -134,3 +134,26 @@ def t(seconds: float) -> int:
 def at(hours: float = 0, minutes: float = 0, seconds: float = 0) -> datetime:
     """A UTC time on 2026-01-01 (epoch-aligned windows in tests)."""
     return datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=hours, minutes=minutes, seconds=seconds)
+
+
+# The modules with the longest tests (measured in CI), longest first. They are collected first so
+# that the two xdist workers start them early and finish together, instead of one worker running a
+# four-minute test alone at the end.
+LONGEST_FIRST = (
+    "test_stream_recovery",
+    "test_spark_backfill",
+    "test_stream_kafka",
+    "test_stream_service",
+    "test_flink_cluster",
+    "test_backfill_e2e",
+    "test_embeddings",
+    "test_spark_expressions",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        module = getattr(getattr(item, "module", None), "__name__", "")
+        return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order inside a module stays
