@@ -24,21 +24,17 @@ from test_stream_service import (
     drop_file,
     no_leftover_jobs,
     payments,
-    repr_row,
+    reference_outcome,
     serve_stream,
     stop_when_quiet,
+    stream_outcome,
     wait_for,
 )
 
 from featurestore import Runner
 from featurestore.cli import main
-from featurestore.offline.parquet import ParquetOfflineStore
 from featurestore.repo import load_repo
-from featurestore.stream.service import lateness_of
 from featurestore.stream.sinks import read_status
-from transforms.engines.reference import run_reference
-from transforms.plan import EVENT_TIMESTAMP
-from transforms.timeutil import ms_to_datetime, parse_event_time
 
 __all__ = ["no_leftover_jobs"]  # the fixture, used by every test here
 
@@ -115,8 +111,5 @@ def test_serve_stream_on_a_standalone_cluster(flink_master: str, tmp_path: Path)
     output = stop_when_quiet(job, status_dir, [view.name])
     assert f"on {flink_master}" in output
 
-    watermark = max(parse_event_time(json.loads(line)["timestamp"]) for line in lines) - 5000 - 1
-    expected = run_reference(view.plan, lines, lateness=lateness_of(view.source)).rows
-    expected = [r for r in expected if r[EVENT_TIMESTAMP] <= ms_to_datetime(watermark)]
-    stored = ParquetOfflineStore(repo.settings.offline_path).read(view).drop_columns(["created_timestamp"])
-    assert sorted(map(repr_row, stored.to_pylist())) == sorted(map(repr_row, expected))
+    views = [(view.name, "user_id")]
+    assert stream_outcome(repo_path, views) == reference_outcome(repo_path, views, lines)

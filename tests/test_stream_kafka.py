@@ -5,7 +5,6 @@ scripts/kafka_jars.sh; the offline rows equal the reference engine's over the sa
 from __future__ import annotations
 
 import importlib.resources
-import json
 import os
 import random
 import shutil
@@ -22,20 +21,16 @@ from test_stream_service import (
     STARTUP_S,
     no_leftover_jobs,
     payments,
-    repr_row,
+    reference_outcome,
     serve_stream,
     stop_when_quiet,
-    view_lateness,
+    stream_outcome,
     wait_for,
 )
 
 from featurestore.cli import main
-from featurestore.offline.parquet import ParquetOfflineStore
 from featurestore.repo import load_repo
 from featurestore.stream.sinks import read_status
-from transforms.engines.reference import run_reference
-from transforms.plan import EVENT_TIMESTAMP
-from transforms.timeutil import ms_to_datetime, parse_event_time
 
 __all__ = ["no_leftover_jobs"]
 
@@ -148,19 +143,10 @@ def test_serve_stream_reads_a_kafka_topic(tmp_path: Path, kafka_broker: str) -> 
     wait_for(lambda: seen(len(first) + len(second)), 120, "the later messages")
     stop_when_quiet(job, status_dir, ["user_payment_stats_7d", "user_last_payment_fail"])
 
-    arrivals = first + second
-    watermark = max(parse_event_time(json.loads(line)["timestamp"]) for line in arrivals[:-1]) - 5000 - 1
-    offline = ParquetOfflineStore(repo.settings.offline_path)
-    for view_name in ("user_payment_stats_7d", "user_last_payment_fail"):
-        view = repo.views[view_name]
-        expected = run_reference(view.plan, arrivals, lateness=view_lateness(view))
-        assert expected.counts.dead_lettered == 1
-        hop = getattr(view.plan.window, "hop", None)
-        bound = ms_to_datetime(watermark + (1 if hop is not None else 0))
-        rows = [r for r in expected.rows if r[EVENT_TIMESTAMP] <= bound]
-        stored = offline.read(view).drop_columns(["created_timestamp"]).to_pylist()
-        assert rows and sorted(map(repr_row, stored)) == sorted(map(repr_row, rows)), view_name
-        assert read_status(status_dir, view_name).counts == expected.counts
+    views = [("user_payment_stats_7d", "user_id"), ("user_last_payment_fail", "user_id")]
+    expected = reference_outcome(repo_path, views, first + second)
+    assert len(expected["user_payment_stats_7d dead letters"]) == 1
+    assert stream_outcome(repo_path, views) == expected
 
 
 def test_a_kafka_source_without_the_connector_jars_is_a_clear_error(

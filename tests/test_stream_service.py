@@ -24,6 +24,7 @@ from featurestore.cli import main
 from featurestore.config import feast_store
 from featurestore.offline.parquet import ParquetOfflineStore
 from featurestore.repo import load_repo
+from featurestore.stream.service import lateness_of
 from featurestore.stream.sinks import read_status
 from registry.status import view_status
 from transforms.engines.reference import run_reference
@@ -187,50 +188,83 @@ def test_stream_to_redis_and_offline_equals_reference(tmp_path: Path) -> None:
         assert stopped["last_online_write"] and stopped["dead_letters"]["stream"] == 3  # 2 bad, 1 late
 
         arrivals = first + second + third
-        times = [parse_event_time(json.loads(line)["timestamp"]) for line in first + third[:-1] + second[:-2]]
-        watermark = max(times) - 5000 - 1  # Flink's, once every event is in
-        store = feast_store(repo.settings)
-        offline = ParquetOfflineStore(repo.settings.offline_path)
-        for view_name, key in VIEWS:
-            view = repo.views[view_name]
-            expected = run_reference(view.plan, arrivals, lateness=view_lateness(view))
-            window = view.plan.window
-            # Rows are emitted once the watermark reaches them (a hopping window: its last millisecond).
-            bound = watermark + (1 if isinstance(window, Sliding) and window.hop is not None else 0)
-            rows = [r for r in expected.rows if r[EVENT_TIMESTAMP] <= ms_to_datetime(bound)]
-            assert expected.counts.late == 1 and expected.counts.dead_lettered == 2
-
-            stored = offline.read(view).drop_columns(["created_timestamp"]).to_pylist()
-            assert sorted(map(repr_row, stored)) == sorted(map(repr_row, rows)), view_name
-
-            want = latest(rows, key)
-            if not view.online or not want:
-                continue
-            features = [f.name for f in view.feature_fields]
-            entity_rows = [{key: k} for k in sorted(want)]
-            got = store.get_online_features(
-                features=[f"{view_name}:{f}" for f in features], entity_rows=entity_rows
-            ).to_dict()
-            for i, entity in enumerate(entity_rows):
-                assert {f: normalise(got[f][i]) for f in features} == {
-                    f: want[entity[key]][f] for f in features
-                }
-
-            letters = [
-                json.loads(line)
-                for f in (repo.settings.dead_letter_path / view_name).glob("stream-*.jsonl")
-                for line in f.read_text().splitlines()
-            ]
-            assert sorted(d["reason"] for d in letters) == sorted(d.reason for d in expected.dead_letters)
+        expected = reference_outcome(repo_path, VIEWS, arrivals)
+        assert expected["user_payment_stats_7d counts"].late == 1
+        assert len(expected["user_payment_stats_7d dead letters"]) == 3
+        assert stream_outcome(repo_path, VIEWS) == expected
     finally:
         os.environ.pop("MLFS_TEST_REDIS", None)
         stop_redis(redis_proc)
 
 
-def view_lateness(view: Any) -> Any:
-    from featurestore.stream.service import lateness_of
+def stream_outcome(repo_path: Path, views: list[tuple[str, str]]) -> dict[str, Any]:
+    """Everything a streaming run wrote for ``views`` (name, entity key): offline rows, online values
+    (Feast SDK), dead letters (one per source position) and stage 1's counts."""
+    repo = load_repo(repo_path)
+    offline = ParquetOfflineStore(repo.settings.offline_path)
+    status_dir = repo.settings.work_path / "stream" / "status"
+    result: dict[str, Any] = {}
+    for name, key in views:
+        view = repo.views[name]
+        rows = offline.read(view).drop_columns(["created_timestamp"]).to_pylist()
+        result[f"{name} offline"] = sorted(map(repr_row, rows))
+        if view.online:
+            result[f"{name} online"] = online_values(repo, name, key, sorted({r[key] for r in rows}))
+        letters = {
+            json.loads(line)["seq"]: json.loads(line)
+            for f in (repo.settings.dead_letter_path / name).glob("stream-*.jsonl")
+            for line in f.read_text().splitlines()
+        }
+        result[f"{name} dead letters"] = sorted((d["reason"], d["raw"]) for d in letters.values())
+        result[f"{name} counts"] = read_status(status_dir, name).counts
+    return result
 
-    return lateness_of(view.source)
+
+def reference_outcome(repo_path: Path, views: list[tuple[str, str]], arrivals: list[str]) -> dict[str, Any]:
+    """What ``stream_outcome`` must find after ``arrivals`` (in this order) were streamed and the job
+    stopped, by the reference engine: the rows Flink's final watermark has reached, the latest of
+    them per key online, the dead letters and the counts."""
+    repo = load_repo(repo_path)
+    times = []
+    for line in arrivals:
+        try:
+            times.append(parse_event_time(json.loads(line)["timestamp"]))
+        except (ValueError, TypeError, KeyError):
+            pass  # a bad event: it moves no watermark
+    result: dict[str, Any] = {}
+    for name, key in views:
+        view = repo.views[name]
+        lateness = lateness_of(view.source)
+        expected = run_reference(view.plan, arrivals, lateness=lateness)
+        watermark = max(times) - lateness.max_out_of_orderness_ms - 1
+        # Rows are emitted once the watermark reaches them (a hopping window: its last millisecond).
+        window = view.plan.window
+        bound = ms_to_datetime(
+            watermark + (1 if isinstance(window, Sliding) and window.hop is not None else 0)
+        )
+        rows = [r for r in expected.rows if r[EVENT_TIMESTAMP] <= bound]
+        assert rows, f"{name}: no row is emitted, so this would compare nothing"
+        result[f"{name} offline"] = sorted(map(repr_row, rows))
+        if view.online:
+            want = latest(rows, key)
+            features = [f.name for f in view.feature_fields]
+            result[f"{name} online"] = {f: [want[k][f] for k in sorted(want)] for f in features}
+        result[f"{name} dead letters"] = sorted((d.reason, d.raw) for d in expected.dead_letters)
+        result[f"{name} counts"] = expected.counts
+    return result
+
+
+def online_values(repo: Any, view_name: str, key: str, entities: list[Any]) -> dict[str, list[Any]]:
+    """Each feature's online values for ``entities``, read with the stock Feast SDK."""
+    features = [f.name for f in repo.views[view_name].feature_fields]
+    got = (
+        feast_store(repo.settings)
+        .get_online_features(
+            features=[f"{view_name}:{f}" for f in features], entity_rows=[{key: e} for e in entities]
+        )
+        .to_dict()
+    )
+    return {f: [normalise(v) for v in got[f]] for f in features}
 
 
 def repr_row(row: dict[str, Any]) -> str:
