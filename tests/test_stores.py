@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 import redis
 from conftest import AS_OF
+from hypothesis import given
+from hypothesis import strategies as st
 from repo_helpers import example_repo
 
 from featurestore.config import feast_store, load_settings
@@ -195,3 +198,50 @@ def test_settings_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.
     settings = load_settings(repo)
     assert settings.online_store["connection_string"] == "cache.internal:6380,password=s3cret"
     assert "s3cret" not in (repo / "feature_store.yaml").read_text()
+
+
+SCALAR_VALUES = {
+    "Int32": st.integers(-(2**31), 2**31 - 1),
+    "Int64": st.integers(-(2**63), 2**63 - 1),
+    "Float32": st.floats(width=32),
+    "Float64": st.floats(),
+    "String": st.text(),
+    "Bool": st.booleans(),
+    "Bytes": st.binary(),
+}
+
+
+@given(st.data())
+def test_value_protos_are_feasts(data: st.DataObject) -> None:
+    """The writers' own conversion of scalar features gives the bytes Feast's
+    ``python_values_to_proto_values`` gives, nulls and NaN included."""
+    from feast.type_map import python_values_to_proto_values
+
+    from featurestore.feast_types import value_type
+    from featurestore.online.base import feature_value_protos
+    from transforms.dtypes import SCALARS
+
+    names = sorted(SCALAR_VALUES)
+    columns = {n: data.draw(st.lists(st.none() | SCALAR_VALUES[n], max_size=8), label=n) for n in names}
+    size = min(len(c) for c in columns.values())
+    rows = [{n: columns[n][i] for n in names} for i in range(size)]
+    plan = SimpleNamespace(output_features=tuple((n, SCALARS[n]) for n in names))
+    ours = feature_value_protos(SimpleNamespace(plan=plan), rows)  # type: ignore[arg-type]
+    for n in names:
+        feasts = python_values_to_proto_values([r[n] for r in rows], value_type(SCALARS[n]))
+        assert [r[n].SerializeToString() for r in ours] == [p.SerializeToString() for p in feasts], n
+
+
+def test_entity_keys_are_feasts_and_bounded(tmp_path: Path) -> None:
+    from feast.infra.key_encoding_utils import serialize_entity_key
+
+    from featurestore.online.base import EntityKeys, entity_key_protos
+
+    repo = load_repo(example_repo(tmp_path / "repo", events=300))
+    view = repo.views[VIEW]
+    keys = EntityKeys(3, limit=4)
+    for batch in (["u1", "u2", "u1"], ["u2", "u3", "u4", "u5", "u6"], ["u1"]):
+        rows = [row(u, AS_OF, 1, 1.0, 0) for u in batch]
+        want = [serialize_entity_key(p, 3) for p in entity_key_protos(view, rows)]
+        assert keys.serialize(view, rows) == want
+        assert len(keys._known) <= max(4, len(set(batch)))

@@ -54,6 +54,32 @@ def entity_key_protos(view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -
     return [EntityKey(join_keys=names, entity_values=values) for values in zip(*columns, strict=True)]
 
 
+# Feast's ``Value`` field per scalar type whose conversion ``_scalar_protos`` does itself. Not
+# bytes: Feast writes ``b""`` as null when no value of the batch is longer, and as ``b""`` otherwise.
+_SCALAR_FIELDS = {
+    "Int32": "int32_val",
+    "Int64": "int64_val",
+    "Float32": "float_val",
+    "Float64": "double_val",
+    "String": "string_val",
+    "Bool": "bool_val",
+}
+
+
+def _scalar_protos(field: str, values: list[Any]) -> list[Any]:
+    """Feast's ``Value`` protos of a scalar column, as ``python_values_to_proto_values`` makes them
+    from MLFS's typed values (None and NaN give an empty ``Value``) without its per-value checks."""
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    out = []
+    for value in values:
+        if value is None or value != value:  # NaN is null to Feast
+            out.append(Value())
+        else:
+            out.append(Value(**{field: value}))
+    return out
+
+
 def feature_value_protos(view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each row's features as Feast ``Value`` protos, converted column by column."""
     from feast.type_map import python_values_to_proto_values
@@ -62,10 +88,42 @@ def feature_value_protos(view: StreamFeatureView, rows: Sequence[dict[str, Any]]
 
     out: list[dict[str, Any]] = [{} for _ in rows]
     for name, dtype in view.plan.output_features:
-        protos = python_values_to_proto_values([row[name] for row in rows], value_type(dtype))
+        column = [row[name] for row in rows]
+        if dtype.element is None and dtype.name in _SCALAR_FIELDS:
+            protos = _scalar_protos(_SCALAR_FIELDS[dtype.name], column)
+        else:
+            protos = python_values_to_proto_values(column, value_type(dtype))
         for holder, proto in zip(out, protos, strict=True):
             holder[name] = proto
     return out
+
+
+class EntityKeys:
+    """Feast's serialised entity key of each row (``serialize_entity_key``), remembered for up to
+    ``limit`` keys: a stream writes the same keys again and again, and serialising is most of the
+    cost of a small batch."""
+
+    def __init__(self, version: int, limit: int = 200_000) -> None:
+        self.version = version
+        self.limit = limit
+        self._known: dict[tuple[str, tuple[Any, ...]], bytes] = {}
+
+    def serialize(self, view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> list[bytes]:
+        from feast.infra.key_encoding_utils import serialize_entity_key
+
+        names = view.plan.key_names
+        wanted = [(view.name, tuple(row[k] for k in names)) for row in rows]
+        missing = [i for i, key in enumerate(wanted) if key not in self._known]
+        if missing and len(self._known) + len(missing) > self.limit:
+            self._known.clear()
+            missing = list(range(len(wanted)))
+        if missing:
+            protos = entity_key_protos(view, [rows[i] for i in missing])
+            for i, proto in zip(missing, protos, strict=True):
+                self._known[wanted[i]] = serialize_entity_key(
+                    proto, entity_key_serialization_version=self.version
+                )
+        return [self._known[key] for key in wanted]
 
 
 def retry_while_locked(statement: Callable[[], Any], attempts: int = 20) -> None:

@@ -15,8 +15,8 @@ from urllib.parse import unquote
 import redis
 
 from featurestore.online.base import (
+    EntityKeys,
     WriteStats,
-    entity_key_protos,
     feature_value_protos,
     latest_per_key,
 )
@@ -85,9 +85,9 @@ class RedisOnlineWriter:
         self.project = project
         self.key_ttl_seconds = key_ttl_seconds
         self._script = client.register_script(_NEWER_WINS)
+        self.keys = EntityKeys(3)
 
     def write(self, view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> WriteStats:
-        from feast.infra.key_encoding_utils import serialize_entity_key
         from feast.infra.online_stores.helpers import _mmh3
         from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -99,13 +99,13 @@ class RedisOnlineWriter:
         ts_field = f"_ts:{view.name}"
         project = self.project.encode("utf-8")
         pipe = self.client.pipeline(transaction=False)
-        entity_keys = entity_key_protos(view, latest)
+        entity_keys = self.keys.serialize(view, latest)
         for row, protos, entity_key in zip(latest, values, entity_keys, strict=True):
             stamp = Timestamp()
             stamp.FromDatetime(row[EVENT_TIMESTAMP])
             if stamp.seconds < 0:
                 raise MLFSError(f"view {view.name!r}: online timestamps before 1970 are not supported")
-            key = serialize_entity_key(entity_key, 3) + project
+            key = entity_key + project
             args: list[Any] = [ts_field, stamp.SerializeToString(), stamp.seconds, stamp.nanos]
             for name, proto in protos.items():
                 args.extend((field_ids[name], proto.SerializeToString()))

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from featurestore.online.base import (
+    EntityKeys,
     WriteStats,
-    entity_key_protos,
     feature_value_protos,
     latest_per_key,
     retry_while_locked,
@@ -61,13 +61,11 @@ class SqliteOnlineWriter:
     """Newer-wins bulk writes of a view's latest rows into Feast's SQLite online store."""
 
     def __init__(self, config: Any) -> None:
-        from feast.infra.key_encoding_utils import serialize_entity_key
         from feast.infra.online_stores.helpers import compute_table_id, extract_text_and_num
 
         self.project = config.project
-        self.version = config.entity_key_serialization_version
+        self.keys = EntityKeys(config.entity_key_serialization_version)
         self._table_id = compute_table_id
-        self._serialize = serialize_entity_key
         self._text = extract_text_and_num
         path = Path(config.online_store.path)
         if config.repo_path and not path.is_absolute():
@@ -84,10 +82,7 @@ class SqliteOnlineWriter:
         if table not in self.ready_tables:
             retry_while_locked(lambda: self._add_exact_column(table))
             self.ready_tables.add(table)
-        keys = [
-            self._serialize(k, entity_key_serialization_version=self.version)
-            for k in entity_key_protos(view, latest)
-        ]
+        keys = self.keys.serialize(view, latest)
         now = _feast_seconds(datetime.now(UTC))
         data = []
         for key, row, protos in zip(keys, latest, feature_value_protos(view, latest), strict=True):

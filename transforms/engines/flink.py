@@ -173,10 +173,10 @@ def sink_columns(table: Any) -> tuple[list[str], list[str]]:
         TinyIntType,
     )
 
-    schema = table.get_schema()
+    schema = table.get_resolved_schema()
     expressions: list[str] = []
     kinds: list[str] = []
-    for name, data_type in zip(schema.get_field_names(), schema.get_field_data_types(), strict=True):
+    for name, data_type in zip(schema.get_column_names(), schema.get_column_data_types(), strict=True):
         column = quote(name)
         if isinstance(data_type, (TinyIntType, SmallIntType, IntType, BigIntType, TimestampType)):
             expressions.append(f"CAST({column} AS STRING)")
