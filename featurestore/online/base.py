@@ -100,8 +100,7 @@ def feature_value_protos(view: StreamFeatureView, rows: Sequence[dict[str, Any]]
 
 class EntityKeys:
     """Feast's serialised entity key of each row (``serialize_entity_key``), remembered for up to
-    ``limit`` keys: a stream writes the same keys again and again, and serialising is most of the
-    cost of a small batch."""
+    ``limit`` keys, since a stream writes the same keys again and again."""
 
     def __init__(self, version: int, limit: int = 200_000) -> None:
         self.version = version
