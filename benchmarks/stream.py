@@ -1,6 +1,6 @@
 """Benchmark `mlfs serve-stream`: sustained events per second and freshness on the example views.
 
-    python benchmarks/stream.py [--events N] [--users K] [--probes P] [--parallelism 2]
+    python benchmarks/stream.py [--events N] [--users K] [--probes P] [--parallelism 2] [--online redis]
 
 1. Throughput: N payment events are written to the example repository's stream directory before
    the job starts; the figures are events per second from the first event counted by every view's
@@ -54,18 +54,49 @@ def drop(directory: Path, name: str, lines: list[str]) -> float:
     return time.time()
 
 
-def make_repo(base: Path, flink_config: dict[str, str]) -> Path:
+REDIS_ENV = "MLFS_BENCH_REDIS"
+
+
+def start_redis(base: Path) -> subprocess.Popen[bytes]:
+    """A private ``redis-server`` on a free port (its address in ``REDIS_ENV``), so no earlier
+    run's values are there."""
+    import os
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(base)],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit("redis-server did not start") from None
+            time.sleep(0.1)
+    os.environ[REDIS_ENV] = f"127.0.0.1:{port}"
+    return server
+
+
+def make_repo(base: Path, flink_config: dict[str, str], redis: bool) -> Path:
     import yaml
 
     from featurestore.cli import main
 
     repo = base / "repo"
     assert main(["init", str(repo), "--events", "200"]) == 0
+    config_file = repo / "feature_store.yaml"
+    config = yaml.safe_load(config_file.read_text())
     if flink_config:
-        config_file = repo / "feature_store.yaml"
-        config = yaml.safe_load(config_file.read_text())
         config["mlfs"].setdefault("flink", {})["config"] = flink_config
-        config_file.write_text(yaml.safe_dump(config))
+    if redis:
+        config["online_store"] = {"type": "redis", "connection_string": "${" + REDIS_ENV + "}"}
+    config_file.write_text(yaml.safe_dump(config))
     features = repo / "features.py"
     features.write_text(features.read_text().replace("timedelta(seconds=5)", "timedelta(0)"))
     assert main(["apply", "--repo", str(repo)]) == 0
@@ -113,6 +144,12 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="a Flink configuration entry for the job (repeatable), e.g. python.execution-mode=thread",
     )
+    parser.add_argument(
+        "--online",
+        choices=["sqlite", "redis"],
+        default="sqlite",
+        help="online store: the example's SQLite file, or a private redis-server started here",
+    )
     args = parser.parse_args()
     flink_config = dict(entry.split("=", 1) for entry in args.flink_config)
 
@@ -122,7 +159,8 @@ def main() -> None:
 
     rng = random.Random(7)
     base = Path(tempfile.mkdtemp(prefix="mlfs-bench-stream-"))
-    repo_path = make_repo(base, flink_config)
+    redis_server = start_redis(base) if args.online == "redis" else None
+    repo_path = make_repo(base, flink_config, redis=redis_server is not None)
     repo = load_repo(repo_path)
     stream_dir = repo_path / "data" / "stream" / "payments"
     status_dir = repo.settings.work_path / "stream" / "status"
@@ -192,11 +230,16 @@ def main() -> None:
             time.sleep(rng.uniform(0.1, 0.5))
     finally:
         subprocess.run(["pkill", "-KILL", "-g", str(job.pid)], check=False)
+        if redis_server is not None:
+            redis_server.terminate()
 
     reference = duckdb_seconds(events)
     freshness.sort()
     p99 = freshness[min(len(freshness) - 1, int(len(freshness) * 0.99))]
-    print(f"{args.events:,} events, {args.users:,} users, 3 views in one job, parallelism {args.parallelism}")
+    print(
+        f"{args.events:,} events, {args.users:,} users, 3 views in one job, parallelism {args.parallelism}, "
+        f"{args.online} online store"
+    )
     print(f"sustained: {rate:,.0f} events/s through stage 1, {written_rate:,.0f} events/s through the sinks")
     print(f"rows written: {rows:,}")
     print(
