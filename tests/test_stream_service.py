@@ -215,7 +215,7 @@ def stream_outcome(repo_path: Path, views: list[tuple[str, str]]) -> dict[str, A
             for f in (repo.settings.dead_letter_path / name).glob("stream-*.jsonl")
             for line in f.read_text().splitlines()
         }
-        result[f"{name} dead letters"] = sorted((d["reason"], d["raw"]) for d in letters.values())
+        result[f"{name} dead letters"] = sorted((seq, d["reason"], d["raw"]) for seq, d in letters.items())
         result[f"{name} counts"] = read_status(status_dir, name).counts
     return result
 
@@ -249,9 +249,20 @@ def reference_outcome(repo_path: Path, views: list[tuple[str, str]], arrivals: l
             want = latest(rows, key)
             features = [f.name for f in view.feature_fields]
             result[f"{name} online"] = {f: [want[k][f] for k in sorted(want)] for f in features}
-        result[f"{name} dead letters"] = sorted((d.reason, d.raw) for d in expected.dead_letters)
+        result[f"{name} dead letters"] = with_positions(expected.dead_letters, arrivals)
         result[f"{name} counts"] = expected.counts
     return result
+
+
+def with_positions(letters: list[Any], arrivals: list[str]) -> list[tuple[int, str, str]]:
+    """(source position ``seq``, reason, raw) of each reference dead letter: the reference rejects
+    events in arrival order, so each letter is the next arrival with its text (1-based, as Flink's)."""
+    out = []
+    position = 0
+    for letter in letters:
+        position = arrivals.index(letter.raw, position) + 1
+        out.append((position, letter.reason, letter.raw))
+    return sorted(out)
 
 
 def online_values(repo: Any, view_name: str, key: str, entities: list[Any]) -> dict[str, list[Any]]:
