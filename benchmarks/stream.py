@@ -165,7 +165,8 @@ def main() -> None:
     stream_dir = repo_path / "data" / "stream" / "payments"
     status_dir = repo.settings.work_path / "stream" / "status"
 
-    start = datetime.now(UTC) - timedelta(days=1)
+    # Two events a second, ending an hour ago: the probes, stamped with the wall clock, come after them.
+    start = datetime.now(UTC) - timedelta(milliseconds=500 * args.events, hours=1)
     events = [
         payment(rng, start + timedelta(milliseconds=i * 500), f"u{rng.randrange(args.users):06d}")
         for i in range(args.events)

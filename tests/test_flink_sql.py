@@ -8,10 +8,11 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from conformance import conformance_view, generate_events
-from hypothesis import given
+from conformance import WINDOWS, conformance_view, generate_events
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from transforms.arrow_events import split_clean
 from transforms.dtypes import Bool, DType, Float64, Int64, String, UnixTimestamp
 from transforms.engines.flink import decode_columns, sink_columns
 from transforms.engines.flink_sql import (
@@ -32,6 +33,7 @@ from transforms.engines.flink_stage1 import (
     row_columns,
 )
 from transforms.events import DeadLetter, EventPreparer, LateClassifier, Lateness
+from transforms.json_batches import needed_fields, typed_batch
 
 VALUES: dict[str, tuple[DType, st.SearchStrategy[Any]]] = {
     "int": (Int64, st.integers(-(2**63), 2**63 - 1)),
@@ -131,6 +133,73 @@ def test_prepare_function_gives_the_reference_rows_markers_and_heartbeats(window
         markers = [e for e in elements if e[0] == MARKER]
         assert len(markers) == (len(expected.rows) if offset is not None else 0)
         assert all(m[n_keys + 1] == result["_t"] + offset for m in markers)
+
+
+def assert_vectorised_equals_row_path(window: str, transform: str, raws: list[str]) -> None:
+    plan = conformance_view(window, transform).plan
+    series = pd.Series(raws, dtype="object")
+    vectorised = prepare_function(plan)(series).to_dict("list")
+    assert vectorised == prepare_function(plan, vectorised=False)(series).to_dict("list")
+
+
+@pytest.mark.parametrize("transform", ["none", "declarative"])
+@pytest.mark.parametrize("window", sorted(WINDOWS))
+def test_vectorised_prepare_gives_the_row_paths_result(window: str, transform: str) -> None:
+    """Stage 1's Arrow path over JSON text gives exactly what the reference's row path gives, on
+    the conformance events (ties, nulls, bad times, missing keys, drops), and takes most of them."""
+    raws = [json.dumps(e) for e in generate_events(4)]
+    plan = conformance_view(window, transform).plan
+    fields = needed_fields(plan)
+    assert fields is not None
+    typed = typed_batch(fields, raws)
+    split = split_clean(plan, typed.batch)
+    assert split is not None
+    taken = sum(split.clean_mask.to_pylist()) + sum(split.filtered_mask.to_pylist())
+    assert taken > 0.85 * len(raws) and len(typed.rest) > 0
+    assert_vectorised_equals_row_path(window, transform, raws)
+
+
+def test_row_functions_are_not_vectorised() -> None:
+    assert needed_fields(conformance_view("continuous", "row").plan) is None
+
+
+JSON_VALUES = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats()
+    | st.text(max_size=3)
+    | st.sampled_from(["a", "k1", "drop", "split"])
+    | st.lists(st.integers(), max_size=2)
+)
+TIMES_AS_JSON = (
+    st.datetimes(timezones=st.none() | st.timezones()).map(lambda d: d.isoformat())
+    | st.integers(-(2**45), 2**64)
+    | st.floats()
+    | JSON_VALUES
+)
+EVENTS = st.fixed_dictionaries(
+    {
+        "user_id": st.sampled_from(["k1", "k2", 7]) | JSON_VALUES,
+        "timestamp": TIMES_AS_JSON,
+        "v": JSON_VALUES,
+        "i": JSON_VALUES,
+        "tag": JSON_VALUES,
+        "kind": st.sampled_from(["keep", "drop", "split"]) | JSON_VALUES,
+    }
+).map(lambda e: json.dumps(e)) | st.sampled_from(["not json", "[1, 2]", '"text"', "{}", "NaN"])
+
+
+@settings(deadline=None, max_examples=200)
+@given(
+    raws=st.lists(EVENTS, min_size=1, max_size=25),
+    window=st.sampled_from(["continuous", "hopping", "lifetime"]),
+)
+def test_vectorised_prepare_equals_row_path_on_any_json(raws: list[str], window: str) -> None:
+    """Mixed types in a column, huge integers, NaN, times of every kind and non-objects: each event
+    either takes the Arrow path with the row path's exact result, or the row path itself."""
+    assert_vectorised_equals_row_path(window, "declarative", raws)
+    assert_vectorised_equals_row_path(window, "none", raws)
 
 
 @given(

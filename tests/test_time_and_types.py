@@ -14,7 +14,7 @@ from transforms.dtypes import (
     UnixTimestamp,
     coerce,
 )
-from transforms.timeutil import duration_ms, ms_to_datetime, parse_event_time
+from transforms.timeutil import MAX_TIME_MS, MIN_TIME_MS, duration_ms, ms_to_datetime, parse_event_time
 
 MS_2026 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
@@ -39,10 +39,31 @@ def test_parse_event_time(value: object, expected: int) -> None:
     assert parse_event_time(value) == expected
 
 
-@pytest.mark.parametrize("value", [None, True, "yesterday", "1767225600", float("nan"), float("inf"), [1]])
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        True,
+        "yesterday",
+        "1767225600",
+        float("nan"),
+        float("inf"),
+        [1],
+        10**20,
+        -(10**17),
+        -6.3e16,
+        "0001-01-01T00:00:00+01:00",
+    ],
+)
 def test_parse_event_time_rejects(value: object) -> None:
+    """Times a datetime cannot hold are rejected too (they become ``bad_time`` dead letters)."""
     with pytest.raises(ValueError):
         parse_event_time(value)
+
+
+def test_the_extreme_times_round_trip() -> None:
+    for ms in (MIN_TIME_MS, MAX_TIME_MS):
+        assert parse_event_time(ms) == ms and parse_event_time(ms_to_datetime(ms)) == ms
 
 
 def test_ms_round_trip_and_durations() -> None:

@@ -87,11 +87,14 @@ def _value(
 @dataclass
 class VectorisedBatch:
     """What the vectorised stage took from a batch: the clean rows' keys, time (``_ts``) and input
-    values (``_v<i>``), how many events the transform filtered, and the rows left to the row path."""
+    values (``_v<i>``), how many events the transform filtered, and the rows left to the row path;
+    ``clean_mask`` and ``filtered_mask`` tell which rows of the batch were which."""
 
     clean: dict[str, pa.Array]
     filtered: int
     rest: pa.RecordBatch
+    clean_mask: pa.Array
+    filtered_mask: pa.Array
 
 
 def split_clean(plan: TransformPlan, batch: pa.RecordBatch) -> VectorisedBatch | None:
@@ -145,4 +148,4 @@ def split_clean(plan: TransformPlan, batch: pa.RecordBatch) -> VectorisedBatch |
             return None
         out[f"_v{i}"] = value
     rest = batch.filter(pc.invert(pc.or_(clean, filtered)))
-    return VectorisedBatch(out, pc.sum(filtered).as_py() or 0, rest)
+    return VectorisedBatch(out, pc.sum(filtered).as_py() or 0, rest, clean, filtered)

@@ -11,6 +11,9 @@ from typing import Any
 SECONDS_THRESHOLD = 100_000_000_000
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The event times a datetime can hold: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z.
+MIN_TIME_MS = -62_135_596_800_000
+MAX_TIME_MS = 253_402_300_799_999
 
 
 def parse_event_time(value: Any) -> int:
@@ -18,8 +21,16 @@ def parse_event_time(value: Any) -> int:
 
     Accepts epoch seconds or milliseconds (int or float, told apart by magnitude, fractions of a
     millisecond floored), ISO-8601 strings (a missing offset means UTC) and datetimes (naive means
-    UTC). Booleans, NaN, infinities and numeric strings are rejected.
+    UTC). Booleans, NaN, infinities, numeric strings and times outside years 1 to 9999 (UTC) are
+    rejected.
     """
+    time_ms = _parse_event_time(value)
+    if not MIN_TIME_MS <= time_ms <= MAX_TIME_MS:
+        raise ValueError(f"time out of range (years 1 to 9999): {value!r:.60}")
+    return time_ms
+
+
+def _parse_event_time(value: Any) -> int:
     if value is None:
         raise ValueError("no event time")
     if isinstance(value, bool):

@@ -1,9 +1,11 @@
 """Stage 1 of the Flink engine: raw events to the typed rows of ``flink_sql``, mostly in Flink's
 own operators.
 
-* ``prepare`` is a vectorised (pandas) Python function that runs the reference's own
-  ``EventPreparer`` over a batch of raw events: decode, event time, event transform, model stages,
-  keys and types. It keeps no state, so Flink hands it Arrow batches, not single events. A row
+* ``prepare`` is a vectorised (pandas) Python function over a batch of raw events: decode, event
+  time, event transform, model stages, keys and types. Views without Python code in that stage (no
+  event transform, or a ``Select``) take the Arrow kernels of ``transforms.arrow_events`` for the
+  events ``transforms.json_batches`` can type; every other event runs the reference's own
+  ``EventPreparer``. It keeps no state, so Flink hands it Arrow batches, not single events. A row
   function may give several rows per event, so rows come back as one array per column.
 * Lateness depends on arrival order, so it is decided after ``prepare`` by a Flink SQL ``OVER``
   aggregate at parallelism 1 ordered by processing time: the highest event time so far (this event
@@ -20,9 +22,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from transforms.arrow_events import split_clean
 from transforms.dtypes import DType
 from transforms.engines.flink_sql import encode_ordered, is_ordered, marker_offset_ms, quote
 from transforms.events import DeadLetter, EventCounts, EventPreparer, Lateness
+from transforms.json_batches import needed_fields, typed_batch
 from transforms.plan import TransformPlan
 from transforms.timeutil import engine_value
 
@@ -93,14 +97,19 @@ def prepare_result_type(plan: TransformPlan) -> Any:
     return DataTypes.ROW(fields)
 
 
-def prepare_function(plan: TransformPlan) -> Callable[[Any], Any]:
+def prepare_function(plan: TransformPlan, vectorised: bool = True) -> Callable[[Any], Any]:
     """The batch function behind ``prepare``: raw events (a pandas Series of text) to one result each
     (a DataFrame): what became of the event, its time, its number of rows, its dead letter, and its
-    output rows (``row_columns``) as arrays."""
+    output rows (``row_columns``) as arrays.
+
+    Without Python code in the per-event stage (no event transform, or a ``Select``), the events
+    ``json_batches`` can type go through the Arrow kernels of ``arrow_events`` (``vectorised``);
+    the others, and every event otherwise, through the reference's ``EventPreparer``."""
     ordered = _ordered(plan)
     offset = marker_offset_ms(plan)
     n_keys = len(plan.keys)
     n_values = len(plan.features) + len(ordered)
+    fields = needed_fields(plan) if vectorised else None
     preparers: list[EventPreparer] = []  # made on the worker, once
 
     def event_rows(prepared: Any, time_ms: int) -> list[tuple[Any, ...]]:
@@ -124,26 +133,25 @@ def prepare_function(plan: TransformPlan) -> Callable[[Any], Any]:
 
         if not preparers:
             preparers.append(EventPreparer(plan))
-        preparer = preparers[0]
-        kinds: list[int] = []
-        times: list[int | None] = []
-        counts: list[int] = []
-        letters: list[str | None] = []
-        arrays: list[list[Any]] = [[] for _ in range(n_keys + n_values + 2)]
-        for time_ms, outcome in preparer.prepare_batch_timed(raws.tolist()):
-            times.append(time_ms)
-            if outcome is None:
-                kinds.append(FILTERED)
-            else:
-                kinds.append(DEAD if isinstance(outcome, DeadLetter) else OK)
-            counts.append(0 if outcome is None or isinstance(outcome, DeadLetter) else len(outcome.rows))
-            letters.append(outcome.to_json() if isinstance(outcome, DeadLetter) else None)
+        texts = raws.tolist()
+        n = len(texts)
+        kinds = [FILTERED] * n
+        times: list[int | None] = [None] * n
+        counts = [0] * n
+        letters: list[str | None] = [None] * n
+        arrays: list[list[Any]] = [[None] * n for _ in range(n_keys + n_values + 2)]
+        rest = range(n) if fields is None else _prepare_vectorised(texts, kinds, times, counts, arrays)
+        outcomes = preparers[0].prepare_batch_timed([texts[i] for i in rest])
+        for i, (time_ms, outcome) in zip(rest, outcomes, strict=True):
+            times[i] = time_ms
+            if outcome is not None:
+                kinds[i] = DEAD if isinstance(outcome, DeadLetter) else OK
+            counts[i] = 0 if outcome is None or isinstance(outcome, DeadLetter) else len(outcome.rows)
+            letters[i] = outcome.to_json() if isinstance(outcome, DeadLetter) else None
             if time_ms is None:  # undecodable, or no usable time: no rows and no watermark
-                for column in arrays:
-                    column.append(None)
                 continue
             for column, values in zip(arrays, zip(*event_rows(outcome, time_ms), strict=True), strict=True):
-                column.append(list(values))
+                column[i] = list(values)
         data = {
             "_kind": kinds,
             "_t": pd.Series(times, dtype="object"),
@@ -153,6 +161,65 @@ def prepare_function(plan: TransformPlan) -> Callable[[Any], Any]:
         for j, column in enumerate(arrays):
             data[f"_a{j}"] = pd.Series(column, dtype="object")
         return pd.DataFrame(data)
+
+    def _prepare_vectorised(
+        texts: list[str],
+        kinds: list[int],
+        times: list[int | None],
+        counts: list[int],
+        arrays: list[list[Any]],
+    ) -> list[int]:
+        """Fill in the events the Arrow kernels prepare; returns the positions left to the row path."""
+        assert fields is not None
+        typed = typed_batch(fields, texts)
+        split = split_clean(plan, typed.batch) if typed.positions else None
+        if split is None:
+            return list(range(len(texts)))
+        positions = typed.positions
+        clean = [positions[j] for j in split.clean_mask.to_numpy(zero_copy_only=False).nonzero()[0]]
+        dropped = split.filtered_mask.to_numpy(zero_copy_only=False)
+        batch_ms = typed.batch.column(0).cast("int64").to_pylist()
+        for j in dropped.nonzero()[0]:  # a Select's where= dropped it: a heartbeat, as event_rows gives
+            i = positions[j]
+            times[i] = batch_ms[j]
+            arrays[0][i] = [HEARTBEAT]
+            arrays[n_keys + 1][i] = [batch_ms[j] + (offset or 0)]
+            for column in arrays[1 : n_keys + 1] + arrays[n_keys + 2 :]:
+                column[i] = [None]
+        row_ms = split.clean["_ts"].to_pylist()
+        columns = [split.clean[name].to_pylist() for name in plan.key_names]
+        columns.append(row_ms)
+        columns += [split.clean[f"_v{k}"].to_pylist() for k in range(len(plan.features))]
+        for k, dtype in ordered:
+            values = columns[n_keys + 1 + k]
+            columns.append(
+                [
+                    None if v is None else encode_ordered(t, v, dtype)
+                    for t, v in zip(row_ms, values, strict=True)
+                ]
+            )
+        elements: list[list[Any]]  # per column of ``arrays``, each clean event's elements
+        if offset is None:
+            elements = [[[ROW]] * len(clean), *([[v] for v in values] for values in columns)]
+        else:
+            elements = [[[ROW, MARKER]] * len(clean)]
+            elements += [[[v, v] for v in values] for values in columns[:n_keys]]
+            elements.append([[t, t + offset] for t in row_ms])
+            elements += [[[v, None] for v in values] for values in columns[n_keys + 1 :]]
+        targets: list[list[Any]] = [kinds, times, counts, *arrays]
+        for target, values in zip(
+            targets,
+            [[OK] * len(clean), row_ms, [1] * len(clean), *elements],
+            strict=True,
+        ):
+            if len(clean) == len(texts):
+                target[:] = values
+            else:
+                for i, v in zip(clean, values, strict=True):
+                    target[i] = v
+        taken = set(clean)
+        taken.update(positions[j] for j in dropped.nonzero()[0])
+        return sorted(set(range(len(texts))) - taken)
 
     return prepare
 

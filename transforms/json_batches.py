@@ -1,0 +1,134 @@
+"""JSON-lines events as typed Arrow batches, for the vectorised event stage (``arrow_events``).
+
+A streaming source delivers text. ``typed_batch`` decodes a batch of lines with the same
+``json.loads`` and ``parse_event_time`` the row path uses, and keeps in the Arrow batch only the
+events whose every needed field has one JSON type per column (string, integer within int64,
+float, boolean, or null/absent) and whose time is 1970 or later. The other events are
+returned by position, for the row path, which gives them their exact outcome (often a dead letter).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from transforms.expressions import Select
+from transforms.plan import TransformPlan
+from transforms.timeutil import parse_event_time
+
+_SIMPLE = {str: "str", float: "float", bool: "bool"}  # types whose every value makes a column
+_ARROW = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_()}
+
+
+@dataclass
+class TypedBatch:
+    """The events ``typed_batch`` could type: the batch, their positions among the lines given
+    (ascending), and the positions of the rest."""
+
+    batch: pa.RecordBatch
+    positions: list[int]
+    rest: list[int]
+
+
+def needed_fields(plan: TransformPlan) -> list[str] | None:
+    """The event fields the per-event stage reads (the time field first), or None when it runs
+    Python code (a row function, model stages), which may read anything."""
+    transform = plan.event_transform
+    if plan.event_stages or (transform is not None and not isinstance(transform, Select)):
+        return None
+    names = [plan.timestamp_field]
+    if transform is None:
+        wanted = [*plan.key_names, *(f.aggregation.column for f in plan.features)]
+    else:
+        spec = transform.spec()
+        wanted = list(_columns_in([spec["select"], spec["where"]]))
+    for name in wanted:
+        if name is not None and name not in names:
+            names.append(name)
+    return names
+
+
+def _columns_in(spec: Any) -> Iterator[str]:
+    """The names ``col(...)`` reads anywhere in an expression's ``spec()``."""
+    if isinstance(spec, dict):
+        for value in spec.values():
+            yield from _columns_in(value)
+    elif isinstance(spec, list):
+        if len(spec) == 2 and spec[0] == "col" and isinstance(spec[1], str):
+            yield spec[1]
+        else:
+            for item in spec:
+                yield from _columns_in(item)
+
+
+def _kind(value: Any) -> str | None:
+    """The JSON type of a decoded value as a column kind (None: null; ``other``: no column)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int" if -(2**63) <= value < 2**63 else "other"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    return "other"
+
+
+def typed_batch(fields: Sequence[str], texts: Sequence[str]) -> TypedBatch:
+    """Decode ``texts`` (one JSON object each) into a batch of ``fields``; the time field (the first)
+    becomes a UTC timestamp column in milliseconds."""
+    time_field, *value_fields = fields
+    events: list[dict[str, Any]] = []
+    times: list[int] = []
+    positions: list[int] = []
+    rest: list[int] = []
+    for i, text in enumerate(texts):
+        try:
+            event = json.loads(text)
+            time_ms = parse_event_time(event.get(time_field)) if isinstance(event, dict) else -1
+        except (ValueError, TypeError):
+            rest.append(i)
+            continue
+        if time_ms < 0:  # before 1970, truncating to the millisecond would not floor
+            rest.append(i)
+            continue
+        events.append(event)
+        times.append(time_ms)
+        positions.append(i)
+    # Each column takes its most common type; an event with another type in any column leaves the batch.
+    columns: dict[str, list[Any]] = {}
+    kinds: dict[str, str | None] = {}
+    keep = [True] * len(events)
+    for name in value_fields:
+        values = [event.get(name) for event in events]
+        columns[name] = values
+        types = set(map(type, values)) - {type(None)}
+        if len(types) == 1 and (kind := _SIMPLE.get(types.pop())) is not None:
+            kinds[name] = kind  # one JSON type throughout: no event to check
+            continue
+        found = [_kind(v) for v in values]
+        counted = Counter(k for k in found if k is not None and k != "other")
+        kinds[name] = counted.most_common(1)[0][0] if counted else None
+        for j, k in enumerate(found):
+            if k is not None and k != kinds[name]:
+                keep[j] = False
+    if not all(keep):
+        rest = sorted(rest + [p for p, kept in zip(positions, keep, strict=True) if not kept])
+        positions = [p for p, kept in zip(positions, keep, strict=True) if kept]
+        times = [t for t, kept in zip(times, keep, strict=True) if kept]
+        columns = {
+            name: [v for v, kept in zip(values, keep, strict=True) if kept]
+            for name, values in columns.items()
+        }
+    arrays = [pa.array(times, pa.timestamp("ms", tz="UTC"))]
+    for name in value_fields:
+        kind = kinds[name]
+        arrays.append(pa.nulls(len(times)) if kind is None else pa.array(columns[name], _ARROW[kind]))
+    return TypedBatch(pa.RecordBatch.from_arrays(arrays, names=[time_field, *value_fields]), positions, rest)
