@@ -26,6 +26,7 @@ from transforms.arrow_events import split_clean
 from transforms.dtypes import DType
 from transforms.engines.flink_sql import encode_ordered, is_ordered, marker_offset_ms, quote
 from transforms.events import DeadLetter, EventCounts, EventPreparer, Lateness
+from transforms.expressions import Select
 from transforms.json_batches import needed_fields, typed_batch
 from transforms.plan import TransformPlan
 from transforms.timeutil import engine_value
@@ -81,6 +82,20 @@ def prepared_columns(plan: TransformPlan) -> list[tuple[str, Any, Any]]:
     return [(name, *flink_types(dtype)) for name, dtype in row_columns(plan)]
 
 
+def single_row(plan: TransformPlan) -> bool:
+    """Whether every event gives at most one row (no event transform, or a ``Select``). Then
+    ``prepare`` returns that row (or the heartbeat) as plain columns ``_r<j>`` and SQL adds its
+    leave marker; otherwise it returns every row and marker as arrays ``_a<j>``. Plain columns cost
+    far less to carry between Flink's operators than arrays."""
+    transform = plan.event_transform
+    return transform is None or isinstance(transform, Select)
+
+
+def _row_fields(plan: TransformPlan) -> list[str]:
+    prefix = "_r" if single_row(plan) else "_a"
+    return [f"{prefix}{j}" for j in range(len(row_columns(plan)))]
+
+
 def prepare_result_type(plan: TransformPlan) -> Any:
     from pyflink.table import DataTypes
 
@@ -90,10 +105,9 @@ def prepare_result_type(plan: TransformPlan) -> Any:
         DataTypes.FIELD("_n", DataTypes.INT()),
         DataTypes.FIELD("_letter", DataTypes.STRING()),
     ]
-    fields += [
-        DataTypes.FIELD(f"_a{j}", DataTypes.ARRAY(flink_types(dtype)[1]))
-        for j, (_, dtype) in enumerate(row_columns(plan))
-    ]
+    for name, (_, dtype) in zip(_row_fields(plan), row_columns(plan), strict=True):
+        data_type = flink_types(dtype)[1]
+        fields.append(DataTypes.FIELD(name, data_type if single_row(plan) else DataTypes.ARRAY(data_type)))
     return DataTypes.ROW(fields)
 
 
@@ -110,6 +124,8 @@ def prepare_function(plan: TransformPlan, vectorised: bool = True) -> Callable[[
     n_keys = len(plan.keys)
     n_values = len(plan.features) + len(ordered)
     fields = needed_fields(plan) if vectorised else None
+    single = single_row(plan)
+    fields_out = _row_fields(plan)
     preparers: list[EventPreparer] = []  # made on the worker, once
 
     def event_rows(prepared: Any, time_ms: int) -> list[tuple[Any, ...]]:
@@ -151,15 +167,15 @@ def prepare_function(plan: TransformPlan, vectorised: bool = True) -> Callable[[
             if time_ms is None:  # undecodable, or no usable time: no rows and no watermark
                 continue
             for column, values in zip(arrays, zip(*event_rows(outcome, time_ms), strict=True), strict=True):
-                column[i] = list(values)
+                column[i] = values[0] if single else list(values)  # single: the row (SQL adds the marker)
         data = {
             "_kind": kinds,
             "_t": pd.Series(times, dtype="object"),
             "_n": counts,
             "_letter": pd.Series(letters, dtype="object"),
         }
-        for j, column in enumerate(arrays):
-            data[f"_a{j}"] = pd.Series(column, dtype="object")
+        for name, column in zip(fields_out, arrays, strict=True):
+            data[name] = pd.Series(column, dtype="object")
         return pd.DataFrame(data)
 
     def _prepare_vectorised(
@@ -169,8 +185,9 @@ def prepare_function(plan: TransformPlan, vectorised: bool = True) -> Callable[[
         counts: list[int],
         arrays: list[list[Any]],
     ) -> list[int]:
-        """Fill in the events the Arrow kernels prepare; returns the positions left to the row path."""
-        assert fields is not None
+        """Fill in the events the Arrow kernels prepare (one row each, as plain columns); returns the
+        positions left to the row path."""
+        assert fields is not None and single
         typed = typed_batch(fields, texts)
         split = split_clean(plan, typed.batch) if typed.positions else None
         if split is None:
@@ -182,10 +199,8 @@ def prepare_function(plan: TransformPlan, vectorised: bool = True) -> Callable[[
         for j in dropped.nonzero()[0]:  # a Select's where= dropped it: a heartbeat, as event_rows gives
             i = positions[j]
             times[i] = batch_ms[j]
-            arrays[0][i] = [HEARTBEAT]
-            arrays[n_keys + 1][i] = [batch_ms[j] + (offset or 0)]
-            for column in arrays[1 : n_keys + 1] + arrays[n_keys + 2 :]:
-                column[i] = [None]
+            arrays[0][i] = HEARTBEAT
+            arrays[n_keys + 1][i] = batch_ms[j] + (offset or 0)
         row_ms = split.clean["_ts"].to_pylist()
         columns = [split.clean[name].to_pylist() for name in plan.key_names]
         columns.append(row_ms)
@@ -198,14 +213,7 @@ def prepare_function(plan: TransformPlan, vectorised: bool = True) -> Callable[[
                     for t, v in zip(row_ms, values, strict=True)
                 ]
             )
-        elements: list[list[Any]]  # per column of ``arrays``, each clean event's elements
-        if offset is None:
-            elements = [[[ROW]] * len(clean), *([[v] for v in values] for values in columns)]
-        else:
-            elements = [[[ROW, MARKER]] * len(clean)]
-            elements += [[[v, v] for v in values] for values in columns[:n_keys]]
-            elements.append([[t, t + offset] for t in row_ms])
-            elements += [[[v, None] for v in values] for values in columns[n_keys + 1 :]]
+        elements = [[ROW] * len(clean), *columns]  # per column of ``arrays``, each clean event's row
         targets: list[list[Any]] = [kinds, times, counts, *arrays]
         for target, values in zip(
             targets,
@@ -241,16 +249,35 @@ class OutcomeSink(Protocol):
 def prepared_sql(plan: TransformPlan, classified: str) -> str:
     """Stage 1's output: the rows, markers and heartbeats of the events that are not late, in the
     order of the events (one unnesting, so nothing reorders them)."""
-    items = ", ".join(f"_a{j}[_i] AS {quote(name)}" for j, (name, _) in enumerate(row_columns(plan)))
+    columns = row_columns(plan)
+    if not single_row(plan):
+        items = ", ".join(f"_a{j}[_i] AS {quote(name)}" for j, (name, _) in enumerate(columns))
+        return (
+            f"SELECT {items} FROM {quote(classified)} CROSS JOIN UNNEST(_a0) WITH ORDINALITY AS r(_x, _i) "
+            "WHERE _late = 0"
+        )
+    offset = marker_offset_ms(plan)
+    n_keys = len(plan.keys)
+    if offset is None:
+        items = ", ".join(f"_r{j} AS {quote(name)}" for j, (name, _) in enumerate(columns))
+        return f"SELECT {items} FROM {quote(classified)} WHERE _late = 0 AND _r0 IS NOT NULL"
+    # Each row, then its leave marker (``_m`` = 2): same keys, ``offset`` later, no values.
+    listed = [f"CASE WHEN _m = 1 THEN _r0 ELSE {MARKER} END AS `_kind`"]
+    listed += [f"_r{j} AS {quote(name)}" for j, (name, _) in enumerate(columns[1 : n_keys + 1], start=1)]
+    listed.append(f"CASE WHEN _m = 1 THEN _r{n_keys + 1} ELSE _r{n_keys + 1} + {offset} END AS `_ts`")
+    listed += [
+        f"CASE WHEN _m = 1 THEN _r{j} END AS {quote(name)}"
+        for j, (name, _) in enumerate(columns[n_keys + 2 :], start=n_keys + 2)
+    ]
     return (
-        f"SELECT {items} FROM {quote(classified)} CROSS JOIN UNNEST(_a0) WITH ORDINALITY AS r(_x, _i) "
-        "WHERE _late = 0"
+        f"SELECT {', '.join(listed)} FROM {quote(classified)} CROSS JOIN UNNEST(ARRAY[1, 2]) AS m(_m) "
+        f"WHERE _late = 0 AND _r0 IS NOT NULL AND (_m = 1 OR _r0 = {ROW})"
     )
 
 
 def _outcome_fields(plan: TransformPlan) -> list[str]:
     """The fields of ``prepare``'s result (``prepare_result_type``)."""
-    return ["_kind", "_t", "_n", "_letter", *(f"_a{j}" for j in range(len(row_columns(plan))))]
+    return ["_kind", "_t", "_n", "_letter", *_row_fields(plan)]
 
 
 def events_sql(plan: TransformPlan, raw: str, function: str) -> str:
