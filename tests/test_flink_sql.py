@@ -29,8 +29,11 @@ from transforms.engines.flink_stage1 import (
     MARKER,
     OK,
     ROW,
+    flink_types,
     prepare_function,
+    prepared_sql,
     row_columns,
+    single_row,
 )
 from transforms.events import DeadLetter, EventPreparer, LateClassifier, Lateness
 from transforms.json_batches import needed_fields, typed_batch
@@ -251,3 +254,19 @@ def test_sink_columns_of_a_flink_table() -> None:
     assert kinds == ["value", "int", "int", "float", "time", "value"]
     assert expressions[1] == "CAST(`n` AS STRING)"
     assert expressions[3:5] == ["CAST(`d` AS DOUBLE)", "`d` IS NULL"]
+
+
+@pytest.mark.parametrize("window", ["continuous", "lifetime"])
+def test_single_row_stage1_unnests_without_state(window: str) -> None:
+    """Stage 1's plain-column rows get their leave markers from a correlated unnest: a join with a
+    constant table would keep every event in Flink state for ever."""
+    from pyflink.table import EnvironmentSettings, TableEnvironment
+
+    plan = conformance_view(window, "declarative").plan
+    assert single_row(plan) and not single_row(conformance_view(window, "row").plan)
+    t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+    columns = ", ".join(f"`_r{j}` {flink_types(dtype)[1]}" for j, (_, dtype) in enumerate(row_columns(plan)))
+    t_env.execute_sql(f"CREATE TABLE classified (_late INT, {columns}) WITH ('connector' = 'datagen')")
+    optimized = t_env.explain_sql(prepared_sql(plan, "classified")).split("== Optimized Execution Plan ==")[1]
+    assert "Join" not in optimized
+    assert ("Correlate" in optimized) == (marker_offset_ms(plan) is not None)

@@ -269,9 +269,12 @@ def prepared_sql(plan: TransformPlan, classified: str) -> str:
         f"CASE WHEN _m = 1 THEN _r{j} END AS {quote(name)}"
         for j, (name, _) in enumerate(columns[n_keys + 2 :], start=n_keys + 2)
     ]
+    # The array depends on the row, so this stays a correlated unnest (a constant array would make
+    # the planner join with a constant table, which keeps every event in state).
     return (
-        f"SELECT {', '.join(listed)} FROM {quote(classified)} CROSS JOIN UNNEST(ARRAY[1, 2]) AS m(_m) "
-        f"WHERE _late = 0 AND _r0 IS NOT NULL AND (_m = 1 OR _r0 = {ROW})"
+        f"SELECT {', '.join(listed)} FROM {quote(classified)} "
+        f"CROSS JOIN UNNEST(CASE WHEN _r0 = {ROW} THEN ARRAY[1, 2] ELSE ARRAY[1] END) AS m(_m) "
+        "WHERE _late = 0 AND _r0 IS NOT NULL"
     )
 
 
