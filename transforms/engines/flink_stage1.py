@@ -114,7 +114,7 @@ def prepare_result_type(plan: TransformPlan) -> Any:
 def prepare_function(plan: TransformPlan, vectorised: bool = True) -> Callable[[Any], Any]:
     """The batch function behind ``prepare``: raw events (a pandas Series of text) to one result each
     (a DataFrame): what became of the event, its time, its number of rows, its dead letter, and its
-    output rows (``row_columns``) as arrays.
+    output rows (``row_columns``): plain columns for a ``single_row`` view, else arrays.
 
     Without Python code in the per-event stage (no event transform, or a ``Select``), the events
     ``json_batches`` can type go through the Arrow kernels of ``arrow_events`` (``vectorised``);
