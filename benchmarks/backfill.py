@@ -119,7 +119,7 @@ def generate(path: Path, events: int, users: int, days: int) -> None:
             "merchant_id": pa.array(np.char.add("m", rng.integers(0, 1000, events).astype(str))),
             "amount": pa.array(np.round(rng.lognormal(3.5, 1.0, events), 2)),
             "status": pa.array(np.where(failed, "failed", "succeeded")),
-            "failure_reason": pa.array(np.where(failed, reasons[rng.integers(0, 3, events)], None)),
+            "failure_reason": pa.array(reasons[rng.integers(0, 3, events)], mask=~failed),
             "timestamp": pa.array(ts, type=pa.timestamp("ms", tz="UTC")),
         },
         schema=HISTORY_SCHEMA,
