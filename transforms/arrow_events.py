@@ -103,9 +103,9 @@ def split_clean(plan: TransformPlan, batch: pa.RecordBatch) -> VectorisedBatch |
     None when the batch cannot be vectorised at all (a Python event transform, column types that
     do not map one-to-one, or an expression the Arrow kernels would evaluate differently).
     """
-    transform = plan.event_transform
-    if plan.event_stages or (transform is not None and not isinstance(transform, Select)):
+    if not plan.declarative_events:
         return None
+    transform = plan.event_transform
     if plan.timestamp_field not in batch.schema.names:
         return None
     columns = dict(zip(batch.schema.names, batch.columns, strict=True))
@@ -115,7 +115,7 @@ def split_clean(plan: TransformPlan, batch: pa.RecordBatch) -> VectorisedBatch |
         return None
     timed = pc.fill_null(pc.and_(pc.is_valid(time_column), pc.greater_equal(raw_ms, 0)), False)
     kept = pa.array(np.ones(batch.num_rows, dtype=bool))
-    if transform is not None:
+    if isinstance(transform, Select):
         try:
             kept, columns = transform.arrow(batch)
         except NotVectorisable:

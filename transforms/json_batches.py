@@ -38,15 +38,15 @@ class TypedBatch:
 def needed_fields(plan: TransformPlan) -> list[str] | None:
     """The event fields the per-event stage reads (the time field first), or None when it runs
     Python code (a row function, model stages), which may read anything."""
-    transform = plan.event_transform
-    if plan.event_stages or (transform is not None and not isinstance(transform, Select)):
+    if not plan.declarative_events:
         return None
+    transform = plan.event_transform
     names = [plan.timestamp_field]
-    if transform is None:
-        wanted = [*plan.key_names, *(f.aggregation.column for f in plan.features)]
-    else:
+    if isinstance(transform, Select):
         spec = transform.spec()
-        wanted = list(_columns_in([spec["select"], spec["where"]]))
+        wanted: list[str | None] = list(_columns_in([spec["select"], spec["where"]]))
+    else:  # no event transform
+        wanted = [*plan.key_names, *(f.aggregation.column for f in plan.features)]
     for name in wanted:
         if name is not None and name not in names:
             names.append(name)

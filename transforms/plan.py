@@ -98,6 +98,17 @@ class TransformPlan:
     def has_inference(self) -> bool:
         return bool(self.event_stages or self.row_stages)
 
+    @property
+    def one_row_per_event(self) -> bool:
+        """Each event gives at most one row: no event transform, or a declarative ``Select``."""
+        return self.event_transform is None or isinstance(self.event_transform, Select)
+
+    @property
+    def declarative_events(self) -> bool:
+        """The per-event stage runs no Python (one row per event, no model stages), so engines may
+        evaluate it vectorised."""
+        return self.one_row_per_event and not self.event_stages
+
     def spec(self) -> dict[str, Any]:
         """The plan as JSON-able data; code is referenced by name and source hash, never stored."""
         return {

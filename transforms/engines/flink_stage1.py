@@ -26,7 +26,6 @@ from transforms.arrow_events import split_clean
 from transforms.dtypes import DType
 from transforms.engines.flink_sql import encode_ordered, is_ordered, marker_offset_ms, quote
 from transforms.events import DeadLetter, EventCounts, EventPreparer, Lateness
-from transforms.expressions import Select
 from transforms.json_batches import needed_fields, typed_batch
 from transforms.plan import TransformPlan
 from transforms.timeutil import engine_value
@@ -87,8 +86,7 @@ def single_row(plan: TransformPlan) -> bool:
     ``prepare`` returns that row (or the heartbeat) as plain columns ``_r<j>`` and SQL adds its
     leave marker; otherwise it returns every row and marker as arrays ``_a<j>``. Plain columns cost
     far less to carry between Flink's operators than arrays."""
-    transform = plan.event_transform
-    return transform is None or isinstance(transform, Select)
+    return plan.one_row_per_event
 
 
 def _row_fields(plan: TransformPlan) -> list[str]:

@@ -68,9 +68,9 @@ def clean_rows(plan: TransformPlan, events: Any, kind: str, first: str, ts: str)
     ``Select``'s ``where=`` drops; every other event is left to Python."""
     from pyspark.sql import functions as F
 
-    transform = plan.event_transform
-    if plan.event_stages or (transform is not None and not isinstance(transform, Select)):
+    if not plan.declarative_events:
         return None
+    transform = plan.event_transform
     raw_types = {f.name: f.dataType.typeName() for f in events.schema.fields}
     if raw_types.get(plan.timestamp_field) != "timestamp":
         return None
@@ -78,11 +78,7 @@ def clean_rows(plan: TransformPlan, events: Any, kind: str, first: str, ts: str)
     timed = when.isNotNull() & (F.unix_micros(when) >= 0)
     time_ms = F.unix_millis(when)
     filtered = None
-    if transform is None:
-        sources = {name: F.col(f"`{name}`") for name in raw_types}
-        types = raw_types
-        clean = timed
-    else:
+    if isinstance(transform, Select):
         compiled = compile_select(transform, raw_types)
         if compiled is None:
             return None
@@ -92,6 +88,10 @@ def clean_rows(plan: TransformPlan, events: Any, kind: str, first: str, ts: str)
         clean = timed & compiled.kept & ~compiled.undecided
         if transform.where is not None:
             filtered = timed & ~compiled.where_undecided & ~compiled.kept
+    else:  # no event transform
+        sources = {name: F.col(f"`{name}`") for name in raw_types}
+        types = raw_types
+        clean = timed
     for name, dtype in plan.keys:
         if types.get(name) != _KEY_TYPES[dtype.name]:
             return None
