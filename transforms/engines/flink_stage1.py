@@ -192,13 +192,13 @@ def prepare_function(plan: TransformPlan, vectorised: bool = True) -> Callable[[
             return list(range(len(texts)))
         positions = typed.positions
         clean = [positions[j] for j in split.clean_mask.to_numpy(zero_copy_only=False).nonzero()[0]]
-        dropped = split.filtered_mask.to_numpy(zero_copy_only=False)
-        batch_ms = typed.batch.column(0).cast("int64").to_pylist()
-        for j in dropped.nonzero()[0]:  # a Select's where= dropped it: a heartbeat, as event_rows gives
-            i = positions[j]
-            times[i] = batch_ms[j]
-            arrays[0][i] = HEARTBEAT
-            arrays[n_keys + 1][i] = batch_ms[j] + (offset or 0)
+        dropped = [positions[j] for j in split.filtered_mask.to_numpy(zero_copy_only=False).nonzero()[0]]
+        if dropped:  # a Select's where= dropped them: heartbeats, as event_rows gives
+            dropped_ms = typed.batch.column(0).filter(split.filtered_mask).cast("int64").to_pylist()
+            for i, time_ms in zip(dropped, dropped_ms, strict=True):
+                times[i] = time_ms
+                arrays[0][i] = HEARTBEAT
+                arrays[n_keys + 1][i] = time_ms + (offset or 0)
         row_ms = split.clean["_ts"].to_pylist()
         columns = [split.clean[name].to_pylist() for name in plan.key_names]
         columns.append(row_ms)
@@ -223,9 +223,7 @@ def prepare_function(plan: TransformPlan, vectorised: bool = True) -> Callable[[
             else:
                 for i, v in zip(clean, values, strict=True):
                     target[i] = v
-        taken = set(clean)
-        taken.update(positions[j] for j in dropped.nonzero()[0])
-        return sorted(set(range(len(texts))) - taken)
+        return sorted(set(range(len(texts))) - set(clean) - set(dropped))
 
     return prepare
 
