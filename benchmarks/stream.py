@@ -11,6 +11,9 @@
    `get_online_features` returns that user's value. The source's max out-of-orderness is set to 0
    (so a row is final as soon as a newer event arrives), and each probe file also carries a later
    event that moves the watermark past the probe.
+3. CPU per event: the CPU seconds the job's processes used while stage 1 counted the events,
+   divided by those events. On a shared 2-core machine the rate varies from run to run far more
+   than this does, so compare code by CPU per event.
 
 The reference run in the same process is DuckDB computing the continuous view's rows from the same
 events (the work the streaming job must at least do), to put the job's rate in proportion.
@@ -55,6 +58,25 @@ def drop(directory: Path, name: str, lines: list[str]) -> float:
 
 
 REDIS_ENV = "MLFS_BENCH_REDIS"
+
+
+def session_cpu_seconds(session: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of a session: the job's
+    client, its JVM and its Python workers. A steadier figure than the rate on a shared machine."""
+    import os
+
+    ticks = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path("/proc", entry, "stat").read_text()
+        except OSError:  # the process ended
+            continue
+        fields = stat.rpartition(")")[2].split()
+        if int(fields[3]) == session:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def start_redis(base: Path) -> subprocess.Popen[bytes]:
@@ -185,14 +207,17 @@ def main() -> None:
             counts = [read_status(status_dir, v).counts.input for v in VIEWS]
             if first_seen is None and min(counts) > 0:
                 first_seen = (time.monotonic(), min(counts))
+                cpu_start = session_cpu_seconds(job.pid)
             if min(counts) >= args.events:
                 done = time.monotonic()
+                cpu_used = session_cpu_seconds(job.pid) - cpu_start
                 break
             if job.poll() is not None:
                 raise SystemExit(f"the streaming job exited with {job.returncode}")
             time.sleep(0.2)
         assert first_seen is not None
-        rate = (args.events - first_seen[1]) / max(done - first_seen[0], 1e-9)
+        counted = args.events - first_seen[1]
+        rate = counted / max(done - first_seen[0], 1e-9)
 
         def rows_written() -> int:
             return sum(read_status(status_dir, v).sink.rows_out for v in VIEWS)
@@ -242,6 +267,10 @@ def main() -> None:
         f"{args.online} online store"
     )
     print(f"sustained: {rate:,.0f} events/s through stage 1, {written_rate:,.0f} events/s through the sinks")
+    print(
+        f"CPU: {cpu_used / counted * 1e6:,.0f} us per event through stage 1 "
+        f"({cpu_used / max(done - first_seen[0], 1e-9):.2f} cores busy: client, JVM and Python workers)"
+    )
     print(f"rows written: {rows:,}")
     print(
         f"freshness over {len(freshness)} probes: p50 {statistics.median(freshness):.2f} s, p99 {p99:.2f} s "

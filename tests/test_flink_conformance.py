@@ -50,3 +50,26 @@ def test_streaming_with_lateness_equals_reference(window: str, transform: str) -
     assert got.counts.late >= 15
     strict = check_same(conformance_view(window, transform), events, Lateness(1000, 0))
     assert strict.counts.late > got.counts.late  # the allowance kept some events in
+
+
+def test_views_of_one_source_share_stage_1_and_each_equals_reference() -> None:
+    # One job, one stage 1 for four views (a row function, Selects, no transform), as serve-stream
+    # builds it: each view's rows, counts and dead letters are its own reference's; some events are late.
+    from transforms.engines.flink import run_flink_views
+
+    views = [
+        conformance_view("continuous", "row"),
+        conformance_view("hopping", "declarative"),
+        conformance_view("lifetime", "none"),
+        conformance_view("tumbling", "declarative"),
+    ]
+    events = arrival_order(generate_events(11), seed=11, jitter_ms=2000, late=15)
+    lateness = Lateness(1000, 1500)
+    results = run_flink_views([v.plan for v in views], events, lateness)
+    for view, got in zip(views, results, strict=True):
+        expected = view.run(events, lateness=lateness)
+        assert_same_rows(view, expected.rows, got.rows)
+        assert got.counts == expected.counts and got.counts.late >= 10
+        assert sorted((d.view, d.reason, d.detail, d.raw) for d in got.dead_letters) == sorted(
+            (d.view, d.reason, d.detail, d.raw) for d in expected.dead_letters
+        )

@@ -108,7 +108,7 @@ def test_prepare_function_gives_the_reference_rows_markers_and_heartbeats(window
     view = conformance_view(window, "row")
     plan = view.plan
     raws = [json.dumps(e, default=str) if isinstance(e, dict) else e for e in generate_events(3)[:300]]
-    got = prepare_function(plan)(pd.Series(raws, dtype="object"))
+    got = prepare_function([plan])(pd.Series(raws, dtype="object"))
     offset = marker_offset_ms(plan)
     n_keys = len(plan.keys)
     preparer = EventPreparer(plan)
@@ -116,16 +116,16 @@ def test_prepare_function_gives_the_reference_rows_markers_and_heartbeats(window
         expected = preparer.prepare(raw)
         result = got.iloc[i]
         if isinstance(expected, DeadLetter):
-            assert result["_kind"] == DEAD and DeadLetter.from_json(result["_letter"]) == expected
+            assert result["_k0"] == DEAD and DeadLetter.from_json(result["_l0"]) == expected
         elif expected is None:
-            assert result["_kind"] == FILTERED and result["_letter"] is None
+            assert result["_k0"] == FILTERED and result["_l0"] is None
         else:
-            assert result["_kind"] == OK and result["_n"] == len(expected.rows)
+            assert result["_k0"] == OK and result["_n0"] == len(expected.rows)
         if result["_t"] is None:
-            assert result["_a0"] is None
+            assert result["_a0_0"] is None
             continue
-        elements = list(zip(*(result[f"_a{j}"] for j in range(len(row_columns(plan)))), strict=True))
-        if result["_n"] == 0:
+        elements = list(zip(*(result[f"_a0_{j}"] for j in range(len(row_columns(plan)))), strict=True))
+        if result["_n0"] == 0:
             assert [e[0] for e in elements] == [HEARTBEAT] and elements[0][n_keys + 1] == result["_t"] + (
                 offset or 0
             )
@@ -141,8 +141,28 @@ def test_prepare_function_gives_the_reference_rows_markers_and_heartbeats(window
 def assert_vectorised_equals_row_path(window: str, transform: str, raws: list[str]) -> None:
     plan = conformance_view(window, transform).plan
     series = pd.Series(raws, dtype="object")
-    vectorised = prepare_function(plan)(series).to_dict("list")
-    assert vectorised == prepare_function(plan, vectorised=False)(series).to_dict("list")
+    vectorised = prepare_function([plan])(series).to_dict("list")
+    assert vectorised == prepare_function([plan], vectorised=False)(series).to_dict("list")
+
+
+def test_one_prepare_for_a_sources_views_gives_each_views_own_result() -> None:
+    """Stage 1 serves every view of a source: its shared time, and for each view exactly what that
+    view's stage 1 alone would give (declarative views share one decoding of the batch)."""
+    plans = [
+        conformance_view("continuous", "row").plan,
+        conformance_view("hopping", "declarative").plan,
+        conformance_view("lifetime", "none").plan,
+        conformance_view("tumbling", "declarative").plan,
+    ]
+    series = pd.Series([json.dumps(e) for e in generate_events(5)], dtype="object")
+    shared = prepare_function(plans)(series)
+    for v, plan in enumerate(plans):
+        alone = prepare_function([plan])(series)
+        assert shared["_t"].tolist() == alone["_t"].tolist()
+        for name in alone.columns[1:]:
+            shared_name = name.replace("0", str(v), 1)  # _k0 -> _k<v>, _r0_3 -> _r<v>_3
+            assert shared[shared_name].tolist() == alone[name].tolist(), (plan.view, name)
+    assert len(shared.columns) == 1 + sum(len(prepare_function([p])(series[:1]).columns) - 1 for p in plans)
 
 
 @pytest.mark.parametrize("transform", ["none", "declarative"])
@@ -265,8 +285,12 @@ def test_single_row_stage1_unnests_without_state(window: str) -> None:
     plan = conformance_view(window, "declarative").plan
     assert single_row(plan) and not single_row(conformance_view(window, "row").plan)
     t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
-    columns = ", ".join(f"`_r{j}` {flink_types(dtype)[1]}" for j, (_, dtype) in enumerate(row_columns(plan)))
+    columns = ", ".join(
+        f"`_r0_{j}` {flink_types(dtype)[1]}" for j, (_, dtype) in enumerate(row_columns(plan))
+    )
     t_env.execute_sql(f"CREATE TABLE classified (_late INT, {columns}) WITH ('connector' = 'datagen')")
-    optimized = t_env.explain_sql(prepared_sql(plan, "classified")).split("== Optimized Execution Plan ==")[1]
+    optimized = t_env.explain_sql(prepared_sql(plan, 0, "classified")).split(
+        "== Optimized Execution Plan =="
+    )[1]
     assert "Join" not in optimized
     assert ("Correlate" in optimized) == (marker_offset_ms(plan) is not None)

@@ -166,7 +166,7 @@ def test_stream_to_redis_and_offline_equals_reference(tmp_path: Path) -> None:
             return read_status(status_dir, "user_payment_stats_7d").counts.input >= n
 
         wait_for(lambda: seen(len(first)), STARTUP_S, "the first file")
-        # Each view's stage 1 reports on its own (once a second): scrape when both have.
+        # Stage 1 reports every view's counts together (once a second): scrape when it has.
         wait_for(
             lambda: read_status(status_dir, "user_last_payment_fail").max_event_ms is not None,
             60,
@@ -285,3 +285,21 @@ def repr_row(row: dict[str, Any]) -> str:
         return v.timestamp() if isinstance(v, datetime) else v
 
     return repr(sorted((k, plain(v)) for k, v in row.items()))
+
+
+def test_a_checkpoint_of_another_job_shape_is_a_clear_error(tmp_path: Path) -> None:
+    """A job of other views cannot restore the state of this one: a one-line error naming --fresh."""
+    repo_path = example_repo(tmp_path / "repo", events=100)
+    assert main(["apply", "--repo", str(repo_path)]) == 0
+    first = serve_stream(
+        repo_path, tmp_path / "one.log", "user_payment_stats_7d", "--for", "3", "--no-metrics"
+    )
+    first.wait(timeout=300)
+    assert first.returncode == 0 and "stopped with savepoint" in log_of(first).read_text()
+    every = serve_stream(repo_path, tmp_path / "every.log", "--for", "3", "--no-metrics")
+    every.wait(timeout=300)
+    output = log_of(every).read_text()
+    assert every.returncode == 1, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith("mlfs: ")]
+    assert len(errors) == 1 and errors[0].startswith("mlfs: error: cannot restore "), output[-3000:]
+    assert "--fresh" in errors[0] and "Traceback" not in output

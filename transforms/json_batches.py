@@ -1,9 +1,10 @@
 """JSON-lines events as typed Arrow batches, for the vectorised event stage (``arrow_events``).
 
-A streaming source delivers text. ``typed_batch`` decodes a batch of lines with the same
-``json.loads`` and ``parse_event_time`` the row path uses, and keeps in the Arrow batch only the
-events whose every needed field has one JSON type per column (string, integer within int64,
-float, boolean, or null/absent) and whose time is 1970 or later. The other events are
+A streaming source delivers text. ``decode_lines`` decodes a batch of lines with the same
+``json.loads`` and ``parse_event_time`` the row path uses, once for every view of the source.
+``typed_batch`` keeps in a view's Arrow batch only the events whose every needed field has one
+JSON type per column (string, integer within int64, float, boolean, or null/absent) and whose
+time is 1970 or later. The other events are
 returned by position, for the row path, which gives them their exact outcome (often a dead letter).
 """
 
@@ -81,27 +82,44 @@ def _kind(value: Any) -> str | None:
     return "other"
 
 
-def typed_batch(fields: Sequence[str], texts: Sequence[str]) -> TypedBatch:
-    """Decode ``texts`` (one JSON object each) into a batch of ``fields``; the time field (the first)
-    becomes a UTC timestamp column in milliseconds."""
-    time_field, *value_fields = fields
-    events: list[dict[str, Any]] = []
-    times: list[int] = []
-    positions: list[int] = []
-    rest: list[int] = []
+@dataclass
+class DecodedLines:
+    """A batch of JSON lines decoded once (``decode_lines``), for the typed batches of every view
+    reading the same source: the objects with a usable time, their times and positions (ascending),
+    and the positions of the rest."""
+
+    events: list[dict[str, Any]]
+    times: list[int]
+    positions: list[int]
+    rest: list[int]
+
+
+def decode_lines(time_field: str, texts: Sequence[str]) -> DecodedLines:
+    """Decode ``texts`` (one JSON object each) and their ``time_field`` in UTC milliseconds."""
+    decoded = DecodedLines([], [], [], [])
     for i, text in enumerate(texts):
         try:
             event = json.loads(text)
             time_ms = parse_event_time(event.get(time_field)) if isinstance(event, dict) else -1
         except (ValueError, TypeError):
-            rest.append(i)
+            decoded.rest.append(i)
             continue
         if time_ms < 0:  # before 1970, truncating to the millisecond would not floor
-            rest.append(i)
+            decoded.rest.append(i)
             continue
-        events.append(event)
-        times.append(time_ms)
-        positions.append(i)
+        decoded.events.append(event)
+        decoded.times.append(time_ms)
+        decoded.positions.append(i)
+    return decoded
+
+
+def typed_batch(fields: Sequence[str], lines: Sequence[str] | DecodedLines) -> TypedBatch:
+    """A batch of ``fields`` from JSON lines (text, or decoded by ``decode_lines`` with the first
+    field as the time); the time field becomes a UTC timestamp column in milliseconds."""
+    time_field, *value_fields = fields
+    decoded = lines if isinstance(lines, DecodedLines) else decode_lines(time_field, lines)
+    events, times = decoded.events, decoded.times
+    positions, rest = decoded.positions, decoded.rest
     # Each column takes its most common type; an event with another type in any column leaves the batch.
     columns: dict[str, list[Any]] = {}
     kinds: dict[str, str | None] = {}

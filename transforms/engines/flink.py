@@ -1,11 +1,11 @@
-"""The Flink engine: compiles a ``TransformPlan`` to a PyFlink job.
+"""The Flink engine: compiles ``TransformPlan``s to a PyFlink job.
 
-* Stage 1 (``flink_stage1``): a vectorised Python function runs ``transforms.events`` (the
-  reference's code) over batches of raw events, and Flink SQL decides lateness in arrival order,
-  counts the outcomes and unnests the typed rows (plus leave markers, see ``flink_sql``, and a
-  heartbeat for an event that gives no row, so every event moves the watermark as in the
-  reference). Dead letters and counts go to an ``OutcomeSink``.
-* The rows become the table ``prepared`` with event-time attribute ``rt`` and a watermark that trails
+* Stage 1 (``flink_stage1``), one for all the views of a source: a vectorised Python function runs
+  ``transforms.events`` (the reference's code) over batches of raw events, and Flink SQL decides
+  lateness in arrival order, counts the outcomes and unnests each view's typed rows (plus leave
+  markers, see ``flink_sql``, and a heartbeat for an event that gives no row, so every event moves
+  the watermark as in the reference). Dead letters and counts go to each view's ``OutcomeSink``.
+* A view's rows become its table ``prepared`` with event-time attribute ``rt`` and a watermark that trails
   the latest event by the source's out-of-orderness plus allowed lateness, so no event stage 1
   accepted is ever late for Flink's operators.
 * Stage 2 is Flink SQL (``flink_sql.stage2_sql``): keyed state and aggregation in Java operators.
@@ -28,6 +28,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -219,6 +220,10 @@ def flink_environment(
     config.set_string("python.executable", sys.executable)
     config.set_string("python.client.executable", sys.executable)
     config.set_string("table.local-time-zone", "UTC")
+    # Without it, each chained operator gets a deep copy of every row (measured: most of stage 1's
+    # time). The job is safe with it: every operator that keeps rows (OVER, window, mini-batch and
+    # Python operators) reads them from a network exchange, which never reuses objects, or copies.
+    config.set_string("pipeline.object-reuse", "true")
     for name, value in (settings or {}).items():
         config.set_string(name, value)
     if master:
@@ -250,25 +255,44 @@ def _remote_environment(master: str, config: Any) -> Any:
     return StreamExecutionEnvironment(j_env)
 
 
+@dataclass(frozen=True)
+class ViewJob:
+    """One view in a Flink job: its plan, where its dead letters and counts go, where its feature
+    rows go, and the name of its prepared table (unique in the job)."""
+
+    plan: TransformPlan
+    outcomes: Callable[[], OutcomeSink]
+    rows: Callable[[], RowWriter]
+    table: str = PREPARED
+
+
 def build_job(
-    plan: TransformPlan,
+    views: Sequence[ViewJob],
     env: Any,
     t_env: Any,
     raw: Any,
     lateness: Lateness | None,
-    outcomes: Callable[[], OutcomeSink],
-    row_writer: Callable[[], RowWriter],
-    table: str = PREPARED,
+    source: str = "source",
 ) -> None:
-    """Add the view's stage 1, stage 2 and sinks to ``env``, reading raw events from ``raw``."""
-    from pyflink.table import Schema
-
+    """Add one stage 1 for ``views`` (the views of one source, read from ``raw``), then each view's
+    stage 2 and sinks, to ``env``."""
     # The workers import the user code's modules (event transform, model stages) from shipped copies.
-    roots = {import_root(m) for m in map(user_module, plan_functions(plan)) if m is not None}
+    plans = [view.plan for view in views]
+    roots = {
+        import_root(m) for plan in plans for m in map(user_module, plan_functions(plan)) if m is not None
+    }
     for folder in sorted(roots):
         env.add_python_file(str(folder))
-    prepared = build_stage1(plan, env, raw, lateness, outcomes, table)
-    columns = prepared_columns(plan)
+    prepared = build_stage1(plans, env, raw, lateness, [view.outcomes for view in views], source)
+    for view, stream in zip(views, prepared, strict=True):
+        _build_stage2(view, env, t_env, stream, lateness)
+
+
+def _build_stage2(view: ViewJob, env: Any, t_env: Any, prepared: Any, lateness: Lateness | None) -> None:
+    """A view's stage 2 over its ``prepared`` rows, and its row sink."""
+    from pyflink.table import Schema
+
+    plan, table = view.plan, view.table
     if lateness is None:  # a bounded replay: every event counts, rows are emitted at the end
         out_of_order = BOUNDED_REPLAY_LAG_MS
     else:
@@ -276,7 +300,7 @@ def build_job(
     # One more millisecond, so an event exactly at stage 1's bound is still ahead of Flink's watermark.
     lag = watermark_lag_ms(plan, out_of_order) + 1
     builder = Schema.new_builder()
-    for name, _, data_type in columns:
+    for name, _, data_type in prepared_columns(plan):
         builder = builder.column(name, data_type)
     schema = (
         builder.column_by_expression("rt", "TO_TIMESTAMP_LTZ(_ts, 3)")
@@ -291,7 +315,7 @@ def build_job(
     result = t_env.sql_query(stage2_sql(plan, table))
     # Rows wait at most this long in the sink: the row stages' max wait, or 100 ms.
     flush_ms = plan.row_stages[0].batching.max_wait_ms if plan.row_stages else 100
-    add_row_sink(plan, env, t_env.to_data_stream(result), row_writer, table, flush_ms)
+    add_row_sink(plan, env, t_env.to_data_stream(result), view.rows, table, flush_ms)
 
 
 def add_row_sink(
@@ -336,6 +360,18 @@ def run_flink(
 ) -> EngineResult:
     """Run ``plan`` over finite ``events`` (in arrival order) as a Flink job; the same result type
     as the reference engine. Dicts are sent as JSON text, which is how Flink sources read events."""
+    return run_flink_views([plan], events, lateness, parallelism, master)[0]
+
+
+def run_flink_views(
+    plans: Sequence[TransformPlan],
+    events: Iterable[Any],
+    lateness: Lateness | None = None,
+    parallelism: int = 2,
+    master: str | None = None,
+) -> list[EngineResult]:
+    """``run_flink`` for several views of one source in one job, sharing one stage 1 as
+    ``mlfs serve-stream`` does; one result per view."""
     from pyflink.common import Types
 
     texts = [_as_text(e) for e in events]
@@ -343,12 +379,21 @@ def run_flink(
     try:
         env, t_env = flink_environment(parallelism, master)
         raw = env.from_collection(texts, Types.STRING())
-        outcomes = functools.partial(SpoolOutcomes, spool)
-        build_job(plan, env, t_env, raw, lateness, outcomes, functools.partial(SpoolRows, spool))
-        env.execute(f"mlfs-{plan.view}")
-        # Python workers may close their functions just after the job reports FINISHED.
-        _wait_for_spools(spool)
-        return _read_spool(plan, spool)
+        views = []
+        for v, plan in enumerate(plans):
+            directory = os.path.join(spool, f"view{v}")
+            os.mkdir(directory)
+            outcomes = functools.partial(SpoolOutcomes, directory)
+            rows = functools.partial(SpoolRows, directory)
+            views.append(ViewJob(plan, outcomes, rows, f"{PREPARED}{v}"))
+        build_job(views, env, t_env, raw, lateness)
+        env.execute(f"mlfs-{'-'.join(plan.view for plan in plans)}")
+        results = []
+        for v, plan in enumerate(plans):
+            # Python workers may close their functions just after the job reports FINISHED.
+            _wait_for_spools(os.path.join(spool, f"view{v}"))
+            results.append(_read_spool(plan, os.path.join(spool, f"view{v}")))
+        return results
     finally:
         shutil.rmtree(spool, ignore_errors=True)
 

@@ -1,32 +1,36 @@
 """Stage 1 of the Flink engine: raw events to the typed rows of ``flink_sql``, mostly in Flink's
-own operators.
+own operators. One stage 1 serves every view of a source: event time, lateness and the position in
+the source belong to the source, so each event is decoded and classified once.
 
 * ``prepare`` is a vectorised (pandas) Python function over a batch of raw events: decode, event
-  time, event transform, model stages, keys and types. Views without Python code in that stage (no
-  event transform, or a ``Select``) take the Arrow kernels of ``transforms.arrow_events`` for the
-  events ``transforms.json_batches`` can type; every other event runs the reference's own
-  ``EventPreparer``. It keeps no state, so Flink hands it Arrow batches, not single events. A row
-  function may give several rows per event, so rows come back as one array per column.
+  time, and for each view its event transform, model stages, keys and types. Views without Python
+  code in that stage (no event transform, or a ``Select``) take the Arrow kernels of
+  ``transforms.arrow_events`` for the events ``transforms.json_batches`` can type; every other event
+  runs the reference's own ``EventPreparer``. It keeps no state, so Flink hands it Arrow batches,
+  not single events. A row function may give several rows per event, so its view's rows come back
+  as one array per column.
 * Lateness depends on arrival order, so it is decided after ``prepare`` by a Flink SQL ``OVER``
   aggregate at parallelism 1 ordered by processing time: the highest event time so far (this event
   included) and the event's position ``_seq``, both in Flink state. An event is late when its time is
   below that maximum minus the bound. A late event never raises the maximum, so this is exactly
   ``LateClassifier``'s rule, which compares with the maximum before the event.
-* The accepted rows are unnested in SQL, with leave markers and a heartbeat for an event that gives
-  no row (every event moves the watermark, as in the reference). Dead letters (and late events)
-  go to a Python outcome sink; the counts are one global SQL aggregate, emitted once per mini-batch.
+* Each view's accepted rows are unnested in SQL, with leave markers and a heartbeat for an event
+  that gives the view no row (every event moves the watermark, as in the reference). Dead letters
+  (and late events, one letter per view) go to the views' Python outcome sinks; the counts are one
+  global SQL aggregate, emitted once per mini-batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from transforms.arrow_events import split_clean
 from transforms.dtypes import DType
 from transforms.engines.flink_sql import encode_ordered, is_ordered, marker_offset_ms, quote
 from transforms.events import DeadLetter, EventCounts, EventPreparer, Lateness
-from transforms.json_batches import needed_fields, typed_batch
+from transforms.json_batches import DecodedLines, TypedBatch, decode_lines, needed_fields, typed_batch
 from transforms.plan import TransformPlan
 from transforms.timeutil import engine_value
 
@@ -83,47 +87,109 @@ def prepared_columns(plan: TransformPlan) -> list[tuple[str, Any, Any]]:
 
 def single_row(plan: TransformPlan) -> bool:
     """Whether every event gives at most one row (no event transform, or a ``Select``). Then
-    ``prepare`` returns that row (or the heartbeat) as plain columns ``_r<j>`` and SQL adds its
-    leave marker; otherwise it returns every row and marker as arrays ``_a<j>``. Plain columns cost
-    far less to carry between Flink's operators than arrays."""
+    ``prepare`` returns that row (or the heartbeat) as plain columns ``_r<v>_<j>`` and SQL adds its
+    leave marker; otherwise it returns every row and marker as arrays ``_a<v>_<j>``. Plain columns
+    cost far less to carry between Flink's operators than arrays."""
     return plan.one_row_per_event
 
 
-def _row_fields(plan: TransformPlan) -> list[str]:
-    prefix = "_r" if single_row(plan) else "_a"
+def _row_fields(plan: TransformPlan, v: int) -> list[str]:
+    prefix = f"_r{v}_" if single_row(plan) else f"_a{v}_"
     return [f"{prefix}{j}" for j in range(len(row_columns(plan)))]
 
 
-def prepare_result_type(plan: TransformPlan) -> Any:
+def _view_fields(plan: TransformPlan, v: int) -> list[str]:
+    """What ``prepare`` made of each event for view ``v``: kind (OK, FILTERED, DEAD), number of
+    rows, dead letter (JSON), and the rows (``_row_fields``)."""
+    return [f"_k{v}", f"_n{v}", f"_l{v}", *_row_fields(plan, v)]
+
+
+def _outcome_fields(plans: Sequence[TransformPlan]) -> list[str]:
+    """The fields of ``prepare``'s result (``prepare_result_type``): the event's time ``_t``, then
+    each view's ``_view_fields``."""
+    return ["_t", *(name for v, plan in enumerate(plans) for name in _view_fields(plan, v))]
+
+
+def prepare_result_type(plans: Sequence[TransformPlan]) -> Any:
     from pyflink.table import DataTypes
 
-    fields = [
-        DataTypes.FIELD("_kind", DataTypes.INT()),
-        DataTypes.FIELD("_t", DataTypes.BIGINT()),
-        DataTypes.FIELD("_n", DataTypes.INT()),
-        DataTypes.FIELD("_letter", DataTypes.STRING()),
-    ]
-    for name, (_, dtype) in zip(_row_fields(plan), row_columns(plan), strict=True):
-        data_type = flink_types(dtype)[1]
-        fields.append(DataTypes.FIELD(name, data_type if single_row(plan) else DataTypes.ARRAY(data_type)))
+    fields = [DataTypes.FIELD("_t", DataTypes.BIGINT())]
+    for v, plan in enumerate(plans):
+        fields += [
+            DataTypes.FIELD(f"_k{v}", DataTypes.INT()),
+            DataTypes.FIELD(f"_n{v}", DataTypes.INT()),
+            DataTypes.FIELD(f"_l{v}", DataTypes.STRING()),
+        ]
+        for name, (_, dtype) in zip(_row_fields(plan, v), row_columns(plan), strict=True):
+            data_type = flink_types(dtype)[1]
+            fields.append(
+                DataTypes.FIELD(name, data_type if single_row(plan) else DataTypes.ARRAY(data_type))
+            )
     return DataTypes.ROW(fields)
 
 
-def prepare_function(plan: TransformPlan, vectorised: bool = True) -> Callable[[Any], Any]:
-    """The batch function behind ``prepare``: raw events (a pandas Series of text) to one result each
-    (a DataFrame): what became of the event, its time, its number of rows, its dead letter, and its
-    output rows (``row_columns``): plain columns for a ``single_row`` view, else arrays.
+@dataclass
+class ViewOutcomes:
+    """What ``prepare`` made of a batch of events for one view (one entry per event): kind, time
+    (None: undecodable, or no usable time), number of rows, dead letter, and one list per output
+    row column (``row_columns``), of plain values for a ``single_row`` view, else arrays."""
 
-    Without Python code in the per-event stage (no event transform, or a ``Select``), the events
-    ``json_batches`` can type go through the Arrow kernels of ``arrow_events`` (``vectorised``);
-    the others, and every event otherwise, through the reference's ``EventPreparer``."""
+    kinds: list[int]
+    times: list[int | None]
+    counts: list[int]
+    letters: list[str | None]
+    rows: list[list[Any]]
+
+
+def prepare_function(plans: Sequence[TransformPlan], vectorised: bool = True) -> Callable[[Any], Any]:
+    """The batch function behind ``prepare``, for every view reading one source: raw events (a
+    pandas Series of text) to one result each (a DataFrame of ``_outcome_fields``).
+
+    The event's time is the source's (every view of a source has its time field), so lateness is
+    decided once for all of them. Views without Python code in the per-event stage (no event
+    transform, or a ``Select``) take the Arrow kernels of ``arrow_events`` for the events
+    ``json_batches`` can type (``vectorised``), from one decoding of the batch; the others, and
+    every event otherwise, the reference's ``EventPreparer``."""
+    views = [_view_preparer(plan, vectorised) for plan in plans]
+    time_fields = {plan.timestamp_field for plan in plans}
+    if len(time_fields) != 1:
+        raise ValueError(f"the views of one stage 1 read one source with one time field, got {time_fields}")
+    (time_field,) = time_fields
+
+    def prepare(raws: Any) -> Any:
+        import pandas as pd
+
+        texts = raws.tolist()
+        decoded: list[DecodedLines] = []  # decoded once, when a view first asks
+
+        def decode() -> DecodedLines:
+            if not decoded:
+                decoded.append(decode_lines(time_field, texts))
+            return decoded[0]
+
+        outcomes = [view(texts, decode) for view in views]
+        data: dict[str, Any] = {"_t": pd.Series(outcomes[0].times, dtype="object")}
+        for v, (plan, outcome) in enumerate(zip(plans, outcomes, strict=True)):
+            data[f"_k{v}"] = outcome.kinds
+            data[f"_n{v}"] = outcome.counts
+            data[f"_l{v}"] = pd.Series(outcome.letters, dtype="object")
+            for name, column in zip(_row_fields(plan, v), outcome.rows, strict=True):
+                data[name] = pd.Series(column, dtype="object")
+        return pd.DataFrame(data)
+
+    return prepare
+
+
+def _view_preparer(
+    plan: TransformPlan, vectorised: bool
+) -> Callable[[list[str], Callable[[], DecodedLines]], ViewOutcomes]:
+    """One view's part of ``prepare``: texts (and their shared decoding, on demand) to outcomes."""
     ordered = _ordered(plan)
     offset = marker_offset_ms(plan)
     n_keys = len(plan.keys)
     n_values = len(plan.features) + len(ordered)
     fields = needed_fields(plan) if vectorised else None
     single = single_row(plan)
-    fields_out = _row_fields(plan)
     preparers: list[EventPreparer] = []  # made on the worker, once
 
     def event_rows(prepared: Any, time_ms: int) -> list[tuple[Any, ...]]:
@@ -142,63 +208,47 @@ def prepare_function(plan: TransformPlan, vectorised: bool = True) -> Callable[[
                 rows.append((MARKER, *key, time_ms + offset, *[None] * n_values))
         return rows
 
-    def prepare(raws: Any) -> Any:
-        import pandas as pd
-
+    def prepare(texts: list[str], decode: Callable[[], DecodedLines]) -> ViewOutcomes:
         if not preparers:
             preparers.append(EventPreparer(plan))
-        texts = raws.tolist()
         n = len(texts)
-        kinds = [FILTERED] * n
-        times: list[int | None] = [None] * n
-        counts = [0] * n
-        letters: list[str | None] = [None] * n
-        arrays: list[list[Any]] = [[None] * n for _ in range(n_keys + n_values + 2)]
-        rest = range(n) if fields is None else _prepare_vectorised(texts, kinds, times, counts, arrays)
+        out = ViewOutcomes(
+            [FILTERED] * n,
+            [None] * n,
+            [0] * n,
+            [None] * n,
+            [[None] * n for _ in range(n_keys + n_values + 2)],
+        )
+        rest = range(n) if fields is None else _prepare_vectorised(typed_batch(fields, decode()), n, out)
         outcomes = preparers[0].prepare_batch_timed([texts[i] for i in rest])
         for i, (time_ms, outcome) in zip(rest, outcomes, strict=True):
-            times[i] = time_ms
+            out.times[i] = time_ms
             if outcome is not None:
-                kinds[i] = DEAD if isinstance(outcome, DeadLetter) else OK
-            counts[i] = 0 if outcome is None or isinstance(outcome, DeadLetter) else len(outcome.rows)
-            letters[i] = outcome.to_json() if isinstance(outcome, DeadLetter) else None
+                out.kinds[i] = DEAD if isinstance(outcome, DeadLetter) else OK
+            out.counts[i] = 0 if outcome is None or isinstance(outcome, DeadLetter) else len(outcome.rows)
+            out.letters[i] = outcome.to_json() if isinstance(outcome, DeadLetter) else None
             if time_ms is None:  # undecodable, or no usable time: no rows and no watermark
                 continue
-            for column, values in zip(arrays, zip(*event_rows(outcome, time_ms), strict=True), strict=True):
+            for column, values in zip(out.rows, zip(*event_rows(outcome, time_ms), strict=True), strict=True):
                 column[i] = values[0] if single else list(values)  # single: the row (SQL adds the marker)
-        data = {
-            "_kind": kinds,
-            "_t": pd.Series(times, dtype="object"),
-            "_n": counts,
-            "_letter": pd.Series(letters, dtype="object"),
-        }
-        for name, column in zip(fields_out, arrays, strict=True):
-            data[name] = pd.Series(column, dtype="object")
-        return pd.DataFrame(data)
+        return out
 
-    def _prepare_vectorised(
-        texts: list[str],
-        kinds: list[int],
-        times: list[int | None],
-        counts: list[int],
-        arrays: list[list[Any]],
-    ) -> list[int]:
+    def _prepare_vectorised(typed: TypedBatch, n: int, out: ViewOutcomes) -> list[int]:
         """Fill in the events the Arrow kernels prepare (one row each, as plain columns); returns the
         positions left to the row path."""
-        assert fields is not None and single
-        typed = typed_batch(fields, texts)
+        assert single
         split = split_clean(plan, typed.batch) if typed.positions else None
         if split is None:
-            return list(range(len(texts)))
+            return list(range(n))
         positions = typed.positions
         clean = [positions[j] for j in split.clean_mask.to_numpy(zero_copy_only=False).nonzero()[0]]
         dropped = [positions[j] for j in split.filtered_mask.to_numpy(zero_copy_only=False).nonzero()[0]]
         if dropped:  # a Select's where= dropped them: heartbeats, as event_rows gives
             dropped_ms = typed.batch.column(0).filter(split.filtered_mask).cast("int64").to_pylist()
             for i, time_ms in zip(dropped, dropped_ms, strict=True):
-                times[i] = time_ms
-                arrays[0][i] = HEARTBEAT
-                arrays[n_keys + 1][i] = time_ms + (offset or 0)
+                out.times[i] = time_ms
+                out.rows[0][i] = HEARTBEAT
+                out.rows[n_keys + 1][i] = time_ms + (offset or 0)
         row_ms = split.clean["_ts"].to_pylist()
         columns = [split.clean[name].to_pylist() for name in plan.key_names]
         columns.append(row_ms)
@@ -211,19 +261,19 @@ def prepare_function(plan: TransformPlan, vectorised: bool = True) -> Callable[[
                     for t, v in zip(row_ms, values, strict=True)
                 ]
             )
-        elements = [[ROW] * len(clean), *columns]  # per column of ``arrays``, each clean event's row
-        targets: list[list[Any]] = [kinds, times, counts, *arrays]
+        elements = [[ROW] * len(clean), *columns]  # per row column, each clean event's row
+        targets: list[list[Any]] = [out.kinds, out.times, out.counts, *out.rows]
         for target, values in zip(
             targets,
             [[OK] * len(clean), row_ms, [1] * len(clean), *elements],
             strict=True,
         ):
-            if len(clean) == len(texts):
+            if len(clean) == n:
                 target[:] = values
             else:
                 for i, v in zip(clean, values, strict=True):
                     target[i] = v
-        return sorted(set(range(len(texts))) - set(clean) - set(dropped))
+        return sorted(set(range(n)) - set(clean) - set(dropped))
 
     return prepare
 
@@ -242,50 +292,55 @@ class OutcomeSink(Protocol):
     def close(self) -> None: ...
 
 
-def prepared_sql(plan: TransformPlan, classified: str) -> str:
-    """Stage 1's output: the rows, markers and heartbeats of the events that are not late, in the
-    order of the events (one unnesting, so nothing reorders them)."""
+def prepared_sql(plan: TransformPlan, v: int, classified: str) -> str:
+    """View ``v``'s stage-1 output: the rows, markers and heartbeats of the events that are not
+    late, in the order of the events (one unnesting, so nothing reorders them)."""
     columns = row_columns(plan)
+    fields = _row_fields(plan, v)
     if not single_row(plan):
-        items = ", ".join(f"_a{j}[_i] AS {quote(name)}" for j, (name, _) in enumerate(columns))
+        items = ", ".join(
+            f"{quote(f)}[_i] AS {quote(name)}" for f, (name, _) in zip(fields, columns, strict=True)
+        )
         return (
-            f"SELECT {items} FROM {quote(classified)} CROSS JOIN UNNEST(_a0) WITH ORDINALITY AS r(_x, _i) "
-            "WHERE _late = 0"
+            f"SELECT {items} FROM {quote(classified)} "
+            f"CROSS JOIN UNNEST({quote(fields[0])}) WITH ORDINALITY AS r(_x, _i) WHERE _late = 0"
         )
     offset = marker_offset_ms(plan)
     n_keys = len(plan.keys)
+    kind, time = quote(fields[0]), quote(fields[n_keys + 1])
+    present = f"WHERE _late = 0 AND {kind} IS NOT NULL"
     if offset is None:
-        items = ", ".join(f"_r{j} AS {quote(name)}" for j, (name, _) in enumerate(columns))
-        return f"SELECT {items} FROM {quote(classified)} WHERE _late = 0 AND _r0 IS NOT NULL"
+        items = ", ".join(
+            f"{quote(f)} AS {quote(name)}" for f, (name, _) in zip(fields, columns, strict=True)
+        )
+        return f"SELECT {items} FROM {quote(classified)} {present}"
     # Each row, then its leave marker (``_m`` = 2): same keys, ``offset`` later, no values.
-    listed = [f"CASE WHEN _m = 1 THEN _r0 ELSE {MARKER} END AS `_kind`"]
-    listed += [f"_r{j} AS {quote(name)}" for j, (name, _) in enumerate(columns[1 : n_keys + 1], start=1)]
-    listed.append(f"CASE WHEN _m = 1 THEN _r{n_keys + 1} ELSE _r{n_keys + 1} + {offset} END AS `_ts`")
+    listed = [f"CASE WHEN _m = 1 THEN {kind} ELSE {MARKER} END AS `_kind`"]
     listed += [
-        f"CASE WHEN _m = 1 THEN _r{j} END AS {quote(name)}"
-        for j, (name, _) in enumerate(columns[n_keys + 2 :], start=n_keys + 2)
+        f"{quote(f)} AS {quote(name)}"
+        for f, (name, _) in zip(fields[1 : n_keys + 1], columns[1 : n_keys + 1], strict=True)
+    ]
+    listed.append(f"CASE WHEN _m = 1 THEN {time} ELSE {time} + {offset} END AS `_ts`")
+    listed += [
+        f"CASE WHEN _m = 1 THEN {quote(f)} END AS {quote(name)}"
+        for f, (name, _) in zip(fields[n_keys + 2 :], columns[n_keys + 2 :], strict=True)
     ]
     # The array depends on the row, so this stays a correlated unnest (a constant array would make
     # the planner join with a constant table, which keeps every event in state).
     return (
         f"SELECT {', '.join(listed)} FROM {quote(classified)} "
-        f"CROSS JOIN UNNEST(CASE WHEN _r0 = {ROW} THEN ARRAY[1, 2] ELSE ARRAY[1] END) AS m(_m) "
-        "WHERE _late = 0 AND _r0 IS NOT NULL"
+        f"CROSS JOIN UNNEST(CASE WHEN {kind} = {ROW} THEN ARRAY[1, 2] ELSE ARRAY[1] END) AS m(_m) {present}"
     )
 
 
-def _outcome_fields(plan: TransformPlan) -> list[str]:
-    """The fields of ``prepare``'s result (``prepare_result_type``)."""
-    return ["_kind", "_t", "_n", "_letter", *_row_fields(plan)]
-
-
-def events_sql(plan: TransformPlan, raw: str, function: str) -> str:
+def events_sql(plans: Sequence[TransformPlan], raw: str, function: str) -> str:
     """Each raw event with what ``prepare`` made of it."""
-    items = ", ".join(f"p.{quote(name)} AS {quote(name)}" for name in _outcome_fields(plan))
-    return f"SELECT _raw, {items}, _pt FROM (SELECT f0 AS _raw, {function}(f0) AS p, _pt FROM {quote(raw)})"
+    items = ", ".join(f"p.{quote(name)} AS {quote(name)}" for name in _outcome_fields(plans))
+    prepared = f"SELECT f0 AS _raw, {quote(function)}(f0) AS p, _pt FROM {quote(raw)}"
+    return f"SELECT _raw, {items}, _pt FROM ({prepared})"
 
 
-def classified_sql(plan: TransformPlan, events: str, lateness: Lateness | None) -> str:
+def classified_sql(plans: Sequence[TransformPlan], events: str, lateness: Lateness | None) -> str:
     """Each event with its position ``_seq``, the highest event time so far ``_max`` (this event
     included) and whether it is late (``_late``, 0 or 1)."""
     if lateness is None:  # a bounded replay: nothing is late
@@ -293,7 +348,7 @@ def classified_sql(plan: TransformPlan, events: str, lateness: Lateness | None) 
     else:
         bound = lateness.max_out_of_orderness_ms + lateness.allowed_lateness_ms
         late = f"CASE WHEN _t < _max - {bound} THEN 1 ELSE 0 END"
-    listed = ", ".join(quote(name) for name in ["_raw", *_outcome_fields(plan)])
+    listed = ", ".join(quote(name) for name in ["_raw", *_outcome_fields(plans)])
     return (
         f"SELECT {listed}, _max, _seq, {late} AS _late FROM ("
         f"SELECT {listed}, MAX(_t) OVER w AS _max, COUNT(*) OVER w AS _seq FROM {quote(events)} "
@@ -301,82 +356,93 @@ def classified_sql(plan: TransformPlan, events: str, lateness: Lateness | None) 
     )
 
 
-def letters_sql(classified: str) -> str:
-    """The events that become dead letters: late, or rejected by ``prepare``."""
+def letters_sql(n_views: int, classified: str) -> str:
+    """The events that become a dead letter of some view: late, or rejected by ``prepare``."""
+    letters = [f"_l{v}" for v in range(n_views)]
+    rejected = " OR ".join(f"{name} IS NOT NULL" for name in letters)
     return (
-        f"SELECT _seq, _late, _t, _max, _raw, _letter FROM {quote(classified)} "
-        "WHERE _late = 1 OR _letter IS NOT NULL"
+        f"SELECT _seq, _late, _t, _max, _raw, {', '.join(letters)} FROM {quote(classified)} "
+        f"WHERE _late = 1 OR {rejected}"
     )
 
 
-def counts_sql(classified: str) -> str:
-    """The four outcomes and the rows so far, and the highest event time (one global aggregate)."""
-    accepted = "_late = 0 AND _kind"
-    return (
-        "SELECT COUNT(*) AS `input`, "
-        f"CAST(SUM(CASE WHEN {accepted} = {OK} THEN 1 ELSE 0 END) AS BIGINT) AS aggregated, "
-        f"CAST(SUM(CASE WHEN {accepted} = {FILTERED} THEN 1 ELSE 0 END) AS BIGINT) AS filtered, "
-        f"CAST(SUM(CASE WHEN {accepted} = {DEAD} THEN 1 ELSE 0 END) AS BIGINT) AS dead_lettered, "
-        "CAST(SUM(_late) AS BIGINT) AS late, "
-        f"CAST(SUM(CASE WHEN {accepted} = {OK} THEN _n ELSE 0 END) AS BIGINT) AS `rows`, "
-        f"MAX(_max) AS max_seen FROM {quote(classified)}"
-    )
+def counts_sql(n_views: int, classified: str) -> str:
+    """The events so far, the late ones and the highest event time, then each view's outcomes and
+    rows (one global aggregate)."""
+    items = ["COUNT(*) AS `input`", "CAST(SUM(_late) AS BIGINT) AS late", "MAX(_max) AS max_seen"]
+    for v in range(n_views):
+        accepted = f"_late = 0 AND _k{v}"
+        items += [
+            f"CAST(SUM(CASE WHEN {accepted} = {OK} THEN 1 ELSE 0 END) AS BIGINT) AS aggregated{v}",
+            f"CAST(SUM(CASE WHEN {accepted} = {FILTERED} THEN 1 ELSE 0 END) AS BIGINT) AS filtered{v}",
+            f"CAST(SUM(CASE WHEN {accepted} = {DEAD} THEN 1 ELSE 0 END) AS BIGINT) AS dead{v}",
+            f"CAST(SUM(CASE WHEN {accepted} = {OK} THEN _n{v} ELSE 0 END) AS BIGINT) AS rows{v}",
+        ]
+    return f"SELECT {', '.join(items)} FROM {quote(classified)}"
 
 
 def dead_letters_function(
-    plan: TransformPlan, lateness: Lateness | None, outcomes: Callable[[], OutcomeSink]
+    plans: Sequence[TransformPlan], lateness: Lateness | None, outcomes: Sequence[Callable[[], OutcomeSink]]
 ) -> Any:
-    """A Python function over ``letters_sql``'s rows: late events become late dead letters (against
-    the watermark they missed), the others are ``prepare``'s letters; all go to an outcome sink."""
+    """A Python function over ``letters_sql``'s rows: a late event becomes a late dead letter of
+    every view (against the watermark it missed), the others are ``prepare``'s letters; each goes
+    to its view's outcome sink."""
     from pyflink.datastream.functions import ProcessFunction
 
     class DeadLetters(ProcessFunction):
         def open(self, runtime_context: Any) -> None:
-            self.preparer = EventPreparer(plan)
-            self.sink = outcomes()
+            self.preparers = [EventPreparer(plan) for plan in plans]
+            self.sinks = [make() for make in outcomes]
 
         def process_element(self, value: Any, ctx: Any) -> Any:
             yield from ()  # a sink
-            seq, late, time_ms, max_seen, raw, text = tuple(value)
-            if late:
-                assert lateness is not None, "nothing is late without lateness"
-                letter = self.preparer.late(raw, time_ms, max_seen - lateness.max_out_of_orderness_ms)
-            else:
-                letter = DeadLetter.from_json(text)
-            self.sink.dead(letter, bool(late), seq)
+            seq, late, time_ms, max_seen, raw, *texts = tuple(value)
+            for preparer, sink, text in zip(self.preparers, self.sinks, texts, strict=True):
+                if late:
+                    assert lateness is not None, "nothing is late without lateness"
+                    sink.dead(
+                        preparer.late(raw, time_ms, max_seen - lateness.max_out_of_orderness_ms), True, seq
+                    )
+                elif text is not None:
+                    sink.dead(DeadLetter.from_json(text), False, seq)
 
         def close(self) -> None:
-            self.sink.close()
+            for sink in self.sinks:
+                sink.close()
 
     return DeadLetters()
 
 
-def counts_function(outcomes: Callable[[], OutcomeSink]) -> Any:
-    """A Python function over ``counts_sql``'s changelog: each new total goes to an outcome sink."""
+def counts_function(outcomes: Sequence[Callable[[], OutcomeSink]]) -> Any:
+    """A Python function over ``counts_sql``'s changelog: each new total goes to the views' outcome
+    sinks."""
     from pyflink.common import RowKind
     from pyflink.datastream.functions import ProcessFunction
 
     class Counts(ProcessFunction):
         def open(self, runtime_context: Any) -> None:
-            self.sink = outcomes()
+            self.sinks = [make() for make in outcomes]
 
         def process_element(self, value: Any, ctx: Any) -> Any:
             yield from ()  # a sink
             if value.get_row_kind() in (RowKind.UPDATE_BEFORE, RowKind.DELETE):
                 return
-            total, aggregated, filtered, dead, late, rows, max_seen = tuple(value)
-            counts = EventCounts(
-                input=total,
-                aggregated=aggregated,
-                filtered=filtered,
-                dead_lettered=dead,
-                late=late,
-                rows=rows,
-            )
-            self.sink.update(counts, max_seen)
+            total, late, max_seen, *per_view = tuple(value)
+            for v, sink in enumerate(self.sinks):
+                aggregated, filtered, dead, rows = per_view[4 * v : 4 * v + 4]
+                counts = EventCounts(
+                    input=total,
+                    aggregated=aggregated,
+                    filtered=filtered,
+                    dead_lettered=dead,
+                    late=late,
+                    rows=rows,
+                )
+                sink.update(counts, max_seen)
 
         def close(self) -> None:
-            self.sink.close()
+            for sink in self.sinks:
+                sink.close()
 
     return Counts()
 
@@ -409,35 +475,41 @@ COUNTS_SETTINGS = {
 
 
 def build_stage1(
-    plan: TransformPlan,
+    plans: Sequence[TransformPlan],
     env: Any,
     raw: Any,
     lateness: Lateness | None,
-    outcomes: Callable[[], OutcomeSink],
+    outcomes: Sequence[Callable[[], OutcomeSink]],
     name: str,
-) -> Any:
-    """Add stage 1 for ``plan`` over the raw events ``raw`` to ``env``; returns the DataStream of
-    prepared rows (``prepared_columns``), in the order stage 1 accepted the events. Its state
-    lives in the SQL operators, whose ids derive from the job's shape, so a restarted job of the
-    same views restores it."""
+) -> list[Any]:
+    """Add one stage 1 for the views ``plans`` of one source, over its raw events ``raw``, to
+    ``env``; returns each view's DataStream of prepared rows (``prepared_columns``), in the order
+    stage 1 accepted the events. ``outcomes`` are the views' outcome sinks. Its state lives in the
+    SQL operators, whose ids derive from the job's shape, so a restarted job of the same views
+    restores it."""
     from pyflink.table import DataTypes, Schema
     from pyflink.table.udf import udf
 
     t_env = table_environment(env, STAGE1_SETTINGS)
     function = f"{name}_prepare"
     t_env.create_temporary_function(
-        function, udf(prepare_function(plan), result_type=prepare_result_type(plan), func_type="pandas")
+        function, udf(prepare_function(plans), result_type=prepare_result_type(plans), func_type="pandas")
     )
     schema = Schema.new_builder().column("f0", DataTypes.STRING()).column_by_expression("_pt", "PROCTIME()")
     t_env.create_temporary_view(f"{name}_raw", t_env.from_data_stream(raw, schema.build()))
-    t_env.create_temporary_view(f"{name}_events", t_env.sql_query(events_sql(plan, f"{name}_raw", function)))
-    classified = t_env.to_data_stream(t_env.sql_query(classified_sql(plan, f"{name}_events", lateness)))
+    t_env.create_temporary_view(f"{name}_events", t_env.sql_query(events_sql(plans, f"{name}_raw", function)))
+    classified = t_env.to_data_stream(t_env.sql_query(classified_sql(plans, f"{name}_events", lateness)))
     # Every consumer starts from this one stream, so ``prepare`` and the classification run once.
     t_env.create_temporary_view(f"{name}_classified", t_env.from_data_stream(classified))
-    letters = t_env.to_data_stream(t_env.sql_query(letters_sql(f"{name}_classified")))
-    letters.process(dead_letters_function(plan, lateness, outcomes)).name(f"{name}-dead-letters")
+    letters = t_env.to_data_stream(t_env.sql_query(letters_sql(len(plans), f"{name}_classified")))
+    letters.process(dead_letters_function(plans, lateness, outcomes)).name(f"{name}-dead-letters")
     counts_env = table_environment(env, COUNTS_SETTINGS)
     counts_env.create_temporary_view(f"{name}_classified", counts_env.from_data_stream(classified))
-    counts = counts_env.to_changelog_stream(counts_env.sql_query(counts_sql(f"{name}_classified")))
+    counts = counts_env.to_changelog_stream(
+        counts_env.sql_query(counts_sql(len(plans), f"{name}_classified"))
+    )
     counts.process(counts_function(outcomes)).name(f"{name}-counts")
-    return t_env.to_data_stream(t_env.sql_query(prepared_sql(plan, f"{name}_classified")))
+    return [
+        t_env.to_data_stream(t_env.sql_query(prepared_sql(plan, v, f"{name}_classified")))
+        for v, plan in enumerate(plans)
+    ]
