@@ -379,21 +379,19 @@ def run_flink_views(
     try:
         env, t_env = flink_environment(parallelism, master)
         raw = env.from_collection(texts, Types.STRING())
+        directories = [os.path.join(spool, f"view{v}") for v in range(len(plans))]
         views = []
-        for v, plan in enumerate(plans):
-            directory = os.path.join(spool, f"view{v}")
+        for v, (plan, directory) in enumerate(zip(plans, directories, strict=True)):
             os.mkdir(directory)
             outcomes = functools.partial(SpoolOutcomes, directory)
             rows = functools.partial(SpoolRows, directory)
             views.append(ViewJob(plan, outcomes, rows, f"{PREPARED}{v}"))
         build_job(views, env, t_env, raw, lateness)
         env.execute(f"mlfs-{'-'.join(plan.view for plan in plans)}")
-        results = []
-        for v, plan in enumerate(plans):
+        for directory in directories:
             # Python workers may close their functions just after the job reports FINISHED.
-            _wait_for_spools(os.path.join(spool, f"view{v}"))
-            results.append(_read_spool(plan, os.path.join(spool, f"view{v}")))
-        return results
+            _wait_for_spools(directory)
+        return [_read_spool(plan, d) for plan, d in zip(plans, directories, strict=True)]
     finally:
         shutil.rmtree(spool, ignore_errors=True)
 

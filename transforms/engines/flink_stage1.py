@@ -115,16 +115,11 @@ def prepare_result_type(plans: Sequence[TransformPlan]) -> Any:
 
     fields = [DataTypes.FIELD("_t", DataTypes.BIGINT())]
     for v, plan in enumerate(plans):
-        fields += [
-            DataTypes.FIELD(f"_k{v}", DataTypes.INT()),
-            DataTypes.FIELD(f"_n{v}", DataTypes.INT()),
-            DataTypes.FIELD(f"_l{v}", DataTypes.STRING()),
-        ]
-        for name, (_, dtype) in zip(_row_fields(plan, v), row_columns(plan), strict=True):
-            data_type = flink_types(dtype)[1]
-            fields.append(
-                DataTypes.FIELD(name, data_type if single_row(plan) else DataTypes.ARRAY(data_type))
-            )
+        row_types = [flink_types(dtype)[1] for _, dtype in row_columns(plan)]
+        if not single_row(plan):
+            row_types = [DataTypes.ARRAY(t) for t in row_types]
+        types = [DataTypes.INT(), DataTypes.INT(), DataTypes.STRING(), *row_types]
+        fields += [DataTypes.FIELD(n, t) for n, t in zip(_view_fields(plan, v), types, strict=True)]
     return DataTypes.ROW(fields)
 
 
@@ -170,10 +165,11 @@ def prepare_function(plans: Sequence[TransformPlan], vectorised: bool = True) ->
         outcomes = [view(texts, decode) for view in views]
         data: dict[str, Any] = {"_t": pd.Series(outcomes[0].times, dtype="object")}
         for v, (plan, outcome) in enumerate(zip(plans, outcomes, strict=True)):
-            data[f"_k{v}"] = outcome.kinds
-            data[f"_n{v}"] = outcome.counts
-            data[f"_l{v}"] = pd.Series(outcome.letters, dtype="object")
-            for name, column in zip(_row_fields(plan, v), outcome.rows, strict=True):
+            kind, count, letter, *rows = _view_fields(plan, v)
+            data[kind] = outcome.kinds
+            data[count] = outcome.counts
+            data[letter] = pd.Series(outcome.letters, dtype="object")
+            for name, column in zip(rows, outcome.rows, strict=True):
                 data[name] = pd.Series(column, dtype="object")
         return pd.DataFrame(data)
 
