@@ -252,6 +252,19 @@ def _port(flag: int | None, configured: object) -> int:
     return port
 
 
+def _compact_every(value: object) -> float | None:
+    """``mlfs.flink.compact_every_s``: seconds between offline compactions (0: never)."""
+    from featurestore.stream.service import StreamOptions
+
+    if value is None:
+        return StreamOptions.compact_every_s
+    try:
+        seconds = float(str(value))
+    except ValueError:
+        raise MLFSError(f"mlfs.flink.compact_every_s must be a number of seconds, got {value!r}") from None
+    return seconds or None
+
+
 def cmd_serve_stream(args: argparse.Namespace) -> int:
     from featurestore.repo import load_repo
     from featurestore.stream.service import StreamOptions, connector_jars, serve_stream
@@ -266,6 +279,8 @@ def cmd_serve_stream(args: argparse.Namespace) -> int:
         duration_s=args.duration,
         parallelism=args.parallelism or int(flink.get("parallelism", 2)),
         poll_ms=int(flink.get("poll_interval_ms", 1000)),
+        compact_every_s=_compact_every(flink.get("compact_every_s")),
+        compact_min_files=flink.get("compact_min_files", StreamOptions.compact_min_files),
         fresh=args.fresh,
         metrics_port=None if args.no_metrics else _port(args.metrics_port, flink.get("metrics_port", 9464)),
         flink_config={str(k): str(v) for k, v in (flink.get("config") or {}).items()},
@@ -273,6 +288,11 @@ def cmd_serve_stream(args: argparse.Namespace) -> int:
     )
     if options.parallelism < 1:
         raise MLFSError("--parallelism must be at least 1")
+    if not isinstance(options.compact_min_files, int) or options.compact_min_files < 2:
+        raise MLFSError(
+            f"mlfs.flink.compact_min_files must be a whole number of at least 2, "
+            f"got {options.compact_min_files!r}"
+        )
     serve_stream(repo, options, lambda line: print(line, flush=True))
     return 0
 

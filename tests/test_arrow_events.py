@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conformance import WINDOWS, conformance_view, generate_events, write_events
+from hypothesis import given
+from hypothesis import strategies as st
 
-from transforms.arrow_events import split_clean
+from transforms.arrow_events import python_values, split_clean
 from transforms.engines.spark import FILTERED, FIRST, KIND, ROW, TS, prepare_batches
 from transforms.events import DeadLetter, EventPreparer
 from transforms.timeutil import datetime_to_ms
@@ -61,3 +64,25 @@ def test_untyped_time_or_a_transform_take_the_row_path(tmp_path: Path) -> None:
         write_events(generate_events(5), tmp_path / "t.parquet", typed_time=True)
     ).to_batches()[0]
     assert split_clean(conformance_view("lifetime", transform=True).plan, typed) is None
+
+
+ARROW_VALUES = [
+    (pa.int64(), st.integers(-(2**63), 2**63 - 1)),
+    (pa.int32(), st.integers(-(2**31), 2**31 - 1)),
+    (pa.float64(), st.floats()),
+    (pa.float32(), st.floats(width=32)),
+    (pa.bool_(), st.booleans()),
+    (pa.string(), st.text()),
+    (pa.large_string(), st.text()),
+    (pa.binary(), st.binary()),
+]
+
+
+@given(st.data())
+def test_python_values_are_arrows_own(data: st.DataObject) -> None:
+    """The fast conversion of an Arrow column to Python values gives exactly ``to_pylist()``: the
+    same values of the same types, NaN and nulls included."""
+    kind, values = data.draw(st.sampled_from(ARROW_VALUES))
+    array = pa.array(data.draw(st.lists(st.none() | values, max_size=20)), kind)
+    got, want = python_values(array), array.to_pylist()
+    assert [(type(v), repr(v)) for v in got] == [(type(v), repr(v)) for v in want]

@@ -214,3 +214,22 @@ def test_registry_holds_no_code_and_lookups_need_none(repo: Path, capsys: pytest
     capsys.readouterr()
     code, out, _ = run(capsys, "registry", "show", "user_payment_stats_7d", "--repo", str(repo))
     assert code == 0 and "sum(amount)" in out
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("compact_min_files: 1", "compact_min_files must be a whole number of at least 2, got 1"),
+        ("compact_every_s: soon", "compact_every_s must be a number of seconds, got 'soon'"),
+    ],
+)
+def test_bad_stream_settings_are_one_line(
+    repo: Path, capsys: pytest.CaptureFixture[str], setting: str, message: str
+) -> None:
+    """A bad offline-compaction setting stops `mlfs serve-stream` before any Flink job starts."""
+    config = repo / "feature_store.yaml"
+    config.write_text(config.read_text().replace("mlfs:\n", f"mlfs:\n  flink:\n    {setting}\n", 1))
+    capsys.readouterr()
+    code, _, err = run(capsys, "serve-stream", "--repo", str(repo), "--for", "1")
+    assert code == 1
+    assert err.strip().splitlines() == [f"mlfs: error: mlfs.flink.{message}"]

@@ -12,10 +12,14 @@ from conformance import WINDOWS, conformance_view, generate_events
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from transforms.aggregations import Count, CountDistinct, Max, Mean, Min, Sum
 from transforms.arrow_events import split_clean
 from transforms.dtypes import Bool, DType, Float64, Int64, String, UnixTimestamp
 from transforms.engines.flink import decode_columns, sink_columns
 from transforms.engines.flink_sql import (
+    _as_feature,
+    _feature_column,
+    _result,
     decode_ordered,
     encode_ordered,
     interval,
@@ -149,10 +153,11 @@ def test_one_prepare_for_a_sources_views_gives_each_views_own_result() -> None:
     """Stage 1 serves every view of a source: its shared time, and for each view exactly what that
     view's stage 1 alone would give (declarative views share one decoding of the batch)."""
     plans = [
-        conformance_view("continuous", "row").plan,
+        conformance_view("continuous", "row").plan,  # its code may change the decoded events
         conformance_view("hopping", "declarative").plan,
         conformance_view("lifetime", "none").plan,
         conformance_view("tumbling", "declarative").plan,
+        conformance_view("hopping", "row").plan,
     ]
     series = pd.Series([json.dumps(e) for e in generate_events(5)], dtype="object")
     shared = prepare_function(plans)(series)
@@ -163,6 +168,28 @@ def test_one_prepare_for_a_sources_views_gives_each_views_own_result() -> None:
             shared_name = name.replace("0", str(v), 1)  # _k0 -> _k<v>, _r0_3 -> _r<v>_3
             assert shared[shared_name].tolist() == alone[name].tolist(), (plan.view, name)
     assert len(shared.columns) == 1 + sum(len(prepare_function([p])(series[:1]).columns) - 1 for p in plans)
+
+
+@pytest.mark.parametrize("transform", ["row", "none"])
+def test_row_path_over_the_shared_decoding_equals_decoding_the_texts(transform: str) -> None:
+    """The row path of the view that takes the batch's shared decoding gives exactly what it gives
+    decoding each text itself, dead letters (bad JSON, no object, bad or early times) included."""
+    from transforms.engines.flink_stage1 import _view_preparer
+    from transforms.json_batches import decode_lines
+
+    plan = conformance_view("continuous", transform).plan
+    texts = [json.dumps(e) for e in generate_events(5)]
+    early, bad, none = "1969-12-31T23:59:59.500000+00:00", "yesterday", None
+    texts += ["{not json", "[1, 2]", '"text"']
+    for time in (early, bad, none):
+        texts.append(json.dumps({"user_id": "k1", "timestamp": time, "v": 1.0, "kind": "keep"}))
+
+    def outcomes(owns: bool) -> Any:
+        return _view_preparer(plan, False, owns)(texts, lambda: decode_lines(plan.timestamp_field, texts))
+
+    shared, own = outcomes(True), outcomes(False)
+    assert shared == own
+    assert sum(kind == DEAD for kind in own.kinds) >= 5
 
 
 @pytest.mark.parametrize("transform", ["none", "declarative"])
@@ -240,13 +267,14 @@ def test_vectorised_prepare_equals_row_path_on_any_json(raws: list[str], window:
 def test_sink_columns_decode_exactly(rows: list[tuple[Any, ...]]) -> None:
     """What the row sink receives (pandas columns from Arrow, as PyFlink converts them, in the shapes
     ``sink_columns`` asks Flink for) decodes to the exact values: integers beyond 2**53 next to
-    nulls, NaN apart from null, timestamps as text."""
+    nulls (zero and a null flag), NaN apart from null, timestamps as text."""
     import pyarrow as pa
 
     ints, floats, times, texts = (list(column) for column in zip(*rows, strict=True))
     table = pa.table(
         {
-            "i": pa.array([None if v is None else str(v) for v in ints], pa.string()),
+            "i": pa.array([0 if v is None else v for v in ints], pa.int64()),
+            "i_null": pa.array([v is None for v in ints], pa.bool_()),
             "f": pa.array(floats, pa.float64()),
             "f_null": pa.array([v is None for v in floats], pa.bool_()),
             "t": pa.array([None if v is None else v.isoformat(sep=" ") for v in times], pa.string()),
@@ -261,6 +289,14 @@ def test_sink_columns_decode_exactly(rows: list[tuple[Any, ...]]) -> None:
     assert decoded[3] == texts
 
 
+def test_sink_columns_take_a_constant_null_flag() -> None:
+    """Flink folds ``x IS NULL`` of a NOT NULL column to a constant, which PyFlink passes as one
+    value, not a column."""
+    ints = pd.Series([1, 2**62], dtype="int64")
+    assert decode_columns([ints, False], ["int"]) == [[1, 2**62]]
+    assert decode_columns([ints, True], ["int"]) == [[None, None]]
+
+
 def test_sink_columns_of_a_flink_table() -> None:
     """The kinds ``sink_columns`` reads from a real Flink table's schema."""
     from pyflink.table import EnvironmentSettings, TableEnvironment
@@ -272,8 +308,9 @@ def test_sink_columns_of_a_flink_table() -> None:
     )
     expressions, kinds = sink_columns(table)
     assert kinds == ["value", "int", "int", "float", "time", "value"]
-    assert expressions[1] == "CAST(`n` AS STRING)"
-    assert expressions[3:5] == ["CAST(`d` AS DOUBLE)", "`d` IS NULL"]
+    assert expressions[1:3] == ["COALESCE(CAST(`n` AS BIGINT), 0)", "`n` IS NULL"]
+    assert expressions[7] == "CAST(`t` AS STRING)"
+    assert expressions[5:7] == ["CAST(`d` AS DOUBLE)", "`d` IS NULL"]
 
 
 @pytest.mark.parametrize("window", ["continuous", "lifetime"])
@@ -294,3 +331,28 @@ def test_single_row_stage1_unnests_without_state(window: str) -> None:
     )[1]
     assert "Join" not in optimized
     assert ("Correlate" in optimized) == (marker_offset_ms(plan) is not None)
+
+
+@given(
+    st.sampled_from([Count(), CountDistinct("x"), Sum("x"), Mean("x"), Min("x"), Max("x")]),
+    st.sampled_from([Int64, Float64, String, Bool]),
+    st.lists(
+        st.none() | st.integers(-(2**63), 2**63 - 1) | st.floats() | st.booleans() | st.text(max_size=3),
+        max_size=8,
+    ),
+)
+def test_feature_columns_convert_as_each_value_would(agg: Any, dtype: DType, values: list[Any]) -> None:
+    """The row sink's column-wise conversion of SQL aggregates (with its shortcut for columns that
+    need none) gives exactly what converting each value gives, errors included."""
+
+    def one_by_one() -> list[Any]:
+        return [_as_feature(_result(agg, dtype, v, None), dtype) for v in values]
+
+    try:
+        expected = one_by_one()
+    except Exception as err:  # whatever the one-by-one path raises
+        with pytest.raises(type(err)):
+            _feature_column(agg, dtype, values)
+        return
+    got = _feature_column(agg, dtype, values)
+    assert [(type(v), repr(v)) for v in got] == [(type(v), repr(v)) for v in expected]

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 from conftest import AS_OF
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from repo_helpers import example_repo
 
@@ -192,6 +192,68 @@ def test_offline_partitions_are_idempotent(tmp_path: Path) -> None:
     ]
 
 
+def test_streamed_files_are_compacted_without_changing_what_readers_see(tmp_path: Path) -> None:
+    """A stream's small files per batch are merged per partition; the merged inputs stay for a
+    grace period (readers that listed them can still read them), then go; readers see the same rows
+    throughout, replays included, and a merge cut off before its file was written leaves its inputs."""
+    import json
+
+    import pyarrow.dataset as ds
+
+    from featurestore.offline.parquet import COMPACT_PREFIX, STREAM_PREFIX
+
+    repo = load_repo(example_repo(tmp_path / "repo", events=300))
+    view = repo.views[VIEW]
+    store = ParquetOfflineStore(tmp_path / "offline")
+    day = datetime(2026, 3, 1, 20, tzinfo=UTC)
+    created = datetime(2026, 4, 1, tzinfo=UTC)
+    batches = [[row(f"u{b}", day + timedelta(hours=h), b, float(h), h) for h in range(3)] for b in range(18)]
+    for b, rows in enumerate(batches):  # 20:00 to 22:00 of one day
+        store.append(view, rows, created + timedelta(seconds=b))
+    store.append(view, batches[0], created + timedelta(hours=1))  # a replayed batch
+    # One batch over two days: a file in each partition.
+    store.append(view, [row("u0", day + timedelta(hours=5), 9, 9.0, 9), row("u9", day, 1, 1.0, 1)], created)
+    before = store.read(view).sort_by("user_id").to_pylist()
+    partition = tmp_path / "offline" / VIEW / "date=2026-03-01"
+
+    def names(prefix: str) -> list[str]:
+        return sorted(f.name for f in partition.glob(f"{prefix}*.parquet"))
+
+    def dataset_rows() -> int:  # what Feast's FileSource reads: hidden files ignored
+        return ds.dataset(tmp_path / "offline" / VIEW, format="parquet", partitioning="hive").count_rows()
+
+    streamed = names(STREAM_PREFIX)
+    assert len(streamed) == 20
+    stats = store.compact(view, min_files=16, grace_s=3600)
+    assert (stats.merged, stats.written, stats.rows, stats.removed) == (20, 1, 58, 0)
+    assert names(STREAM_PREFIX) == streamed and len(names(COMPACT_PREFIX)) == 1  # inputs still there
+    assert store.read(view).sort_by("user_id").to_pylist() == before
+    assert dataset_rows() == 2 * 58 + 1
+    assert store.compact(view, min_files=16, grace_s=3600).merged == 0  # a pending merge's files wait
+
+    stats = store.compact(view, min_files=16, grace_s=0)
+    assert (stats.merged, stats.removed) == (0, 20)
+    assert names(STREAM_PREFIX) == [] and len(names(COMPACT_PREFIX)) == 1
+    assert not list(partition.glob(".*"))  # no manifest left
+    assert store.read(view).sort_by("user_id").to_pylist() == before
+    assert dataset_rows() == 58 + 1
+
+    # A merge cut off after its manifest: the manifest goes, its inputs stay.
+    store.append(view, batches[1], created + timedelta(hours=2))
+    (partition / f".{COMPACT_PREFIX}cut.json").write_text(
+        json.dumps({"target": f"{COMPACT_PREFIX}cut.parquet", "inputs": names(STREAM_PREFIX)})
+    )
+    stats = store.compact(view, min_files=2, grace_s=0)
+    assert not (partition / f".{COMPACT_PREFIX}cut.json").exists()
+    # Nothing was removed; the streamed file is merged with the small merged file.
+    assert (stats.removed, stats.merged) == (0, 2)
+    assert store.compact(view, min_files=2, grace_s=0).removed == 2
+    assert names(STREAM_PREFIX) == [] and len(names(COMPACT_PREFIX)) == 1
+    assert store.read(view).sort_by("user_id").to_pylist() == [
+        r if r["user_id"] != "u1" else {**r, CREATED_TIMESTAMP: created + timedelta(hours=2)} for r in before
+    ]
+
+
 def test_settings_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     repo = example_repo(tmp_path / "repo", events=300, redis_env="MLFS_SECRET_REDIS")
     monkeypatch.setenv("MLFS_SECRET_REDIS", "cache.internal:6380,password=s3cret")
@@ -211,6 +273,7 @@ SCALAR_VALUES = {
 }
 
 
+@settings(deadline=None)  # the first example imports Feast
 @given(st.data())
 def test_value_protos_are_feasts(data: st.DataObject) -> None:
     """The writers' own conversion of scalar features gives the bytes Feast's
@@ -230,6 +293,24 @@ def test_value_protos_are_feasts(data: st.DataObject) -> None:
     for n in names:
         feasts = python_values_to_proto_values([r[n] for r in rows], value_type(SCALARS[n]))
         assert [r[n].SerializeToString() for r in ours] == [p.SerializeToString() for p in feasts], n
+
+
+@settings(deadline=None)  # the first example imports Feast
+@given(st.data())
+def test_value_texts_are_feasts(data: st.DataObject) -> None:
+    """The ``value_text`` the SQLite writer keeps beside each value is what Feast's
+    ``extract_text_and_num`` gives for that value's proto."""
+    from feast.infra.online_stores.helpers import extract_text_and_num
+
+    from featurestore.online.base import feature_value_columns, value_texts
+    from transforms.dtypes import SCALARS
+
+    name = data.draw(st.sampled_from(sorted(SCALAR_VALUES)))
+    values = data.draw(st.lists(st.none() | SCALAR_VALUES[name], max_size=8))
+    plan = SimpleNamespace(output_features=((name, SCALARS[name]),))
+    protos = feature_value_columns(SimpleNamespace(plan=plan), [{name: v} for v in values])[name]  # type: ignore[arg-type]
+    want = [extract_text_and_num(p, False)[0] for p in protos]
+    assert value_texts(SCALARS[name], values, protos) == want
 
 
 def test_entity_keys_are_feasts_and_bounded(tmp_path: Path) -> None:

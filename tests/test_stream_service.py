@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from conftest import AS_OF, free_port, start_redis, stop_redis
 from repo_helpers import example_repo
 from test_backfill_e2e import latest, normalise
@@ -146,6 +147,11 @@ def test_stream_to_redis_and_offline_equals_reference(tmp_path: Path) -> None:
     os.environ["MLFS_TEST_REDIS"] = env["MLFS_TEST_REDIS"]
     try:
         repo_path = example_repo(tmp_path / "repo", events=200, redis_env="MLFS_TEST_REDIS")
+        # Compaction runs while the sinks append; readers must see the same rows.
+        config_file = repo_path / "feature_store.yaml"
+        config = yaml.safe_load(config_file.read_text())
+        config["mlfs"].setdefault("flink", {}).update(compact_every_s=1, compact_min_files=2)
+        config_file.write_text(yaml.safe_dump(config))
         assert main(["apply", "--repo", str(repo_path)]) == 0
         stream_dir = repo_path / "data" / "stream" / "payments"
         for old in stream_dir.iterdir():
@@ -192,6 +198,7 @@ def test_stream_to_redis_and_offline_equals_reference(tmp_path: Path) -> None:
         assert expected["user_payment_stats_7d counts"].late == 1
         assert len(expected["user_payment_stats_7d dead letters"]) == 3
         assert stream_outcome(repo_path, VIEWS) == expected
+        assert "offline compaction merged" in log_of(job).read_text()
     finally:
         os.environ.pop("MLFS_TEST_REDIS", None)
         stop_redis(redis_proc)

@@ -11,6 +11,7 @@ produces the dead letters.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +35,17 @@ ENGINE_TYPES: dict[str, pa.DataType] = {
 
 _KEY_TYPES = {"String": (pa.string(), pa.large_string()), "Int64": (pa.int64(),), "Int32": (pa.int32(),)}
 _NUMERIC = (pa.int32(), pa.int64(), pa.float32(), pa.float64())
+
+
+def python_values(array: pa.Array) -> list[Any]:
+    """``array.to_pylist()``; through NumPy for integers, floats, booleans and text without nulls,
+    which is 15-50x faster (Arrow makes a scalar object per value)."""
+    kind = array.type
+    plain = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+    if array.null_count == 0 and (plain or pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        values: list[Any] = array.to_numpy(zero_copy_only=False).tolist()
+        return values
+    return array.to_pylist()
 
 
 def _time_ms(column: pa.Array) -> pa.Array | None:

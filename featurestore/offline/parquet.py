@@ -7,12 +7,20 @@ point-in-time join uses; a Feast ``FileSource`` on ``<root>/<view>`` reads it.
 Writing the rows of a time range ``[start, end)`` rewrites each partition it touches: rows of the
 range are replaced and rows outside it are kept, so re-running the same or an overlapping range
 never duplicates rows. Each partition file is replaced atomically.
+
+A stream appends a small file per batch (``stream-*.parquet``); ``compact`` merges them into
+``compact-*.parquet`` files, so a partition holds a few files, not one per batch. A merged file's
+inputs stay until a later compaction at least a grace period after, because a reader may have
+listed them; until then their rows are there twice, which readers absorb as they absorb a replayed
+row (they keep the newest created row of a key and time).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +40,11 @@ from transforms.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 
 PARTITION_PREFIX = "date="
 DATA_FILE = "data.parquet"
+STREAM_PREFIX = "stream-"
+COMPACT_PREFIX = "compact-"
+COMPACT_MIN_FILES = 16  # merge a partition's small files once it has this many
+COMPACT_SMALL_BYTES = 64 << 20  # merged files under this size are merged again
+COMPACT_GRACE_S = 60.0  # how long merged inputs stay for readers that listed them
 WRITE_THREADS = 4  # partitions rewritten at once (each holds one day in memory)
 _TS = pa.timestamp("us", tz="UTC")
 _MICROS_PER_DAY = 86_400_000_000
@@ -67,6 +80,16 @@ def arrow_schema(view: StreamFeatureView) -> pa.Schema:
 class OfflineWriteStats:
     rows: int = 0
     partitions: int = 0
+
+
+@dataclass
+class CompactionStats:
+    """What one ``compact`` call did: files merged into new ones, and merged inputs removed."""
+
+    merged: int = 0
+    written: int = 0
+    rows: int = 0
+    removed: int = 0
 
 
 def _day(value: datetime) -> date:
@@ -121,17 +144,74 @@ class ParquetOfflineStore:
         """Add rows as new files beside the partitions' data (the streaming path); ``read`` and
         Feast keep the newest created row of a key and time, so a replayed row never duplicates."""
         schema = arrow_schema(view)
-        by_day: dict[date, list[dict[str, Any]]] = {}
-        for row in rows:
-            by_day.setdefault(_day(row[EVENT_TIMESTAMP]), []).append({**row, CREATED_TIMESTAMP: created})
-        name = f"stream-{created.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.parquet"
-        for day, day_rows in by_day.items():
+        # Column by column: a table from per-row dicts costs more than the file write itself.
+        data = {name: [row[name] for row in rows] for name in schema.names if name != CREATED_TIMESTAMP}
+        data[CREATED_TIMESTAMP] = [created] * len(rows)
+        table = pa.Table.from_pydict(data, schema=schema)
+        days = [_day(when) for when in data[EVENT_TIMESTAMP]]
+        name = f"{STREAM_PREFIX}{created.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.parquet"
+        distinct = sorted(set(days))
+        for day in distinct:
             directory = self._partition_dir(view.name, day)
             directory.mkdir(parents=True, exist_ok=True)
             tmp = directory / f".{name}.tmp"
-            pq.write_table(pa.Table.from_pylist(day_rows, schema=schema), tmp)
+            part = table if len(distinct) == 1 else table.filter(pa.array([d == day for d in days]))
+            pq.write_table(part, tmp)
             tmp.replace(directory / name)
         return len(rows)
+
+    def compact(
+        self,
+        view: StreamFeatureView,
+        min_files: int = COMPACT_MIN_FILES,
+        grace_s: float = COMPACT_GRACE_S,
+    ) -> CompactionStats:
+        """Merge each partition's streamed files (and merged files still small) into one file once
+        there are ``min_files`` of them; remove the inputs of earlier merges older than
+        ``grace_s``. Safe beside running writers and readers: files appear and go atomically."""
+        stats = CompactionStats()
+        schema = arrow_schema(view)
+        order = [(c, "ascending") for c in (*view.plan.key_names, EVENT_TIMESTAMP)]
+        for day in self.partitions(view.name):
+            directory = self._partition_dir(view.name, day)
+            pending: set[str] = set()  # inputs and files of merges within their grace period
+            for manifest in sorted(directory.glob(f".{COMPACT_PREFIX}*.json")):
+                merge = json.loads(manifest.read_text())
+                target = directory / merge["target"]
+                if target.exists():
+                    if time.time() - target.stat().st_mtime < grace_s:
+                        pending.update([*merge["inputs"], merge["target"]])
+                        continue
+                    for name in merge["inputs"]:
+                        (directory / name).unlink(missing_ok=True)
+                        stats.removed += 1
+                manifest.unlink()  # done, or its merge never finished (its inputs stay)
+            inputs = sorted(
+                f
+                for f in directory.glob("*.parquet")
+                if f.name not in pending
+                and (
+                    f.name.startswith(STREAM_PREFIX)
+                    or (f.name.startswith(COMPACT_PREFIX) and f.stat().st_size < COMPACT_SMALL_BYTES)
+                )
+            )
+            if len(inputs) < min_files:
+                continue
+            name = f"{COMPACT_PREFIX}{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}"
+            table = pa.concat_tables([pq.read_table(f, schema=schema) for f in inputs]).sort_by(order)
+            # The manifest first: a merge cut off before its file is complete leaves no trace.
+            manifest = directory / f".{name}.json"
+            merge = {"target": f"{name}.parquet", "inputs": [f.name for f in inputs]}
+            tmp = directory / f".{name}.json.tmp"
+            tmp.write_text(json.dumps(merge))
+            tmp.replace(manifest)
+            tmp = directory / f".{name}.parquet.tmp"
+            pq.write_table(table, tmp)
+            tmp.replace(directory / f"{name}.parquet")
+            stats.merged += len(inputs)
+            stats.written += 1
+            stats.rows += table.num_rows
+        return stats
 
     def write_staged(
         self, view: StreamFeatureView, staged: Path, start: datetime | None, end: datetime | None

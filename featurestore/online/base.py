@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from featurestore.view import StreamFeatureView
+from transforms.dtypes import DType
 from transforms.plan import EVENT_TIMESTAMP
 
 
@@ -80,22 +81,41 @@ def _scalar_protos(field: str, values: list[Any]) -> list[Any]:
     return out
 
 
-def feature_value_protos(view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each row's features as Feast ``Value`` protos, converted column by column."""
+def feature_value_columns(view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Each feature's column of Feast ``Value`` protos, one per row."""
     from feast.type_map import python_values_to_proto_values
 
     from featurestore.feast_types import value_type
 
-    out: list[dict[str, Any]] = [{} for _ in rows]
+    out: dict[str, list[Any]] = {}
     for name, dtype in view.plan.output_features:
         column = [row[name] for row in rows]
         if dtype.element is None and dtype.name in _SCALAR_FIELDS:
-            protos = _scalar_protos(_SCALAR_FIELDS[dtype.name], column)
+            out[name] = _scalar_protos(_SCALAR_FIELDS[dtype.name], column)
         else:
-            protos = python_values_to_proto_values(column, value_type(dtype))
-        for holder, proto in zip(out, protos, strict=True):
-            holder[name] = proto
+            out[name] = python_values_to_proto_values(column, value_type(dtype))
     return out
+
+
+def feature_value_protos(view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row's features as Feast ``Value`` protos."""
+    columns = feature_value_columns(view, rows)
+    return [{name: protos[i] for name, protos in columns.items()} for i in range(len(rows))]
+
+
+# The types whose ``value_text`` (Feast's ``extract_text_and_num``) is the value itself, as text.
+_TEXT_IS_STR = {"Int32", "Int64", "Float64", "String", "Bool"}
+
+
+def value_texts(dtype: DType, values: list[Any], protos: list[Any]) -> list[str | None]:
+    """The ``value_text`` Feast's SQL online stores keep beside each ``Value`` of a column."""
+    from feast.infra.online_stores.helpers import extract_text_and_num
+
+    if dtype.element is None and dtype.name in _TEXT_IS_STR:
+        text = (lambda v: str(float(v))) if dtype.name == "Float64" else str
+        # Null and NaN are an empty ``Value``, whose text is null.
+        return [None if v is None or v != v else text(v) for v in values]
+    return [extract_text_and_num(proto, False)[0] for proto in protos]
 
 
 class EntityKeys:

@@ -21,9 +21,10 @@ from typing import Any
 from featurestore.online.base import (
     EntityKeys,
     WriteStats,
-    feature_value_protos,
+    feature_value_columns,
     latest_per_key,
     retry_while_locked,
+    value_texts,
 )
 from featurestore.view import StreamFeatureView
 from transforms.errors import MLFSError
@@ -84,13 +85,15 @@ class SqliteOnlineWriter:
             self.ready_tables.add(table)
         keys = self.keys.serialize(view, latest)
         now = _feast_seconds(datetime.now(UTC))
-        data = []
-        for key, row, protos in zip(keys, latest, feature_value_protos(view, latest), strict=True):
-            at = row[EVENT_TIMESTAMP]
-            seconds, exact = _feast_seconds(at), _epoch_us(at)
-            for name, proto in protos.items():
-                text = self._text(proto, False)[0]
-                data.append((key, name, proto.SerializeToString(), text, seconds, now, exact))
+        times = [row[EVENT_TIMESTAMP] for row in latest]
+        seconds, exact = [_feast_seconds(t) for t in times], [_epoch_us(t) for t in times]
+        data: list[tuple[Any, ...]] = []
+        dtypes = dict(view.plan.output_features)
+        for name, protos in feature_value_columns(view, latest).items():
+            texts = value_texts(dtypes[name], [row[name] for row in latest], protos)
+            blobs = [proto.SerializeToString() for proto in protos]
+            names, nows = [name] * len(keys), [now] * len(keys)
+            data += zip(keys, names, blobs, texts, seconds, nows, exact, strict=True)
         sql = (
             f"INSERT INTO {table} (entity_key, feature_name, value, value_text, event_ts, created_ts, "
             f"{EXACT_COLUMN}) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(entity_key, feature_name) DO UPDATE "

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from featurestore.definitions import FileStreamSource, KafkaStreamSource, StreamSource
+from featurestore.offline.parquet import COMPACT_MIN_FILES, ParquetOfflineStore
 from featurestore.repo import FeatureRepo
 from featurestore.runstatus import StreamJobRecord
 from featurestore.stream.metrics import ViewMetrics, collect, serve_metrics
@@ -43,6 +44,8 @@ class StreamOptions:
     poll_ms: int = 1000
     fresh: bool = False
     report_every_s: float = 5.0
+    compact_every_s: float | None = 300.0  # how often the offline store's streamed files are merged
+    compact_min_files: int = COMPACT_MIN_FILES  # merge a partition's files once it has this many
     metrics_port: int | None = 9464  # None: no Prometheus endpoint
     flink_config: dict[str, str] = field(default_factory=dict)  # extra Flink configuration entries
     jars: list[Path] = field(default_factory=list)  # connector jars (the Kafka connector for Kafka sources)
@@ -237,11 +240,15 @@ def serve_stream(
             report(f"metrics on http://127.0.0.1:{server.server_address[1]}/metrics")
         started = time.monotonic()
         last_report = started
+        offline_views = [v for v in views if v.offline]
+        compactor = Compactor(settings.offline_path, offline_views, options.compact_min_files, report)
         while not stop.requested and (
             options.duration_s is None or time.monotonic() - started < options.duration_s
         ):
             time.sleep(0.2)
             job.beat()
+            if options.compact_every_s is not None:
+                compactor.run_every(options.compact_every_s)
             status = str(client.get_job_status().result())
             if status in ("FAILED", "CANCELED", "FINISHED"):
                 job.write(state=status.lower())
@@ -255,6 +262,7 @@ def serve_stream(
         if stop.requested:
             report("stopping (Ctrl-C)")
         job.write(state="stopping")
+        compactor.wait()
         savepoint = _stop_with_savepoint(client, checkpoint_dir / "savepoints")
         job.write(state="stopped", savepoint=savepoint, stopped_at=time.time())
         report(f"stopped with savepoint {savepoint}")
@@ -264,6 +272,50 @@ def serve_stream(
         for metrics in final:
             report(metrics.line())
         return final
+
+
+class Compactor:
+    """Merges the views' streamed offline files now and then, in a thread of its own (a merge of a
+    large partition takes a while; the job's heartbeat must go on)."""
+
+    def __init__(
+        self,
+        offline_path: Path,
+        views: list[StreamFeatureView],
+        min_files: int,
+        report: Callable[[str], None],
+    ) -> None:
+        self.store = ParquetOfflineStore(offline_path)
+        self.views = views
+        self.min_files = min_files
+        self.report = report
+        self.last = time.monotonic()
+        self.thread: threading.Thread | None = None
+
+    def run_every(self, seconds: float) -> None:
+        """Start a compaction if ``seconds`` have passed since the last one started and it ended."""
+        if time.monotonic() - self.last < seconds or (self.thread is not None and self.thread.is_alive()):
+            return
+        self.last = time.monotonic()
+        self.thread = threading.Thread(target=self._compact, name="mlfs-compact", daemon=True)
+        self.thread.start()
+
+    def _compact(self) -> None:
+        for view in self.views:
+            try:
+                stats = self.store.compact(view, self.min_files)
+            except Exception as err:  # the stream goes on; the files stay for the next compaction
+                self.report(f"{view.name}: offline compaction failed: {type(err).__name__}: {err}")
+                continue
+            if stats.merged or stats.removed:
+                self.report(
+                    f"{view.name}: offline compaction merged {stats.merged} files ({stats.rows:,} rows) "
+                    f"into {stats.written}, removed {stats.removed} merged earlier"
+                )
+
+    def wait(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
 
 
 class _StopRequest:

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 from transforms.engines.flink_sql import (
     PREPARED,
-    feature_row,
+    feature_rows,
     interval,
     quote,
     stage2_sql,
@@ -139,8 +139,7 @@ def row_sink_function(plan: TransformPlan, writer: Callable[[], RowWriter], kind
         def eval(self, *columns: Any) -> Any:
             import pandas as pd
 
-            results = zip(*decode_columns(columns, kinds), strict=True)
-            rows = [feature_row(plan, r)[1] for r in results]
+            rows = feature_rows(plan, decode_columns(columns, kinds))
             if self.scorer is not None:
                 rows, letters = self.scorer.score(rows)
                 if letters:
@@ -159,11 +158,11 @@ def row_sink_function(plan: TransformPlan, writer: Callable[[], RowWriter], kind
 
 
 # How each stage-2 result column reaches the row sink. pandas turns integers with nulls into floats
-# and timestamps into nanoseconds, so integers and times travel as text; a float column comes with
-# an ``IS NULL`` flag, because pandas cannot tell a null from NaN.
+# and timestamps into nanoseconds, so integers travel with nulls as zero plus an ``IS NULL`` flag,
+# and times as text; a float column comes with a flag too, because pandas cannot tell a null from NaN.
 def sink_columns(table: Any) -> tuple[list[str], list[str]]:
     """(SQL expressions passing ``table``'s columns to ``row_sink_function``, the Python kind of
-    each: ``int``, ``time``, ``float`` (then a null flag follows) or ``value``)."""
+    each: ``int`` or ``float`` (then a null flag follows), ``time`` or ``value``)."""
     from pyflink.table.types import (
         BigIntType,
         DoubleType,
@@ -179,9 +178,12 @@ def sink_columns(table: Any) -> tuple[list[str], list[str]]:
     kinds: list[str] = []
     for name, data_type in zip(schema.get_column_names(), schema.get_column_data_types(), strict=True):
         column = quote(name)
-        if isinstance(data_type, (TinyIntType, SmallIntType, IntType, BigIntType, TimestampType)):
+        if isinstance(data_type, (TinyIntType, SmallIntType, IntType, BigIntType)):
+            expressions += [f"COALESCE(CAST({column} AS BIGINT), 0)", f"{column} IS NULL"]
+            kinds.append("int")
+        elif isinstance(data_type, TimestampType):
             expressions.append(f"CAST({column} AS STRING)")
-            kinds.append("time" if isinstance(data_type, TimestampType) else "int")
+            kinds.append("time")
         elif isinstance(data_type, (FloatType, DoubleType)):
             expressions += [f"CAST({column} AS DOUBLE)", f"{column} IS NULL"]
             kinds.append("float")
@@ -193,15 +195,18 @@ def sink_columns(table: Any) -> tuple[list[str], list[str]]:
 
 def decode_columns(columns: Sequence[Any], kinds: list[str]) -> list[list[Any]]:
     """The pandas columns ``sink_columns`` passes, as lists of Python values (None for null)."""
+    import pandas as pd
+
     decoded: list[list[Any]] = []
     given = iter(columns)
     for kind in kinds:
         values = next(given).tolist()
-        if kind == "float":
-            nulls = next(given).tolist()
-            values = [None if null else value for value, null in zip(values, nulls, strict=True)]
-        elif kind == "int":
-            values = [None if v is None else int(v) for v in values]
+        if kind in ("int", "float"):
+            nulls = next(given)
+            if not isinstance(nulls, pd.Series):  # the flag of a NOT NULL column: a constant
+                nulls = pd.Series([nulls] * len(values), dtype=bool)
+            if nulls.any():
+                values = [None if null else v for v, null in zip(values, nulls.tolist(), strict=True)]
         elif kind == "time":
             values = [None if v is None else datetime.fromisoformat(v) for v in values]
         decoded.append(values)

@@ -220,15 +220,35 @@ def _as_feature(value: Any, dtype: DType) -> Any:
     return feature_value(value, dtype)
 
 
-def feature_row(plan: TransformPlan, values: tuple[Any, ...]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """One stage-2 result (keys, time, ``f<i>``...) as (key, feature row)."""
+# The Python type every value of a result column has when the column needs no conversion (the
+# monoid's result is already the stored feature value); any other value takes the general path.
+_PLAIN_RESULTS = {"Int64": int, "Float64": float, "String": str, "Bool": bool}
+
+
+def _feature_column(agg: Aggregation, dtype: DType, values: list[Any]) -> list[Any]:
+    """A column of SQL aggregates as stored feature values (``_result``, then ``_as_feature``)."""
+    plain = _PLAIN_RESULTS.get(dtype.name) if dtype.element is None else None
+    if isinstance(agg, (Count, CountDistinct)) and plain is not int:
+        plain = None  # a count is an integer, whatever the feature's declared type
+    if plain is not None and not is_ordered(agg) and set(map(type, values)) <= {plain, type(None)}:
+        # What a null becomes (0 for counts and sums), converted once.
+        zero = _as_feature(_result(agg, dtype, None, None), dtype) if None in values else None
+        if plain is float:  # NaN is null
+            return [zero if v is None else (v if v == v else None) for v in values]
+        return [zero if v is None else v for v in values]
+    element = dtype.element
+    return [_as_feature(_result(agg, dtype, v, element), dtype) for v in values]
+
+
+def feature_rows(plan: TransformPlan, columns: list[list[Any]]) -> list[dict[str, Any]]:
+    """Stage 2's results, one list per column (keys, time, ``f<i>``...), as feature rows."""
     n_keys = len(plan.keys)
-    key = tuple(values[:n_keys])
-    when = values[n_keys]
-    time_ms = when if isinstance(when, int) else datetime_to_ms(when)  # naive means UTC
-    row: dict[str, Any] = dict(zip(plan.key_names, key, strict=True))
+    names = [*plan.key_names, *(f.name for f in plan.features), EVENT_TIMESTAMP]
+    converted = columns[:n_keys]
     for i, feature in enumerate(plan.features):
-        result = _result(feature.aggregation, feature.dtype, values[n_keys + 1 + i], feature.dtype.element)
-        row[feature.name] = _as_feature(result, feature.dtype)
-    row[EVENT_TIMESTAMP] = ms_to_datetime(time_ms)
-    return key, row
+        converted.append(_feature_column(feature.aggregation, feature.dtype, columns[n_keys + 1 + i]))
+    # A time is epoch ms, or a naive UTC datetime (a hopping window's end).
+    converted.append(
+        [ms_to_datetime(w if isinstance(w, int) else datetime_to_ms(w)) for w in columns[n_keys]]
+    )
+    return [dict(zip(names, values, strict=True)) for values in zip(*converted, strict=True)]

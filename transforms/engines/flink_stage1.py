@@ -26,7 +26,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from transforms.arrow_events import split_clean
+import numpy as np
+
+from transforms.arrow_events import python_values, split_clean
 from transforms.dtypes import DType
 from transforms.engines.flink_sql import encode_ordered, is_ordered, marker_offset_ms, quote
 from transforms.events import DeadLetter, EventCounts, EventPreparer, Lateness
@@ -37,6 +39,9 @@ from transforms.timeutil import engine_value
 ROW, MARKER, HEARTBEAT = 0, 4, 5  # ``_kind`` of a prepared row
 OK, FILTERED, DEAD = 0, 1, 2  # what ``prepare`` made of an event
 COUNTS_EVERY = "1 s"  # how often the counts are emitted while events arrive
+# pandas looks a dtype given by name up among every registered dtype: a millisecond per column of
+# a small batch, which a dtype object skips.
+_OBJECT = np.dtype(object)
 
 
 def flink_types(dtype: DType | None) -> tuple[Any, Any]:
@@ -145,7 +150,12 @@ def prepare_function(plans: Sequence[TransformPlan], vectorised: bool = True) ->
     transform, or a ``Select``) take the Arrow kernels of ``arrow_events`` for the events
     ``json_batches`` can type (``vectorised``), from one decoding of the batch; the others, and
     every event otherwise, the reference's ``EventPreparer``."""
-    views = [_view_preparer(plan, vectorised) for plan in plans]
+    # The last view on the row path (Python code per event) takes the shared decoding for its own:
+    # its code may change the decoded events, so it runs after every other view has read them.
+    row_path = [v for v, plan in enumerate(plans) if not vectorised or needed_fields(plan) is None]
+    owner = row_path[-1] if row_path else None
+    views = [_view_preparer(plan, vectorised, v == owner) for v, plan in enumerate(plans)]
+    order = [v for v in range(len(plans)) if v != owner] + ([] if owner is None else [owner])
     time_fields = {plan.timestamp_field for plan in plans}
     if len(time_fields) != 1:
         raise ValueError(f"the views of one stage 1 read one source with one time field, got {time_fields}")
@@ -162,24 +172,27 @@ def prepare_function(plans: Sequence[TransformPlan], vectorised: bool = True) ->
                 decoded.append(decode_lines(time_field, texts))
             return decoded[0]
 
-        outcomes = [view(texts, decode) for view in views]
-        data: dict[str, Any] = {"_t": pd.Series(outcomes[0].times, dtype="object")}
+        by_view = {v: views[v](texts, decode) for v in order}
+        outcomes = [by_view[v] for v in range(len(views))]
+        data: dict[str, Any] = {"_t": pd.Series(outcomes[0].times, dtype=_OBJECT)}
         for v, (plan, outcome) in enumerate(zip(plans, outcomes, strict=True)):
             kind, count, letter, *rows = _view_fields(plan, v)
             data[kind] = outcome.kinds
             data[count] = outcome.counts
-            data[letter] = pd.Series(outcome.letters, dtype="object")
+            data[letter] = pd.Series(outcome.letters, dtype=_OBJECT)
             for name, column in zip(rows, outcome.rows, strict=True):
-                data[name] = pd.Series(column, dtype="object")
+                data[name] = pd.Series(column, dtype=_OBJECT)
         return pd.DataFrame(data)
 
     return prepare
 
 
 def _view_preparer(
-    plan: TransformPlan, vectorised: bool
+    plan: TransformPlan, vectorised: bool, owns_decoding: bool = False
 ) -> Callable[[list[str], Callable[[], DecodedLines]], ViewOutcomes]:
-    """One view's part of ``prepare``: texts (and their shared decoding, on demand) to outcomes."""
+    """One view's part of ``prepare``: texts (and their shared decoding, on demand) to outcomes.
+    A view that ``owns_decoding`` runs its row path over the decoded events themselves (it is the
+    last to read them) instead of decoding the texts again."""
     ordered = _ordered(plan)
     offset = marker_offset_ms(plan)
     n_keys = len(plan.keys)
@@ -215,9 +228,15 @@ def _view_preparer(
             [None] * n,
             [[None] * n for _ in range(n_keys + n_values + 2)],
         )
-        rest = range(n) if fields is None else _prepare_vectorised(typed_batch(fields, decode()), n, out)
-        outcomes = preparers[0].prepare_batch_timed([texts[i] for i in rest])
-        for i, (time_ms, outcome) in zip(rest, outcomes, strict=True):
+        if fields is not None:
+            rest = _prepare_vectorised(typed_batch(fields, decode()), n, out)
+            timed = preparers[0].prepare_batch_timed([texts[i] for i in rest])
+        elif owns_decoding:
+            timed, rest = _prepare_decoded(texts, decode())
+        else:
+            rest = list(range(n))
+            timed = preparers[0].prepare_batch_timed(texts)
+        for i, (time_ms, outcome) in zip(rest, timed, strict=True):
             out.times[i] = time_ms
             if outcome is not None:
                 out.kinds[i] = DEAD if isinstance(outcome, DeadLetter) else OK
@@ -228,6 +247,18 @@ def _view_preparer(
             for column, values in zip(out.rows, zip(*event_rows(outcome, time_ms), strict=True), strict=True):
                 column[i] = values[0] if single else list(values)  # single: the row (SQL adds the marker)
         return out
+
+    def _prepare_decoded(
+        texts: list[str], decoded: DecodedLines
+    ) -> tuple[list[tuple[int | None, Any]], list[int]]:
+        """The row path over decoded events: what ``prepare_batch_timed`` gives for their texts
+        (``decode_lines`` decodes and times them as it does), and their positions, in that order."""
+        preparer = preparers[0]
+        events = zip(decoded.positions, decoded.events, decoded.times, strict=True)
+        outcomes = preparer.transform_batch([(texts[i], e, t) for i, e, t in events])
+        timed: list[tuple[int | None, Any]] = list(zip(decoded.times, outcomes, strict=True))
+        timed += preparer.prepare_batch_timed([texts[i] for i in decoded.rest])
+        return timed, decoded.positions + decoded.rest
 
     def _prepare_vectorised(typed: TypedBatch, n: int, out: ViewOutcomes) -> list[int]:
         """Fill in the events the Arrow kernels prepare (one row each, as plain columns); returns the
@@ -240,15 +271,15 @@ def _view_preparer(
         clean = [positions[j] for j in split.clean_mask.to_numpy(zero_copy_only=False).nonzero()[0]]
         dropped = [positions[j] for j in split.filtered_mask.to_numpy(zero_copy_only=False).nonzero()[0]]
         if dropped:  # a Select's where= dropped them: heartbeats, as event_rows gives
-            dropped_ms = typed.batch.column(0).filter(split.filtered_mask).cast("int64").to_pylist()
+            dropped_ms = python_values(typed.batch.column(0).filter(split.filtered_mask).cast("int64"))
             for i, time_ms in zip(dropped, dropped_ms, strict=True):
                 out.times[i] = time_ms
                 out.rows[0][i] = HEARTBEAT
                 out.rows[n_keys + 1][i] = time_ms + (offset or 0)
-        row_ms = split.clean["_ts"].to_pylist()
-        columns = [split.clean[name].to_pylist() for name in plan.key_names]
+        row_ms = python_values(split.clean["_ts"])
+        columns = [python_values(split.clean[name]) for name in plan.key_names]
         columns.append(row_ms)
-        columns += [split.clean[f"_v{k}"].to_pylist() for k in range(len(plan.features))]
+        columns += [python_values(split.clean[f"_v{k}"]) for k in range(len(plan.features))]
         for k, dtype in ordered:
             values = columns[n_keys + 1 + k]
             columns.append(
