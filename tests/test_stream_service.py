@@ -147,7 +147,8 @@ def test_stream_to_redis_and_offline_equals_reference(tmp_path: Path) -> None:
     os.environ["MLFS_TEST_REDIS"] = env["MLFS_TEST_REDIS"]
     try:
         repo_path = example_repo(tmp_path / "repo", events=200, redis_env="MLFS_TEST_REDIS")
-        # Compaction runs while the sinks append; readers must see the same rows.
+        # Compaction runs every second, and once the job stopped (the rows of this test's views wait
+        # for the final watermark); readers must see the same rows.
         config_file = repo_path / "feature_store.yaml"
         config = yaml.safe_load(config_file.read_text())
         config["mlfs"].setdefault("flink", {}).update(compact_every_s=1, compact_min_files=2)

@@ -266,6 +266,8 @@ def serve_stream(
         savepoint = _stop_with_savepoint(client, checkpoint_dir / "savepoints")
         job.write(state="stopped", savepoint=savepoint, stopped_at=time.time())
         report(f"stopped with savepoint {savepoint}")
+        if options.compact_every_s is not None:
+            compactor.compact()  # the files of the last batches, written as the job stopped
         if server is not None:
             server.shutdown()
         final = collect(status_dir, bounds)
@@ -297,10 +299,11 @@ class Compactor:
         if time.monotonic() - self.last < seconds or (self.thread is not None and self.thread.is_alive()):
             return
         self.last = time.monotonic()
-        self.thread = threading.Thread(target=self._compact, name="mlfs-compact", daemon=True)
+        self.thread = threading.Thread(target=self.compact, name="mlfs-compact", daemon=True)
         self.thread.start()
 
-    def _compact(self) -> None:
+    def compact(self) -> None:
+        """Compact every view's partitions now, reporting what was merged or removed."""
         for view in self.views:
             try:
                 stats = self.store.compact(view, self.min_files)
