@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -238,13 +240,20 @@ def test_streamed_files_are_compacted_without_changing_what_readers_see(tmp_path
     assert store.read(view).sort_by("user_id").to_pylist() == before
     assert dataset_rows() == 58 + 1
 
-    # A merge cut off after its manifest: the manifest goes, its inputs stay.
+    # A merge cut off after its manifest: the manifest goes, its inputs stay; so does its partial
+    # file, until it is an hour old.
     store.append(view, batches[1], created + timedelta(hours=2))
+    partial, old_partial = partition / f".{COMPACT_PREFIX}cut.parquet.tmp", partition / ".old.parquet.tmp"
+    partial.write_bytes(b"PAR1")
+    old_partial.write_bytes(b"PAR1")
+    os.utime(old_partial, (time.time() - 7200, time.time() - 7200))
     (partition / f".{COMPACT_PREFIX}cut.json").write_text(
         json.dumps({"target": f"{COMPACT_PREFIX}cut.parquet", "inputs": names(STREAM_PREFIX)})
     )
     stats = store.compact(view, min_files=2, grace_s=0)
     assert not (partition / f".{COMPACT_PREFIX}cut.json").exists()
+    assert partial.exists() and not old_partial.exists()
+    partial.unlink()
     # Nothing was removed; the streamed file is merged with the small merged file.
     assert (stats.removed, stats.merged) == (0, 2)
     assert store.compact(view, min_files=2, grace_s=0).removed == 2

@@ -45,6 +45,7 @@ COMPACT_PREFIX = "compact-"
 COMPACT_MIN_FILES = 16  # merge a partition's small files once it has this many
 COMPACT_SMALL_BYTES = 64 << 20  # merged files under this size are merged again
 COMPACT_GRACE_S = 60.0  # how long merged inputs stay for readers that listed them
+STALE_TMP_S = 3600.0  # a hidden file being written this long ago belongs to a writer that died
 WRITE_THREADS = 4  # partitions rewritten at once (each holds one day in memory)
 _TS = pa.timestamp("us", tz="UTC")
 _MICROS_PER_DAY = 86_400_000_000
@@ -145,10 +146,10 @@ class ParquetOfflineStore:
         Feast keep the newest created row of a key and time, so a replayed row never duplicates."""
         schema = arrow_schema(view)
         # Column by column: a table from per-row dicts costs more than the file write itself.
-        data = {name: [row[name] for row in rows] for name in schema.names if name != CREATED_TIMESTAMP}
+        data = {name: [row.get(name) for row in rows] for name in schema.names if name != CREATED_TIMESTAMP}
         data[CREATED_TIMESTAMP] = [created] * len(rows)
         table = pa.Table.from_pydict(data, schema=schema)
-        days = [_day(when) for when in data[EVENT_TIMESTAMP]]
+        days = [_day(row[EVENT_TIMESTAMP]) for row in rows]
         name = f"{STREAM_PREFIX}{created.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.parquet"
         distinct = sorted(set(days))
         for day in distinct:
@@ -168,7 +169,8 @@ class ParquetOfflineStore:
     ) -> CompactionStats:
         """Merge each partition's streamed files (and merged files still small) into one file once
         there are ``min_files`` of them; remove the inputs of earlier merges older than
-        ``grace_s``. Safe beside running writers and readers: files appear and go atomically."""
+        ``grace_s``, and hidden files left by writers that died. Safe beside running writers and
+        readers: files appear and go atomically."""
         stats = CompactionStats()
         schema = arrow_schema(view)
         order = [(c, "ascending") for c in (*view.plan.key_names, EVENT_TIMESTAMP)]
@@ -186,6 +188,9 @@ class ParquetOfflineStore:
                         (directory / name).unlink(missing_ok=True)
                         stats.removed += 1
                 manifest.unlink()  # done, or its merge never finished (its inputs stay)
+            for tmp in directory.glob(".*.tmp"):
+                if time.time() - tmp.stat().st_mtime > STALE_TMP_S:
+                    tmp.unlink(missing_ok=True)
             inputs = sorted(
                 f
                 for f in directory.glob("*.parquet")
@@ -199,7 +204,8 @@ class ParquetOfflineStore:
                 continue
             name = f"{COMPACT_PREFIX}{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}"
             table = pa.concat_tables([pq.read_table(f, schema=schema) for f in inputs]).sort_by(order)
-            # The manifest first: a merge cut off before its file is complete leaves no trace.
+            # The manifest first: a merge cut off before its file is in place leaves its inputs as they
+            # were, and the next compaction removes the manifest (and later the hidden partial file).
             manifest = directory / f".{name}.json"
             merge = {"target": f"{name}.parquet", "inputs": [f.name for f in inputs]}
             tmp = directory / f".{name}.json.tmp"
