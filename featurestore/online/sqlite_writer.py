@@ -62,12 +62,11 @@ class SqliteOnlineWriter:
     """Newer-wins bulk writes of a view's latest rows into Feast's SQLite online store."""
 
     def __init__(self, config: Any) -> None:
-        from feast.infra.online_stores.helpers import compute_table_id, extract_text_and_num
+        from feast.infra.online_stores.helpers import compute_table_id
 
         self.project = config.project
         self.keys = EntityKeys(config.entity_key_serialization_version)
         self._table_id = compute_table_id
-        self._text = extract_text_and_num
         path = Path(config.online_store.path)
         if config.repo_path and not path.is_absolute():
             path = Path(config.repo_path) / path

@@ -137,6 +137,7 @@ def row_sink_function(plan: TransformPlan, writer: Callable[[], RowWriter], kind
                 self.scorer = FeatureRowScorer(plan)
 
         def eval(self, *columns: Any) -> Any:
+            import numpy as np
             import pandas as pd
 
             rows = feature_rows(plan, decode_columns(columns, kinds))
@@ -146,7 +147,7 @@ def row_sink_function(plan: TransformPlan, writer: Callable[[], RowWriter], kind
                     self.writer.dead(letters)
             if rows:
                 self.writer.write(rows)
-            return pd.Series([1] * len(columns[0]), dtype="int32")
+            return pd.Series(np.ones(len(columns[0]), dtype=np.int32))  # a dtype object, as _OBJECT
 
         def close(self) -> None:
             self.writer.close()
