@@ -263,6 +263,54 @@ def test_streamed_files_are_compacted_without_changing_what_readers_see(tmp_path
     ]
 
 
+def test_a_backfill_keeps_rows_streamed_while_it_rewrites(tmp_path: Path) -> None:
+    """A partition rewrite replaces the files it read, not files a streaming job appends meanwhile:
+    the streamed rows stay readable, beside the backfill's (newest created wins), even where the
+    rewrite leaves the partition otherwise empty."""
+    import pyarrow as pa
+
+    from featurestore.offline.parquet import STREAM_PREFIX, arrow_schema
+
+    repo = load_repo(example_repo(tmp_path / "repo", events=300))
+    view = repo.views[VIEW]
+    store = ParquetOfflineStore(tmp_path / "offline")
+    day = datetime(2026, 3, 1, tzinfo=UTC)
+    created = datetime(2026, 4, 1, tzinfo=UTC)
+    store.write(view, [row("a", day + timedelta(hours=h), h, 1.0, 0) for h in (1, 2)], created)
+    store.append(view, [row("b", day + timedelta(hours=3), 7, 7.0, 0)], created + timedelta(minutes=1))
+    streamed = row("c", day + timedelta(hours=4), 8, 8.0, 1)
+    backfilled = row("a", day + timedelta(hours=2), 20, 2.0, 0)
+
+    def backfill_rows(rows: list[dict[str, Any]]) -> Any:
+        def day_rows(_: Any) -> pa.Table:
+            # The streaming job writes while the backfill computes the day.
+            store.append(view, [streamed], created + timedelta(minutes=2))
+            backfill_created = created + timedelta(minutes=3)
+            return pa.Table.from_pylist(
+                [{**r, CREATED_TIMESTAMP: backfill_created} for r in rows], schema=arrow_schema(view)
+            )
+
+        return day_rows
+
+    # Backfill [02:00, 04:00): a's 01:00 row is kept, its 02:00 row and b's 03:00 row are replaced.
+    store.replace(
+        view, {day.date()}, backfill_rows([backfilled]), day + timedelta(hours=2), day + timedelta(hours=4)
+    )
+    got = {(r["user_id"], r[EVENT_TIMESTAMP], r["payment_count_7d"]) for r in store.read(view).to_pylist()}
+    assert got == {
+        ("a", day + timedelta(hours=1), 1),
+        ("a", day + timedelta(hours=2), 20),
+        ("c", day + timedelta(hours=4), 8),
+    }
+    partition = tmp_path / "offline" / VIEW / "date=2026-03-01"
+    assert len(list(partition.glob(f"{STREAM_PREFIX}*.parquet"))) == 1  # b's file went, c's stayed
+
+    # A rewrite that leaves nothing of the day but what was streamed meanwhile keeps the partition.
+    streamed = row("d", day + timedelta(hours=5), 9, 9.0, 0)
+    store.replace(view, {day.date()}, backfill_rows([]), None, None)
+    assert [(r["user_id"], r["payment_count_7d"]) for r in store.read(view).to_pylist()] == [("d", 9)]
+
+
 def test_settings_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     repo = example_repo(tmp_path / "repo", events=300, redis_env="MLFS_SECRET_REDIS")
     monkeypatch.setenv("MLFS_SECRET_REDIS", "cache.internal:6380,password=s3cret")

@@ -17,6 +17,7 @@ row (they keep the newest created row of a key and time).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -260,9 +261,13 @@ class ParquetOfflineStore:
                 touched.add(day)
 
         def rewrite(day: date) -> int:
+            # Only the files read here are replaced: a streaming job's or a compaction's file that
+            # lands meanwhile stays, and readers keep the newest created row of a key and time.
+            files = self._partition_files(view.name, day)
+            kept = self._outside(self._read_files(files, schema), start, end)
             new = day_rows(day)
-            kept = self._outside(self._read_partition(view.name, day, schema), start, end)
-            self._replace_partition(view, day, pa.concat_tables([kept, new]) if kept.num_rows else new)
+            table = pa.concat_tables([kept, new]) if kept.num_rows else new
+            self._replace_partition(view, day, table, files)
             return new.num_rows
 
         # Arrow reads, sorts and writes without the GIL: a few days at a time use every core.
@@ -291,13 +296,18 @@ class ParquetOfflineStore:
     def _partition_dir(self, view: str, day: date) -> Path:
         return self.view_path(view) / f"{PARTITION_PREFIX}{day.isoformat()}"
 
-    def _read_partition(self, view: str, day: date, schema: pa.Schema) -> pa.Table:
+    def _partition_files(self, view: str, day: date) -> list[Path]:
         directory = self._partition_dir(view, day)
-        files = sorted(directory.glob("*.parquet")) if directory.is_dir() else []
+        return sorted(directory.glob("*.parquet")) if directory.is_dir() else []
+
+    def _read_partition(self, view: str, day: date, schema: pa.Schema) -> pa.Table:
+        return self._read_files(self._partition_files(view, day), schema)
+
+    @staticmethod
+    def _read_files(files: list[Path], schema: pa.Schema) -> pa.Table:
         if not files:
             return schema.empty_table()
-        tables = [pq.read_table(f, schema=schema) for f in files]
-        return pa.concat_tables(tables)
+        return pa.concat_tables([pq.read_table(f, schema=schema) for f in files])
 
     @staticmethod
     def _outside(table: pa.Table, start: datetime | None, end: datetime | None) -> pa.Table:
@@ -314,19 +324,22 @@ class ParquetOfflineStore:
             inside = before_end if inside is None else pc.and_(inside, before_end)
         return table.filter(pc.invert(inside))
 
-    def _replace_partition(self, view: StreamFeatureView, day: date, table: pa.Table) -> None:
+    def _replace_partition(
+        self, view: StreamFeatureView, day: date, table: pa.Table, replaced: list[Path]
+    ) -> None:
+        """Make ``table`` the partition's data file in place of the ``replaced`` files."""
         directory = self._partition_dir(view.name, day)
-        if table.num_rows == 0:
-            shutil.rmtree(directory, ignore_errors=True)
-            return
-        directory.mkdir(parents=True, exist_ok=True)
-        order = [(c, "ascending") for c in (*view.plan.key_names, EVENT_TIMESTAMP)]
-        tmp = directory / f".{DATA_FILE}.tmp"
-        pq.write_table(table.sort_by(order), tmp)
-        os.replace(tmp, directory / DATA_FILE)
-        for other in directory.glob("*.parquet"):
-            if other.name != DATA_FILE:
-                other.unlink()
+        if table.num_rows:
+            directory.mkdir(parents=True, exist_ok=True)
+            order = [(c, "ascending") for c in (*view.plan.key_names, EVENT_TIMESTAMP)]
+            tmp = directory / f".{DATA_FILE}.tmp"
+            pq.write_table(table.sort_by(order), tmp)
+            os.replace(tmp, directory / DATA_FILE)
+        for old in replaced:
+            if old.name != DATA_FILE or not table.num_rows:
+                old.unlink(missing_ok=True)  # a compaction may have removed a merged input
+        with contextlib.suppress(OSError):  # gone, or holding files that landed meanwhile
+            directory.rmdir()
 
 
 def _split_by_day(
