@@ -129,6 +129,35 @@ def test_sqlite_bulk_writes_are_feasts_layout(tmp_path: Path) -> None:
     bulk.close()
 
 
+def test_sqlite_writers_of_one_process_take_turns(tmp_path: Path) -> None:
+    """Writers in threads of one process (a job's sink instances) share one lock per database
+    file instead of SQLite's sleeping busy handler; what they write is still newer-wins per key."""
+    import threading
+
+    from featurestore.online.sqlite_writer import SqliteOnlineWriter
+
+    repo = load_repo(example_repo(tmp_path / "repo", events=300))
+    apply_repo(repo)
+    store = feast_store(repo.settings)
+    writers = [SqliteOnlineWriter(store.config) for _ in range(4)]
+    assert len({id(w.lock) for w in writers}) == 1
+    start = datetime(2026, 5, 1, tzinfo=UTC)
+
+    def write(w: int) -> None:  # writer w holds every 4th step of each user's history
+        for step in range(w, 40, 4):
+            when = start + timedelta(seconds=step)
+            writers[w].write(repo.views[VIEW], [row(f"u{u}", when, step, float(u), w) for u in range(50)])
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for writer in writers:
+        writer.close()
+    assert [online(store, f"u{u}") for u in (0, 49)] == [(39, 0.0, 3), (39, 49.0, 3)]
+
+
 def test_redis_layout_is_feasts(tmp_path: Path, redis_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
     from feast.infra.key_encoding_utils import serialize_entity_key
     from feast.infra.online_stores.helpers import _mmh3
@@ -338,7 +367,7 @@ def test_value_protos_are_feasts(data: st.DataObject) -> None:
     from feast.type_map import python_values_to_proto_values
 
     from featurestore.feast_types import value_type
-    from featurestore.online.base import feature_value_protos
+    from featurestore.online.base import feature_value_protos, value_blobs
     from transforms.dtypes import SCALARS
 
     names = sorted(SCALAR_VALUES)
@@ -349,7 +378,32 @@ def test_value_protos_are_feasts(data: st.DataObject) -> None:
     ours = feature_value_protos(SimpleNamespace(plan=plan), rows)  # type: ignore[arg-type]
     for n in names:
         feasts = python_values_to_proto_values([r[n] for r in rows], value_type(SCALARS[n]))
-        assert [r[n].SerializeToString() for r in ours] == [p.SerializeToString() for p in feasts], n
+        want = [p.SerializeToString() for p in feasts]
+        assert [r[n].SerializeToString() for r in ours] == want, n
+        assert value_blobs(SCALARS[n], [r[n] for r in rows]) == want, n  # written without protos
+
+
+@settings(deadline=None)  # the first example imports Feast
+@given(st.data())
+def test_value_blobs_leave_odd_values_to_protobuf(data: st.DataObject) -> None:
+    """Values a column's own encoder does not take (out of range, of another Python type, text
+    that is not UTF-8) get exactly what protobuf makes of them, an error included."""
+    from featurestore.online.base import value_blobs, value_protos
+    from transforms.dtypes import SCALARS
+
+    name = data.draw(st.sampled_from(["Int32", "Int64", "Float32", "Float64", "String", "Bool"]))
+    text = st.text(st.characters(exclude_categories=()))  # lone surrogates too
+    odd = st.integers(-(2**70), 2**70) | st.floats() | st.booleans() | text | st.none()
+    values = data.draw(st.lists(odd, max_size=4))
+    try:
+        want: Any = [p.SerializeToString() for p in value_protos(SCALARS[name], values)]
+    except Exception as err:  # whatever protobuf raises, value_blobs must raise too
+        want = type(err)
+    try:
+        got: Any = value_blobs(SCALARS[name], values)
+    except Exception as err:
+        got = type(err)
+    assert got == want
 
 
 @settings(deadline=None)  # the first example imports Feast
@@ -359,15 +413,13 @@ def test_value_texts_are_feasts(data: st.DataObject) -> None:
     ``extract_text_and_num`` gives for that value's proto."""
     from feast.infra.online_stores.helpers import extract_text_and_num
 
-    from featurestore.online.base import feature_value_columns, value_texts
+    from featurestore.online.base import value_protos, value_texts
     from transforms.dtypes import SCALARS
 
     name = data.draw(st.sampled_from(sorted(SCALAR_VALUES)))
     values = data.draw(st.lists(st.none() | SCALAR_VALUES[name], max_size=8))
-    plan = SimpleNamespace(output_features=((name, SCALARS[name]),))
-    protos = feature_value_columns(SimpleNamespace(plan=plan), [{name: v} for v in values])[name]  # type: ignore[arg-type]
-    want = [extract_text_and_num(p, False)[0] for p in protos]
-    assert value_texts(SCALARS[name], values, protos) == want
+    want = [extract_text_and_num(p, False)[0] for p in value_protos(SCALARS[name], values)]
+    assert value_texts(SCALARS[name], values) == want
 
 
 def test_entity_keys_are_feasts_and_bounded(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -81,25 +82,85 @@ def _scalar_protos(field: str, values: list[Any]) -> list[Any]:
     return out
 
 
-def feature_value_columns(view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
-    """Each feature's column of Feast ``Value`` protos, one per row."""
+def value_protos(dtype: DType, values: list[Any]) -> list[Any]:
+    """A feature column's Feast ``Value`` protos, as Feast's ``python_values_to_proto_values``."""
     from feast.type_map import python_values_to_proto_values
 
     from featurestore.feast_types import value_type
 
-    out: dict[str, list[Any]] = {}
-    for name, dtype in view.plan.output_features:
-        column = [row[name] for row in rows]
-        if dtype.element is None and dtype.name in _SCALAR_FIELDS:
-            out[name] = _scalar_protos(_SCALAR_FIELDS[dtype.name], column)
-        else:
-            out[name] = python_values_to_proto_values(column, value_type(dtype))
-    return out
+    if dtype.element is None and dtype.name in _SCALAR_FIELDS:
+        return _scalar_protos(_SCALAR_FIELDS[dtype.name], values)
+    return python_values_to_proto_values(values, value_type(dtype))
+
+
+def _varint(n: int) -> bytes:
+    n &= (1 << 64) - 1  # a negative integer is its 64-bit two's complement, as protobuf writes it
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _encode_int(tag: bytes, bits: int) -> Callable[[Any], bytes]:
+    low, high = -(1 << (bits - 1)), 1 << (bits - 1)
+
+    def encode(value: Any) -> bytes:
+        if type(value) is not int or not low <= value < high:
+            raise TypeError("left to protobuf")
+        return tag + _varint(value)
+
+    return encode
+
+
+def _encode_string(value: Any) -> bytes:
+    if type(value) is not str:
+        raise TypeError("left to protobuf")
+    data = value.encode("utf-8")
+    return b"\x12" + _varint(len(data)) + data
+
+
+# Each plain scalar type's ``Value`` field written directly (field number and wire type as in
+# Feast's Value.proto): a serialised proto per value costs more than the rest of a write.
+_FLOAT64, _FLOAT32 = struct.Struct("<d"), struct.Struct("<f")
+_ENCODERS: dict[str, Callable[[Any], bytes]] = {
+    "String": _encode_string,
+    "Int32": _encode_int(b"\x18", 32),
+    "Int64": _encode_int(b"\x20", 64),
+    "Float64": lambda v: b"\x29" + _FLOAT64.pack(_number(v)),
+    "Float32": lambda v: b"\x35" + _FLOAT32.pack(_number(v)),
+    "Bool": lambda v: b"\x38\x01" if v is True else b"\x38\x00" if v is False else _not_encoded(),
+}
+
+
+def _number(value: Any) -> float:
+    if type(value) is not float and type(value) is not int:
+        raise TypeError("left to protobuf")
+    return value
+
+
+def _not_encoded() -> bytes:
+    raise TypeError("left to protobuf")
+
+
+def value_blobs(dtype: DType, values: list[Any]) -> list[bytes]:
+    """A feature column's serialised Feast ``Value``s: the bytes of ``value_protos``, written
+    directly for plain scalar types (a null or NaN is the empty ``Value``)."""
+    encode = _ENCODERS.get(dtype.name) if dtype.element is None else None
+    if encode is not None:
+        try:
+            return [b"" if v is None or v != v else encode(v) for v in values]
+        except (TypeError, ValueError, OverflowError, UnicodeError):
+            pass  # a value protobuf converts (or rejects) in its own way
+    return [proto.SerializeToString() for proto in value_protos(dtype, values)]
 
 
 def feature_value_protos(view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each row's features as Feast ``Value`` protos."""
-    columns = feature_value_columns(view, rows)
+    columns = {
+        name: value_protos(dtype, [row[name] for row in rows]) for name, dtype in view.plan.output_features
+    }
     return [{name: protos[i] for name, protos in columns.items()} for i in range(len(rows))]
 
 
@@ -107,7 +168,7 @@ def feature_value_protos(view: StreamFeatureView, rows: Sequence[dict[str, Any]]
 _TEXT_IS_STR = {"Int32", "Int64", "Float64", "String", "Bool"}
 
 
-def value_texts(dtype: DType, values: list[Any], protos: list[Any]) -> list[str | None]:
+def value_texts(dtype: DType, values: list[Any]) -> list[str | None]:
     """The ``value_text`` Feast's SQL online stores keep beside each ``Value`` of a column."""
     from feast.infra.online_stores.helpers import extract_text_and_num
 
@@ -115,7 +176,7 @@ def value_texts(dtype: DType, values: list[Any], protos: list[Any]) -> list[str 
         text = (lambda v: str(float(v))) if dtype.name == "Float64" else str
         # Null and NaN are an empty ``Value``, whose text is null.
         return [None if v is None or v != v else text(v) for v in values]
-    return [extract_text_and_num(proto, False)[0] for proto in protos]
+    return [extract_text_and_num(proto, False)[0] for proto in value_protos(dtype, values)]
 
 
 class EntityKeys:

@@ -17,8 +17,8 @@ import redis
 from featurestore.online.base import (
     EntityKeys,
     WriteStats,
-    feature_value_protos,
     latest_per_key,
+    value_blobs,
 )
 from featurestore.view import StreamFeatureView
 from transforms.errors import MLFSError
@@ -94,21 +94,24 @@ class RedisOnlineWriter:
         latest = latest_per_key(view, rows)
         if not latest:
             return WriteStats()
-        values = feature_value_protos(view, latest)
+        blobs = {
+            name: value_blobs(dtype, [row[name] for row in latest])
+            for name, dtype in view.plan.output_features
+        }
         field_ids = {name: _mmh3(f"{view.name}:{name}") for name, _ in view.plan.output_features}
         ts_field = f"_ts:{view.name}"
         project = self.project.encode("utf-8")
         pipe = self.client.pipeline(transaction=False)
         entity_keys = self.keys.serialize(view, latest)
-        for row, protos, entity_key in zip(latest, values, entity_keys, strict=True):
+        for i, (row, entity_key) in enumerate(zip(latest, entity_keys, strict=True)):
             stamp = Timestamp()
             stamp.FromDatetime(row[EVENT_TIMESTAMP])
             if stamp.seconds < 0:
                 raise MLFSError(f"view {view.name!r}: online timestamps before 1970 are not supported")
             key = entity_key + project
             args: list[Any] = [ts_field, stamp.SerializeToString(), stamp.seconds, stamp.nanos]
-            for name, proto in protos.items():
-                args.extend((field_ids[name], proto.SerializeToString()))
+            for name, column in blobs.items():
+                args.extend((field_ids[name], column[i]))
             self._script(keys=[key], args=args, client=pipe)
             if self.key_ttl_seconds:
                 pipe.expire(key, self.key_ttl_seconds)

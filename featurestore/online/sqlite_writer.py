@@ -13,6 +13,7 @@ same moment. The stock Feast SDK reads what it writes.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,9 +22,9 @@ from typing import Any
 from featurestore.online.base import (
     EntityKeys,
     WriteStats,
-    feature_value_columns,
     latest_per_key,
     retry_while_locked,
+    value_blobs,
     value_texts,
 )
 from featurestore.view import StreamFeatureView
@@ -33,6 +34,17 @@ from transforms.plan import EVENT_TIMESTAMP
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 BUSY_TIMEOUT_S = 120.0
 EXACT_COLUMN = "mlfs_event_us"
+# One lock per database file for the writers of a process (a job's sink instances, which all run
+# in one Python process on a local mini-cluster). Waiting on it ends the moment the writer before
+# commits; SQLite's own busy handler, which writers in other processes still meet, sleeps in steps
+# of up to 100 ms.
+_WRITE_LOCKS: dict[Path, threading.Lock] = {}
+_WRITE_LOCKS_GUARD = threading.Lock()
+
+
+def _write_lock(path: Path) -> threading.Lock:
+    with _WRITE_LOCKS_GUARD:
+        return _WRITE_LOCKS.setdefault(path.resolve(), threading.Lock())
 
 
 def bulk_writable(config: Any) -> bool:
@@ -71,6 +83,7 @@ class SqliteOnlineWriter:
         if config.repo_path and not path.is_absolute():
             path = Path(config.repo_path) / path
         self.conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+        self.lock = _write_lock(path)
         retry_while_locked(lambda: self.conn.execute("PRAGMA journal_mode=WAL"))
         self.ready_tables: set[str] = set()
 
@@ -87,10 +100,9 @@ class SqliteOnlineWriter:
         times = [row[EVENT_TIMESTAMP] for row in latest]
         seconds, exact = [_feast_seconds(t) for t in times], [_epoch_us(t) for t in times]
         data: list[tuple[Any, ...]] = []
-        dtypes = dict(view.plan.output_features)
-        for name, protos in feature_value_columns(view, latest).items():
-            texts = value_texts(dtypes[name], [row[name] for row in latest], protos)
-            blobs = [proto.SerializeToString() for proto in protos]
+        for name, dtype in view.plan.output_features:
+            values = [row[name] for row in latest]
+            texts, blobs = value_texts(dtype, values), value_blobs(dtype, values)
             names, nows = [name] * len(keys), [now] * len(keys)
             data += zip(keys, names, blobs, texts, seconds, nows, exact, strict=True)
         sql = (
@@ -107,7 +119,7 @@ class SqliteOnlineWriter:
         def upsert() -> None:
             nonlocal changed
             before = self.conn.total_changes
-            with self.conn:
+            with self.lock, self.conn:
                 self.conn.executemany(sql, data)
             changed = self.conn.total_changes - before
 
