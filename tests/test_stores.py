@@ -340,6 +340,37 @@ def test_a_backfill_keeps_rows_streamed_while_it_rewrites(tmp_path: Path) -> Non
     assert [(r["user_id"], r["payment_count_7d"]) for r in store.read(view).to_pylist()] == [("d", 9)]
 
 
+def test_rewrites_and_compactions_of_a_view_take_turns(tmp_path: Path) -> None:
+    """A compaction skips a view another process is rewriting or compacting (so no two merge the
+    same files), and a rewrite waits for a compaction to finish."""
+    import threading
+
+    repo = load_repo(example_repo(tmp_path / "repo", events=300))
+    view = repo.views[VIEW]
+    store = ParquetOfflineStore(tmp_path / "offline")
+    day = datetime(2026, 3, 1, tzinfo=UTC)
+    created = datetime(2026, 4, 1, tzinfo=UTC)
+    for b in range(3):
+        store.append(view, [row(f"u{b}", day + timedelta(hours=b), b, 1.0, 0)], created)
+    other = ParquetOfflineStore(tmp_path / "offline")  # its lock is a file: any holder counts
+
+    with other.view_lock(VIEW) as held:
+        assert held
+        assert store.compact(view, min_files=2).busy
+        rewrite = threading.Thread(target=store.write, args=(view, [], created, day, day + timedelta(days=1)))
+        rewrite.start()
+        rewrite.join(timeout=1.0)
+        assert rewrite.is_alive()  # waiting for the lock
+        assert store.read(view).num_rows == 3
+    rewrite.join()
+    assert store.read(view).num_rows == 0  # the rewrite of the day, once the lock was free
+
+    for b in range(3):
+        store.append(view, [row(f"u{b}", day + timedelta(hours=b), b, 1.0, 0)], created)
+    stats = store.compact(view, min_files=2)
+    assert (stats.busy, stats.merged) == (False, 3)
+
+
 def test_settings_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     repo = example_repo(tmp_path / "repo", events=300, redis_env="MLFS_SECRET_REDIS")
     monkeypatch.setenv("MLFS_SECRET_REDIS", "cache.internal:6380,password=s3cret")

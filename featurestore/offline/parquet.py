@@ -13,17 +13,22 @@ A stream appends a small file per batch (``stream-*.parquet``); ``compact`` merg
 inputs stay until a later compaction at least a grace period after, because a reader may have
 listed them; until then their rows are there twice, which readers absorb as they absorb a replayed
 row (they keep the newest created row of a key and time).
+
+Rewrites and compactions of a view take turns on a lock file (``<view>/.lock``, any process on the
+host): two compactions never merge the same files, and a compaction never writes back rows a
+rewrite has just replaced. Appends need no lock: each adds a file of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -41,6 +46,7 @@ from transforms.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 
 PARTITION_PREFIX = "date="
 DATA_FILE = "data.parquet"
+LOCK_FILE = ".lock"  # hidden: readers take only *.parquet files, and Arrow datasets skip dot files
 STREAM_PREFIX = "stream-"
 COMPACT_PREFIX = "compact-"
 COMPACT_MIN_FILES = 16  # merge a partition's small files once it has this many
@@ -86,12 +92,14 @@ class OfflineWriteStats:
 
 @dataclass
 class CompactionStats:
-    """What one ``compact`` call did: files merged into new ones, and merged inputs removed."""
+    """What one ``compact`` call did: files merged into new ones, and merged inputs removed;
+    ``busy`` when another process was rewriting or compacting the view (nothing was done)."""
 
     merged: int = 0
     written: int = 0
     rows: int = 0
     removed: int = 0
+    busy: bool = False
 
 
 def _day(value: datetime) -> date:
@@ -110,6 +118,23 @@ class ParquetOfflineStore:
 
     def view_path(self, view: str) -> Path:
         return self.root / view
+
+    @contextlib.contextmanager
+    def view_lock(self, view: str, wait: bool = True) -> Iterator[bool]:
+        """Hold the view's rewrite lock (``fcntl.flock``, so a process that dies lets go of it);
+        yields False, holding nothing, where ``wait`` is off and another holder has it."""
+        directory = self.view_path(view)
+        directory.mkdir(parents=True, exist_ok=True)
+        with (directory / LOCK_FILE).open("a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def partitions(self, view: str) -> list[date]:
         base = self.view_path(view)
@@ -171,7 +196,12 @@ class ParquetOfflineStore:
         """Merge each partition's streamed files (and merged files still small) into one file once
         there are ``min_files`` of them; remove the inputs of earlier merges older than
         ``grace_s``, and hidden files left by writers that died. Safe beside running writers and
-        readers: files appear and go atomically."""
+        readers: files appear and go atomically. Skipped (``busy``) while another rewrite or
+        compaction of the view holds its lock."""
+        with self.view_lock(view.name, wait=False) as held:
+            return self._compact(view, min_files, grace_s) if held else CompactionStats(busy=True)
+
+    def _compact(self, view: StreamFeatureView, min_files: int, grace_s: float) -> CompactionStats:
         stats = CompactionStats()
         schema = arrow_schema(view)
         order = [(c, "ascending") for c in (*view.plan.key_names, EVENT_TIMESTAMP)]
@@ -251,7 +281,19 @@ class ParquetOfflineStore:
         end: datetime | None,
     ) -> OfflineWriteStats:
         """Rewrite every partition that ``[start, end)`` touches or that gets new rows: rows of the
-        range come from ``day_rows(day)`` (called from worker threads), rows outside it are kept."""
+        range come from ``day_rows(day)`` (called from worker threads), rows outside it are kept.
+        Waits for a compaction of the view to finish, and holds compactions off until it is done."""
+        with self.view_lock(view.name):
+            return self._replace(view, new_days, day_rows, start, end)
+
+    def _replace(
+        self,
+        view: StreamFeatureView,
+        new_days: set[date],
+        day_rows: Callable[[date], pa.Table],
+        start: datetime | None,
+        end: datetime | None,
+    ) -> OfflineWriteStats:
         schema = arrow_schema(view)
         touched = set(new_days)
         for day in self.partitions(view.name):

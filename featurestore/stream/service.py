@@ -310,7 +310,11 @@ class Compactor:
             except Exception as err:  # the stream goes on; the files stay for the next compaction
                 self.report(f"{view.name}: offline compaction failed: {type(err).__name__}: {err}")
                 continue
-            if stats.merged or stats.removed:
+            if stats.busy:
+                self.report(
+                    f"{view.name}: offline compaction skipped: a backfill or compaction holds the view"
+                )
+            elif stats.merged or stats.removed:
                 self.report(
                     f"{view.name}: offline compaction merged {stats.merged} files ({stats.rows:,} rows) "
                     f"into {stats.written}, removed {stats.removed} merged earlier"
