@@ -207,7 +207,7 @@ def test_stream_to_redis_and_offline_equals_reference(tmp_path: Path) -> None:
 
 def stream_outcome(repo_path: Path, views: list[tuple[str, str]]) -> dict[str, Any]:
     """Everything a streaming run wrote for ``views`` (name, entity key): offline rows, online values
-    (Feast SDK), dead letters (one per source position) and stage 1's counts."""
+    (Feast SDK), dead letters (each written once, restarts included) and stage 1's counts."""
     repo = load_repo(repo_path)
     offline = ParquetOfflineStore(repo.settings.offline_path)
     status_dir = repo.settings.work_path / "stream" / "status"
@@ -218,11 +218,13 @@ def stream_outcome(repo_path: Path, views: list[tuple[str, str]]) -> dict[str, A
         result[f"{name} offline"] = sorted(map(repr_row, rows))
         if view.online:
             result[f"{name} online"] = online_values(repo, name, key, sorted({r[key] for r in rows}))
-        letters = {
-            json.loads(line)["seq"]: json.loads(line)
+        lines = [
+            json.loads(line)
             for f in (repo.settings.dead_letter_path / name).glob("stream-*.jsonl")
             for line in f.read_text().splitlines()
-        }
+        ]
+        letters = {d["seq"]: d for d in lines}
+        assert len(letters) == len(lines), f"{name}: a dead letter was written twice"
         result[f"{name} dead letters"] = sorted((seq, d["reason"], d["raw"]) for seq, d in letters.items())
         result[f"{name} counts"] = read_status(status_dir, name).counts
     return result

@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 from featurestore.definitions import FileStreamSource, KafkaStreamSource, StreamSource
 from featurestore.offline.parquet import COMPACT_MIN_FILES, ParquetOfflineStore
 from featurestore.repo import FeatureRepo
-from featurestore.runstatus import StreamJobRecord
+from featurestore.runstatus import StreamJobRecord, read_json, write_json
 from featurestore.stream.metrics import ViewMetrics, collect, serve_metrics
 from featurestore.stream.sinks import LiveOutcomes, StoreRows, clear_status
 from featurestore.view import StreamFeatureView
@@ -72,6 +73,34 @@ def latest_checkpoint(directory: Path) -> Path | None:
         m.parent for m in directory.glob("*/_metadata")
     ]
     return max(found, key=lambda p: (p / "_metadata").stat().st_mtime) if found else None
+
+
+LINEAGES = "lineages.json"  # in the checkpoint directory: each job id and savepoint's lineage
+
+
+def _lineage_key(snapshot: str | Path) -> str:
+    """A checkpoint's job id (``<job id>/chk-N``), or a savepoint's directory name."""
+    path = Path(str(snapshot).removeprefix("file:"))
+    return path.parent.name if path.name.startswith("chk-") else path.name
+
+
+def lineage_of(checkpoint_dir: Path, restore: Path | None) -> str:
+    """The lineage a job carries on (``LiveOutcomes``): that of the checkpoint or savepoint it
+    restores, or a new one on a fresh start (or for a snapshot of an earlier MLFS version)."""
+    if restore is not None:
+        known = read_json(checkpoint_dir / LINEAGES) or {}
+        lineage = known.get(_lineage_key(restore))
+        if isinstance(lineage, str):
+            return lineage
+    return uuid.uuid4().hex[:12]
+
+
+def remember_lineage(checkpoint_dir: Path, snapshot: str | Path, lineage: str) -> None:
+    """Record the lineage of a job's checkpoints (``snapshot``: the job id's directory) or of a
+    savepoint, for ``lineage_of``."""
+    known = read_json(checkpoint_dir / LINEAGES) or {}
+    known[_lineage_key(snapshot)] = lineage
+    write_json(checkpoint_dir / LINEAGES, known)
 
 
 def _file_source(env: Any, source: FileStreamSource, repo_path: Path, poll_ms: int) -> Any:
@@ -188,6 +217,7 @@ def serve_stream(
     if restore is not None:
         config["execution.state-recovery.path"] = restore.as_uri()
         report(f"restoring from {restore}")
+    lineage = lineage_of(checkpoint_dir, restore)
     with _ctrl_c_stops() as stop:
         env, t_env = flink_environment(options.parallelism, options.master, config)
         env.add_python_file(str(settings.repo_path))
@@ -202,7 +232,7 @@ def serve_stream(
                 ViewJob(
                     view.plan,
                     functools.partial(
-                        LiveOutcomes, view.name, str(settings.dead_letter_path), str(status_dir)
+                        LiveOutcomes, view.name, str(settings.dead_letter_path), str(status_dir), lineage
                     ),
                     functools.partial(
                         StoreRows,
@@ -230,6 +260,7 @@ def serve_stream(
                 ) from None
             raise
         job.write(state="running", job_id=str(client.get_job_id()))
+        remember_lineage(checkpoint_dir, checkpoint_dir / str(client.get_job_id()) / "chk-0", lineage)
         report(
             f"streaming {len(views)} view(s) ({', '.join(v.name for v in views)}) on "
             f"{options.master or 'a local Flink mini-cluster'}; job {client.get_job_id()}"
@@ -264,6 +295,7 @@ def serve_stream(
         job.write(state="stopping")
         compactor.wait()
         savepoint = _stop_with_savepoint(client, checkpoint_dir / "savepoints")
+        remember_lineage(checkpoint_dir, savepoint, lineage)
         job.write(state="stopped", savepoint=savepoint, stopped_at=time.time())
         report(f"stopped with savepoint {savepoint}")
         if options.compact_every_s is not None:

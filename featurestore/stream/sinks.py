@@ -59,16 +59,24 @@ class DeadLetterLog:
 
 class LiveOutcomes:
     """Stage 1's dead letters (appended as JSON lines) and counts (a status file, rewritten with
-    each new total, which stage 1 emits about once a second while events arrive)."""
+    each new total, which stage 1 emits about once a second while events arrive).
 
-    def __init__(self, view: str, dead_letter_dir: str, status_dir: str) -> None:
+    Each letter carries ``seq``, its event's position in the source, which Flink's checkpoints
+    keep. A job restored from a checkpoint (or restarted by Flink) replays the events after it, so
+    letters written since would come again: the files of one ``lineage`` (the runs that carry on
+    from one fresh start) are written by one instance at a time, in ``seq`` order, so a new
+    instance skips the letters up to the highest ``seq`` they hold."""
+
+    def __init__(self, view: str, dead_letter_dir: str, status_dir: str, lineage: str = "") -> None:
         self.view = view
         self.status_dir = Path(status_dir)
-        self._letters = DeadLetterLog(dead_letter_dir, view, "stream")
+        prefix = f"stream-{lineage}" if lineage else "stream"
+        self._letters = DeadLetterLog(dead_letter_dir, view, prefix)
+        self._written = highest_seq(self._letters.directory, prefix) if lineage else 0
 
     def dead(self, letter: DeadLetter, late: bool, seq: int) -> None:
-        # ``seq`` is the event's position in the source (checkpointed), so a line written again by a
-        # job replaying from its last checkpoint is recognisable as the same dead letter.
+        if seq <= self._written:
+            return  # written before a restart, and replayed since
         self._letters.append({"seq": seq, **json.loads(letter.to_json())})
 
     def update(self, counts: EventCounts, max_event_ms: int | None) -> None:
@@ -79,6 +87,20 @@ class LiveOutcomes:
 
     def close(self) -> None:
         self._letters.close()
+
+
+def highest_seq(directory: Path, prefix: str) -> int:
+    """The highest ``seq`` among the dead letters of the files ``<prefix>-*.jsonl`` (their writers
+    append in ``seq`` order; a last line cut off by a crash is skipped)."""
+    highest = 0
+    for path in directory.glob(f"{prefix}-*.jsonl"):
+        for line in reversed(path.read_text().splitlines()):
+            try:
+                highest = max(highest, int(json.loads(line)["seq"]))
+                break
+            except (ValueError, KeyError, TypeError):
+                continue
+    return highest
 
 
 class StoreRows:

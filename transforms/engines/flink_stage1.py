@@ -311,7 +311,8 @@ class OutcomeSink(Protocol):
 
     def dead(self, letter: DeadLetter, late: bool, seq: int) -> None:
         """A dead letter; ``seq`` is the event's 1-based position in the source (checkpointed, so a
-        letter written again after a restart is recognisable)."""
+        letter written again after a restart is recognisable). One instance receives every letter
+        of a source, in ``seq`` order."""
 
     def update(self, counts: EventCounts, max_event_ms: int | None) -> None:
         """The counts so far (they only grow) and the highest event time seen."""
@@ -529,7 +530,10 @@ def build_stage1(
     # Every consumer starts from this one stream, so ``prepare`` and the classification run once.
     t_env.create_temporary_view(f"{name}_classified", t_env.from_data_stream(classified))
     letters = t_env.to_data_stream(t_env.sql_query(letters_sql(len(plans), f"{name}_classified")))
-    letters.process(dead_letters_function(plans, lateness, outcomes)).name(f"{name}-dead-letters")
+    # One instance, so each view's letters are written in ``_seq`` order (``OutcomeSink.dead``).
+    letters.process(dead_letters_function(plans, lateness, outcomes)).name(
+        f"{name}-dead-letters"
+    ).set_parallelism(1)
     counts_env = table_environment(env, COUNTS_SETTINGS)
     counts_env.create_temporary_view(f"{name}_classified", counts_env.from_data_stream(classified))
     counts = counts_env.to_changelog_stream(
