@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from featurestore.stream.service import lineage_of, remember_lineage
+from featurestore.stream.service import lineage_key, lineage_of, remember_lineage
 from featurestore.stream.sinks import LiveOutcomes
 from transforms.events import DeadLetter
 
@@ -43,9 +43,10 @@ def test_a_job_carries_on_the_lineage_of_what_it_restores(tmp_path: Path) -> Non
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir()
     assert lineage_of(checkpoints, None) != lineage_of(checkpoints, None)  # fresh starts
-    remember_lineage(checkpoints, checkpoints / "0123abcd" / "chk-0", "aaa")
-    remember_lineage(checkpoints, f"file:{checkpoints}/savepoints/savepoint-0123ab-ffee", "aaa")
-    remember_lineage(checkpoints, checkpoints / "4567ef01" / "chk-0", "bbb")
+    remember_lineage(checkpoints, "0123abcd", "aaa")  # a job's checkpoints, by its id
+    savepoint = f"file:{checkpoints}/savepoints/savepoint-0123ab-ffee"  # as Flink reports it
+    remember_lineage(checkpoints, lineage_key(savepoint), "aaa")
+    remember_lineage(checkpoints, "4567ef01", "bbb")
     assert lineage_of(checkpoints, checkpoints / "0123abcd" / "chk-42") == "aaa"
     assert lineage_of(checkpoints, checkpoints / "savepoints" / "savepoint-0123ab-ffee") == "aaa"
     assert lineage_of(checkpoints, checkpoints / "4567ef01" / "chk-7") == "bbb"

@@ -198,6 +198,8 @@ class ParquetOfflineStore:
         ``grace_s``, and hidden files left by writers that died. Safe beside running writers and
         readers: files appear and go atomically. Skipped (``busy``) while another rewrite or
         compaction of the view holds its lock."""
+        if not self.view_path(view.name).is_dir():
+            return CompactionStats()  # nothing written yet (and no lock file to make)
         with self.view_lock(view.name, wait=False) as held:
             return self._compact(view, min_files, grace_s) if held else CompactionStats(busy=True)
 

@@ -78,8 +78,9 @@ def latest_checkpoint(directory: Path) -> Path | None:
 LINEAGES = "lineages.json"  # in the checkpoint directory: each job id and savepoint's lineage
 
 
-def _lineage_key(snapshot: str | Path) -> str:
-    """A checkpoint's job id (``<job id>/chk-N``), or a savepoint's directory name."""
+def lineage_key(snapshot: str | Path) -> str:
+    """What ``lineages.json`` knows a snapshot by: a checkpoint's job id (``<job id>/chk-N``), a
+    savepoint's directory name (a path or a ``file:`` URI)."""
     path = Path(str(snapshot).removeprefix("file:"))
     return path.parent.name if path.name.startswith("chk-") else path.name
 
@@ -89,17 +90,17 @@ def lineage_of(checkpoint_dir: Path, restore: Path | None) -> str:
     restores, or a new one on a fresh start (or for a snapshot of an earlier MLFS version)."""
     if restore is not None:
         known = read_json(checkpoint_dir / LINEAGES) or {}
-        lineage = known.get(_lineage_key(restore))
+        lineage = known.get(lineage_key(restore))
         if isinstance(lineage, str):
             return lineage
     return uuid.uuid4().hex[:12]
 
 
-def remember_lineage(checkpoint_dir: Path, snapshot: str | Path, lineage: str) -> None:
-    """Record the lineage of a job's checkpoints (``snapshot``: the job id's directory) or of a
-    savepoint, for ``lineage_of``."""
+def remember_lineage(checkpoint_dir: Path, key: str, lineage: str) -> None:
+    """Record the lineage of a job's checkpoints (``key``: the job id) or of a savepoint
+    (``lineage_key``), for ``lineage_of``."""
     known = read_json(checkpoint_dir / LINEAGES) or {}
-    known[_lineage_key(snapshot)] = lineage
+    known[key] = lineage
     write_json(checkpoint_dir / LINEAGES, known)
 
 
@@ -260,7 +261,7 @@ def serve_stream(
                 ) from None
             raise
         job.write(state="running", job_id=str(client.get_job_id()))
-        remember_lineage(checkpoint_dir, checkpoint_dir / str(client.get_job_id()) / "chk-0", lineage)
+        remember_lineage(checkpoint_dir, str(client.get_job_id()), lineage)
         report(
             f"streaming {len(views)} view(s) ({', '.join(v.name for v in views)}) on "
             f"{options.master or 'a local Flink mini-cluster'}; job {client.get_job_id()}"
@@ -295,7 +296,7 @@ def serve_stream(
         job.write(state="stopping")
         compactor.wait()
         savepoint = _stop_with_savepoint(client, checkpoint_dir / "savepoints")
-        remember_lineage(checkpoint_dir, savepoint, lineage)
+        remember_lineage(checkpoint_dir, lineage_key(savepoint), lineage)
         job.write(state="stopped", savepoint=savepoint, stopped_at=time.time())
         report(f"stopped with savepoint {savepoint}")
         if options.compact_every_s is not None:
