@@ -286,38 +286,28 @@ class ParquetOfflineStore:
         range come from ``day_rows(day)`` (called from worker threads), rows outside it are kept.
         Waits for a compaction of the view to finish, and holds compactions off until it is done."""
         with self.view_lock(view.name):
-            return self._replace(view, new_days, day_rows, start, end)
+            schema = arrow_schema(view)
+            touched = set(new_days)
+            for day in self.partitions(view.name):
+                if (start is None or _day_start(day) + timedelta(days=1) > start) and (
+                    end is None or _day_start(day) < end
+                ):
+                    touched.add(day)
 
-    def _replace(
-        self,
-        view: StreamFeatureView,
-        new_days: set[date],
-        day_rows: Callable[[date], pa.Table],
-        start: datetime | None,
-        end: datetime | None,
-    ) -> OfflineWriteStats:
-        schema = arrow_schema(view)
-        touched = set(new_days)
-        for day in self.partitions(view.name):
-            if (start is None or _day_start(day) + timedelta(days=1) > start) and (
-                end is None or _day_start(day) < end
-            ):
-                touched.add(day)
+            def rewrite(day: date) -> int:
+                # Only the files read here are replaced: a streaming job's or a compaction's file that
+                # lands meanwhile stays, and readers keep the newest created row of a key and time.
+                files = self._partition_files(view.name, day)
+                kept = self._outside(self._read_files(files, schema), start, end)
+                new = day_rows(day)
+                table = pa.concat_tables([kept, new]) if kept.num_rows else new
+                self._replace_partition(view, day, table, files)
+                return new.num_rows
 
-        def rewrite(day: date) -> int:
-            # Only the files read here are replaced: a streaming job's or a compaction's file that
-            # lands meanwhile stays, and readers keep the newest created row of a key and time.
-            files = self._partition_files(view.name, day)
-            kept = self._outside(self._read_files(files, schema), start, end)
-            new = day_rows(day)
-            table = pa.concat_tables([kept, new]) if kept.num_rows else new
-            self._replace_partition(view, day, table, files)
-            return new.num_rows
-
-        # Arrow reads, sorts and writes without the GIL: a few days at a time use every core.
-        with ThreadPoolExecutor(max_workers=min(WRITE_THREADS, os.cpu_count() or 1)) as pool:
-            written = list(pool.map(rewrite, sorted(touched)))
-        return OfflineWriteStats(rows=sum(written), partitions=len(written))
+            # Arrow reads, sorts and writes without the GIL: a few days at a time use every core.
+            with ThreadPoolExecutor(max_workers=min(WRITE_THREADS, os.cpu_count() or 1)) as pool:
+                written = list(pool.map(rewrite, sorted(touched)))
+            return OfflineWriteStats(rows=sum(written), partitions=len(written))
 
     def read(self, view: StreamFeatureView) -> pa.Table:
         """All rows of a view; where a row was re-emitted, only the newest created one."""
