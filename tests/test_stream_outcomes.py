@@ -52,3 +52,17 @@ def test_a_job_carries_on_the_lineage_of_what_it_restores(tmp_path: Path) -> Non
     assert lineage_of(checkpoints, checkpoints / "4567ef01" / "chk-7") == "bbb"
     # A snapshot no run recorded (an earlier MLFS version's): a lineage of its own.
     assert lineage_of(checkpoints, checkpoints / "89abcdef" / "chk-1") not in ("aaa", "bbb")
+
+
+def test_the_highest_seq_is_read_from_the_end_of_a_file(tmp_path: Path) -> None:
+    """Only a file's tail is read, unless its last whole line is longer than the tail."""
+    from featurestore.stream.sinks import _last_seq
+
+    path = tmp_path / "letters.jsonl"
+    lines = [json.dumps({"seq": seq, "raw": "x" * (seq % 7)}) for seq in range(1, 500)]
+    path.write_text("\n".join(lines) + '\n{"seq": 500, "raw": "cut')
+    assert _last_seq(path, tail_bytes=100) == 499
+    path.write_text(json.dumps({"seq": 3, "raw": "y" * 300}) + "\n")
+    assert _last_seq(path, tail_bytes=100) == 3  # the tail held no whole line: the whole file
+    path.write_text("")
+    assert _last_seq(path, tail_bytes=100) == 0

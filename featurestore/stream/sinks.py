@@ -92,15 +92,25 @@ class LiveOutcomes:
 def highest_seq(directory: Path, prefix: str) -> int:
     """The highest ``seq`` among the dead letters of the files ``<prefix>-*.jsonl`` (their writers
     append in ``seq`` order; a last line cut off by a crash is skipped)."""
-    highest = 0
-    for path in directory.glob(f"{prefix}-*.jsonl"):
-        for line in reversed(path.read_text().splitlines()):
-            try:
-                highest = max(highest, int(json.loads(line)["seq"]))
+    return max((_last_seq(path) for path in directory.glob(f"{prefix}-*.jsonl")), default=0)
+
+
+def _last_seq(path: Path, tail_bytes: int = 1 << 16) -> int:
+    """The ``seq`` of a dead-letter file's last whole line, read from its end (the whole file only
+    where the end holds no whole line)."""
+    with path.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        for start in (max(0, size - tail_bytes), 0):
+            f.seek(start)
+            lines = f.read().splitlines()[1 if start else 0 :]  # the first may be cut by the seek
+            for line in reversed(lines):
+                try:
+                    return int(json.loads(line)["seq"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+            if not start:
                 break
-            except (ValueError, KeyError, TypeError):
-                continue
-    return highest
+    return 0
 
 
 class StoreRows:
