@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from repo_helpers import example_repo
+
+from featurestore.repo import load_repo
 from featurestore.stream.service import lineage_key, lineage_of, remember_lineage
-from featurestore.stream.sinks import LiveOutcomes
+from featurestore.stream.sinks import LiveOutcomes, StoreRows, read_status
 from transforms.events import DeadLetter
 
 
@@ -66,3 +69,43 @@ def test_the_highest_seq_is_read_from_the_end_of_a_file(tmp_path: Path) -> None:
     assert _last_seq(path, tail_bytes=100) == 3  # the tail held no whole line: the whole file
     path.write_text("")
     assert _last_seq(path, tail_bytes=100) == 0
+
+
+def row_letter(user: str, second: int) -> DeadLetter:
+    row = {"user_id": user, "event_timestamp": f"2026-11-01 00:00:{second:02d}+00:00", "amount_sum_7d": 1.5}
+    return DeadLetter(view="user_payment_stats_7d", reason="model_error", detail="", raw=json.dumps(row))
+
+
+def test_a_restarted_row_sink_skips_the_rows_its_lineage_dead_lettered(tmp_path: Path) -> None:
+    """Rows after the last checkpoint are aggregated and scored again after a restart: a row an
+    after-aggregation model stage could not score is dead-lettered once per lineage."""
+    repo = load_repo(example_repo(tmp_path / "repo", events=100))
+    view = repo.views["user_payment_stats_7d"]
+    letters, status = tmp_path / "dead", tmp_path / "status"
+
+    def sink(lineage: str) -> StoreRows:
+        return StoreRows(view, str(repo.settings.repo_path), str(status), str(letters), lineage)
+
+    first = sink("aaa")
+    first.dead([row_letter("u1", 1), row_letter("u2", 1)])
+    first.close()
+    with next((letters / view.name).glob("stream-rows-aaa-*.jsonl")).open("a") as f:
+        f.write('{"raw": "{\\"user_id\\": \\"u3", "rea')  # a crash in the middle of a line
+
+    second = sink("aaa")  # the replay brings u2 again, and rows the first run never reached
+    second.dead([row_letter("u2", 1), row_letter("u3", 1), row_letter("u1", 2)])
+    second.close()
+    written = [
+        json.loads(line)["raw"]
+        for f in (letters / view.name).glob("stream-rows-aaa-*.jsonl")
+        for line in f.read_text().splitlines()
+        if line.endswith("}")
+    ]
+    expected = [("u1", 1), ("u2", 1), ("u3", 1), ("u1", 2)]
+    assert sorted(written) == sorted(row_letter(user, second).raw for user, second in expected)
+    assert read_status(status, view.name).sink.rows_dead_lettered == 4  # 2 by each run
+
+    fresh = sink("bbb")  # a fresh start replays the sources from the beginning: a new lineage
+    fresh.dead([row_letter("u1", 1)])
+    fresh.close()
+    assert len((next((letters / view.name).glob("stream-rows-bbb-*.jsonl"))).read_text().splitlines()) == 1

@@ -241,6 +241,7 @@ def serve_stream(
                         str(settings.repo_path),
                         str(status_dir),
                         str(settings.dead_letter_path),
+                        lineage,
                     ),
                     table=f"prepared_{view.name}",
                 )

@@ -8,6 +8,7 @@ a restart) changes nothing; offline reads keep the newest created row per key an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -113,12 +114,36 @@ def _last_seq(path: Path, tail_bytes: int = 1 << 16) -> int:
     return 0
 
 
+def _row_identity(raw: str) -> bytes:
+    return hashlib.blake2b(raw.encode(), digest_size=12).digest()
+
+
+def dead_rows(directory: Path, prefix: str) -> set[bytes]:
+    """The identities of the feature rows dead-lettered in the files ``<prefix>-*.jsonl`` (a line
+    cut off by a crash is skipped). Kept as 12-byte digests: a model that fails every row can
+    leave many letters."""
+    seen: set[bytes] = set()
+    for path in directory.glob(f"{prefix}-*.jsonl"):
+        with path.open() as f:
+            for line in f:
+                try:
+                    seen.add(_row_identity(json.loads(line)["raw"]))
+                except (ValueError, KeyError, TypeError):
+                    continue
+    return seen
+
+
 class StoreRows:
     """The row writer of ``mlfs serve-stream``: a view's feature rows to the repository's online
     and offline stores (opened on the Flink worker), with a status file for the service."""
 
     def __init__(
-        self, view: StreamFeatureView, repo_path: str, status_dir: str, dead_letter_dir: str
+        self,
+        view: StreamFeatureView,
+        repo_path: str,
+        status_dir: str,
+        dead_letter_dir: str,
+        lineage: str = "",
     ) -> None:
         from featurestore.config import load_settings
         from featurestore.offline.parquet import ParquetOfflineStore
@@ -132,17 +157,28 @@ class StoreRows:
         self.writer = open_online_writer(settings) if self.view.online else None
         self.offline = ParquetOfflineStore(settings.offline_path) if self.view.offline else None
         self.status = SinkStatus()
-        self.letters = DeadLetterLog(dead_letter_dir, view_name, "stream-rows")
+        prefix = f"stream-rows-{lineage}" if lineage else "stream-rows"
+        self.letters = DeadLetterLog(dead_letter_dir, view_name, prefix)
+        self._lineage = lineage
+        self._dead_rows: set[bytes] | None = None  # its lineage's dead-lettered rows, read when needed
         # One file per sink instance (the service clears them when it starts).
         self.status_file = Path(status_dir) / f"{view_name}.sink.{uuid.uuid4().hex[:12]}.json"
         self.status_file.parent.mkdir(parents=True, exist_ok=True)
 
     def dead(self, letters: list[DeadLetter]) -> None:
-        """Feature rows an after-aggregation model stage could not score (a row replayed after a
-        restart is logged again; its key and time identify it)."""
+        """Feature rows an after-aggregation model stage could not score. Rows after the last
+        checkpoint come again after a restart; a row its lineage already dead-lettered is skipped
+        (a row is its key and time, so its text identifies it)."""
+        if self._dead_rows is None:
+            known = self._lineage and dead_rows(self.letters.directory, self.letters.prefix)
+            self._dead_rows = known or set()
         for letter in letters:
+            identity = _row_identity(letter.raw)
+            if identity in self._dead_rows:
+                continue
+            self._dead_rows.add(identity)
             self.letters.append(json.loads(letter.to_json()))
-        self.status.rows_dead_lettered += len(letters)
+            self.status.rows_dead_lettered += 1
         write_json(self.status_file, asdict(self.status))
 
     def write(self, rows: list[dict[str, Any]]) -> None:
