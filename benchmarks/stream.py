@@ -32,6 +32,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from redis_server import start_redis  # beside this file, imported before its folder leaves sys.path
+
 sys.path = [p for p in sys.path if Path(p).resolve() != Path(__file__).resolve().parent]
 
 VIEWS = ("user_last_payment_fail", "user_payment_stats_7d", "merchant_amount_1h")
@@ -77,32 +79,6 @@ def session_cpu_seconds(session: int) -> float:
         if int(fields[3]) == session:
             ticks += int(fields[11]) + int(fields[12])
     return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def start_redis(base: Path) -> subprocess.Popen[bytes]:
-    """A private ``redis-server`` on a free port (its address in ``REDIS_ENV``), so no earlier
-    run's values are there."""
-    import os
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(base)],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise SystemExit("redis-server did not start") from None
-            time.sleep(0.1)
-    os.environ[REDIS_ENV] = f"127.0.0.1:{port}"
-    return server
 
 
 def make_repo(base: Path, flink_config: dict[str, str], redis: bool) -> Path:
@@ -181,7 +157,7 @@ def main() -> None:
 
     rng = random.Random(7)
     base = Path(tempfile.mkdtemp(prefix="mlfs-bench-stream-"))
-    redis_server = start_redis(base) if args.online == "redis" else None
+    redis_server = start_redis(base, REDIS_ENV) if args.online == "redis" else None
     repo_path = make_repo(base, flink_config, redis=redis_server is not None)
     repo = load_repo(repo_path)
     stream_dir = repo_path / "data" / "stream" / "payments"

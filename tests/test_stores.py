@@ -158,6 +158,38 @@ def test_sqlite_writers_of_one_process_take_turns(tmp_path: Path) -> None:
     assert [online(store, f"u{u}") for u in (0, 49)] == [(39, 0.0, 3), (39, 49.0, 3)]
 
 
+def test_sqlite_batches_go_in_several_multi_row_statements(tmp_path: Path) -> None:
+    """A batch larger than one statement is split into statements of power-of-two sizes; every
+    row is written, newer-wins per key as one row at a time would be."""
+    from featurestore.online.sqlite_writer import SqliteOnlineWriter, statement_sizes
+
+    for rows, largest in ((0, 8), (7, 8), (8, 8), (159, 8), (1000, 256)):
+        sizes = statement_sizes(rows, largest)
+        assert sum(sizes) == rows and all(s & (s - 1) == 0 and s <= largest for s in sizes)
+        assert len(set(sizes)) <= largest.bit_length()
+
+    repo = load_repo(example_repo(tmp_path / "repo", events=300))
+    apply_repo(repo)
+    store = feast_store(repo.settings)
+    writer = SqliteOnlineWriter(store.config)
+    assert writer.rows_per_statement == 256  # SQLite's limit of 32766 variables allows it
+    writer.rows_per_statement = 8
+    view, start = repo.views[VIEW], datetime(2026, 5, 1, tzinfo=UTC)
+    first = writer.write(view, [row(f"u{u}", start, u, float(u), 0) for u in range(53)])
+    assert (first.written, first.skipped_older) == (53, 0)  # 159 upserts: 19 of 8 rows, then 4, 2, 1
+    # odd users get an older row (skipped), even users a newer one
+    later = [row(f"u{u}", start + timedelta(seconds=1 if u % 2 == 0 else -1), -u, -1.0, 1) for u in range(53)]
+    second = writer.write(view, later)
+    assert (second.written, second.skipped_older) == (27, 26)
+    writer.close()
+    assert [online(store, f"u{u}") for u in (0, 1, 51, 52)] == [
+        (0, -1.0, 1),
+        (1, 1.0, 0),
+        (51, 51.0, 0),
+        (-52, -1.0, 1),
+    ]
+
+
 def test_redis_layout_is_feasts(tmp_path: Path, redis_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
     from feast.infra.key_encoding_utils import serialize_entity_key
     from feast.infra.online_stores.helpers import _mmh3

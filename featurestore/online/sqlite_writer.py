@@ -3,7 +3,7 @@
 Feast's SQLite store writes one ``INSERT`` per key and feature from Python, overwrites
 unconditionally, and keeps timestamps as whole epoch seconds. This writer fills the same table
 (``<project>_<view>``: entity key as Feast serialises it, feature name, serialised ``Value``,
-``value_text``, event and created timestamps as Feast stores them) with ``executemany``, plus one
+``value_text``, event and created timestamps as Feast stores them) with multi-row upserts, plus one
 column of its own, ``mlfs_event_us`` (the exact event time, in epoch microseconds), which Feast's
 reads ignore. The newer-wins check compares that column inside the upsert, so a row never
 replaces a newer one, even one newer by less than a second or written by another writer at the
@@ -16,6 +16,7 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,24 @@ _WRITE_LOCKS_GUARD = threading.Lock()
 def _write_lock(path: Path) -> threading.Lock:
     with _WRITE_LOCKS_GUARD:
         return _WRITE_LOCKS.setdefault(path.resolve(), threading.Lock())
+
+
+# Rows go to SQLite as multi-row upserts, not ``executemany``: Python's sqlite3 gives up the
+# interpreter lock for every statement it steps and must take it back, and while a job's other
+# Python functions hold it, each row of an ``executemany`` waited for it.
+MAX_ROWS_PER_STATEMENT = 256
+
+
+def statement_sizes(rows: int, largest: int) -> list[int]:
+    """Statement sizes (rows each) adding up to ``rows``: ``largest`` (a power of two) while it
+    fits, then the powers of two of the rest, so a writer prepares few distinct statements."""
+    sizes = [largest] * (rows // largest)
+    rest = rows % largest
+    while rest:
+        size = 1 << (rest.bit_length() - 1)
+        sizes.append(size)
+        rest -= size
+    return sizes
 
 
 def bulk_writable(config: Any) -> bool:
@@ -86,6 +105,9 @@ class SqliteOnlineWriter:
         self.lock = _write_lock(path)
         retry_while_locked(lambda: self.conn.execute("PRAGMA journal_mode=WAL"))
         self.ready_tables: set[str] = set()
+        variables = self.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        self.rows_per_statement = 1 << (max(1, min(MAX_ROWS_PER_STATEMENT, variables // 7)).bit_length() - 1)
+        self._statements: dict[tuple[str, int], str] = {}
 
     def write(self, view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> WriteStats:
         latest = latest_per_key(view, rows)
@@ -105,14 +127,6 @@ class SqliteOnlineWriter:
             texts, blobs = value_texts(dtype, values), value_blobs(dtype, values)
             names, nows = [name] * len(keys), [now] * len(keys)
             data += zip(keys, names, blobs, texts, seconds, nows, exact, strict=True)
-        sql = (
-            f"INSERT INTO {table} (entity_key, feature_name, value, value_text, event_ts, created_ts, "
-            f"{EXACT_COLUMN}) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(entity_key, feature_name) DO UPDATE "
-            "SET value = excluded.value, value_text = excluded.value_text, event_ts = excluded.event_ts, "
-            f"created_ts = excluded.created_ts, {EXACT_COLUMN} = excluded.{EXACT_COLUMN} "
-            # A row Feast's own writer put there has only whole seconds to compare with.
-            f"WHERE excluded.{EXACT_COLUMN} >= coalesce({table}.{EXACT_COLUMN}, {table}.event_ts * 1000000)"
-        )
         features = max(1, len(view.plan.output_features))
         changed = 0
 
@@ -120,12 +134,33 @@ class SqliteOnlineWriter:
             nonlocal changed
             before = self.conn.total_changes
             with self.lock, self.conn:
-                self.conn.executemany(sql, data)
+                start = 0
+                for size in statement_sizes(len(data), self.rows_per_statement):
+                    part = data[start : start + size]
+                    self.conn.execute(self._upsert_sql(table, size), list(chain.from_iterable(part)))
+                    start += size
             changed = self.conn.total_changes - before
 
         retry_while_locked(upsert)
         written = changed // features
         return WriteStats(written=written, skipped_older=len(latest) - written)
+
+    def _upsert_sql(self, table: str, rows: int) -> str:
+        """The newer-wins upsert of ``rows`` rows into ``table``, one statement (built once)."""
+        sql = self._statements.get((table, rows))
+        if sql is None:
+            values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows)
+            sql = (
+                f"INSERT INTO {table} (entity_key, feature_name, value, value_text, event_ts, created_ts, "
+                f"{EXACT_COLUMN}) VALUES {values} ON CONFLICT(entity_key, feature_name) DO UPDATE "
+                "SET value = excluded.value, value_text = excluded.value_text, event_ts = excluded.event_ts, "
+                f"created_ts = excluded.created_ts, {EXACT_COLUMN} = excluded.{EXACT_COLUMN} "
+                # A row Feast's own writer put there has only whole seconds to compare with.
+                f"WHERE excluded.{EXACT_COLUMN} >= "
+                f"coalesce({table}.{EXACT_COLUMN}, {table}.event_ts * 1000000)"
+            )
+            self._statements[(table, rows)] = sql
+        return sql
 
     def _add_exact_column(self, table: str) -> None:
         columns = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
