@@ -31,11 +31,10 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from redis_server import start_redis
+from redis_server import redis_online_store, start_redis
 
 VIEW = "user_payment_stats_7d"
 NEWER_US = 4 * 10**15  # newer than any row the writers put there (2096), so every upsert updates
@@ -101,7 +100,7 @@ def make_repo(base: Path, redis: bool) -> Any:
     if redis:
         config_file = repo / "feature_store.yaml"
         config = yaml.safe_load(config_file.read_text())
-        config["online_store"] = {"type": "redis", "connection_string": "${" + REDIS_ENV + "}"}
+        config["online_store"] = redis_online_store(REDIS_ENV)
         config_file.write_text(yaml.safe_dump(config))
     assert main(["apply", "--repo", str(repo)]) == 0
     return load_repo(repo)
@@ -109,12 +108,13 @@ def make_repo(base: Path, redis: bool) -> Any:
 
 def engine_floor(repo: Any, rows: list[list[dict[str, Any]]], contended: bool) -> None:
     """The SQLite upserts alone, parameters built beforehand, both ways of sending them."""
-    from featurestore.online.sqlite_writer import SqliteOnlineWriter, statement_sizes
+    from featurestore.config import feast_store
+    from featurestore.online.sqlite_writer import SqliteOnlineWriter
 
     view = repo.views[VIEW]
-    writer = SqliteOnlineWriter(_feast_config(repo))
+    writer = SqliteOnlineWriter(feast_store(repo.settings).config)
     writer.write(view, rows[0])  # adds the writer's own column
-    table = '"' + writer._table_id(writer.project, view).replace('"', '""') + '"'
+    table = writer.table(view)
     keys = [writer.keys.serialize(view, batch) for batch in rows]
     epochs = iter(range(1, 100))
 
@@ -149,13 +149,8 @@ def engine_floor(repo: Any, rows: list[list[dict[str, Any]]], contended: bool) -
             conn.executemany(single, for_many[id(batch)])
 
     def multi(batch: list[dict[str, Any]]) -> None:
-        data, start = for_multi[id(batch)], 0
         with conn:
-            for size in statement_sizes(len(data), writer.rows_per_statement):
-                conn.execute(
-                    writer._upsert_sql(table, size), list(chain.from_iterable(data[start : start + size]))
-                )
-                start += size
+            writer.upsert(table, for_multi[id(batch)])
 
     suffix = ", contended" if contended else ""
     # executemany waits up to the switch interval for the lock after every row when contended
@@ -164,12 +159,6 @@ def engine_floor(repo: Any, rows: list[list[dict[str, Any]]], contended: bool) -
     timed(f"SQLite engine alone, multi-row statements{suffix}", rows, multi, None)
     stop.set()
     writer.close()
-
-
-def _feast_config(repo: Any) -> Any:
-    from featurestore.config import feast_store
-
-    return feast_store(repo.settings).config
 
 
 def run_store(kind: str, rows: list[list[dict[str, Any]]], base: Path, contended: bool) -> None:

@@ -9,6 +9,11 @@ import time
 from pathlib import Path
 
 
+def redis_online_store(env: str) -> dict[str, str]:
+    """A ``feature_store.yaml`` online store on the Redis whose address is in ``env``."""
+    return {"type": "redis", "connection_string": "${" + env + "}"}
+
+
 def start_redis(base: Path, env: str) -> subprocess.Popen[bytes]:
     """Start ``redis-server`` on a free port, keeping nothing on disk; its address goes into the
     environment variable ``env`` (a repository's connection string names it)."""

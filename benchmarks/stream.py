@@ -32,7 +32,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from redis_server import start_redis  # beside this file, imported before its folder leaves sys.path
+# beside this file, imported before its folder leaves sys.path
+from redis_server import redis_online_store, start_redis
 
 sys.path = [p for p in sys.path if Path(p).resolve() != Path(__file__).resolve().parent]
 
@@ -93,7 +94,7 @@ def make_repo(base: Path, flink_config: dict[str, str], redis: bool) -> Path:
     if flink_config:
         config["mlfs"].setdefault("flink", {})["config"] = flink_config
     if redis:
-        config["online_store"] = {"type": "redis", "connection_string": "${" + REDIS_ENV + "}"}
+        config["online_store"] = redis_online_store(REDIS_ENV)
     config_file.write_text(yaml.safe_dump(config))
     features = repo / "features.py"
     features.write_text(features.read_text().replace("timedelta(seconds=5)", "timedelta(0)"))

@@ -113,7 +113,7 @@ class SqliteOnlineWriter:
         latest = latest_per_key(view, rows)
         if not latest:
             return WriteStats()
-        table = '"' + self._table_id(self.project, view).replace('"', '""') + '"'
+        table = self.table(view)
         if table not in self.ready_tables:
             retry_while_locked(lambda: self._add_exact_column(table))
             self.ready_tables.add(table)
@@ -134,16 +134,25 @@ class SqliteOnlineWriter:
             nonlocal changed
             before = self.conn.total_changes
             with self.lock, self.conn:
-                start = 0
-                for size in statement_sizes(len(data), self.rows_per_statement):
-                    part = data[start : start + size]
-                    self.conn.execute(self._upsert_sql(table, size), list(chain.from_iterable(part)))
-                    start += size
+                self.upsert(table, data)
             changed = self.conn.total_changes - before
 
         retry_while_locked(upsert)
         written = changed // features
         return WriteStats(written=written, skipped_older=len(latest) - written)
+
+    def table(self, view: StreamFeatureView) -> str:
+        """The view's online table, quoted for SQL."""
+        return '"' + self._table_id(self.project, view).replace('"', '""') + '"'
+
+    def upsert(self, table: str, data: Sequence[tuple[Any, ...]]) -> None:
+        """Newer-wins upserts of ``data`` (entity key, feature name, value, value text, event and
+        created seconds, event microseconds) into ``table``, in the open transaction."""
+        start = 0
+        for size in statement_sizes(len(data), self.rows_per_statement):
+            part = data[start : start + size]
+            self.conn.execute(self._upsert_sql(table, size), list(chain.from_iterable(part)))
+            start += size
 
     def _upsert_sql(self, table: str, rows: int) -> str:
         """The newer-wins upsert of ``rows`` rows into ``table``, one statement (built once)."""
