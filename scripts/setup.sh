@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
+# A JDK, not only a JRE: the Flink engine compiles MLFS's aggregate functions with javac.
+command -v javac >/dev/null 2>&1 || need_apt+=(openjdk-17-jdk-headless)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} with apt-get"
@@ -26,14 +27,16 @@ fi
 [ -x .venv/bin/python ] || "$python_bin" -m venv .venv
 stamp=.venv/.mlfs-setup
 want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c 'import featurestore' 2>/dev/null; then
-  exit 0
+if ! { [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c 'import featurestore' 2>/dev/null; }; then
+  echo "setup: installing Python packages into .venv (first run takes a few minutes)"
+  pip_install() { .venv/bin/pip install -q --disable-pip-version-check "$@"; }
+  # torch first, so nothing pulls a multi-GB CUDA build; then everything else, pinned.
+  pip_install -c constraints.txt torch==2.13.0
+  pip_install -c constraints.txt -e ".[dev]"
+  .venv/bin/pip check >/dev/null
+  .venv/bin/python -W ignore -c 'import featurestore, feast, pyspark, pyflink, apache_beam, torch'
+  echo "$want" > "$stamp"
 fi
-echo "setup: installing Python packages into .venv (first run takes a few minutes)"
-pip_install() { .venv/bin/pip install -q --disable-pip-version-check "$@"; }
-# torch first, so nothing pulls a multi-GB CUDA build; then everything else, pinned.
-pip_install -c constraints.txt torch==2.13.0
-pip_install -c constraints.txt -e ".[dev]"
-.venv/bin/pip check >/dev/null
-.venv/bin/python -W ignore -c 'import featurestore, feast, pyspark, pyflink, apache_beam, torch'
-echo "$want" > "$stamp"
+# MLFS's Flink aggregate functions (Java): compiled once into ~/.cache/mlfs ($MLFS_CACHE_DIR).
+.venv/bin/python -W ignore -c 'from transforms.engines.flink_exact import exact_jar; exact_jar()'
+

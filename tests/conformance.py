@@ -191,3 +191,25 @@ def arrival_order(
     stragglers = [ordered[i] for i in held]
     kept = [e for i, e in enumerate(ordered) if i not in set(held)]
     return kept + stragglers
+
+
+def cancelling_events(seed: int, n: int = 400) -> list[dict[str, Any]]:
+    """Doubles that cancel: large values (1e17) entering and leaving windows beside small ones,
+    and values near 1e9 that differ in their last bits (for the variances)."""
+    rng = random.Random(seed)
+    events = []
+    for _ in range(n):
+        when = BASE + timedelta(milliseconds=rng.randrange(0, 60) * 500 + rng.choice([0, 0, 1, -1]))
+        value = rng.choice([1e17, -3e16, 1e9 + rng.randrange(8) / 8, rng.uniform(-1, 1), None])
+        event = {"user_id": f"k{rng.randrange(4)}", "timestamp": when.isoformat(), "v": value}
+        events.append({**event, "i": None, "tag": None, "kind": "keep"})
+    return events
+
+
+FLOAT_FEATURES = {
+    "n": (Int64, Count("v")),
+    "sum_v": (Float64, Sum("v")),
+    "mean_v": (Float64, Mean("v")),
+    "var_v": (Float64, Variance("v")),
+    "ssd_v": (Float64, Stddev("v", sample=True)),
+}

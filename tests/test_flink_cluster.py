@@ -21,6 +21,7 @@ from conftest import free_port, wait_for_json
 from repo_helpers import example_repo
 from test_stream_service import (
     STARTUP_S,
+    assert_same_outcome,
     drop_file,
     no_leftover_jobs,
     payments,
@@ -112,4 +113,4 @@ def test_serve_stream_on_a_standalone_cluster(flink_master: str, tmp_path: Path)
     assert f"on {flink_master}" in output
 
     views = [(view.name, "user_id")]
-    assert stream_outcome(repo_path, views) == reference_outcome(repo_path, views, lines)
+    assert_same_outcome(stream_outcome(repo_path, views), reference_outcome(repo_path, views, lines))

@@ -33,6 +33,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from transforms.engines.flink_exact import exact_jar
 from transforms.engines.flink_sql import (
     PREPARED,
     feature_rows,
@@ -236,6 +237,7 @@ def flink_environment(
         env = _remote_environment(master, config)
     else:
         env = StreamExecutionEnvironment.get_execution_environment(config)
+        env.add_jars(exact_jar().as_uri())
     env.set_parallelism(parallelism)
     # Table operators otherwise take the parallelism of the stream they start from (stage 1's is 1).
     return env, table_environment(env, {"table.exec.resource.default-parallelism": str(parallelism)})
@@ -243,16 +245,19 @@ def flink_environment(
 
 def _remote_environment(master: str, config: Any) -> Any:
     """An environment submitting to the JobManager at ``host:port`` (its REST port), shipping the
-    flink-python jar the cluster needs to run Python functions."""
+    flink-python jar the cluster needs to run Python functions and MLFS's functions' jar."""
     import pyflink
     from pyflink.datastream import StreamExecutionEnvironment
     from pyflink.java_gateway import get_gateway
+    from pyflink.util.java_utils import add_jars_to_context_class_loader
 
     host, _, port = master.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"a Flink master is HOST:PORT (the REST port), got {master!r}")
     gateway = get_gateway()
     jars = sorted(str(p) for p in (Path(pyflink.__file__).parent / "opt").glob("flink-python-*.jar"))
+    jars.append(str(exact_jar()))
+    add_jars_to_context_class_loader([exact_jar().as_uri()])  # the planner loads its classes here
     j_jars = gateway.new_array(gateway.jvm.String, len(jars))
     for i, jar in enumerate(jars):
         j_jars[i] = jar
@@ -296,9 +301,20 @@ def build_job(
 
 def _build_stage2(view: ViewJob, env: Any, t_env: Any, prepared: Any, lateness: Lateness | None) -> None:
     """A view's stage 2 over its ``prepared`` rows, and its row sink."""
+    plan = view.plan
+    result = stage2_table(plan, t_env, prepared, lateness, view.table)
+    # Rows wait at most this long in the sink: the row stages' max wait, or 100 ms.
+    flush_ms = plan.row_stages[0].batching.max_wait_ms if plan.row_stages else 100
+    add_row_sink(plan, env, t_env.to_data_stream(result), view.rows, view.table, flush_ms)
+
+
+def stage2_table(
+    plan: TransformPlan, t_env: Any, prepared: Any, lateness: Lateness | None, table: str = PREPARED
+) -> Any:
+    """Stage 2's results (a Table) over a view's ``prepared`` rows (a DataStream of
+    ``prepared_columns``), registered as ``table`` with its event time and watermark."""
     from pyflink.table import Schema
 
-    plan, table = view.plan, view.table
     if lateness is None:  # a bounded replay: every event counts, rows are emitted at the end
         out_of_order = BOUNDED_REPLAY_LAG_MS
     else:
@@ -318,10 +334,7 @@ def _build_stage2(view: ViewJob, env: Any, t_env: Any, prepared: Any, lateness: 
     t_env.create_temporary_view(
         table, t_env.sql_query(f"SELECT * FROM `{table}_all` WHERE _kind <> {HEARTBEAT}")
     )
-    result = t_env.sql_query(stage2_sql(plan, table))
-    # Rows wait at most this long in the sink: the row stages' max wait, or 100 ms.
-    flush_ms = plan.row_stages[0].batching.max_wait_ms if plan.row_stages else 100
-    add_row_sink(plan, env, t_env.to_data_stream(result), view.rows, table, flush_ms)
+    return t_env.sql_query(stage2_sql(plan, table))
 
 
 def add_row_sink(

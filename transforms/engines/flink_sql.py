@@ -131,14 +131,22 @@ def interval(ms: int) -> str:
     return f"INTERVAL '{days} {hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}' DAY(3) TO SECOND(3)"
 
 
-def _aggregate_sql(agg: Aggregation, i: int) -> str:
+def _aggregate_sql(agg: Aggregation, i: int, input_dtype: DType | None, over: str = "") -> str:
+    """The SQL aggregate of feature ``i``, with ``over`` (`` OVER w`` or nothing) after the call.
+    Sums, means and variances of doubles use MLFS's exact functions (``flink_exact``): Flink's own
+    drift under retraction and cancel in variances."""
     v, o = quote(f"_v{i}"), quote(f"_o{i}")
+    call = _aggregate_call(agg, v, o, input_dtype) + over
+    return f"SQRT({call})" if isinstance(agg, Stddev) else call
+
+
+def _aggregate_call(agg: Aggregation, v: str, o: str, input_dtype: DType | None) -> str:
     if isinstance(agg, Count):
         return f"COUNT({v})"
     if isinstance(agg, Sum):
-        return f"SUM({v})"
+        return f"mlfs_sum({v})" if input_dtype is not None and input_dtype.is_float else f"SUM({v})"
     if isinstance(agg, Mean):
-        return f"AVG(CAST({v} AS DOUBLE))"
+        return f"mlfs_mean(CAST({v} AS DOUBLE))"
     if isinstance(agg, Min):
         return f"MIN({v})"
     if isinstance(agg, Max):
@@ -149,10 +157,8 @@ def _aggregate_sql(agg: Aggregation, i: int) -> str:
         return f"MIN({o})"
     if isinstance(agg, LastK):
         return f"LISTAGG({o}, ',')"
-    if isinstance(agg, Stddev):
-        return f"STDDEV_{'SAMP' if agg.sample else 'POP'}(CAST({v} AS DOUBLE))"
-    if isinstance(agg, Variance):
-        return f"VAR_{'SAMP' if agg.sample else 'POP'}(CAST({v} AS DOUBLE))"
+    if isinstance(agg, Variance):  # Stddev too: its square root is taken outside the call
+        return f"mlfs_var_{'samp' if agg.sample else 'pop'}(CAST({v} AS DOUBLE))"
     if isinstance(agg, CountDistinct):
         return f"COUNT(DISTINCT {v})"
     raise TypeError(f"no Flink compilation for {agg!r}")
@@ -166,7 +172,7 @@ def stage2_sql(plan: TransformPlan, table: str = PREPARED) -> str:
     if isinstance(window, Sliding) and window.hop is not None:
         assert window.hop_ms is not None
         aggregates = ", ".join(
-            f"{_aggregate_sql(f.aggregation, i)} AS f{i}" for i, f in enumerate(plan.features)
+            f"{_aggregate_sql(f.aggregation, i, f.input_dtype)} AS f{i}" for i, f in enumerate(plan.features)
         )
         return (
             f"SELECT {keys}, CAST(window_end AS TIMESTAMP(3)) AS {END}, {aggregates} "
@@ -181,7 +187,8 @@ def stage2_sql(plan: TransformPlan, table: str = PREPARED) -> str:
         assert isinstance(window, Sliding)
         frame = f"RANGE BETWEEN {interval(window.size_ms - 1)} PRECEDING AND CURRENT ROW"
     aggregates = ", ".join(
-        f"{_aggregate_sql(f.aggregation, i)} OVER w AS f{i}" for i, f in enumerate(plan.features)
+        f"{_aggregate_sql(f.aggregation, i, f.input_dtype, ' OVER w')} AS f{i}"
+        for i, f in enumerate(plan.features)
     )
     return (
         f"SELECT {keys}, _ts, {aggregates} FROM {quote(table)} "

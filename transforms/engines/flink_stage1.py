@@ -476,14 +476,18 @@ def counts_function(outcomes: Sequence[Callable[[], OutcomeSink]]) -> Any:
 
 
 def table_environment(env: Any, settings: dict[str, str] | None = None) -> Any:
-    """A table environment over ``env`` in UTC, with extra table ``settings``."""
+    """A table environment over ``env`` in UTC, with extra table ``settings`` and MLFS's
+    functions (``flink_exact``)."""
     from pyflink.table import StreamTableEnvironment
+
+    from transforms.engines.flink_exact import register_functions
 
     t_env = StreamTableEnvironment.create(env)
     config = t_env.get_config()
     config.set("table.local-time-zone", "UTC")
     for name, value in (settings or {}).items():
         config.set(name, value)
+    register_functions(t_env)
     return t_env
 
 
@@ -526,6 +530,21 @@ def build_stage1(
     schema = Schema.new_builder().column("f0", DataTypes.STRING()).column_by_expression("_pt", "PROCTIME()")
     t_env.create_temporary_view(f"{name}_raw", t_env.from_data_stream(raw, schema.build()))
     t_env.create_temporary_view(f"{name}_events", t_env.sql_query(events_sql(plans, f"{name}_raw", function)))
+    return stage1_sql(plans, env, t_env, lateness, outcomes, name)
+
+
+def stage1_sql(
+    plans: Sequence[TransformPlan],
+    env: Any,
+    t_env: Any,
+    lateness: Lateness | None,
+    outcomes: Sequence[Callable[[], OutcomeSink]],
+    name: str,
+) -> list[Any]:
+    """The Flink SQL half of stage 1 over the view ``<name>_events`` of ``t_env`` (made with
+    ``STAGE1_SETTINGS``): each raw event ``_raw`` with ``prepare``'s result (``_outcome_fields``)
+    and its processing time ``_pt``. Classifies, counts and unnests as ``build_stage1`` says;
+    ``benchmarks/flink_ceiling.py`` runs it over ``prepare``'s results read from a file."""
     classified = t_env.to_data_stream(t_env.sql_query(classified_sql(plans, f"{name}_events", lateness)))
     # Every consumer starts from this one stream, so ``prepare`` and the classification run once.
     t_env.create_temporary_view(f"{name}_classified", t_env.from_data_stream(classified))
