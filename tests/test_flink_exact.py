@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import random
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 from conformance import FLOAT_FEATURES, WINDOWS, assert_same_rows, cancelling_events
@@ -91,3 +92,15 @@ def test_float_aggregates_that_cancel_equal_reference(window: str) -> None:
     expected_rows = view.run(events).rows
     assert any(row["sum_v"] not in (0.0, None) and abs(row["sum_v"]) < 10 for row in expected_rows)
     assert_same_rows(view, expected_rows, view.run(events, Runner.FLINK).rows)
+
+
+def test_without_a_jdk_the_jar_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from transforms.engines.flink_exact import CACHE_ENV, exact_jar
+    from transforms.errors import MLFSError
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))  # nothing built here yet
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    with pytest.raises(MLFSError, match="install a JDK 17"):
+        exact_jar()
+    assert list(tmp_path.iterdir()) == []

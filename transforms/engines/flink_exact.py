@@ -23,6 +23,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from transforms.errors import MLFSError
+
 SOURCES = Path(__file__).with_name("flink_java")
 CACHE_ENV = "MLFS_CACHE_DIR"
 
@@ -38,7 +40,7 @@ FUNCTIONS = {
 def _pyflink_lib() -> Path:
     spec = importlib.util.find_spec("pyflink")  # found, not imported: importing it is slow and noisy
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the Flink engine needs PyFlink (apache-flink) installed")
+        raise MLFSError("the Flink engine needs PyFlink (apache-flink) installed")
     return Path(next(iter(spec.submodule_search_locations))) / "lib"
 
 
@@ -51,7 +53,7 @@ def _javac() -> str:
     home = os.environ.get("JAVA_HOME")
     found = shutil.which("javac") or (home and shutil.which("javac", path=str(Path(home) / "bin")))
     if not found:
-        raise RuntimeError(
+        raise MLFSError(
             "the Flink engine compiles MLFS's aggregate functions with javac: install a JDK 17 "
             "(apt-get install openjdk-17-jdk-headless) or set JAVA_HOME to one"
         )
