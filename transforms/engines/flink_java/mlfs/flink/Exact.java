@@ -61,17 +61,12 @@ public final class Exact {
         boolean inexact = qr[1].signum() != 0;
         int e = -(scale + k); // the value is (q + remainder/den) * 2^e
         int lsb = Math.max(q.bitLength() - 53 + e, -1074); // the result's last bit, subnormals included
-        int shift = lsb - e;
-        long m;
-        if (shift <= 0) {
-            m = q.shiftLeft(-shift).longValueExact();
-        } else {
-            m = q.shiftRight(shift).longValue();
-            boolean half = q.testBit(shift - 1);
-            boolean below = inexact || q.getLowestSetBit() < shift - 1;
-            if (half && (below || (m & 1) == 1)) {
-                m += 1;
-            }
+        int shift = lsb - e; // at least 2: q has at least 55 bits
+        long m = q.shiftRight(shift).longValue();
+        boolean half = q.testBit(shift - 1);
+        boolean below = inexact || q.getLowestSetBit() < shift - 1;
+        if (half && (below || (m & 1) == 1)) {
+            m += 1;
         }
         double r = Math.scalb((double) m, lsb); // exact, or infinite past the largest double
         return sign < 0 ? -r : r;
