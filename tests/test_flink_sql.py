@@ -128,12 +128,13 @@ def test_prepare_function_gives_the_reference_rows_markers_and_heartbeats(window
         if result["_t"] is None:
             assert result["_a0_0"] is None
             continue
-        elements = list(zip(*(result[f"_a0_{j}"] for j in range(len(row_columns(plan)))), strict=True))
+        columns = [result[f"_a0_{j}"] for j in range(len(row_columns(plan)))]
         if result["_n0"] == 0:
-            assert [e[0] for e in elements] == [HEARTBEAT] and elements[0][n_keys + 1] == result["_t"] + (
-                offset or 0
-            )
+            # A heartbeat: its kind and time; its keys and values are null arrays (null elements in SQL).
+            assert columns[0] == [HEARTBEAT] and columns[n_keys + 1] == [result["_t"] + (offset or 0)]
+            assert all(c is None for j, c in enumerate(columns) if j not in (0, n_keys + 1))
             continue
+        elements = list(zip(*columns, strict=True))
         assert [e[0] for e in elements if e[0] == ROW] == [ROW] * len(expected.rows)
         rows = [e for e in elements if e[0] == ROW]
         assert [tuple(e[1 : n_keys + 1]) for e in rows] == [key for key, _ in expected.rows]

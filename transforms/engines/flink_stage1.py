@@ -31,7 +31,7 @@ import numpy as np
 from transforms.arrow_events import python_values, split_clean
 from transforms.dtypes import DType
 from transforms.engines.flink_sql import encode_ordered, is_ordered, marker_offset_ms, quote
-from transforms.events import DeadLetter, EventCounts, EventPreparer, Lateness
+from transforms.events import DeadLetter, EventCounts, EventPreparer, Lateness, PreparedEvent
 from transforms.json_batches import DecodedLines, TypedBatch, decode_lines, needed_fields, typed_batch
 from transforms.plan import TransformPlan
 from transforms.timeutil import engine_value
@@ -201,10 +201,8 @@ def _view_preparer(
     single = single_row(plan)
     preparers: list[EventPreparer] = []  # made on the worker, once
 
-    def event_rows(prepared: Any, time_ms: int) -> list[tuple[Any, ...]]:
-        if prepared is None or isinstance(prepared, DeadLetter) or not prepared.rows:
-            # The event gives no row, but it still moves the source's watermark on.
-            return [(HEARTBEAT, *[None] * n_keys, time_ms + (offset or 0), *[None] * n_values)]
+    def event_rows(prepared: PreparedEvent, time_ms: int) -> list[tuple[Any, ...]]:
+        """An event's rows (and their leave markers; SQL adds them for a ``single`` view)."""
         rows = []
         for key, values in prepared.rows:
             engine_values = [engine_value(v) for v in values]
@@ -236,6 +234,7 @@ def _view_preparer(
         else:
             rest = list(range(n))
             timed = preparers[0].prepare_batch_timed(texts)
+        beats: list[tuple[int, int]] = []  # (position, time) of the events that give no row
         for i, (time_ms, outcome) in zip(rest, timed, strict=True):
             out.times[i] = time_ms
             if outcome is not None:
@@ -244,9 +243,29 @@ def _view_preparer(
             out.letters[i] = outcome.to_json() if isinstance(outcome, DeadLetter) else None
             if time_ms is None:  # undecodable, or no usable time: no rows and no watermark
                 continue
+            if outcome is None or isinstance(outcome, DeadLetter) or not outcome.rows:
+                beats.append((i, time_ms))
+                continue
             for column, values in zip(out.rows, zip(*event_rows(outcome, time_ms), strict=True), strict=True):
                 column[i] = values[0] if single else list(values)  # single: the row (SQL adds the marker)
+        _heartbeats(out, beats)
         return out
+
+    def _heartbeats(out: ViewOutcomes, beats: list[tuple[int, int]]) -> None:
+        """A heartbeat for each event of ``beats``: it gives no row but still moves the source's
+        watermark on. Only its kind and time are set; its keys and values stay null (as arrays
+        too: SQL's element of a null array is null)."""
+        kinds, times = out.rows[0], out.rows[n_keys + 1]
+        shift = offset or 0
+        if single:
+            for i, time_ms in beats:
+                kinds[i] = HEARTBEAT
+                times[i] = time_ms + shift
+        else:
+            beat = [HEARTBEAT]  # shared: nothing changes these lists
+            for i, time_ms in beats:
+                kinds[i] = beat
+                times[i] = [time_ms + shift]
 
     def _prepare_decoded(
         texts: list[str], decoded: DecodedLines
