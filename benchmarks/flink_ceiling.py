@@ -13,8 +13,8 @@ and no dead letter is written (the counts still go to a Python function, about o
 It prints events per second for the three views in one job, for each view alone, and for reading
 the file alone (the reference: the same rows through the same source, no operators), each from
 two runs of N and N/5 events, so the job's start and end cancel out (after a first run that warms
-the JVM up). The figure for the three
-views bounds what any job of this plan can sustain on this machine, whatever its Python costs.
+the JVM up). The figure for the three views bounds what any job of this plan can sustain on this
+machine, whatever its Python costs.
 """
 
 from __future__ import annotations
