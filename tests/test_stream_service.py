@@ -30,6 +30,7 @@ from featurestore.stream.sinks import read_status
 from registry.status import view_status
 from transforms.compare import same_value
 from transforms.engines.reference import run_reference
+from transforms.errors import MLFSError
 from transforms.plan import EVENT_TIMESTAMP
 from transforms.timeutil import ms_to_datetime, parse_event_time
 from transforms.windows import Sliding
@@ -340,3 +341,23 @@ def test_a_checkpoint_of_another_job_shape_is_a_clear_error(tmp_path: Path) -> N
     errors = [line for line in output.splitlines() if line.startswith("mlfs: ")]
     assert len(errors) == 1 and errors[0].startswith("mlfs: error: cannot restore "), output[-3000:]
     assert "--fresh" in errors[0] and "Traceback" not in output
+
+
+def test_a_snapshot_of_another_shape_or_an_earlier_mlfs_is_refused_first(tmp_path: Path) -> None:
+    # Flink would restore state of the same topology it cannot read (the 7-day view's sums were
+    # Flink's SUM before MLFS's exact functions) and restart forever; the shape check says so first.
+    from featurestore.stream.service import check_shape, job_shape, remember_shape
+
+    repo = load_repo(example_repo(tmp_path / "repo", events=100))
+    views = [repo.views[name] for name, _ in VIEWS]
+    shape = job_shape([views])
+    assert job_shape([views]) == shape
+    assert job_shape([views[:1]]) != shape
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    remember_shape(checkpoints, "savepoint-1", shape)
+    check_shape(checkpoints, checkpoints / "savepoint-1", shape)  # the same shape restores
+    # Another job's shape, and a snapshot whose shape an earlier MLFS never recorded.
+    for snapshot, current in (("savepoint-1", job_shape([views[:1]])), ("savepoint-0", shape)):
+        with pytest.raises(MLFSError, match=r"another shape .* start with --fresh"):
+            check_shape(checkpoints, checkpoints / snapshot, current)

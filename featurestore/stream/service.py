@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import signal
 import threading
@@ -94,6 +95,59 @@ def lineage_of(checkpoint_dir: Path, restore: Path | None) -> str:
         if isinstance(lineage, str):
             return lineage
     return uuid.uuid4().hex[:12]
+
+
+SHAPES = "shapes.json"  # in the checkpoint directory: each job id and savepoint's job shape
+# Part of every shape: raised when MLFS changes what a job keeps in its state without changing its
+# SQL text (none so far; the exact float aggregates of 2026-11-24 changed the SQL).
+SHAPE_FORMAT = "mlfs-stream-state-1"
+
+
+def job_shape(groups: list[list[StreamFeatureView]]) -> str:
+    """A digest of the SQL that decides what a job keeps in Flink state (its views, grouped by
+    source, in job order). Flink maps a snapshot's state to operators by the job's topology, so a
+    job with the same topology but other aggregates would restore state it cannot read, and
+    restart forever; comparing shapes first turns that into a clear error."""
+    from transforms.engines.flink_sql import stage2_sql
+    from transforms.engines.flink_stage1 import (
+        classified_sql,
+        counts_sql,
+        letters_sql,
+        prepare_result_type,
+        prepared_sql,
+    )
+
+    parts = [SHAPE_FORMAT]
+    for group in groups:
+        plans = [view.plan for view in group]
+        # Without the lateness bound, which is a literal in the query and no part of the state.
+        parts += [str(prepare_result_type(plans)), classified_sql(plans, "events", None)]
+        parts += [counts_sql(len(plans), "classified"), letters_sql(len(plans), "classified")]
+        for v, (view, plan) in enumerate(zip(group, plans, strict=True)):
+            parts += [prepared_sql(plan, v, "classified"), stage2_sql(plan, f"prepared_{view.name}")]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def remember_shape(checkpoint_dir: Path, key: str, shape: str) -> None:
+    """Record the job shape of a job's checkpoints (``key``: the job id) or of a savepoint."""
+    known = read_json(checkpoint_dir / SHAPES) or {}
+    known[key] = shape
+    write_json(checkpoint_dir / SHAPES, known)
+
+
+def check_shape(checkpoint_dir: Path, restore: Path, shape: str) -> None:
+    """Refuse a snapshot of a job of another shape (or of an MLFS that recorded none)."""
+    known = read_json(checkpoint_dir / SHAPES) or {}
+    if known.get(lineage_key(restore)) != shape:
+        raise another_shape(restore)
+
+
+def another_shape(restore: Path) -> MLFSError:
+    return MLFSError(
+        f"cannot restore {restore}: it was taken by a job of another shape (other views, "
+        "changed definitions, or another MLFS version); start with --fresh to re-read "
+        "the sources from the beginning"
+    )
 
 
 def remember_lineage(checkpoint_dir: Path, key: str, lineage: str) -> None:
@@ -215,7 +269,12 @@ def serve_stream(
         "execution.checkpointing.num-retained": "2",
         **options.flink_config,
     }
+    by_source: dict[str, list[StreamFeatureView]] = {}
+    for view in views:
+        by_source.setdefault(view.source.name, []).append(view)
+    shape = job_shape(list(by_source.values()))
     if restore is not None:
+        check_shape(checkpoint_dir, restore, shape)
         config["execution.state-recovery.path"] = restore.as_uri()
         report(f"restoring from {restore}")
     lineage = lineage_of(checkpoint_dir, restore)
@@ -224,9 +283,6 @@ def serve_stream(
         env.add_python_file(str(settings.repo_path))
         if options.jars:
             env.add_jars(*(jar.resolve().as_uri() for jar in options.jars))
-        by_source: dict[str, list[StreamFeatureView]] = {}
-        for view in views:
-            by_source.setdefault(view.source.name, []).append(view)
         for number, source_views in enumerate(by_source.values()):
             source = source_views[0].source
             jobs = [
@@ -255,14 +311,11 @@ def serve_stream(
             client = env.execute_async(f"mlfs-stream-{settings.project}")
         except Exception as err:  # py4j wraps the Java failure
             if restore is not None and "Cannot map checkpoint/savepoint state" in str(err):
-                raise MLFSError(
-                    f"cannot restore {restore}: it was taken by a job of another shape (other views, "
-                    "changed definitions, or another MLFS version); start with --fresh to re-read "
-                    "the sources from the beginning"
-                ) from None
+                raise another_shape(restore) from None
             raise
         job.write(state="running", job_id=str(client.get_job_id()))
         remember_lineage(checkpoint_dir, str(client.get_job_id()), lineage)
+        remember_shape(checkpoint_dir, str(client.get_job_id()), shape)
         report(
             f"streaming {len(views)} view(s) ({', '.join(v.name for v in views)}) on "
             f"{options.master or 'a local Flink mini-cluster'}; job {client.get_job_id()}"
@@ -298,6 +351,7 @@ def serve_stream(
         compactor.wait()
         savepoint = _stop_with_savepoint(client, checkpoint_dir / "savepoints")
         remember_lineage(checkpoint_dir, lineage_key(savepoint), lineage)
+        remember_shape(checkpoint_dir, lineage_key(savepoint), shape)
         job.write(state="stopped", savepoint=savepoint, stopped_at=time.time())
         report(f"stopped with savepoint {savepoint}")
         if options.compact_every_s is not None:
