@@ -256,8 +256,9 @@ def _remote_environment(master: str, config: Any) -> Any:
         raise ValueError(f"a Flink master is HOST:PORT (the REST port), got {master!r}")
     gateway = get_gateway()
     jars = sorted(str(p) for p in (Path(pyflink.__file__).parent / "opt").glob("flink-python-*.jar"))
-    jars.append(str(exact_jar()))
-    add_jars_to_context_class_loader([exact_jar().as_uri()])  # the planner loads its classes here
+    functions = exact_jar()
+    jars.append(str(functions))
+    add_jars_to_context_class_loader([functions.as_uri()])  # the planner loads its classes here
     j_jars = gateway.new_array(gateway.jvm.String, len(jars))
     for i, jar in enumerate(jars):
         j_jars[i] = jar

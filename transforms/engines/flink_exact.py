@@ -86,9 +86,11 @@ def exact_jar() -> Path:
             archive.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\n")
             for path in sorted(classes.rglob("*.class")):
                 archive.write(path, path.relative_to(classes).as_posix())
-        # Another process may have built the same jar meanwhile: either copy is the same.
-        shutil.move(str(partial), jar.with_name(f".{jar.name}.{os.getpid()}"))
-        os.replace(jar.with_name(f".{jar.name}.{os.getpid()}"), jar)
+        # Moved beside the jar (the cache may be on another file system), then renamed into place;
+        # another process may have built the same jar meanwhile: either copy is the same.
+        staged = jar.with_name(f".{jar.name}.{os.getpid()}")
+        shutil.move(str(partial), staged)
+        os.replace(staged, jar)
     return jar
 
 

@@ -239,13 +239,15 @@ def _view_preparer(
             out.times[i] = time_ms
             if outcome is not None:
                 out.kinds[i] = DEAD if isinstance(outcome, DeadLetter) else OK
-            out.counts[i] = 0 if outcome is None or isinstance(outcome, DeadLetter) else len(outcome.rows)
+            count = 0 if outcome is None or isinstance(outcome, DeadLetter) else len(outcome.rows)
+            out.counts[i] = count
             out.letters[i] = outcome.to_json() if isinstance(outcome, DeadLetter) else None
             if time_ms is None:  # undecodable, or no usable time: no rows and no watermark
                 continue
-            if outcome is None or isinstance(outcome, DeadLetter) or not outcome.rows:
+            if count == 0:
                 beats.append((i, time_ms))
                 continue
+            assert isinstance(outcome, PreparedEvent)
             for column, values in zip(out.rows, zip(*event_rows(outcome, time_ms), strict=True), strict=True):
                 column[i] = values[0] if single else list(values)  # single: the row (SQL adds the marker)
         _heartbeats(out, beats)
@@ -289,12 +291,11 @@ def _view_preparer(
         positions = typed.positions
         clean = [positions[j] for j in split.clean_mask.to_numpy(zero_copy_only=False).nonzero()[0]]
         dropped = [positions[j] for j in split.filtered_mask.to_numpy(zero_copy_only=False).nonzero()[0]]
-        if dropped:  # a Select's where= dropped them: heartbeats, as event_rows gives
+        if dropped:  # a Select's where= dropped them: heartbeats
             dropped_ms = python_values(typed.batch.column(0).filter(split.filtered_mask).cast("int64"))
             for i, time_ms in zip(dropped, dropped_ms, strict=True):
                 out.times[i] = time_ms
-                out.rows[0][i] = HEARTBEAT
-                out.rows[n_keys + 1][i] = time_ms + (offset or 0)
+            _heartbeats(out, list(zip(dropped, dropped_ms, strict=True)))
         row_ms = python_values(split.clean["_ts"])
         columns = [python_values(split.clean[name]) for name in plan.key_names]
         columns.append(row_ms)
