@@ -4,7 +4,7 @@
 
 `mlfs serve-stream` runs stage 1's Python function, then Flink SQL (stage 1's classification,
 counts and unnesting, and each view's stage 2 windows), then Python sinks. This script runs the
-same SQL, built by the same functions (`stage1_sql`, `stage2_table`), with no Python per event:
+same SQL, built by the same functions (`stage1_sql`, `stage2_results`), with no Python per event:
 stage 1's function runs first, outside Flink, over the same payment events as
 `benchmarks/stream.py`, and its results are written as JSON lines; Flink reads them with its own
 JSON format and runs the job's SQL into a `blackhole` sink. Events are in order, so none is late
@@ -83,7 +83,7 @@ def run_job(plans: list[Any], views: list[int], path: Path, parallelism: int) ->
     prepared in ``path``) over the file; no views: read the file into a blackhole."""
     from pyflink.table import Schema, TableDescriptor
 
-    from transforms.engines.flink import flink_environment, stage2_table
+    from transforms.engines.flink import flink_environment, stage2_results
     from transforms.engines.flink_stage1 import (
         STAGE1_SETTINGS,
         _view_fields,
@@ -127,9 +127,8 @@ def run_job(plans: list[Any], views: list[int], path: Path, parallelism: int) ->
         outcomes: list[Callable[[], NoOutcomes]] = [NoOutcomes] * len(chosen)
         prepared = stage1_sql(chosen, env, stage1_env, lateness, outcomes, "bench")
         for position, (plan, stream) in enumerate(zip(chosen, prepared, strict=True)):
-            statements.add_insert(
-                blackhole, stage2_table(plan, t_env, stream, lateness, f"prepared{position}")
-            )
+            results = stage2_results(plan, t_env, stream, lateness, f"prepared{position}")
+            statements.add_insert(blackhole, t_env.from_data_stream(results))
     statements.attach_as_datastream()
     started = time.perf_counter()
     env.execute("mlfs-flink-ceiling")

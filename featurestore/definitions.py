@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from transforms.dtypes import DType
+from transforms.errors import DefinitionError
 from transforms.timeutil import duration_ms
 
 
@@ -38,6 +39,15 @@ class Entity:
 
     def __post_init__(self) -> None:
         keys = tuple(self.join_keys) if self.join_keys else (self.name,)
+        if len(keys) != 1 or not isinstance(keys[0], str) or not keys[0]:
+            # Feast's rule; a view keyed by two entities has a compound key.
+            listed = ", ".join(repr(k) for k in keys)
+            raise DefinitionError(
+                None,
+                f"entity {self.name!r} has join keys {listed}: an entity has exactly one join key; "
+                "declare one entity per key and list them all in the view's entities=[...] "
+                "for a compound key",
+            )
         object.__setattr__(self, "join_keys", keys)
 
     def spec(self) -> dict[str, Any]:

@@ -37,6 +37,6 @@ if ! { [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c
   .venv/bin/python -W ignore -c 'import featurestore, feast, pyspark, pyflink, apache_beam, torch'
   echo "$want" > "$stamp"
 fi
-# MLFS's Flink aggregate functions (Java): compiled once into ~/.cache/mlfs ($MLFS_CACHE_DIR).
-.venv/bin/python -W ignore -c 'from transforms.engines.flink_exact import exact_jar; exact_jar()'
+# MLFS's Java code for Flink (aggregate functions, the file source's split order): compiled once into ~/.cache/mlfs ($MLFS_CACHE_DIR).
+.venv/bin/python -W ignore -c 'from transforms.engines.flink_jar import mlfs_jar; mlfs_jar()'
 

@@ -146,6 +146,45 @@ def generate_events(seed: int, n: int = 1500, keys: int = 12) -> list[dict[str, 
     return events
 
 
+def tied_events(seed: int, n: int = 1200, keys: int = 4) -> list[dict[str, Any]]:
+    """Events with many ties, as real event data at minute resolution has them: a few keys (the
+    first is hot, with about half the events), few distinct times (whole seconds, some on window
+    boundaries, so leave markers meet events), values drawn from small sets (equal times with equal
+    and unequal values), nulls, bad times and every transform outcome; in random order."""
+    rng = random.Random(seed)
+    events = []
+    for _ in range(n):
+        when = BASE + timedelta(seconds=rng.randrange(0, 40))
+        stamp: str | None = when.isoformat()
+        roll = rng.random()
+        if roll < 0.01:
+            stamp = "not a time"
+        elif roll < 0.02:
+            stamp = None
+        key = 0 if rng.random() < 0.5 else rng.randrange(keys)
+        events.append(
+            {
+                "user_id": None if rng.random() < 0.01 else f"k{key}",
+                "timestamp": stamp,
+                "v": rng.choice([None, 1.0, 2.5, -1.0, 0.25, 2.5]),
+                "i": rng.choice([None, 1, 2, 3, -2]),
+                "tag": rng.choice([None, "a", "b", "c"]),
+                "kind": rng.choices(["keep", "drop", "split", "boom", "wrong"], [85, 5, 6, 2, 2])[0],
+            }
+        )
+    return events
+
+
+def ties_per_key_and_time(events: list[dict[str, Any]]) -> int:
+    """The largest number of events one key has at one time (how tied the events are)."""
+    seen: dict[tuple[Any, Any], int] = {}
+    for event in events:
+        if event["user_id"] is not None and event["timestamp"] is not None:
+            ident = (event["user_id"], event["timestamp"])
+            seen[ident] = seen.get(ident, 0) + 1
+    return max(seen.values(), default=0)
+
+
 TYPED_TIME_SCHEMA = RAW_SCHEMA.set(1, pa.field("timestamp", pa.timestamp("us", tz="UTC")))
 
 
@@ -172,6 +211,18 @@ def assert_same_rows(
     """Rows equal by key and feature time; integers exact, floats within 1e-9 relative."""
     problems = diff_rows(view.plan, expected, got)
     assert not problems, "\n".join(problems)
+
+
+def assert_same_result(
+    view: StreamFeatureView, expected: Any, rows: list[dict[str, Any]], counts: Any, letters: list[Any]
+) -> None:
+    """An engine's rows, counts and dead letters are the reference's (``expected``); dead letters
+    match by view, reason, detail and raw input."""
+    assert_same_rows(view, expected.rows, rows)
+    assert counts == expected.counts and counts.balanced
+    assert sorted((d.view, d.reason, d.detail, d.raw) for d in letters) == sorted(
+        (d.view, d.reason, d.detail, d.raw) for d in expected.dead_letters
+    )
 
 
 def arrival_order(

@@ -56,12 +56,13 @@ def expected(values: list[float]) -> tuple[float, float, float | None, float | N
 def test_exact_functions_round_the_exact_result_once() -> None:
     from pyflink.table import EnvironmentSettings, TableEnvironment
 
-    from transforms.engines.flink_exact import exact_jar, register_functions
+    from transforms.engines.flink_exact import register_functions
+    from transforms.engines.flink_jar import mlfs_jar
 
     rng = random.Random(11)
     groups = {g: [hard_value(rng) for _ in range(rng.randrange(1, 12))] for g in range(150)}
     t_env = TableEnvironment.create(EnvironmentSettings.in_batch_mode())
-    t_env.get_config().set("pipeline.jars", exact_jar().as_uri())
+    t_env.get_config().set("pipeline.jars", mlfs_jar().as_uri())
     register_functions(t_env)
     rows = [(g, v) for g, values in groups.items() for v in values] + [(999, None)]
     t_env.create_temporary_view("t", t_env.from_elements(rows, ["g", "v"]))
@@ -95,12 +96,12 @@ def test_float_aggregates_that_cancel_equal_reference(window: str) -> None:
 
 
 def test_without_a_jdk_the_jar_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from transforms.engines.flink_exact import CACHE_ENV, exact_jar
+    from transforms.engines.flink_jar import CACHE_ENV, mlfs_jar
     from transforms.errors import MLFSError
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))  # nothing built here yet
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("JAVA_HOME", raising=False)
     with pytest.raises(MLFSError, match="install a JDK 17"):
-        exact_jar()
+        mlfs_jar()
     assert list(tmp_path.iterdir()) == []

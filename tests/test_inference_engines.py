@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conformance import assert_same_rows, generate_events, write_events
+from conformance import assert_same_result, assert_same_rows, generate_events, write_events
 from conftest import EVENTS, USER
 from inference_models import sklearn_model
 from inference_views import scored_view
@@ -84,11 +84,8 @@ def test_spark_dead_letters_feature_rows_a_model_refuses(spark: Any, tmp_path: P
     expected = view.run(read_history(path))
     assert expected.counts.rows_dead_lettered > 0
     result = view.run(spark.read.parquet(str(path)), Runner.SPARK)
-    assert_same_rows(view, expected.rows, result.rows.toArrow().to_pylist())
-    assert result.counts == expected.counts
-    assert sorted((d.reason, d.raw) for d in result.dead_letter_records(view.name)) == sorted(
-        (d.reason, d.raw) for d in expected.dead_letters
-    )
+    rows = result.rows.toArrow().to_pylist()
+    assert_same_result(view, expected, rows, result.counts, result.dead_letter_records(view.name))
     result.release()
 
 

@@ -10,10 +10,13 @@ import pytest
 from conformance import (
     FLOAT_FEATURES,
     WINDOWS,
+    assert_same_result,
     assert_same_rows,
     cancelling_events,
     conformance_view,
     generate_events,
+    tied_events,
+    ties_per_key_and_time,
     write_events,
 )
 from conftest import make_view
@@ -50,16 +53,39 @@ def test_spark_rows_equal_reference(
     view = conformance_view(window, transform)
     path = write_events(generate_events(seed), tmp_path / "events.parquet", typed_time)
 
-    expected = view.run(read_history(path))
-    result = view.run(spark.read.parquet(str(path)), Runner.SPARK)
-    got = result.rows.toArrow().to_pylist()
-    assert_same_rows(view, expected.rows, got)
+    check_spark(view, view.run(read_history(path)), spark.read.parquet(str(path)))
 
-    assert result.counts == expected.counts and result.counts.balanced
-    assert sorted((d.reason, d.raw) for d in result.dead_letter_records(view.name)) == sorted(
-        (d.reason, d.raw) for d in expected.dead_letters
-    )
+
+def check_spark(view: Any, expected: Any, frame: Any) -> None:
+    """``view`` on Spark over ``frame`` gives the reference's rows, counts and dead letters."""
+    result = view.run(frame, Runner.SPARK)
+    rows = result.rows.toArrow().to_pylist()
+    assert_same_result(view, expected, rows, result.counts, result.dead_letter_records(view.name))
     result.release()
+
+
+@pytest.mark.parametrize(
+    ("window", "transform", "typed_time"),
+    [
+        ("continuous", "row", False),
+        ("continuous_short", "declarative", True),
+        ("hopping", "none", False),
+        ("tumbling", "row", True),
+        ("lifetime", "declarative", False),
+        ("lifetime", "none", True),
+    ],
+)
+def test_ties_across_many_history_files_equal_reference(
+    spark: Any, tmp_path: Path, window: str, transform: str, typed_time: bool
+) -> None:
+    # Many events of one key at one time (and at other events' leave times), in 25 files.
+    view = conformance_view(window, transform)
+    events = tied_events(29)
+    assert ties_per_key_and_time(events) >= 10
+    history = tmp_path / "history"
+    for number, first in enumerate(range(0, len(events), 48)):
+        write_events(events[first : first + 48], history / f"part-{number:03d}.parquet", typed_time)
+    check_spark(view, view.run(read_history(history)), spark.read.parquet(str(history)))
 
 
 @pytest.mark.parametrize("window", ["continuous", "hopping", "lifetime"])

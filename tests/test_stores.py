@@ -292,6 +292,9 @@ def test_streamed_files_are_compacted_without_changing_what_readers_see(tmp_path
     assert names(STREAM_PREFIX) == streamed and len(names(COMPACT_PREFIX)) == 1  # inputs still there
     assert store.read(view).sort_by("user_id").to_pylist() == before
     assert dataset_rows() == 2 * 58 + 1
+    # Every row written is held once in the current files: the merged file, not its inputs.
+    assert store.read_written(view).num_rows == 58 + 1
+    assert [f.name for f in store.current_files(VIEW) if f.parent == partition] == names(COMPACT_PREFIX)
     assert store.compact(view, min_files=16, grace_s=3600).merged == 0  # a pending merge's files wait
 
     stats = store.compact(view, min_files=16, grace_s=0)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -207,15 +208,73 @@ def test_stream_to_redis_and_offline_equals_reference(tmp_path: Path) -> None:
         stop_redis(redis_proc)
 
 
-def stream_outcome(repo_path: Path, views: list[tuple[str, str]]) -> dict[str, Any]:
+def tied_payments(rng: random.Random, first_minute: int, minutes: int, per_minute: int = 20) -> list[str]:
+    """Payments as real event data at minute resolution has them: many per key and minute (user
+    u000 has about half), some amounts null, in time order."""
+    lines = []
+    for minute in range(first_minute, first_minute + minutes):
+        when = (AS_OF + timedelta(minutes=minute)).isoformat()
+        for i in range(per_minute):
+            status = rng.choice(["ok", "ok", "failed"])
+            event = {
+                "payment_id": f"p{minute}-{i}",
+                "user_id": "u000" if rng.random() < 0.5 else f"u{rng.randrange(6):03d}",
+                "merchant_id": f"m{rng.randrange(3):02d}",
+                "amount": None if rng.random() < 0.1 else rng.choice([5.0, 12.5, 99.99]),
+                "status": status,
+                "failure_reason": rng.choice(["ach_nsf", "card_declined"]) if status == "failed" else None,
+                "timestamp": when,
+            }
+            lines.append(json.dumps(event))
+    return lines
+
+
+def test_a_tied_backlog_read_in_name_order_then_new_files_equal_the_reference(tmp_path: Path) -> None:
+    """24 files already in the directory when the job starts, listed in no particular order, are
+    read whole in name order (none is late), then 3 more one at a time; many events share a key and
+    a minute: every view's offline rows are the reference's, one per key and time."""
+    repo_path = example_repo(tmp_path / "repo", events=100)
+    assert main(["apply", "--repo", str(repo_path)]) == 0
+    stream_dir = repo_path / "data" / "stream" / "payments"
+    for old in stream_dir.iterdir():
+        old.unlink()
+    rng = random.Random(5)
+    backlog = [tied_payments(rng, 3 * n, 3) for n in range(24)]  # 72 minutes
+    later = [tied_payments(rng, 72 + 3 * n, 3) for n in range(3)]
+    for n in rng.sample(range(len(backlog)), len(backlog)):  # written in random order
+        drop_file(stream_dir, f"part-{n:04d}.jsonl", backlog[n])
+    job = serve_stream(repo_path, tmp_path / "stream.log", "--no-metrics")
+    status_dir = load_repo(repo_path).settings.work_path / "stream" / "status"
+
+    def seen(n: int) -> bool:
+        return read_status(status_dir, "user_payment_stats_7d").counts.input >= n
+
+    arrived = [line for lines in backlog for line in lines]
+    wait_for(lambda: seen(len(arrived)), STARTUP_S, "the backlog")
+    for n, lines in enumerate(later):
+        drop_file(stream_dir, f"part-{len(backlog) + n:04d}.jsonl", lines)
+        arrived += lines
+        total = len(arrived)
+        wait_for(lambda total=total: seen(total), 120, f"new file {n}")
+    stop_when_quiet(job, status_dir, [name for name, _ in VIEWS])
+
+    expected = reference_outcome(repo_path, VIEWS, arrived)
+    assert expected["user_payment_stats_7d counts"].late == 0
+    assert_same_outcome(stream_outcome(repo_path, VIEWS), expected)
+
+
+def stream_outcome(repo_path: Path, views: list[tuple[str, str]], replayed: bool = False) -> dict[str, Any]:
     """Everything a streaming run wrote for ``views`` (name, entity key): offline rows, online values
-    (Feast SDK), dead letters (each written once, restarts included) and stage 1's counts."""
+    (Feast SDK), dead letters (each written once, restarts included) and stage 1's counts. Each
+    key and feature time has one offline row; where a job was restarted (``replayed``), rows after
+    its last checkpoint are written again, with a newer created timestamp."""
     repo = load_repo(repo_path)
     offline = ParquetOfflineStore(repo.settings.offline_path)
     status_dir = repo.settings.work_path / "stream" / "status"
     result: dict[str, Any] = {}
     for name, key in views:
         view = repo.views[name]
+        assert_one_row_per_key_and_time(offline, view, replayed)
         rows = offline.read(view).drop_columns(["created_timestamp"]).to_pylist()
         result[f"{name} offline"] = plain_rows(rows)
         if view.online:
@@ -230,6 +289,16 @@ def stream_outcome(repo_path: Path, views: list[tuple[str, str]]) -> dict[str, A
         result[f"{name} dead letters"] = sorted((seq, d["reason"], d["raw"]) for seq, d in letters.items())
         result[f"{name} counts"] = read_status(status_dir, name).counts
     return result
+
+
+def assert_one_row_per_key_and_time(offline: ParquetOfflineStore, view: Any, replayed: bool) -> None:
+    """Every row written for ``view`` (not only what readers keep) has its own key and feature
+    time, or, where a job was restarted, its own created timestamp."""
+    identity = [*view.plan.key_names, EVENT_TIMESTAMP] + (["created_timestamp"] if replayed else [])
+    written = offline.read_written(view).select(identity).to_pylist()
+    held = Counter(tuple(row.values()) for row in written)
+    twice = [ident for ident, n in held.items() if n > 1]
+    assert not twice, f"{view.name}: {len(twice)} of {len(held)} rows written twice, e.g. {twice[:3]}"
 
 
 def reference_outcome(repo_path: Path, views: list[tuple[str, str]], arrivals: list[str]) -> dict[str, Any]:

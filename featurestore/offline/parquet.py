@@ -309,11 +309,24 @@ class ParquetOfflineStore:
                 written = list(pool.map(rewrite, sorted(touched)))
             return OfflineWriteStats(rows=sum(written), partitions=len(written))
 
+    def current_files(self, view: str) -> list[Path]:
+        """A view's data files less the inputs of merges whose merged file is in place (they stay a
+        grace period for readers that listed them): the files that hold each written row once."""
+        files: list[Path] = []
+        for day in self.partitions(view):
+            directory = self._partition_dir(view, day)
+            merged: set[str] = set()
+            for manifest in directory.glob(f".{COMPACT_PREFIX}*.json"):
+                with contextlib.suppress(FileNotFoundError):  # a compaction removed it meanwhile
+                    merge = json.loads(manifest.read_text())
+                    if (directory / merge["target"]).exists():
+                        merged.update(merge["inputs"])
+            files += [f for f in sorted(directory.glob("*.parquet")) if f.name not in merged]
+        return files
+
     def read(self, view: StreamFeatureView) -> pa.Table:
         """All rows of a view; where a row was re-emitted, only the newest created one."""
-        schema = arrow_schema(view)
-        parts = [self._read_partition(view.name, d, schema) for d in self.partitions(view.name)]
-        table = pa.concat_tables(parts) if parts else schema.empty_table()
+        table = self.read_written(view)
         if table.num_rows == 0:
             return table
         identity = [*view.plan.key_names, EVENT_TIMESTAMP]
@@ -327,15 +340,17 @@ class ParquetOfflineStore:
             previous = ident
         return table.take(keep)
 
+    def read_written(self, view: StreamFeatureView) -> pa.Table:
+        """Every row written for a view and still held, re-emitted rows included (``read`` keeps the
+        newest created row of a key and time)."""
+        return self._read_files(self.current_files(view.name), arrow_schema(view))
+
     def _partition_dir(self, view: str, day: date) -> Path:
         return self.view_path(view) / f"{PARTITION_PREFIX}{day.isoformat()}"
 
     def _partition_files(self, view: str, day: date) -> list[Path]:
         directory = self._partition_dir(view, day)
         return sorted(directory.glob("*.parquet")) if directory.is_dir() else []
-
-    def _read_partition(self, view: str, day: date, schema: pa.Schema) -> pa.Table:
-        return self._read_files(self._partition_files(view, day), schema)
 
     @staticmethod
     def _read_files(files: list[Path], schema: pa.Schema) -> pa.Table:

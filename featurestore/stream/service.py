@@ -159,17 +159,20 @@ def remember_lineage(checkpoint_dir: Path, key: str, lineage: str) -> None:
 
 
 def _file_source(env: Any, source: FileStreamSource, repo_path: Path, poll_ms: int) -> Any:
+    """The directory's JSON-lines files, each read whole, in name order (one partition), new files
+    as they appear."""
     from pyflink.common import Duration, WatermarkStrategy
     from pyflink.datastream.connectors.file_system import FileSource, StreamFormat
+
+    from transforms.engines.flink import in_name_order
 
     directory = Path(source.path) if Path(source.path).is_absolute() else repo_path / source.path
     if not directory.is_dir():
         raise MLFSError(f"source {source.name!r}: stream directory {directory} does not exist")
-    file_source = (
-        FileSource.for_record_stream_format(StreamFormat.text_line_format(), str(directory))
-        .monitor_continuously(Duration.of_millis(poll_ms))
-        .build()
-    )
+    builder = FileSource.for_record_stream_format(
+        StreamFormat.text_line_format(), str(directory)
+    ).monitor_continuously(Duration.of_millis(poll_ms))
+    file_source = in_name_order(builder).build()
     return (
         env.from_source(file_source, WatermarkStrategy.no_watermarks(), f"source-{source.name}")
         .uid(f"source-{source.name}")

@@ -33,11 +33,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from transforms.engines.flink_exact import exact_jar
+from transforms.engines.flink_jar import mlfs_jar
 from transforms.engines.flink_sql import (
     PREPARED,
     feature_rows,
     interval,
+    is_over,
     quote,
     stage2_sql,
     watermark_lag_ms,
@@ -237,7 +238,7 @@ def flink_environment(
         env = _remote_environment(master, config)
     else:
         env = StreamExecutionEnvironment.get_execution_environment(config)
-        env.add_jars(exact_jar().as_uri())
+        env.add_jars(mlfs_jar().as_uri())
     env.set_parallelism(parallelism)
     # Table operators otherwise take the parallelism of the stream they start from (stage 1's is 1).
     return env, table_environment(env, {"table.exec.resource.default-parallelism": str(parallelism)})
@@ -256,7 +257,7 @@ def _remote_environment(master: str, config: Any) -> Any:
         raise ValueError(f"a Flink master is HOST:PORT (the REST port), got {master!r}")
     gateway = get_gateway()
     jars = sorted(str(p) for p in (Path(pyflink.__file__).parent / "opt").glob("flink-python-*.jar"))
-    functions = exact_jar()
+    functions = mlfs_jar()
     jars.append(str(functions))
     add_jars_to_context_class_loader([functions.as_uri()])  # the planner loads its classes here
     j_jars = gateway.new_array(gateway.jvm.String, len(jars))
@@ -303,16 +304,33 @@ def build_job(
 def _build_stage2(view: ViewJob, env: Any, t_env: Any, prepared: Any, lateness: Lateness | None) -> None:
     """A view's stage 2 over its ``prepared`` rows, and its row sink."""
     plan = view.plan
-    result = stage2_table(plan, t_env, prepared, lateness, view.table)
+    results = stage2_results(plan, t_env, prepared, lateness, view.table)
     # Rows wait at most this long in the sink: the row stages' max wait, or 100 ms.
     flush_ms = plan.row_stages[0].batching.max_wait_ms if plan.row_stages else 100
-    add_row_sink(plan, env, t_env.to_data_stream(result), view.rows, view.table, flush_ms)
+    add_row_sink(plan, env, results, view.rows, view.table, flush_ms)
+
+
+def stage2_results(
+    plan: TransformPlan, t_env: Any, prepared: Any, lateness: Lateness | None, table: str = PREPARED
+) -> Any:
+    """Stage 2's results (a DataStream, one row per key and time) over a view's ``prepared`` rows:
+    ``stage2_table``, and for an ``OVER`` aggregate the first of each key and time (``FirstOfTime``,
+    MLFS's Java function, chained: an ``OVER`` gives a row per tied input)."""
+    from pyflink.datastream import DataStream
+    from pyflink.java_gateway import get_gateway
+
+    results = t_env.to_data_stream(stage2_table(plan, t_env, prepared, lateness, table))
+    if not is_over(plan):
+        return results
+    first = get_gateway().jvm.mlfs.flink.FirstOfTime(len(plan.keys))
+    j_results = results._j_data_stream
+    return DataStream(j_results.flatMap(first, j_results.getType()).name(f"{table}-first-of-time"))
 
 
 def stage2_table(
     plan: TransformPlan, t_env: Any, prepared: Any, lateness: Lateness | None, table: str = PREPARED
 ) -> Any:
-    """Stage 2's results (a Table) over a view's ``prepared`` rows (a DataStream of
+    """Stage 2's SQL results (a Table) over a view's ``prepared`` rows (a DataStream of
     ``prepared_columns``), registered as ``table`` with its event time and watermark."""
     from pyflink.table import Schema
 
@@ -371,16 +389,29 @@ def add_row_sink(
     statements.attach_as_datastream()
 
 
+def in_name_order(builder: Any) -> Any:
+    """A ``FileSource`` builder whose files are read whole, one at a time, in name order: a file
+    source is one partition (DESIGN §2), whatever order a directory listing gives (MLFS's
+    ``NameOrderAssigner``, in ``flink_jar``)."""
+    from pyflink.java_gateway import get_gateway
+
+    builder._j_file_source_builder.setSplitAssigner(get_gateway().jvm.mlfs.flink.NameOrderAssigner.provider())
+    return builder
+
+
 def run_flink(
     plan: TransformPlan,
     events: Iterable[Any],
     lateness: Lateness | None = None,
     parallelism: int = 2,
     master: str | None = None,
+    files: int | None = None,
 ) -> EngineResult:
     """Run ``plan`` over finite ``events`` (in arrival order) as a Flink job; the same result type
-    as the reference engine. Dicts are sent as JSON text, which is how Flink sources read events."""
-    return run_flink_views([plan], events, lateness, parallelism, master)[0]
+    as the reference engine. Dicts are sent as JSON text, which is how Flink sources read events;
+    with ``files``, the events are split into that many JSON-lines files, read by Flink's file
+    source as ``mlfs serve-stream`` reads a stream directory."""
+    return run_flink_views([plan], events, lateness, parallelism, master, files)[0]
 
 
 def run_flink_views(
@@ -389,16 +420,15 @@ def run_flink_views(
     lateness: Lateness | None = None,
     parallelism: int = 2,
     master: str | None = None,
+    files: int | None = None,
 ) -> list[EngineResult]:
     """``run_flink`` for several views of one source in one job, sharing one stage 1 as
     ``mlfs serve-stream`` does; one result per view."""
-    from pyflink.common import Types
-
     texts = [_as_text(e) for e in events]
     spool = tempfile.mkdtemp(prefix="mlfs-flink-")
     try:
         env, t_env = flink_environment(parallelism, master)
-        raw = env.from_collection(texts, Types.STRING())
+        raw = _bounded_source(env, texts, files, os.path.join(spool, "events"))
         directories = [os.path.join(spool, f"view{v}") for v in range(len(plans))]
         views = []
         for v, (plan, directory) in enumerate(zip(plans, directories, strict=True)):
@@ -414,6 +444,26 @@ def run_flink_views(
         return [_read_spool(plan, d) for plan, d in zip(plans, directories, strict=True)]
     finally:
         shutil.rmtree(spool, ignore_errors=True)
+
+
+def _bounded_source(env: Any, texts: list[str], files: int | None, directory: str) -> Any:
+    """``texts`` as a DataStream: from a collection, or from ``files`` JSON-lines files in
+    ``directory`` read in name order (so in the same order)."""
+    from pyflink.common import Types, WatermarkStrategy
+    from pyflink.datastream.connectors.file_system import FileSource, StreamFormat
+
+    if files is None:
+        return env.from_collection(texts, Types.STRING())
+    if any("\n" in text or "\r" in text for text in texts):
+        raise ValueError("an event sent as a line of a file cannot hold a line break")
+    os.mkdir(directory)
+    size = -(-len(texts) // files)  # ceiling: ``files`` files, the last may be shorter
+    for number, first in enumerate(range(0, len(texts), size)):
+        lines = texts[first : first + size]
+        Path(directory, f"part-{number:05d}.jsonl").write_text("".join(f"{line}\n" for line in lines))
+    builder = FileSource.for_record_stream_format(StreamFormat.text_line_format(), directory)
+    source = in_name_order(builder.process_static_file_set()).build()
+    return env.from_source(source, WatermarkStrategy.no_watermarks(), "files").set_parallelism(1)
 
 
 def _wait_for_spools(spool: str, timeout_s: float = 60.0) -> None:
@@ -456,19 +506,21 @@ def _read_spool(plan: TransformPlan, spool: str) -> EngineResult:
             result.counts.rows_dead_lettered += len(letters)
             for row in written:
                 ident = (*(row[k] for k in plan.key_names), row[EVENT_TIMESTAMP])
-                held = rows.setdefault(ident, row)
-                if held != row:
-                    raise RuntimeError(f"Flink gave two different rows for {ident}: {held} and {row}")
+                if ident in rows:  # one row per key and time (DESIGN §2): a second is a bug
+                    raise RuntimeError(f"Flink gave two rows for {ident}: {rows[ident]} and {row}")
+                rows[ident] = row
     result.rows = [rows[k] for k in sorted(rows, key=repr)]
     return result
 
 
 def flink_engine(plan: TransformPlan, inputs: Any, ctx: FeatureContext) -> EngineResult:
-    """Engine entry point used by ``UnifiedTransformer.run`` (options: ``lateness``, ``parallelism``)."""
+    """Engine entry point used by ``UnifiedTransformer.run`` (options: ``lateness``,
+    ``parallelism``, ``master``, ``files``)."""
     return run_flink(
         plan,
         inputs,
         lateness=ctx.options.get("lateness"),
         parallelism=ctx.options.get("parallelism", 2),
         master=ctx.options.get("master"),
+        files=ctx.options.get("files"),
     )

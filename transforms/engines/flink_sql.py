@@ -13,7 +13,10 @@ aggregation then stays in Flink's Java operators:
 * hopping and tumbling: the ``HOP`` window table function grouped by window, keeping the windows
   with a row or marker in their last hop (exactly the ends where the window changed).
 
-The rows where several inputs share a key and time repeat the same values; readers keep one.
+An ``OVER`` aggregate gives a result per input row, and rows of one key and time (ties, or an
+event at another's leave time) share a frame, so they give equal results, one after another (one
+timer emits them all): ``is_over`` views pass their results through ``FirstOfTime`` (Java,
+stateless, chained), which keeps the first, so a key has one row per time (DESIGN §2).
 """
 
 from __future__ import annotations
@@ -162,6 +165,13 @@ def _aggregate_call(agg: Aggregation, v: str, o: str, input_dtype: DType | None)
     if isinstance(agg, CountDistinct):
         return f"COUNT(DISTINCT {v})"
     raise TypeError(f"no Flink compilation for {agg!r}")
+
+
+def is_over(plan: TransformPlan) -> bool:
+    """Whether stage 2 is an ``OVER`` aggregate (continuous and lifetime windows), whose results
+    repeat for rows of one key and time."""
+    window = plan.window
+    return not (isinstance(window, Sliding) and window.hop is not None)
 
 
 def stage2_sql(plan: TransformPlan, table: str = PREPARED) -> str:
