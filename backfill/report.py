@@ -21,5 +21,6 @@ class ViewReport:
     online_skipped: int = 0
     dead_letter_file: Path | None = None
     seconds: float = 0.0
-    chunks_skipped: int = 0
+    chunks_skipped: int = 0  # done by an interrupted run this one resumed
+    chunks_empty: int = 0  # with no event their values depend on: nothing computed
     end: datetime | None = None  # the range's end, when a resumed run kept an earlier one

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from backfill.report import ViewReport
 from backfill.spark_session import DEFAULT_MASTER, spark_session
@@ -26,7 +27,9 @@ from featurestore.repo import FeatureRepo
 from featurestore.runstatus import BackfillRecord, record_backfill
 from featurestore.view import StreamFeatureView
 from registry.catalog import load_catalog
+from transforms.dtypes import DType, UnixTimestamp, holds_values_of
 from transforms.errors import MLFSError
+from transforms.expressions import Select
 from transforms.plan import EVENT_TIMESTAMP, Runner, spec_hash
 
 ENGINES = ("spark", "reference")
@@ -121,8 +124,50 @@ def plan_backfill(
         files = history_files(path)
         if not files:
             raise MLFSError(f"view {view.name!r}: no history at {path} (source {view.source.name!r})")
+        check_history(view, files)
         plan.inputs[view.name] = files
     return plan
+
+
+def history_columns(view: StreamFeatureView) -> dict[str, DType]:
+    """The history columns a view reads, with the type each must hold, where the view says (a
+    Python event transform may read anything, so only its time field is known)."""
+    plan = view.plan
+    wanted: dict[str, DType] = dict(plan.keys)
+    for feature in plan.features:
+        if feature.aggregation.column is not None and feature.input_dtype is not None:
+            wanted.setdefault(feature.aggregation.column, feature.input_dtype)
+    transform = plan.event_transform
+    if isinstance(transform, Select):  # what a plain col(...) renames must hold the output's type
+        renamed = {out: spec[1] for out, spec in transform.spec()["select"].items() if spec[0] == "col"}
+        wanted = {renamed[out]: dtype for out, dtype in wanted.items() if out in renamed}
+    elif transform is not None:
+        wanted = {}
+    wanted.pop(plan.timestamp_field, None)  # every engine replaces it by the event time
+    return {plan.timestamp_field: UnixTimestamp, **wanted}
+
+
+def check_history(view: StreamFeatureView, files: list[Path]) -> None:
+    """Refuse, before any work, a history file that cannot be read or whose column types cannot
+    hold what the view reads (one line naming the file, the column and both types)."""
+    wanted = history_columns(view)
+    for file in files:
+        try:
+            schema = pq.read_schema(file)
+        except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise MLFSError(f"history file {file} is not readable Parquet: {first}") from None
+        if view.plan.timestamp_field not in schema.names:
+            raise MLFSError(
+                f"history file {file} has no column {view.plan.timestamp_field!r} "
+                f"(view {view.name!r}'s time field)"
+            )
+        for name, dtype in wanted.items():
+            if name in schema.names and not holds_values_of(schema.field(name).type, dtype):
+                raise MLFSError(
+                    f"history file {file}: column {name!r} is {schema.field(name).type}, "
+                    f"but view {view.name!r} needs {dtype} values from it"
+                )
 
 
 def _check_applied(store: Any, views: list[StreamFeatureView]) -> None:

@@ -20,6 +20,7 @@ import json
 import logging
 import shutil
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -54,6 +55,7 @@ from transforms.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, spec_hash
 from transforms.timeutil import datetime_to_ms, ms_to_datetime
 from transforms.windows import Lifetime, Sliding
 
+DAY_MS = 86_400_000
 MANIFEST = "manifest.json"
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ class Manifest:
     prepared: bool = False
     counts: dict[str, int] = field(default_factory=dict)
     first_ms: int | None = None
+    row_days: list[int] = field(default_factory=list)  # the UTC days (since 1970) with rows, sorted
     chunks_done: list[int] = field(default_factory=list)
     rows_dead_lettered: dict[str, int] = field(default_factory=dict)  # chunk -> rows a model stage refused
 
@@ -109,6 +112,16 @@ def chunks(first: datetime, end: datetime, start: datetime | None, days: int) ->
         out.append(Chunk(len(out), max(cursor, begin), stop))
         cursor = stop
     return out
+
+
+def has_rows(chunk: Chunk, row_days: list[int], reach: int | None) -> bool:
+    """Whether any row that a chunk's values depend on lies on one of ``row_days`` (a chunk of an
+    empty stretch of history has nothing to compute: no Spark job for it)."""
+    c0, c1 = datetime_to_ms(chunk.start), datetime_to_ms(chunk.end)
+    first_day = (c0 - (reach or 0)) // DAY_MS
+    last_day = (c1 - 1) // DAY_MS
+    i = bisect_left(row_days, first_day)
+    return i < len(row_days) and row_days[i] <= last_day
 
 
 def lookback_ms(view: StreamFeatureView) -> int | None:
@@ -175,6 +188,8 @@ def backfill_view_spark(
         manifest.prepared = True
         manifest.counts = asdict(counts)
         manifest.first_ms = first
+        days = stage1().filter(F.col(KIND) == ROW).select(F.floor(F.col(TS) / DAY_MS).alias("d"))
+        manifest.row_days = sorted(int(r["d"]) for r in days.distinct().collect())
         manifest.save(work / MANIFEST)
         log.info("%s: stage 1 and dead letters in %.1fs", view.name, time.monotonic() - clock)
         clock = time.monotonic()
@@ -191,6 +206,16 @@ def backfill_view_spark(
         staged_dirs.append(staged)
         if chunk.index in manifest.chunks_done:
             report.chunks_skipped += 1
+            if tick:
+                tick(1)
+            continue
+        if not has_rows(chunk, manifest.row_days, reach):
+            if view.offline:  # what an earlier backfill wrote there goes (a rewrite is idempotent)
+                stats = offline.write(view, [], created, chunk.start, chunk.end)
+                report.partitions += stats.partitions
+            manifest.chunks_done.append(chunk.index)
+            manifest.save(work / MANIFEST)
+            report.chunks_empty += 1
             if tick:
                 tick(1)
             continue

@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Prometheus /metrics port (default 9464, 0: any free)",
     )
     stream.add_argument("--no-metrics", action="store_true", help="serve no Prometheus endpoint")
+    stream.add_argument(
+        "--max-restarts",
+        type=int,
+        metavar="N",
+        help="restarts after failures before serve-stream stops with the cause (default: 10)",
+    )
     _repo_option(stream)
 
     verify = commands.add_parser("verify", help="run a view on every engine over a sample and diff the rows")
@@ -194,6 +200,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             f"{r.partitions} partition(s); online {r.online_written} keys written"
             + (f", {r.online_skipped} kept (newer)" if r.online_skipped else "")
             + (f"; {r.chunks_skipped} chunk(s) already done" if r.chunks_skipped else "")
+            + (f"; {r.chunks_empty} chunk(s) of empty history" if r.chunks_empty else "")
             + f"; {r.seconds:.1f}s"
         )
         if r.dead_letter_file:
@@ -265,6 +272,23 @@ def _compact_every(value: object) -> float | None:
     return seconds or None
 
 
+def _whole(name: str, value: object) -> int:
+    """A whole number of at least 0 (a flag or ``mlfs.flink`` key named ``name``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise MLFSError(f"{name} must be a whole number of at least 0, got {value!r}")
+    return value
+
+
+def _seconds(name: str, value: object) -> float:
+    try:
+        seconds = float(str(value))
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise MLFSError(f"{name} must be a number of seconds of at least 0, got {value!r}")
+    return seconds
+
+
 def cmd_serve_stream(args: argparse.Namespace) -> int:
     from featurestore.repo import load_repo
     from featurestore.stream.service import StreamOptions, connector_jars, serve_stream
@@ -285,6 +309,11 @@ def cmd_serve_stream(args: argparse.Namespace) -> int:
         metrics_port=None if args.no_metrics else _port(args.metrics_port, flink.get("metrics_port", 9464)),
         flink_config={str(k): str(v) for k, v in (flink.get("config") or {}).items()},
         jars=connector_jars([str(j) for j in flink.get("jars") or []], repo.settings.repo_path),
+        max_restarts=_whole(
+            "--max-restarts",
+            args.max_restarts if args.max_restarts is not None else flink.get("max_restarts", 10),
+        ),
+        restart_delay_s=_seconds("mlfs.flink.restart_delay_s", flink.get("restart_delay_s", 5)),
     )
     if options.parallelism < 1:
         raise MLFSError("--parallelism must be at least 1")

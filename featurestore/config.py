@@ -1,12 +1,15 @@
 """Repository settings: Feast's ``feature_store.yaml`` plus its ``mlfs:`` section.
 
-``${VAR}`` references anywhere in the file are replaced from the environment (as Feast does), so
-credentials such as a Redis password live in the environment, never in the file.
+``${VAR}`` references in the file are replaced from the environment (as Feast does), so
+credentials such as a Redis password live in the environment, never in the file; a reference to a
+variable that is not set is an error naming it.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,16 +62,53 @@ def _resolve(repo: Path, value: str) -> Path:
     return path if path.is_absolute() else repo / path
 
 
+_REFERENCE = re.compile(r"\$\{([^}]*)\}")
+
+
+def _parse(config_file: Path, text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{config_file}: not valid YAML: {problem}{where}") from None
+
+
+def _references(value: Any) -> Iterator[str]:
+    """The ``${NAME}`` references in the keys and string values of parsed YAML."""
+    if isinstance(value, str):
+        yield from _REFERENCE.findall(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _references(key)
+            yield from _references(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _references(item)
+
+
+def _read_config(config_file: Path) -> Any:
+    """The file's YAML with ``${NAME}`` references replaced from the environment, as Feast reads
+    it (references in comments are not looked at); an undefined reference is an error."""
+    try:
+        text = config_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{config_file}: not UTF-8 text (byte {err.start})") from None
+    undefined = sorted({name for name in _references(_parse(config_file, text)) if name not in os.environ})
+    if undefined:
+        names = ", ".join(f"${{{name}}}" for name in undefined)
+        raise ConfigError(f"{config_file}: {names} is not set in the environment")
+    return _parse(config_file, os.path.expandvars(text)) or {}
+
+
 def load_settings(repo_path: str | Path) -> RepoSettings:
     """Read ``feature_store.yaml`` in ``repo_path`` (``ConfigError`` with the reason if unusable)."""
     repo = Path(repo_path).resolve()
     config_file = repo / CONFIG_FILE
     if not config_file.is_file():
         raise ConfigError(f"no {CONFIG_FILE} in {repo} (create a repository with `mlfs init DIR`)")
-    try:
-        raw = yaml.safe_load(os.path.expandvars(config_file.read_text())) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{config_file}: not valid YAML: {err}") from None
+    raw = _read_config(config_file)
     if not isinstance(raw, dict) or not isinstance(raw.get("project"), str):
         raise ConfigError(f"{config_file}: needs a 'project' name")
     registry = raw.get("registry", "data/registry.db")

@@ -20,6 +20,7 @@ from featurestore.config import RepoSettings, load_settings
 from featurestore.definitions import Entity, StreamSource
 from featurestore.view import StreamFeatureView
 from transforms.errors import DefinitionError
+from transforms.usercode import USER_CODE_ERRORS
 
 IGNORE_FILE = ".mlfsignore"
 _SKIP_DIRS = {"data", "__pycache__", "venv", ".venv", "node_modules"}
@@ -92,7 +93,7 @@ def _import(repo: Path, relative: Path) -> Any:
         module = importlib.import_module(name)
     except DefinitionError as err:
         raise err.in_file(relative.as_posix()) from None
-    except Exception as err:
+    except USER_CODE_ERRORS as err:
         line = ""
         for frame in reversed(traceback.extract_tb(err.__traceback__)):
             if frame.filename == str(repo / relative):

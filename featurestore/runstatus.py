@@ -90,12 +90,12 @@ class StreamJobRecord:
 
 
 def stream_job_state(work_path: Path) -> dict[str, Any] | None:
-    """The job record, with ``state`` "lost" where a job recorded as running stopped refreshing
-    it (killed, or its machine gone)."""
+    """The job record, with ``state`` "lost" where a job recorded as starting, running or stopping
+    stopped refreshing it (killed, or its machine gone)."""
     data = read_json(stream_job_path(work_path))
     if data is None:
         return None
     silent_s = time.time() - float(data.get("heartbeat", 0))
-    if data.get("state") in ("starting", "running") and silent_s > STALE_AFTER_S:
+    if data.get("state") in ("starting", "running", "stopping") and silent_s > STALE_AFTER_S:
         data["state"] = "lost"
     return data

@@ -19,6 +19,7 @@ from transforms.plan import (
 )
 from transforms.timeutil import duration_ms
 from transforms.transformer import UnifiedTransformer
+from transforms.usercode import USER_CODE_ERRORS
 
 MODES = ("flink", "spark", "beam")
 KEY_TYPES = ("String", "Int64", "Int32")
@@ -92,7 +93,7 @@ class StreamFeatureView:
             out = self.function(self.context(Runner.PLAN), SymbolicInput(self.name))
         except DefinitionError:
             raise
-        except Exception as err:
+        except USER_CODE_ERRORS as err:
             raise DefinitionError(
                 self.name,
                 f"calling the view function to capture its definition failed: {type(err).__name__}: {err}",

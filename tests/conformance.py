@@ -119,9 +119,14 @@ def conformance_view(window: str, transform: bool | str = True) -> StreamFeature
     )
 
 
+# Quarter-multiples within +-100 (they add exactly), and now and then an infinity (a wrong_type).
+VALUES_OR_INFINITY = [n / 4 for n in range(-400, 400)] + [float("inf"), float("-inf")] * 3
+
+
 def generate_events(seed: int, n: int = 1500, keys: int = 12) -> list[dict[str, Any]]:
     """Random events in random order: times clustered on window boundaries (multiples of
-    500 ms, +-1 ms), ties, nulls, bad times, missing keys and every transform outcome."""
+    500 ms, +-1 ms), ties, nulls, infinities, bad times, missing keys and every transform
+    outcome."""
     rng = random.Random(seed)
     events = []
     for _ in range(n):
@@ -137,7 +142,7 @@ def generate_events(seed: int, n: int = 1500, keys: int = 12) -> list[dict[str, 
             {
                 "user_id": None if rng.random() < 0.01 else f"k{rng.randrange(keys)}",
                 "timestamp": stamp,
-                "v": None if rng.random() < 0.15 else rng.randrange(-400, 400) / 4,
+                "v": None if rng.random() < 0.15 else rng.choice(VALUES_OR_INFINITY),
                 "i": None if rng.random() < 0.15 else rng.randrange(-50, 50),
                 "tag": None if rng.random() < 0.15 else rng.choice("abcde"),
                 "kind": rng.choices(["keep", "drop", "split", "boom", "wrong"], [85, 5, 6, 2, 2])[0],

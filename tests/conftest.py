@@ -77,12 +77,15 @@ def wait_for_json(url: str, ready: Callable[[Any], bool], what: str, timeout_s: 
         time.sleep(0.5)
 
 
-def start_redis(directory: Path) -> tuple[int, subprocess.Popen[bytes]]:
-    """A real redis-server of a test's own, on a free port (stop it with ``stop_redis``)."""
+def start_redis(
+    directory: Path, port: int | None = None, persist: bool = False
+) -> tuple[int, subprocess.Popen[bytes]]:
+    """A real redis-server of a test's own, on a free port (stop it with ``stop_redis``); with
+    ``persist``, its data survives a stop and a start on the same ``directory``."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed (scripts/setup.sh installs it)")
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen(
         [
             binary,
@@ -93,7 +96,9 @@ def start_redis(directory: Path) -> tuple[int, subprocess.Popen[bytes]]:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if persist else "no",
+            "--appendfsync",
+            "always",
             "--dir",
             str(directory),
         ],

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -98,26 +99,6 @@ BROKEN = {
         "features.py: view 'merchant_amount_1h': missing entity 'shop'",
     ),
 }
-
-
-@pytest.mark.parametrize("case", sorted(BROKEN))
-def test_apply_rejects_broken_definitions_and_changes_nothing(
-    repo: Path, capsys: pytest.CaptureFixture[str], case: str
-) -> None:
-    assert main(["apply", "--repo", str(repo)]) == 0
-    registry = repo / "data" / "registry.db"
-    before = registry.read_bytes()
-    old, new, message = BROKEN[case]
-    features = repo / "features.py"
-    text = features.read_text()
-    assert old in text
-    features.write_text(text.replace(old, new, 1))
-    capsys.readouterr()
-    code, out, err = run(capsys, "apply", "--repo", str(repo))
-    assert code == 1 and out == ""
-    assert err.startswith(f"mlfs: error: {message}"), err
-    assert len(err.strip().splitlines()) == 1
-    assert registry.read_bytes() == before
 
 
 def test_apply_rejects_duplicate_view_names(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -301,3 +282,106 @@ def test_a_view_keyed_by_two_entities_is_read_back_by_feast(repo: Path) -> None:
     got = history.to_df().sort_values(["user_id", "merchant_id", "event_timestamp"])
     want = sorted((r["user_id"], r["merchant_id"], r[EVENT_TIMESTAMP], r["pair_count_7d"]) for r in asked)
     assert [int(n) for n in got["pair_count_7d"]] == [w[3] for w in want]
+
+
+def _replaced(old: str, new: str) -> Callable[[str], str]:
+    def replace(text: str) -> str:
+        assert old in text
+        return text.replace(old, new, 1)
+
+    return replace
+
+
+BROKEN_FILES = {
+    # (file, how it is broken, the one-line error after "mlfs: error: ")
+    **{case: ("features.py", _replaced(old, new), message) for case, (old, new, message) in BROKEN.items()},
+    "undefined variable": (
+        "feature_store.yaml",
+        lambda text: text.replace("path: data/online_store.db", "path: ${MLFS_NOPE_UNDEFINED}/online.db"),
+        "feature_store.yaml: ${MLFS_NOPE_UNDEFINED} is not set in the environment",
+    ),
+    "not UTF-8": (
+        "feature_store.yaml",
+        lambda text: text.replace("provider: local", "provider: loc\udcffal"),
+        "feature_store.yaml: not UTF-8 text (byte ",
+    ),
+    "YAML syntax": (
+        "feature_store.yaml",
+        lambda text: text.replace("provider: local", "provider: [local"),
+        "feature_store.yaml: not valid YAML: ",
+    ),
+    "sys.exit in a repository file": (
+        "features.py",
+        lambda text: text.replace("\nuser = Entity(", "\nimport sys\nsys.exit(3)\nuser = Entity(", 1),
+        "features.py: importing failed (line ",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_FILES))
+def test_broken_definitions_configuration_and_files_are_one_line_errors_and_change_nothing(
+    repo: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    assert main(["apply", "--repo", str(repo)]) == 0
+    registry = repo / "data" / "registry.db"
+    before = registry.read_bytes()
+    name, breaks, message = BROKEN_FILES[case]
+    path = repo / name
+    path.write_bytes(breaks(path.read_text()).encode("utf-8", "surrogateescape"))
+    capsys.readouterr()
+    for command in ("plan", "apply"):
+        code, out, err = run(capsys, command, "--repo", str(repo))
+        assert code == 1 and out == "", (out, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("mlfs: error: "), err
+        assert message in lines[0], err
+    assert registry.read_bytes() == before
+    assert not list(repo.glob("*MLFS_NOPE*")) and not list(repo.glob("$*"))
+
+
+def _truncated(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _amount_as_text(path: Path) -> None:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    index = table.schema.get_field_index("amount")
+    pq.write_table(table.set_column(index, "amount", pc.cast(table.column("amount"), "string")), path)
+
+
+def _no_time(path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    pq.write_table(pq.read_table(path).drop_columns(["timestamp"]), path)
+
+
+BROKEN_HISTORY = {
+    "truncated": (_truncated, "is not readable Parquet: "),
+    "amount as text": (_amount_as_text, ": column 'amount' is string, but view "),
+    "no time column": (_no_time, " has no column 'timestamp' (view "),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_HISTORY))
+def test_broken_history_files_are_one_line_errors_before_any_work(
+    repo: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    assert main(["apply", "--repo", str(repo)]) == 0
+    end = ["--end", AS_OF.isoformat(), "--engine", "reference", "--repo", str(repo)]
+    assert main(["backfill", *end]) == 0
+    offline = repo / "data" / "offline"
+    before = {p: p.read_bytes() for p in offline.rglob("*") if p.is_file()}
+    breaks, message = BROKEN_HISTORY[case]
+    history = repo / "data" / "history" / "payments.parquet"
+    breaks(history)
+    capsys.readouterr()
+    for engine, dry_run in (("reference", []), ("spark", ["--dry-run"])):
+        code, _, err = run(capsys, "backfill", *end[:-3], engine, "--repo", str(repo), *dry_run)
+        lines = err.strip().splitlines()
+        assert code == 1 and len(lines) == 1, err
+        assert lines[0].startswith(f"mlfs: error: history file {history}") and message in lines[0], err
+    assert {p: p.read_bytes() for p in offline.rglob("*") if p.is_file()} == before

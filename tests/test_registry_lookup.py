@@ -18,6 +18,7 @@ from registry.catalog import Catalog, RegistryLookupError, load_catalog, paginat
 from registry.lineage import lineage
 from registry.status import view_status
 from registry.synthetic import TEAMS
+from transforms.errors import DefinitionError
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -208,7 +209,7 @@ def test_reads_never_import_the_repository(repo: Path, tmp_path: Path) -> None:
     catalog = load_catalog(feast_store(load_settings(copy)))
     assert len(catalog.list_views()) == 4
     assert lineage(catalog, "user_payment_stats_7d").nodes
-    with pytest.raises(SystemExit):
+    with pytest.raises(DefinitionError, match="registered code was imported"):
         load_repo(copy)  # the marker does fire when the code is imported
 
 

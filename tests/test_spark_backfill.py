@@ -224,3 +224,38 @@ def test_standalone_cluster_gives_the_reference_rows(tmp_path: Path, standalone_
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert_reference_output(cluster)
     shutil.rmtree(tmp_path / "cluster" / "data" / "offline")
+
+
+def test_history_outside_the_years_or_far_apart_costs_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A row dated year 1 was cut into 105,700 weekly chunks (10 hours); it is a bad_time dead
+    # letter now. A row at the epoch (1970, a time a null became) is valid: the 56 years of empty
+    # history after it cost no Spark job.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    repo_path = example_repo(tmp_path / "repo", events=300)
+    assert main(["apply", "--repo", str(repo_path)]) == 0
+    history = repo_path / "data" / "history" / "payments.parquet"
+    table = pq.read_table(history)
+    first = table.slice(0, 1).to_pylist()[0]
+    odd = [
+        {**first, "payment_id": "year-1", "timestamp": first["timestamp"].replace(year=1)},
+        {**first, "payment_id": "epoch", "timestamp": first["timestamp"].replace(year=1970, month=1, day=1)},
+    ]
+    pq.write_table(pa.concat_tables([table, pa.Table.from_pylist(odd, schema=table.schema)]), history)
+    capsys.readouterr()
+    assert main(backfill_args(repo_path, "--chunk-days", "7")) == 0
+    out = capsys.readouterr().out
+    assert " chunk(s) of empty history" in out, out
+    repo = load_repo(repo_path)
+    assert not list((repo.settings.offline_path / VIEW).glob("date=0001-*"))
+    assert list((repo.settings.offline_path / VIEW).glob("date=1970-01-01"))
+    assert_reference_output(repo_path)
+    letters = [
+        DeadLetter.from_json(line)
+        for p in (repo_path / "data" / "dead_letter").rglob("*.jsonl")
+        for line in p.read_text().splitlines()
+    ]
+    assert [d.reason for d in letters if "year-1" in d.raw] == ["bad_time"]

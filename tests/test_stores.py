@@ -501,3 +501,65 @@ def test_entity_keys_are_feasts_and_bounded(tmp_path: Path) -> None:
         want = [serialize_entity_key(p, 3) for p in entity_key_protos(view, rows)]
         assert keys.serialize(view, rows) == want
         assert len(keys._known) <= max(4, len(set(batch)))
+
+
+def test_redis_connection_strings_take_redis_options_and_refuse_others() -> None:
+    from featurestore.online.redis_writer import redis_client, redis_options
+    from transforms.errors import MLFSError
+
+    host, port, options = redis_options(
+        "cache:6380,password=p%2Cw,db=2,ssl=true,ssl_ca_certs=/etc/ca.pem,socket_timeout=1.5"
+    )
+    assert (host, port) == ("cache", 6380)
+    assert options == {
+        "password": "p,w",
+        "db": 2,
+        "ssl": True,
+        "ssl_ca_certs": "/etc/ca.pem",
+        "socket_timeout": 1.5,
+    }
+    kwargs = redis_client("cache:6380").connection_pool.connection_kwargs
+    assert kwargs["socket_connect_timeout"] == 5.0 and kwargs["socket_timeout"] == 10.0  # never forever
+    for bad, message in [
+        ("cache:6380,sssl=true", "unknown option 'sssl'"),
+        ("cache:6380,timeout", "unknown option 'timeout'"),
+        ("cache", "must start with host:port"),
+        ("cache:port", "is not a number"),
+    ]:
+        with pytest.raises(MLFSError, match=message):
+            redis_options(bad)
+    with pytest.raises(MLFSError) as raised:
+        redis_options("password=s3cret,cache:1")
+    assert "s3cret" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("connection", "error"),
+    [
+        (",ssl=true,socket_timeout=2,socket_connect_timeout=2", "online store redis at 127.0.0.1:"),
+        (",password=wrong", "AuthenticationError"),
+    ],
+)
+def test_a_redis_that_does_not_answer_or_refuses_is_a_one_line_error(
+    tmp_path: Path,
+    redis_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    connection: str,
+    error: str,
+) -> None:
+    # TLS against a server without it (hung for minutes without timeouts), and a wrong password.
+    from featurestore.cli import main
+
+    redis.Redis(port=redis_port).config_set("requirepass", "right")
+    repo = example_repo(tmp_path / "repo", events=300, redis_env="MLFS_TEST_REDIS")
+    monkeypatch.setenv("MLFS_TEST_REDIS", f"127.0.0.1:{redis_port}{connection}")
+    assert main(["apply", "--repo", str(repo)]) == 0
+    capsys.readouterr()
+    started = time.monotonic()
+    code = main(["backfill", "--engine", "reference", "--end", AS_OF.isoformat(), "--repo", str(repo)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and time.monotonic() - started < 30
+    assert len(err) == 1 and err[0].startswith("mlfs: error: online store redis at 127.0.0.1:"), err
+    assert error in err[0] and "right" not in err[0]
+    assert not (repo / "data" / "offline").exists()  # nothing written before the store was reached

@@ -49,3 +49,17 @@ def test_metrics_endpoint(tmp_path: Path) -> None:
         assert err.value.code == 404
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize("state", ["starting", "running", "stopping"])
+def test_a_job_record_no_longer_refreshed_is_lost(tmp_path: Path, state: str) -> None:
+    # A serve-stream killed while stopping left "stopping" for good; any state of a live job that
+    # stops refreshing its record reads as lost.
+    from featurestore.runstatus import STALE_AFTER_S, StreamJobRecord, stream_job_state, write_json
+
+    record = StreamJobRecord(tmp_path, ["v"], "local")
+    for written, read in ((state, "lost"), ("stopped", "stopped")):
+        record.write(state=written)
+        assert stream_job_state(tmp_path)["state"] == written  # type: ignore[index]
+        write_json(record.path, {**record.data, "heartbeat": time.time() - STALE_AFTER_S - 1})
+        assert stream_job_state(tmp_path)["state"] == read  # type: ignore[index]

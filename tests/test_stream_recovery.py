@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-from repo_helpers import example_repo
 from test_stream_service import (
     STARTUP_S,
     assert_same_outcome,
     drop_file,
+    empty_stream_repo,
     no_leftover_jobs,
     payments,
     reference_outcome,
@@ -28,7 +28,6 @@ from test_stream_service import (
     wait_for,
 )
 
-from featurestore.cli import main
 from featurestore.repo import load_repo
 from featurestore.stream.sinks import read_status
 
@@ -66,15 +65,6 @@ def finish(job: subprocess.Popen[str], repo: Path) -> str:
     return stop_when_quiet(job, status_dir, [name for name, _ in VIEWS])
 
 
-def new_repo(path: Path) -> tuple[Path, Path]:
-    repo = example_repo(path, events=200)
-    assert main(["apply", "--repo", str(repo)]) == 0
-    stream_dir = repo / "data" / "stream" / "payments"
-    for old in stream_dir.iterdir():
-        old.unlink()
-    return repo, stream_dir
-
-
 def completed_checkpoint_since(directory: Path, since: float) -> bool:
     return any(m.stat().st_mtime > since for m in directory.glob("*/chk-*/_metadata"))
 
@@ -88,7 +78,7 @@ def test_kill_and_restart_gives_the_uninterrupted_result(tmp_path: Path) -> None
     files = stream_files()
     total = sum(len(f) for f in files)
 
-    crashed, crashed_dir = new_repo(tmp_path / "crashed")
+    crashed, crashed_dir = empty_stream_repo(tmp_path / "crashed")
     checkpoints = load_repo(crashed).settings.work_path / "stream" / "checkpoints"
     job = start(crashed)
     drop_file(crashed_dir, "0.jsonl", files[0])

@@ -32,8 +32,9 @@ from registry.status import view_status
 from transforms.compare import same_value
 from transforms.engines.reference import run_reference
 from transforms.errors import MLFSError
+from transforms.events import DeadLetter, EventPreparer, raw_text
 from transforms.plan import EVENT_TIMESTAMP
-from transforms.timeutil import ms_to_datetime, parse_event_time
+from transforms.timeutil import ms_to_datetime
 from transforms.windows import Sliding
 
 pytestmark = [
@@ -70,6 +71,16 @@ def payments(rng: random.Random, start_s: float, n: int) -> list[str]:
             )
         )
     return lines
+
+
+def empty_stream_repo(path: Path, redis_env: str | None = None) -> tuple[Path, Path]:
+    """An applied example repository with nothing in its stream directory: (repository, directory)."""
+    repo = example_repo(path, events=100, redis_env=redis_env)
+    assert main(["apply", "--repo", str(repo)]) == 0
+    stream_dir = repo / "data" / "stream" / "payments"
+    for old in stream_dir.iterdir():
+        old.unlink()
+    return repo, stream_dir
 
 
 def drop_file(directory: Path, name: str, lines: list[str]) -> None:
@@ -233,11 +244,7 @@ def test_a_tied_backlog_read_in_name_order_then_new_files_equal_the_reference(tm
     """24 files already in the directory when the job starts, listed in no particular order, are
     read whole in name order (none is late), then 3 more one at a time; many events share a key and
     a minute: every view's offline rows are the reference's, one per key and time."""
-    repo_path = example_repo(tmp_path / "repo", events=100)
-    assert main(["apply", "--repo", str(repo_path)]) == 0
-    stream_dir = repo_path / "data" / "stream" / "payments"
-    for old in stream_dir.iterdir():
-        old.unlink()
+    repo_path, stream_dir = empty_stream_repo(tmp_path / "repo")
     rng = random.Random(5)
     backlog = [tied_payments(rng, 3 * n, 3) for n in range(24)]  # 72 minutes
     later = [tied_payments(rng, 72 + 3 * n, 3) for n in range(3)]
@@ -301,23 +308,20 @@ def assert_one_row_per_key_and_time(offline: ParquetOfflineStore, view: Any, rep
     assert not twice, f"{view.name}: {len(twice)} of {len(held)} rows written twice, e.g. {twice[:3]}"
 
 
-def reference_outcome(repo_path: Path, views: list[tuple[str, str]], arrivals: list[str]) -> dict[str, Any]:
+def reference_outcome(repo_path: Path, views: list[tuple[str, str]], arrivals: list[Any]) -> dict[str, Any]:
     """What ``stream_outcome`` must find after ``arrivals`` (in this order) were streamed and the job
     stopped, by the reference engine: the rows Flink's final watermark has reached, the latest of
     them per key online, the dead letters and the counts."""
     repo = load_repo(repo_path)
-    times = []
-    for line in arrivals:
-        try:
-            times.append(parse_event_time(json.loads(line)["timestamp"]))
-        except (ValueError, TypeError, KeyError):
-            pass  # a bad event: it moves no watermark
+    # The source's event times: a bad event moves no watermark.
+    timing = EventPreparer(repo.views[views[0][0]].plan)
+    times = [t for line in arrivals if not isinstance(t := timing.decode_and_time(line), DeadLetter)]
     result: dict[str, Any] = {}
     for name, key in views:
         view = repo.views[name]
         lateness = lateness_of(view.source)
         expected = run_reference(view.plan, arrivals, lateness=lateness)
-        watermark = max(times) - lateness.max_out_of_orderness_ms - 1
+        watermark = max(time_ms for _, time_ms in times) - lateness.max_out_of_orderness_ms - 1
         # Rows are emitted once the watermark reaches them (a hopping window: its last millisecond).
         window = view.plan.window
         bound = ms_to_datetime(
@@ -335,13 +339,14 @@ def reference_outcome(repo_path: Path, views: list[tuple[str, str]], arrivals: l
     return result
 
 
-def with_positions(letters: list[Any], arrivals: list[str]) -> list[tuple[int, str, str]]:
+def with_positions(letters: list[Any], arrivals: list[Any]) -> list[tuple[int, str, str]]:
     """(source position ``seq``, reason, raw) of each reference dead letter: the reference rejects
     events in arrival order, so each letter is the next arrival with its text (1-based, as Flink's)."""
+    texts = [raw_text(arrival) for arrival in arrivals]
     out = []
     position = 0
     for letter in letters:
-        position = arrivals.index(letter.raw, position) + 1
+        position = texts.index(letter.raw, position) + 1
         out.append((position, letter.reason, letter.raw))
     return sorted(out)
 

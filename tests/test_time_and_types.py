@@ -87,6 +87,9 @@ def test_coerce_rules() -> None:
         ("1", Int64),
         (2**31, Int32),
         ("soon", UnixTimestamp),
+        (float("inf"), Float64),  # an infinity would poison every sum it enters
+        (float("-inf"), Float64),
+        ([1.0, float("inf")], Array(Float64)),
     ]:
         with pytest.raises(CoercionError):
             coerce(value, dtype)

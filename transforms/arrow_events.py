@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from transforms.dtypes import DType
 from transforms.expressions import NotVectorisable, Select
 from transforms.plan import TransformPlan
+from transforms.timeutil import FIRST_EVENT_MS, MAX_TIME_MS
 
 # How each value type is held inside the engines (timestamps as epoch milliseconds).
 ENGINE_TYPES: dict[str, pa.DataType] = {
@@ -125,7 +126,8 @@ def split_clean(plan: TransformPlan, batch: pa.RecordBatch) -> VectorisedBatch |
     raw_ms = _time_ms(time_column)
     if raw_ms is None:
         return None
-    timed = pc.fill_null(pc.and_(pc.is_valid(time_column), pc.greater_equal(raw_ms, 0)), False)
+    in_range = pc.and_(pc.greater_equal(raw_ms, FIRST_EVENT_MS), pc.less_equal(raw_ms, MAX_TIME_MS))
+    timed = pc.fill_null(pc.and_(pc.is_valid(time_column), in_range), False)
     kept = pa.array(np.ones(batch.num_rows, dtype=bool))
     if isinstance(transform, Select):
         try:
@@ -138,6 +140,11 @@ def split_clean(plan: TransformPlan, batch: pa.RecordBatch) -> VectorisedBatch |
         if column is None or column.type not in _KEY_TYPES[dtype.name]:
             return None
         clean = pc.and_(clean, pc.is_valid(column))
+    for feature in plan.features:
+        column = columns.get(feature.aggregation.column or "")
+        if feature.input_dtype is not None and feature.input_dtype.is_float and column is not None:
+            if pa.types.is_floating(column.type):  # an infinity is the row path's wrong_type
+                clean = pc.and_(clean, pc.fill_null(pc.invert(pc.is_inf(column)), True))
     clean = pc.and_(pc.fill_null(clean, False), kept)
     filtered = pc.and_(timed, pc.invert(kept))
     n = pc.sum(clean).as_py() or 0

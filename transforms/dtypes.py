@@ -78,7 +78,8 @@ def coerce(value: Any, dtype: DType) -> Any:
     """Return ``value`` as the Python value of ``dtype``, ``None`` for null.
 
     Rules (the same in every engine): ints are accepted where floats are expected, never the
-    reverse; bools are not numbers; float NaN is null; timestamps accept everything
+    reverse; bools are not numbers; float NaN is null and an infinity does not fit (the event is a
+    ``wrong_type`` dead letter, so it never poisons a sum); timestamps accept everything
     ``parse_event_time`` accepts and become UTC datetimes with millisecond precision.
     """
     if value is None:
@@ -95,8 +96,15 @@ def coerce(value: Any, dtype: DType) -> Any:
             raise CoercionError(f"{value} is out of range for {name}")
     elif name in ("Float32", "Float64"):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            as_float = float(value)
-            return None if math.isnan(as_float) else as_float
+            try:
+                as_float = float(value)
+            except OverflowError:  # an integer beyond any float
+                raise CoercionError(f"{name} must be finite, got an integer beyond any float") from None
+            if math.isnan(as_float):
+                return None
+            if math.isinf(as_float):
+                raise CoercionError(f"{name} must be finite, got {as_float}")
+            return as_float
     elif name == "Bool":
         if isinstance(value, bool):
             return value
@@ -130,3 +138,40 @@ def feature_value(value: Any, dtype: DType) -> Any:
     if dtype.element is not None and dtype.element.name == "UnixTimestamp":
         return [None if v is None else v.replace(microsecond=0) for v in value]
     return value
+
+
+def holds_values_of(arrow_type: Any, dtype: DType) -> bool:
+    """Whether a column of ``arrow_type`` (a pyarrow type) can hold values that ``coerce`` accepts
+    for ``dtype``: a history column whose type cannot is refused before a backfill starts, instead
+    of making every row a ``wrong_type`` dead letter."""
+    import pyarrow as pa
+
+    types = pa.types
+    if types.is_null(arrow_type):
+        return True
+    if types.is_dictionary(arrow_type):
+        return holds_values_of(arrow_type.value_type, dtype)
+    name = dtype.name
+    if name == "String":
+        return bool(types.is_string(arrow_type) or types.is_large_string(arrow_type))
+    if name in _INT_BOUNDS:
+        return bool(types.is_integer(arrow_type))
+    if name in ("Float32", "Float64"):
+        return bool(types.is_integer(arrow_type) or types.is_floating(arrow_type))
+    if name == "Bool":
+        return bool(types.is_boolean(arrow_type))
+    if name == "Bytes":
+        return bool(types.is_binary(arrow_type) or types.is_large_binary(arrow_type))
+    if name == "UnixTimestamp":  # what parse_event_time accepts
+        return bool(
+            types.is_timestamp(arrow_type)
+            or types.is_string(arrow_type)
+            or types.is_large_string(arrow_type)
+            or types.is_integer(arrow_type)
+            or types.is_floating(arrow_type)
+        )
+    if name == "Array":
+        assert dtype.element is not None
+        is_list = types.is_list(arrow_type) or types.is_large_list(arrow_type)
+        return bool(is_list and holds_values_of(arrow_type.value_type, dtype.element))
+    return False

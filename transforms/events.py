@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -17,7 +18,8 @@ from typing import Any
 
 from transforms.dtypes import CoercionError, coerce
 from transforms.plan import TransformPlan
-from transforms.timeutil import ms_to_datetime, parse_event_time
+from transforms.timeutil import ms_to_datetime, parse_event_timestamp
+from transforms.usercode import USER_CODE_ERRORS
 
 # Dead-letter reasons.
 UNPARSEABLE = "unparseable"
@@ -128,30 +130,85 @@ class PreparedEvent:
     rows: list[tuple[Key, Values]] = field(default_factory=list)
 
 
+# An event nested deeper than this is unparseable (the same fixed depth on every engine: Python's
+# own limit depends on how deep the caller's stack already is).
+MAX_JSON_DEPTH = 64
+# What MLFS's Flink readers (``flink_java``: ``Utf8Lines``, ``Utf8Strings``) and ``event_text`` put
+# before an event whose bytes are not UTF-8, followed by its bytes as Latin-1 (one character per
+# byte, so nothing is lost on the way); no JSON text starts with it, so it never hides a good event.
+NOT_UTF8 = "\x00not-utf-8\x00"
+_STRING_OR_BRACKET = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def event_text(raw: bytes | bytearray) -> str:
+    """An event's bytes as text: UTF-8, or ``NOT_UTF8`` and the bytes as Latin-1."""
+    try:
+        return bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return NOT_UTF8 + bytes(raw).decode("latin-1")
+
+
+def parse_json(text: str | bytes | bytearray) -> Any:
+    """JSON text (or UTF-8 bytes) as Python values; ``ValueError`` for bytes that are not UTF-8,
+    text that is not JSON, and nesting deeper than ``MAX_JSON_DEPTH``. Every engine decodes events
+    with this."""
+    if isinstance(text, (bytes, bytearray)):
+        text = event_text(text)
+    if text.startswith(NOT_UTF8):
+        raise ValueError("not valid UTF-8")
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _too_deep(text):
+        raise ValueError(f"not JSON: nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise ValueError(f"not JSON: {err}") from None
+
+
+def _too_deep(text: str) -> bool:
+    depth = 0
+    for match in _STRING_OR_BRACKET.finditer(text):
+        bracket = match.group()
+        if bracket in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return True
+        elif bracket in "]}":
+            depth -= 1
+    return False
+
+
 def raw_text(raw: Any) -> str:
-    """The raw input as text, for the dead letter."""
-    if isinstance(raw, str):
-        return raw
+    """The raw input as text, for the dead letter (bad UTF-8 bytes as U+FFFD)."""
     if isinstance(raw, (bytes, bytearray)):
-        return bytes(raw).decode("utf-8", errors="replace")
+        raw = event_text(raw)  # as a Flink reader hands it on
+    if isinstance(raw, str):
+        if not raw.startswith(NOT_UTF8):
+            return raw
+        try:  # the bytes of an event that is not UTF-8, with U+FFFD for the bad ones
+            return raw[len(NOT_UTF8) :].encode("latin-1").decode("utf-8", errors="replace")
+        except UnicodeEncodeError:  # text that merely starts like one
+            return raw[len(NOT_UTF8) :]
     try:
         return json.dumps(raw, default=str, sort_keys=True)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return repr(raw)
 
 
 def decode(raw: Any) -> dict[str, Any]:
     """A raw event as a dict: JSON text or bytes are parsed, mappings copied; else ``ValueError``."""
     if isinstance(raw, (str, bytes, bytearray)):
-        try:
-            raw = json.loads(raw)
-        except ValueError as err:
-            raise ValueError(f"not JSON: {err}") from None
+        raw = parse_json(raw)
     if isinstance(raw, dict):
         return dict(raw)
     if hasattr(raw, "keys") and hasattr(raw, "__getitem__"):
         return {k: raw[k] for k in raw.keys()}
     raise ValueError(f"an event must be a JSON object, got {type(raw).__name__}")
+
+
+def _describe(err: Exception) -> str:
+    """An error as a dead letter's detail: ``ValueError``s are MLFS's own words, anything else is
+    named."""
+    return str(err) if type(err) is ValueError else f"{type(err).__name__}: {err}"
 
 
 class EventPreparer:
@@ -167,7 +224,7 @@ class EventPreparer:
         value = event.get(self.plan.timestamp_field)
         if value is None:
             raise KeyError(self.plan.timestamp_field)
-        return parse_event_time(value)
+        return parse_event_timestamp(value)
 
     def dead_letter(self, raw: Any, reason: str, detail: str, time_ms: int | None = None) -> DeadLetter:
         return DeadLetter(
@@ -182,14 +239,14 @@ class EventPreparer:
         """First half of preparation (all a streaming source needs for watermarks)."""
         try:
             event = decode(raw)
-        except ValueError as err:
-            return self.dead_letter(raw, UNPARSEABLE, str(err))
+        except Exception as err:  # whatever an event does, it becomes a dead letter
+            return self.dead_letter(raw, UNPARSEABLE, _describe(err))
         try:
             time_ms = self.event_time(event)
         except KeyError:
             return self.dead_letter(raw, MISSING_TIME, f"no value for {self.plan.timestamp_field!r}")
-        except ValueError as err:
-            return self.dead_letter(raw, BAD_TIME, str(err))
+        except Exception as err:
+            return self.dead_letter(raw, BAD_TIME, _describe(err))
         return event, time_ms
 
     def transform(self, raw: Any, event: dict[str, Any], time_ms: int) -> PreparedEvent | DeadLetter | None:
@@ -219,7 +276,7 @@ class EventPreparer:
         else:
             try:
                 outputs = plan.event_transform(event)
-            except Exception as err:  # a user function may raise anything
+            except USER_CODE_ERRORS as err:  # a user function may raise anything
                 return self.dead_letter(raw, TRANSFORM_ERROR, f"{type(err).__name__}: {err}", time_ms)
             if outputs is None:
                 return None

@@ -1,7 +1,7 @@
 """JSON-lines events as typed Arrow batches, for the vectorised event stage (``arrow_events``).
 
 A streaming source delivers text. ``decode_lines`` decodes a batch of lines with the same
-``json.loads`` and ``parse_event_time`` the row path uses, once for every view of the source.
+``parse_json`` and ``parse_event_time`` the row path uses, once for every view of the source.
 ``typed_batch`` keeps in a view's Arrow batch only the events whose every needed field has one
 JSON type per column (string, integer within int64, float, boolean, or null/absent) and whose
 time is 1970 or later. The other events are
@@ -10,7 +10,6 @@ returned by position, for the row path, which gives them their exact outcome (of
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -18,9 +17,10 @@ from typing import Any
 
 import pyarrow as pa
 
+from transforms.events import parse_json
 from transforms.expressions import Select
 from transforms.plan import TransformPlan
-from transforms.timeutil import parse_event_time
+from transforms.timeutil import parse_event_timestamp
 
 _SIMPLE = {str: "str", float: "float", bool: "bool"}  # types whose every value makes a column
 _ARROW = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_()}
@@ -99,9 +99,9 @@ def decode_lines(time_field: str, texts: Sequence[str]) -> DecodedLines:
     decoded = DecodedLines([], [], [], [])
     for i, text in enumerate(texts):
         try:
-            event = json.loads(text)
-            time_ms = parse_event_time(event.get(time_field)) if isinstance(event, dict) else -1
-        except (ValueError, TypeError):
+            event = parse_json(text)
+            time_ms = parse_event_timestamp(event.get(time_field)) if isinstance(event, dict) else -1
+        except Exception:  # the row path gives this event its exact outcome
             decoded.rest.append(i)
             continue
         if time_ms < 0:  # before 1970, truncating to the millisecond would not floor

@@ -14,6 +14,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The event times a datetime can hold: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z.
 MIN_TIME_MS = -62_135_596_800_000
 MAX_TIME_MS = 253_402_300_799_999
+# The event times a view accepts: 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z. An event
+# outside them (a history row dated year 1, say) is a ``bad_time`` dead letter.
+FIRST_EVENT_MS = 0
 
 
 def parse_event_time(value: Any) -> int:
@@ -54,6 +57,14 @@ def _parse_event_time(value: Any) -> int:
     if hasattr(value, "to_pydatetime"):  # numpy/pandas timestamps that are not datetimes
         return datetime_to_ms(value.to_pydatetime())
     raise ValueError(f"not a time: {type(value).__name__}")
+
+
+def parse_event_timestamp(value: Any) -> int:
+    """``parse_event_time`` for an event's own time, which must lie in the years 1970 to 9999."""
+    time_ms = parse_event_time(value)
+    if time_ms < FIRST_EVENT_MS:
+        raise ValueError(f"event time before 1970: {value!r:.60}")
+    return time_ms
 
 
 def datetime_to_ms(value: datetime) -> int:

@@ -10,6 +10,11 @@ from typing import Any
 
 MLFS_PACKAGES = ("featurestore", "transforms", "registry", "backfill")
 
+# What a call into user code (a repository's module, an event transform, a model stage's function
+# or handler) may raise that MLFS turns into a dead letter or a definition error: any exception,
+# and ``sys.exit``. Only Ctrl-C (KeyboardInterrupt) goes through.
+USER_CODE_ERRORS = (Exception, SystemExit)
+
 
 def plan_functions(plan: Any) -> list[Any]:
     """Every piece of user code a ``TransformPlan`` calls: its event transform and what its model

@@ -10,7 +10,9 @@ Every window is stated over integer epoch milliseconds as a half-open interval `
 * ``Lifetime()`` (no window): the value at ``t`` covers every event at or before ``t``; it can change at
   each event time.
 
-Engines emit one row per key at every such time; see ``transforms.engines.reference``.
+Engines emit one row per key at every such time up to ``LAST_ROW_MS`` (9999-12-31T23:59:59.999Z,
+the last time a datetime, Parquet file or Feast store holds; no one can ask for a value after it);
+see ``transforms.engines.reference``.
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, ClassVar
 
-from transforms.timeutil import duration_ms
+from transforms.timeutil import MAX_TIME_MS, duration_ms
 
 NEG_INF = -(2**63)
+
+
+LAST_ROW_MS = MAX_TIME_MS  # no row is emitted after this time
 
 
 class Window:
@@ -30,6 +35,11 @@ class Window:
     kind: str = ""
 
     def emission_times(self, event_ms: int) -> tuple[int, ...]:
+        """The times at which an event at ``event_ms`` changes its key's value and a row is
+        emitted (``change_times`` up to ``LAST_ROW_MS``)."""
+        return tuple(t for t in self.change_times(event_ms) if t <= LAST_ROW_MS)
+
+    def change_times(self, event_ms: int) -> tuple[int, ...]:
         """The times at which an event at ``event_ms`` can change its key's value."""
         raise NotImplementedError
 
@@ -72,7 +82,7 @@ class Sliding(Window):
     def hop_ms(self) -> int | None:
         return None if self.hop is None else duration_ms(self.hop)
 
-    def emission_times(self, event_ms: int) -> tuple[int, ...]:
+    def change_times(self, event_ms: int) -> tuple[int, ...]:
         size = self.size_ms
         hop = self.hop_ms
         if hop is None:
@@ -103,7 +113,7 @@ class Lifetime(Window):
 
     kind: ClassVar[str] = "lifetime"  # type: ignore[misc]
 
-    def emission_times(self, event_ms: int) -> tuple[int, ...]:
+    def change_times(self, event_ms: int) -> tuple[int, ...]:
         return (event_ms,)
 
     def bounds(self, t: int) -> tuple[int, int]:

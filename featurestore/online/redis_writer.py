@@ -8,6 +8,8 @@ script), so concurrent writers cannot put an older row over a newer one.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote
@@ -57,24 +59,71 @@ return 1
 """
 
 
-def redis_client(connection_string: str) -> redis.Redis:
-    """A client from Feast's connection string: ``host:port[,password=...][,ssl=true][,db=N]``."""
+# The options a connection string may give after ``host:port``: redis-py's own keyword names, as
+# Feast passes them on (values are JSON where they parse as JSON, text otherwise).
+REDIS_OPTIONS = (
+    "password",
+    "username",
+    "db",
+    "ssl",
+    "ssl_ca_certs",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_cert_reqs",
+    "socket_timeout",
+    "socket_connect_timeout",
+    "health_check_interval",
+    "client_name",
+)
+TEXT_OPTIONS = ("password", "username", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "client_name")
+# MLFS's writers never wait forever on a server that does not answer (Feast's readers keep theirs).
+DEFAULT_TIMEOUTS = {"socket_connect_timeout": 5.0, "socket_timeout": 10.0}
+
+
+def redis_options(connection_string: str) -> tuple[str, int, dict[str, Any]]:
+    """(host, port, redis-py options) of Feast's connection string
+    ``host:port[,option=value...]``; an unknown option is an error."""
     parts = [p.strip() for p in connection_string.split(",") if p.strip()]
-    if not parts or ":" not in parts[0]:
-        raise MLFSError(f"redis connection string must start with host:port, got {connection_string!r}")
+    if not parts or ":" not in parts[0] or "=" in parts[0]:
+        raise MLFSError(
+            f"redis connection string must start with host:port, got {_safe(connection_string)!r}"
+        )
     host, _, port = parts[0].rpartition(":")
-    kwargs: dict[str, Any] = {"host": host, "port": int(port)}
+    if not port.isdigit():
+        raise MLFSError(f"redis connection string: port {port!r} is not a number")
+    options: dict[str, Any] = {}
     for part in parts[1:]:
-        name, _, value = part.partition("=")
-        if name == "password":
-            kwargs["password"] = unquote(value)
-        elif name == "username":
-            kwargs["username"] = unquote(value)
-        elif name == "ssl":
-            kwargs["ssl"] = value.lower() == "true"
-        elif name == "db":
-            kwargs["db"] = int(value)
-    return redis.Redis(**kwargs)
+        name, equals, value = part.partition("=")
+        if not equals or name not in REDIS_OPTIONS:
+            raise MLFSError(
+                f"redis connection string: unknown option {name!r} (options: {', '.join(REDIS_OPTIONS)})"
+            )
+        if name in TEXT_OPTIONS:
+            options[name] = unquote(value)
+            continue
+        try:
+            options[name] = json.loads(value)
+        except ValueError:
+            options[name] = value
+    return host, int(port), options
+
+
+def _safe(connection_string: str) -> str:
+    """The connection string without its password, for messages."""
+    return re.sub(r"password=[^,]*", "password=***", connection_string)
+
+
+def redis_client(connection_string: str) -> redis.Redis:
+    """A client from Feast's connection string (``redis_options``), with timeouts by default."""
+    host, port, options = redis_options(connection_string)
+    return redis.Redis(host=host, port=port, **{**DEFAULT_TIMEOUTS, **options})
+
+
+def store_error(client: redis.Redis, err: Exception) -> MLFSError:
+    """A Redis failure as a one-line error naming the store."""
+    kwargs = client.connection_pool.connection_kwargs
+    where = f"{kwargs.get('host')}:{kwargs.get('port')}"
+    return MLFSError(f"online store redis at {where}: {type(err).__name__}: {err}")
 
 
 class RedisOnlineWriter:
@@ -84,6 +133,10 @@ class RedisOnlineWriter:
         self.client = client
         self.project = project
         self.key_ttl_seconds = key_ttl_seconds
+        try:
+            client.ping()  # a wrong password or address fails here, before any work
+        except redis.RedisError as err:
+            raise store_error(client, err) from None
         self._script = client.register_script(_NEWER_WINS)
         self.keys = EntityKeys(3)
 
@@ -115,7 +168,10 @@ class RedisOnlineWriter:
             self._script(keys=[key], args=args, client=pipe)
             if self.key_ttl_seconds:
                 pipe.expire(key, self.key_ttl_seconds)
-        results = pipe.execute()
+        try:
+            results = pipe.execute()
+        except redis.RedisError as err:  # the stream's job restarts from its last checkpoint
+            raise store_error(self.client, err) from None
         script_results = results[0::2] if self.key_ttl_seconds else results
         written = sum(1 for r in script_results if r == 1)
         return WriteStats(written=written, skipped_older=len(latest) - written)

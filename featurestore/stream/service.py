@@ -12,10 +12,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import os
+import re
 import signal
+import socket
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -49,6 +53,8 @@ class StreamOptions:
     compact_every_s: float | None = 300.0  # how often the offline store's streamed files are merged
     compact_min_files: int = COMPACT_MIN_FILES  # merge a partition's files once it has this many
     metrics_port: int | None = 9464  # None: no Prometheus endpoint
+    max_restarts: int = 10  # restarts after failures before the job fails (and serve-stream with it)
+    restart_delay_s: float = 5.0  # between a failure and the restart
     flink_config: dict[str, str] = field(default_factory=dict)  # extra Flink configuration entries
     jars: list[Path] = field(default_factory=list)  # connector jars (the Kafka connector for Kafka sources)
 
@@ -161,20 +167,17 @@ def remember_lineage(checkpoint_dir: Path, key: str, lineage: str) -> None:
 def _file_source(env: Any, source: FileStreamSource, repo_path: Path, poll_ms: int) -> Any:
     """The directory's JSON-lines files, each read whole, in name order (one partition), new files
     as they appear."""
-    from pyflink.common import Duration, WatermarkStrategy
-    from pyflink.datastream.connectors.file_system import FileSource, StreamFormat
+    from pyflink.common import WatermarkStrategy
 
-    from transforms.engines.flink import in_name_order
+    from transforms.engines.flink import file_source
 
     directory = Path(source.path) if Path(source.path).is_absolute() else repo_path / source.path
     if not directory.is_dir():
         raise MLFSError(f"source {source.name!r}: stream directory {directory} does not exist")
-    builder = FileSource.for_record_stream_format(
-        StreamFormat.text_line_format(), str(directory)
-    ).monitor_continuously(Duration.of_millis(poll_ms))
-    file_source = in_name_order(builder).build()
     return (
-        env.from_source(file_source, WatermarkStrategy.no_watermarks(), f"source-{source.name}")
+        env.from_source(
+            file_source(str(directory), poll_ms), WatermarkStrategy.no_watermarks(), f"source-{source.name}"
+        )
         .uid(f"source-{source.name}")
         .set_parallelism(1)
     )
@@ -211,8 +214,9 @@ def _kafka_source(env: Any, source: KafkaStreamSource, jars: list[Path]) -> Any:
     """The topic's messages, read from the earliest offset on a fresh start (a restored job resumes
     from the offsets in its checkpoint); each partition in offset order, partitions interleaved."""
     from pyflink.common import WatermarkStrategy
-    from pyflink.common.serialization import SimpleStringSchema
+    from pyflink.common.serialization import DeserializationSchema
     from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSource
+    from pyflink.java_gateway import get_gateway
 
     servers = _check_kafka(source, jars)
     kafka = (
@@ -221,7 +225,7 @@ def _kafka_source(env: Any, source: KafkaStreamSource, jars: list[Path]) -> Any:
         .set_topics(source.topic)
         .set_group_id(f"mlfs-{source.name}")
         .set_starting_offsets(KafkaOffsetsInitializer.earliest())
-        .set_value_only_deserializer(SimpleStringSchema())
+        .set_value_only_deserializer(DeserializationSchema(get_gateway().jvm.mlfs.flink.Utf8Strings()))
         .build()
     )
     return (
@@ -270,8 +274,17 @@ def serve_stream(
         "execution.checkpointing.savepoint-dir": (checkpoint_dir / "savepoints").as_uri(),
         "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
         "execution.checkpointing.num-retained": "2",
+        # A failure (a store that is down, a worker that died) restarts the job from its last
+        # checkpoint, a bounded number of times, so a failure that lasts stops serve-stream.
+        "jobmanager.execution.failover-strategy": "full",
+        "restart-strategy.type": "fixed-delay",
+        "restart-strategy.fixed-delay.attempts": str(options.max_restarts),
+        "restart-strategy.fixed-delay.delay": f"{int(options.restart_delay_s * 1000)} ms",
         **options.flink_config,
     }
+    if not options.master:  # the mini-cluster's REST API, where the job's failures are read
+        config["rest.port"] = config["rest.bind-port"] = str(_free_port())
+    rest = f"http://{options.master or '127.0.0.1:' + config['rest.port']}"
     by_source: dict[str, list[StreamFeatureView]] = {}
     for view in views:
         by_source.setdefault(view.source.name, []).append(view)
@@ -331,6 +344,7 @@ def serve_stream(
         last_report = started
         offline_views = [v for v in views if v.offline]
         compactor = Compactor(settings.offline_path, offline_views, options.compact_min_files, report)
+        failures = JobFailures(rest, str(client.get_job_id()))
         while not stop.requested and (
             options.duration_s is None or time.monotonic() - started < options.duration_s
         ):
@@ -338,12 +352,17 @@ def serve_stream(
             job.beat()
             if options.compact_every_s is not None:
                 compactor.run_every(options.compact_every_s)
-            status = str(client.get_job_status().result())
+            status = job_status(client)
             if status in ("FAILED", "CANCELED", "FINISHED"):
                 job.write(state=status.lower())
-                result = client.get_job_execution_result()
-                result.result()  # raises the job's failure
-                raise MLFSError(f"the streaming job stopped: {status}")
+                raise MLFSError(f"the streaming job stopped ({status}){job_failure(client)}")
+            for cause in failures.new():
+                job.write(restarts=failures.seen)
+                if failures.seen <= options.max_restarts:
+                    report(
+                        f"the job failed and restarts from its last checkpoint "
+                        f"({failures.seen} of at most {options.max_restarts}): {cause}"
+                    )
             if time.monotonic() - last_report >= options.report_every_s:
                 last_report = time.monotonic()
                 for metrics in collect(status_dir, bounds):
@@ -352,7 +371,7 @@ def serve_stream(
             report("stopping (Ctrl-C)")
         job.write(state="stopping")
         compactor.wait()
-        savepoint = _stop_with_savepoint(client, checkpoint_dir / "savepoints")
+        savepoint = _stop_with_savepoint(client, checkpoint_dir / "savepoints", job)
         remember_lineage(checkpoint_dir, lineage_key(savepoint), lineage)
         remember_shape(checkpoint_dir, lineage_key(savepoint), shape)
         job.write(state="stopped", savepoint=savepoint, stopped_at=time.time())
@@ -445,18 +464,109 @@ def _ctrl_c_stops() -> Iterator[_StopRequest]:
 STARTING_TASKS_WAIT_S = 120.0
 
 
-def _stop_with_savepoint(client: Any, directory: Path) -> str:
-    """Stop the job gracefully after a savepoint (PyFlink's wrapper predates Flink 2's signature)."""
+def _stop_with_savepoint(client: Any, directory: Path, job: StreamJobRecord) -> str:
+    """Stop the job gracefully after a savepoint (PyFlink's wrapper predates Flink 2's signature).
+    A job that is still deploying its tasks, or restarting after a failure, is waited for; one that
+    fails meanwhile, or is not running after ``STARTING_TASKS_WAIT_S``, is a one-line error (a job
+    still restarting is cancelled: the next start restores its last checkpoint)."""
     from pyflink.java_gateway import get_gateway
 
-    format_type = get_gateway().jvm.org.apache.flink.core.execution.SavepointFormatType.CANONICAL
+    jvm = get_gateway().jvm
+    format_type = jvm.org.apache.flink.core.execution.SavepointFormatType.CANONICAL
     deadline = time.monotonic() + STARTING_TASKS_WAIT_S
     while True:
+        job.beat()
         try:
             future = client._j_job_client.stopWithSavepoint(False, directory.as_uri(), format_type)
-            return str(future.get())
+            while True:  # the record's heartbeat goes on while a large savepoint is written
+                with contextlib.suppress(Exception):  # py4j wraps the Java TimeoutException
+                    return str(future.get(2, jvm.java.util.concurrent.TimeUnit.SECONDS))
+                if future.isDone():
+                    return str(future.get())  # raises the savepoint's failure
+                job.beat()
         except Exception as err:  # py4j wraps the Java failure
-            # A job stopped right after it started (or was restored) may still be deploying tasks.
-            if "Not all required tasks are currently running" not in str(err) or time.monotonic() > deadline:
-                raise
+            if "Not all required tasks are currently running" not in str(err):
+                raise MLFSError(f"stopping the job with a savepoint failed: {java_cause(err)}") from None
+            status = job_status(client)
+            if status in ("FAILED", "CANCELED", "FINISHED"):
+                job.write(state=status.lower())
+                raise MLFSError(f"the streaming job stopped ({status}){job_failure(client)}") from None
+            if time.monotonic() > deadline:
+                client.cancel().result()
+                job.write(state="cancelled")
+                raise MLFSError(
+                    f"the job was still {status.lower()} after {STARTING_TASKS_WAIT_S:.0f} s, so no "
+                    "savepoint could be taken; it was cancelled, and the next start restores its "
+                    "last checkpoint"
+                ) from None
             time.sleep(1.0)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class JobFailures:
+    """The job's failures, from Flink's REST API (its exception history), polled now and then."""
+
+    POLL_S = 1.0
+
+    def __init__(self, rest: str, job_id: str) -> None:
+        self.url = f"{rest}/jobs/{job_id}/exceptions"
+        self.seen = 0
+        self._last = 0.0
+
+    def new(self) -> list[str]:
+        """One line per failure since the last call (nothing while the API does not answer)."""
+        if time.monotonic() - self._last < self.POLL_S:
+            return []
+        self._last = time.monotonic()
+        try:
+            with urllib.request.urlopen(self.url, timeout=2) as answer:
+                entries = json.load(answer)["exceptionHistory"]["entries"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+        fresh = sorted(entries, key=lambda e: e.get("timestamp", 0))[self.seen :]
+        self.seen += len(fresh)
+        return [failure_summary(str(e.get("stacktrace") or e.get("exceptionName", ""))) for e in fresh]
+
+
+_EXCEPTION_LINE = re.compile(r"^(?:Caused by: )?((?:[\w$]+\.)*[\w$]*(?:Error|Exception|Exit)): (.+)$")
+_JVM_PACKAGES = ("java.", "javax.", "org.", "scala.", "io.", "com.", "py4j.", "jdk.", "sun.")
+
+
+def failure_summary(text: str, limit: int = 400) -> str:
+    """A failure's stack trace (Java's, with a Python worker's traceback inside where a Python
+    function failed) as one line: the last Python exception, else the deepest Java cause."""
+    found = [m.groups() for line in text.splitlines() if (m := _EXCEPTION_LINE.match(line.strip()))]
+    python = [f for f in found if not f[0].startswith(_JVM_PACKAGES)]
+    if python or found:
+        name, message = (python or found)[-1]
+        return f"{name.rsplit('.', 1)[-1]}: {message}"[:limit]
+    lines = text.strip().splitlines()
+    return (lines[0] if lines else "unknown failure")[:limit]
+
+
+def job_status(client: Any) -> str:
+    """The job's status; ``FAILED`` once the cluster no longer knows it (a local mini-cluster lets a
+    failed job go)."""
+    try:
+        return str(client.get_job_status().result())
+    except Exception:  # py4j wraps the Java failure
+        return "FAILED"
+
+
+def job_failure(client: Any) -> str:
+    """``": <cause>"`` of a job that failed (its root cause, one line), or nothing."""
+    try:
+        client.get_job_execution_result().result()
+    except Exception as err:  # py4j wraps the Java failure
+        return f": {java_cause(err)}"
+    return ""
+
+
+def java_cause(err: BaseException) -> str:
+    """A (py4j-wrapped) Java failure as one line (``failure_summary``)."""
+    return failure_summary(str(err))

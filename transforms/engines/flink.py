@@ -51,7 +51,7 @@ from transforms.engines.flink_stage1 import (
     table_environment,
 )
 from transforms.engines.reference import EngineResult
-from transforms.events import DeadLetter, EventCounts, Lateness
+from transforms.events import DeadLetter, EventCounts, Lateness, event_text
 from transforms.plan import EVENT_TIMESTAMP, FeatureContext, TransformPlan
 from transforms.usercode import import_root, plan_functions, user_module
 
@@ -389,14 +389,23 @@ def add_row_sink(
     statements.attach_as_datastream()
 
 
-def in_name_order(builder: Any) -> Any:
-    """A ``FileSource`` builder whose files are read whole, one at a time, in name order: a file
-    source is one partition (DESIGN §2), whatever order a directory listing gives (MLFS's
-    ``NameOrderAssigner``, in ``flink_jar``)."""
+def file_source(directory: str, poll_ms: int | None = None) -> Any:
+    """A Flink ``FileSource`` of the JSON-lines files in ``directory``: one partition, its files
+    read one at a time, each whole, in name order, whatever order a listing gives (DESIGN §2;
+    ``NameOrderAssigner``), lines that are not UTF-8 marked as ``transforms.events.event_text``
+    marks them (``Utf8Lines``); with ``poll_ms``, new files are read as they appear."""
+    from pyflink.common import Duration
+    from pyflink.datastream.connectors.file_system import FileSource, StreamFormat
     from pyflink.java_gateway import get_gateway
 
-    builder._j_file_source_builder.setSplitAssigner(get_gateway().jvm.mlfs.flink.NameOrderAssigner.provider())
-    return builder
+    mlfs = get_gateway().jvm.mlfs.flink
+    builder = FileSource.for_record_stream_format(StreamFormat(mlfs.Utf8Lines()), directory)
+    if poll_ms is None:
+        builder.process_static_file_set()
+    else:
+        builder.monitor_continuously(Duration.of_millis(poll_ms))
+    builder._j_file_source_builder.setSplitAssigner(mlfs.NameOrderAssigner.provider())
+    return builder.build()
 
 
 def run_flink(
@@ -424,11 +433,11 @@ def run_flink_views(
 ) -> list[EngineResult]:
     """``run_flink`` for several views of one source in one job, sharing one stage 1 as
     ``mlfs serve-stream`` does; one result per view."""
-    texts = [_as_text(e) for e in events]
+    events = list(events)
     spool = tempfile.mkdtemp(prefix="mlfs-flink-")
     try:
         env, t_env = flink_environment(parallelism, master)
-        raw = _bounded_source(env, texts, files, os.path.join(spool, "events"))
+        raw = _bounded_source(env, events, files, os.path.join(spool, "events"))
         directories = [os.path.join(spool, f"view{v}") for v in range(len(plans))]
         views = []
         for v, (plan, directory) in enumerate(zip(plans, directories, strict=True)):
@@ -446,24 +455,24 @@ def run_flink_views(
         shutil.rmtree(spool, ignore_errors=True)
 
 
-def _bounded_source(env: Any, texts: list[str], files: int | None, directory: str) -> Any:
-    """``texts`` as a DataStream: from a collection, or from ``files`` JSON-lines files in
-    ``directory`` read in name order (so in the same order)."""
+def _bounded_source(env: Any, events: list[Any], files: int | None, directory: str) -> Any:
+    """``events`` as a DataStream of text: from a collection, or from ``files`` JSON-lines files in
+    ``directory`` (bytes events as they are), read in name order, so in the same order."""
     from pyflink.common import Types, WatermarkStrategy
-    from pyflink.datastream.connectors.file_system import FileSource, StreamFormat
 
     if files is None:
-        return env.from_collection(texts, Types.STRING())
-    if any("\n" in text or "\r" in text for text in texts):
+        return env.from_collection([_as_text(e) for e in events], Types.STRING())
+    lines = [bytes(e) if isinstance(e, (bytes, bytearray)) else _as_text(e).encode() for e in events]
+    if any(b"\n" in line or b"\r" in line for line in lines):
         raise ValueError("an event sent as a line of a file cannot hold a line break")
     os.mkdir(directory)
-    size = -(-len(texts) // files)  # ceiling: ``files`` files, the last may be shorter
-    for number, first in enumerate(range(0, len(texts), size)):
-        lines = texts[first : first + size]
-        Path(directory, f"part-{number:05d}.jsonl").write_text("".join(f"{line}\n" for line in lines))
-    builder = FileSource.for_record_stream_format(StreamFormat.text_line_format(), directory)
-    source = in_name_order(builder.process_static_file_set()).build()
-    return env.from_source(source, WatermarkStrategy.no_watermarks(), "files").set_parallelism(1)
+    size = max(1, -(-len(lines) // files))  # ceiling: ``files`` files, the last may be shorter
+    for number, first in enumerate(range(0, len(lines), size)):
+        part = lines[first : first + size]
+        Path(directory, f"part-{number:05d}.jsonl").write_bytes(b"".join(line + b"\n" for line in part))
+    return env.from_source(
+        file_source(directory), WatermarkStrategy.no_watermarks(), "files"
+    ).set_parallelism(1)
 
 
 def _wait_for_spools(spool: str, timeout_s: float = 60.0) -> None:
@@ -484,7 +493,7 @@ def _as_text(event: Any) -> str:
     if isinstance(event, str):
         return event
     if isinstance(event, (bytes, bytearray)):
-        return bytes(event).decode("utf-8", errors="replace")
+        return event_text(event)
     return json.dumps(event, default=str, sort_keys=True)
 
 

@@ -41,9 +41,10 @@ from transforms.aggregations import (
 from transforms.dtypes import DType, feature_value
 from transforms.plan import EVENT_TIMESTAMP, TransformPlan
 from transforms.timeutil import datetime_to_ms, ms_to_datetime
-from transforms.windows import Lifetime, Sliding
+from transforms.windows import LAST_ROW_MS, Lifetime, Sliding
 
 ORDERED = (Latest, First, LastK)
+LAST_ROW = ms_to_datetime(LAST_ROW_MS).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]  # as a SQL literal
 PREPARED = "prepared"
 END = "_end"
 
@@ -189,7 +190,8 @@ def stage2_sql(plan: TransformPlan, table: str = PREPARED) -> str:
             f"FROM TABLE(HOP(TABLE {quote(table)}, DESCRIPTOR(rt), {interval(window.hop_ms)}, "
             f"{interval(window.size_ms)})) "
             f"GROUP BY {keys}, window_start, window_end "
-            f"HAVING MAX(rt) >= window_end - {interval(window.hop_ms)}"
+            f"HAVING MAX(rt) >= window_end - {interval(window.hop_ms)} "
+            f"AND window_end <= TIMESTAMP '{LAST_ROW}'"
         )
     if isinstance(window, Lifetime):
         frame = "RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"

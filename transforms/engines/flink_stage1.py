@@ -35,6 +35,7 @@ from transforms.events import DeadLetter, EventCounts, EventPreparer, Lateness, 
 from transforms.json_batches import DecodedLines, TypedBatch, decode_lines, needed_fields, typed_batch
 from transforms.plan import TransformPlan
 from transforms.timeutil import engine_value
+from transforms.windows import LAST_ROW_MS
 
 ROW, MARKER, HEARTBEAT = 0, 4, 5  # ``_kind`` of a prepared row
 OK, FILTERED, DEAD = 0, 1, 2  # what ``prepare`` made of an event
@@ -211,7 +212,7 @@ def _view_preparer(
                 for i, dtype in ordered
             ]
             rows.append((ROW, *key, time_ms, *engine_values, *encoded))
-            if offset is not None:
+            if offset is not None and time_ms + offset <= LAST_ROW_MS:
                 rows.append((MARKER, *key, time_ms + offset, *[None] * n_values))
         return rows
 
@@ -262,12 +263,12 @@ def _view_preparer(
         if single:
             for i, time_ms in beats:
                 kinds[i] = HEARTBEAT
-                times[i] = time_ms + shift
+                times[i] = min(time_ms + shift, LAST_ROW_MS)
         else:
             beat = [HEARTBEAT]  # shared: nothing changes these lists
             for i, time_ms in beats:
                 kinds[i] = beat
-                times[i] = [time_ms + shift]
+                times[i] = [min(time_ms + shift, LAST_ROW_MS)]
 
     def _prepare_decoded(
         texts: list[str], decoded: DecodedLines
@@ -374,10 +375,12 @@ def prepared_sql(plan: TransformPlan, v: int, classified: str) -> str:
         for f, (name, _) in zip(fields[n_keys + 2 :], columns[n_keys + 2 :], strict=True)
     ]
     # The array depends on the row, so this stays a correlated unnest (a constant array would make
-    # the planner join with a constant table, which keeps every event in state).
+    # the planner join with a constant table, which keeps every event in state). No marker goes
+    # past the last time a row can have.
     return (
         f"SELECT {', '.join(listed)} FROM {quote(classified)} "
-        f"CROSS JOIN UNNEST(CASE WHEN {kind} = {ROW} THEN ARRAY[1, 2] ELSE ARRAY[1] END) AS m(_m) {present}"
+        f"CROSS JOIN UNNEST(CASE WHEN {kind} = {ROW} AND {time} <= {LAST_ROW_MS - offset} "
+        f"THEN ARRAY[1, 2] ELSE ARRAY[1] END) AS m(_m) {present}"
     )
 
 

@@ -46,7 +46,7 @@ from transforms.events import DeadLetter, EventCounts, EventPreparer
 from transforms.plan import EVENT_TIMESTAMP, FeatureContext, TransformPlan
 from transforms.timeutil import datetime_to_ms, engine_value, ms_to_datetime
 from transforms.usercode import plan_functions, user_module
-from transforms.windows import Lifetime, Sliding
+from transforms.windows import LAST_ROW_MS, Lifetime, Sliding
 
 KIND = "_kind"  # 0: a row, 1: a dead letter, 2: a filtered event
 FIRST = "_first"  # the first row of an aggregated event (counts events, not rows)
@@ -327,7 +327,8 @@ def _framed(plan: TransformPlan, rows: Any, keys: list[str], values: list[str]) 
             *[F.col("_l" + v).alias(v) for v in values],
         ),
     )
-    return framed.select(*keys, F.inline(both)).filter("_keep").drop("_keep")
+    kept = F.col("_keep") & (F.col(TS) <= F.lit(LAST_ROW_MS))
+    return framed.select(*keys, F.inline(both)).filter(kept).drop("_keep")
 
 
 def _hopping(plan: TransformPlan, rows: Any, keys: list[str], values: list[str]) -> Any:
@@ -356,7 +357,8 @@ def _hopping(plan: TransformPlan, rows: Any, keys: list[str], values: list[str])
             for f, v in zip(plan.features, values, strict=True)
         ],
     )
-    return grouped.filter("_keep").drop("_keep").withColumnRenamed(END, TS)
+    kept = F.col("_keep") & (F.col(END) <= F.lit(LAST_ROW_MS))
+    return grouped.filter(kept).drop("_keep").withColumnRenamed(END, TS)
 
 
 def score_rows(plan: TransformPlan, rows: Any) -> Any:

@@ -16,6 +16,7 @@ from transforms.dtypes import DType
 from transforms.engines.spark_expressions import compile_select
 from transforms.expressions import Select
 from transforms.plan import TransformPlan
+from transforms.timeutil import FIRST_EVENT_MS, MAX_TIME_MS
 
 # Spark type names (``DataType.typeName()``) per MLFS value type, taken as they are.
 _EXACT = {"String": "string", "Int32": "integer", "Bool": "boolean", "Bytes": "binary"}
@@ -75,8 +76,8 @@ def clean_rows(plan: TransformPlan, events: Any, kind: str, first: str, ts: str)
     if raw_types.get(plan.timestamp_field) != "timestamp":
         return None
     when = F.col(plan.timestamp_field)
-    timed = when.isNotNull() & (F.unix_micros(when) >= 0)
     time_ms = F.unix_millis(when)
+    timed = when.isNotNull() & (F.unix_micros(when) >= FIRST_EVENT_MS * 1000) & (time_ms <= MAX_TIME_MS)
     filtered = None
     if isinstance(transform, Select):
         compiled = compile_select(transform, raw_types)
@@ -96,6 +97,12 @@ def clean_rows(plan: TransformPlan, events: Any, kind: str, first: str, ts: str)
         if types.get(name) != _KEY_TYPES[dtype.name]:
             return None
         clean = clean & sources[name].isNotNull()
+    for feature in plan.features:
+        column = feature.aggregation.column or ""
+        is_float = feature.input_dtype is not None and feature.input_dtype.is_float
+        if is_float and types.get(column) in ("float", "double"):  # an infinity is a wrong_type
+            infinite = sources[column].isin(float("inf"), float("-inf"))
+            clean = clean & F.coalesce(~infinite, F.lit(True))
     values = [(name, sources[name]) for name, _ in plan.keys]
     values.append((ts, time_ms))
     for i, feature in enumerate(plan.features):

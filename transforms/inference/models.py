@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from transforms.timeutil import parse_event_time
+from transforms.usercode import USER_CODE_ERRORS
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ class ModelPool:
                 self.stats.evictions += 1
             try:
                 loaded = model.handler.load_model()
-            except Exception as err:  # a handler may raise anything while loading
+            except USER_CODE_ERRORS as err:  # a handler may raise anything while loading
                 self.stats.load_failures += 1
                 raise ModelLoadError(
                     f"loading model {model.label} failed: {type(err).__name__}: {err}"

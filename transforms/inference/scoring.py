@@ -20,6 +20,7 @@ import numpy as np
 from transforms.inference.models import Model, ModelLoadError, ModelPool, worker_pool
 from transforms.inference.routing import RoutingError
 from transforms.inference.stage import Enrich, Row
+from transforms.usercode import USER_CODE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +107,12 @@ class StageScorer:
             except RoutingError as err:
                 results[i] = Failure(stage.name, NO_MODEL, str(err))
                 continue
-            except Exception as err:  # a user key function may raise anything
+            except USER_CODE_ERRORS as err:  # a user key function may raise anything
                 results[i] = Failure(stage.name, INPUT_ERROR, f"routing key: {type(err).__name__}: {err}")
                 continue
             try:
                 examples[i] = stage.inputs(row)
-            except Exception as err:  # a user input function may raise anything
+            except USER_CODE_ERRORS as err:  # a user input function may raise anything
                 results[i] = Failure(stage.name, INPUT_ERROR, f"{type(err).__name__}: {err}")
                 continue
             jobs.setdefault(assignment.served.label, (assignment.served, []))[1].append((i, False))
@@ -140,12 +141,12 @@ class StageScorer:
             chunk = members[start : start + size]
             try:
                 predictions = self._infer(model, loaded, [examples[i] for i, _ in chunk])
-            except Exception:  # find the rows that fail on their own
+            except USER_CODE_ERRORS:  # find the rows that fail on their own
                 for member in chunk:
                     i, shadow = member
                     try:
                         (prediction,) = self._infer(model, loaded, [examples[i]])
-                    except Exception as err:  # a handler may raise anything
+                    except USER_CODE_ERRORS as err:  # a handler may raise anything
                         detail = f"{model.label}: {type(err).__name__}: {err}"
                         self._fail(results, i, shadow, Failure(self.stage.name, INFERENCE_ERROR, detail))
                         continue
@@ -182,7 +183,7 @@ class StageScorer:
         stage = self.stage
         try:
             fields = self._fields_of(prediction)
-        except Exception as err:  # a user output function may raise anything
+        except USER_CODE_ERRORS as err:  # a user output function may raise anything
             detail = f"{model.label}: {type(err).__name__}: {err}"
             self._fail(results, i, shadow, Failure(stage.name, OUTPUT_ERROR, detail))
             return
