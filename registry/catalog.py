@@ -539,9 +539,9 @@ class Catalog:
     def search(self, query: str, kinds: Sequence[str] = KINDS) -> list[Hit]:
         """Every object whose name, description, owner, tags (or, for a view, its features, source
         and entities) contain ``query`` (case-insensitive), names that match best first."""
-        needle = query.strip().lower()
-        if not needle:
+        if not query:
             raise RegistryLookupError("the search query is empty", 400)
+        needle = query.strip().lower() or query.lower()  # only spaces: looked for as they are
         unknown = [k for k in kinds if k not in KINDS]
         if unknown:
             raise RegistryLookupError(f"unknown kind {unknown[0]!r} (one of {', '.join(KINDS)})", 400)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from registry.catalog import KINDS, Catalog, ViewRecord, load_catalog
+from transforms.errors import MLFSError
 
 
 def table(rows: Sequence[Sequence[str]]) -> str:
@@ -178,6 +179,8 @@ def _show(catalog: Catalog, args: argparse.Namespace, settings: Any) -> int:
 
 
 def _search(catalog: Catalog, args: argparse.Namespace) -> int:
+    if not args.query.strip():
+        raise MLFSError("the search query is empty")
     hits = [hit.to_json() for hit in catalog.search(args.query, args.kind or KINDS)]
     if args.json:
         _print_json(hits)

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import gc
 import hmac
+import inspect
 import os
 import threading
 import time
 from importlib import resources
-from typing import Any
+from typing import Any, Literal, get_args
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from featurestore.config import RepoSettings, feast_store
 from registry.catalog import KINDS, Catalog, Hit, RegistryLookupError, load_catalog, paginate
@@ -76,8 +79,38 @@ class CatalogHolder:
             gc.freeze()
 
 
+class ErrorBody(BaseModel):
+    """Every error's body."""
+
+    error: str
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    descriptions = {
+        400: "bad request: a parameter is missing, of the wrong type or out of range",
+        401: "no bearer token",
+        403: "the token is not valid, or the server is read-only",
+        404: "no such object",
+    }
+    return {code: {"model": ErrorBody, "description": descriptions[code]} for code in codes}
+
+
+# The filters each listing takes (``Catalog.listing`` applies them).
+FILTERS: dict[str, tuple[str, ...]] = {
+    "views": ("name", "tag", "owner", "entity", "source", "feature"),
+    "features": ("name", "view"),
+    "sources": (),
+    "entities": (),
+    "models": (),
+}
+Kind = Literal["views", "features", "sources", "entities", "models"]
+assert set(FILTERS) == set(KINDS) == set(get_args(Kind))
+
+
 def create_app(settings: RepoSettings, refresh_s: float = DEFAULT_REFRESH_S) -> Any:
-    """The FastAPI application serving ``settings``' registry."""
+    """The FastAPI application serving ``settings``' registry. Its OpenAPI document is true: every
+    status a route answers is documented (``tests/test_registry_api.py`` checks it with
+    schemathesis)."""
     holder = CatalogHolder(settings, refresh_s)
     app = FastAPI(
         title="MLFS registry",
@@ -96,66 +129,86 @@ def create_app(settings: RepoSettings, refresh_s: float = DEFAULT_REFRESH_S) -> 
         )
         return JSONResponse({"error": f"bad request: {problems}"}, status_code=400)
 
-    def check_kind(kind: str) -> None:
-        if kind not in KINDS:
-            raise RegistryLookupError(f"unknown kind {kind!r} (one of {', '.join(KINDS)})", 404)
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        message = str(err.detail)
+        parts = request.url.path.split("/")
+        if err.status_code == 404 and len(parts) > 2 and parts[1] == "api" and parts[2] not in KINDS:
+            message = f"unknown kind {parts[2]!r} (one of {', '.join(KINDS)})"
+        return JSONResponse({"error": message}, status_code=err.status_code, headers=err.headers)
+
+    offset_query = Query(0, ge=0, description="how many items to skip")
+
+    def only(request: Request, allowed: tuple[str, ...]) -> None:
+        unknown = sorted(set(request.query_params) - set(allowed))
+        if unknown:
+            raise RegistryLookupError(f"unknown parameter(s): {', '.join(unknown)}", 400)
 
     @app.get("/api/health")
     def health() -> dict[str, Any]:
         catalog = holder.get()
         return {"project": catalog.project, "views": len(catalog.views), "loaded_at": catalog.loaded_at}
 
-    @app.get("/api/search")
+    @app.get("/api/search", responses=_errors(400))
     def search(
-        q: str = Query(..., description="substring of a name, description, owner, tag or feature"),
-        kind: list[str] = Query(default=list(KINDS)),  # noqa: B008
-        offset: int = 0,
-        limit: int = 50,
+        request: Request,
+        q: str = Query(
+            ...,
+            min_length=1,
+            description="substring of a name, description, owner, tag or feature",
+        ),
+        kind: list[Kind] = Query(default=list(KINDS)),  # noqa: B008
+        offset: int = offset_query,
+        limit: int = Query(50, ge=1, le=1000),
     ) -> dict[str, Any]:
-        return paginate(holder.get().search(q, kind), offset, limit, Hit.to_json).to_json()
+        only(request, ("q", "kind", "offset", "limit"))
+        return paginate(holder.get().search(q, list(kind)), offset, limit, Hit.to_json).to_json()
 
-    @app.get("/api/lineage/{name}")
+    @app.get("/api/lineage/{name}", responses=_errors(404))
     def lineage_of(name: str) -> dict[str, Any]:
         return lineage(holder.get(), name).to_json()
 
-    @app.get("/api/views/{name}/status")
+    @app.get("/api/views/{name}/status", responses=_errors(404))
     def status(name: str) -> dict[str, Any]:
         holder.get().view(name)
         return view_status(settings, name)
 
-    @app.get("/api/{kind}")
-    def listing(
-        kind: str,
-        name: str | None = None,
-        tag: str | None = None,
-        owner: str | None = None,
-        entity: str | None = None,
-        source: str | None = None,
-        feature: str | None = None,
-        view: str | None = None,
-        offset: int = 0,
-        limit: int = 100,
-    ) -> dict[str, Any]:
-        check_kind(kind)
+    def add_listing(kind: str) -> None:
+        allowed = (*FILTERS[kind], "offset", "limit")
         filters = {
-            "name": name,
-            "tag": tag,
-            "owner": owner,
-            "entity": entity,
-            "source": source,
-            "feature": feature,
-            "view": view,
+            name: Query(None, description=f"only {kind} whose {name} matches") for name in FILTERS[kind]
         }
-        records = holder.get().listing(kind, **filters)
-        return paginate(records, offset, limit, lambda r: r.summary()).to_json()
 
-    @app.get("/api/{kind}/{name}")
-    def detail(kind: str, name: str) -> dict[str, Any]:
-        check_kind(kind)
-        record = holder.get().get(kind, name)
-        return record.detail() if hasattr(record, "detail") else record.summary()
+        def listing(request: Request, offset: int, limit: int, **given: str | None) -> Any:
+            only(request, allowed)
+            records = holder.get().listing(kind, **given)
+            return paginate(records, offset, limit, lambda r: r.summary()).to_json()
 
-    @app.post("/api/apply")
+        # What FastAPI reads: the page parameters and each filter as a query parameter of its own.
+        parameter = inspect.Parameter
+        listing.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [
+                parameter("request", parameter.POSITIONAL_OR_KEYWORD, annotation=Request),
+                parameter("offset", parameter.KEYWORD_ONLY, default=offset_query, annotation=int),
+                parameter("limit", parameter.KEYWORD_ONLY, default=Query(100, ge=1, le=1000), annotation=int),
+                *(
+                    parameter(name, parameter.KEYWORD_ONLY, default=default, annotation=str | None)
+                    for name, default in filters.items()
+                ),
+            ]
+        )
+        app.get(f"/api/{kind}", responses=_errors(400), name=f"list_{kind}")(listing)
+
+        def detail(name: str) -> dict[str, Any]:
+            record = holder.get().get(kind, name)
+            return record.detail() if hasattr(record, "detail") else record.summary()
+
+        app.get(f"/api/{kind}/{{name}}", responses=_errors(404), name=f"get_{kind}")(detail)
+
+    for kind in KINDS:
+        add_listing(kind)
+
+    @app.post("/api/apply", responses=_errors(401, 403))
     def apply(request: Request) -> JSONResponse:
         expected = os.environ.get(TOKEN_ENV)
         if not expected:
@@ -185,7 +238,7 @@ def create_app(settings: RepoSettings, refresh_s: float = DEFAULT_REFRESH_S) -> 
     def index() -> str:
         return page.joinpath("index.html").read_text()
 
-    @app.get("/static/{name}")
+    @app.get("/static/{name}", responses=_errors(404))
     def static(name: str) -> Response:
         types = {".js": "text/javascript", ".css": "text/css"}
         suffix = os.path.splitext(name)[1]
@@ -194,7 +247,27 @@ def create_app(settings: RepoSettings, refresh_s: float = DEFAULT_REFRESH_S) -> 
             return JSONResponse({"error": f"no static file {name!r}"}, status_code=404)
         return Response(target.read_text(), media_type=types[suffix])
 
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: Any) -> dict[str, Any]:
+    """FastAPI's document, less the 422 it lists for every route with parameters: MLFS answers a
+    bad parameter with 400 (``bad_query``), which the routes document."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        document = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        for operations in document.get("paths", {}).values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        schemas = document.get("components", {}).get("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        app.openapi_schema = document
+    return dict(app.openapi_schema)
 
 
 def serve(settings: RepoSettings, host: str, port: int, refresh_s: float = DEFAULT_REFRESH_S) -> None:
