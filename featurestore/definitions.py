@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from transforms.dtypes import DType
 from transforms.errors import DefinitionError
-from transforms.timeutil import duration_ms
+from transforms.timeutil import EVENT_TIME_RANGE_MS, datetime_to_ms, duration_ms
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,8 @@ class StreamSource:
     description: str = ""
     tags: dict[str, str] = field(default_factory=dict, hash=False)
     owner: str = ""
+    # The event times its views accept (first and last included); None: years 1970 to 9999.
+    event_time_range: tuple[datetime, datetime] | None = None
 
     kind = "stream"
 
@@ -81,6 +83,19 @@ class StreamSource:
             if not isinstance(value, timedelta) or value < timedelta(0):
                 raise ValueError(f"source {self.name!r}: {name} must be a timedelta >= 0")
             duration_ms(value)
+        if self.event_time_range is not None:
+            first, last = self.event_time_range
+            if not (isinstance(first, datetime) and isinstance(last, datetime) and first < last):
+                raise ValueError(
+                    f"source {self.name!r}: event_time_range must be (first, last) datetimes, first < last"
+                )
+
+    @property
+    def event_time_range_ms(self) -> tuple[int, int]:
+        if self.event_time_range is None:
+            return EVENT_TIME_RANGE_MS
+        first, last = self.event_time_range
+        return datetime_to_ms(first), datetime_to_ms(last)
 
     def stream_spec(self) -> dict[str, Any]:
         return {}
@@ -97,6 +112,11 @@ class StreamSource:
             "tags": dict(self.tags),
             "owner": self.owner,
             **self.stream_spec(),
+            **(
+                {}
+                if self.event_time_range is None
+                else {"event_time_range_ms": list(self.event_time_range_ms)}
+            ),
         }
 
 

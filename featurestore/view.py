@@ -78,6 +78,7 @@ class StreamFeatureView:
             keys=keys,
             timestamp_field=self.timestamp_field,
             features=tuple((f.name, f.dtype) for f in self.feature_fields),
+            event_time_range_ms=self.source.event_time_range_ms,
         )
 
     def context(self, runner: Runner, **options: Any) -> FeatureContext:

@@ -41,8 +41,9 @@ def make_view(
     window: Window | None = None,
     transform: Callable[[dict[str, Any]], Any] | None = None,
     name: str = "test_view",
+    source: FileStreamSource = EVENTS,
 ) -> StreamFeatureView:
-    """A one-entity view (key ``user_id``) over the ``events`` source, built in code."""
+    """A one-entity view (key ``user_id``) over the ``events`` source (or ``source``), built in code."""
     schema = [Field("user_id", String)] + [Field(n, t) for n, (t, _) in features.items()]
 
     def view_function(ctx: Any, inputs: Any) -> Any:
@@ -54,7 +55,7 @@ def make_view(
         ).run(inputs)
 
     view_function.__name__ = name
-    return stream_feature_view(entities=[USER], schema=schema, source=EVENTS)(view_function)
+    return stream_feature_view(entities=[USER], schema=schema, source=source)(view_function)
 
 
 def free_port() -> int:

@@ -181,3 +181,37 @@ def test_the_per_event_stage_never_raises(raws: list[bytes], transform: str) -> 
     assert len(batch) == len(raws)
     letters = [o for o in outcomes if isinstance(o, DeadLetter)]
     assert [DeadLetter.from_json(t) for t in batch["_l0"] if t is not None] == letters
+
+
+@pytest.mark.parametrize("transform", ["none", "declarative", "row"])
+def test_a_source_declares_the_event_times_its_views_accept(transform: str) -> None:
+    # By default 1970 to 9999; a source of this century only refuses a 1999 event, and a source of
+    # historical data accepts 1900. The row path and stage 1's Arrow path agree.
+    from datetime import UTC, datetime
+
+    from conformance import FEATURES, TRANSFORMS, WINDOWS
+    from conftest import make_view
+
+    from featurestore import FileStreamSource
+
+    events = [line(timestamp=t) for t in ("1900-06-01T00:00:00Z", "1999-12-31T23:59:59Z", STAMP)]
+    for first, accepted in [
+        (None, [False, True, True]),
+        (datetime(2000, 1, 1, tzinfo=UTC), [False, False, True]),
+        (datetime(1800, 1, 1, tzinfo=UTC), [True, True, True]),
+    ]:
+        source = FileStreamSource(
+            name="events",
+            path="stream",
+            history="history.parquet",
+            event_time_range=None if first is None else (first, datetime(2100, 1, 1, tzinfo=UTC)),
+        )
+        view = make_view(dict(FEATURES), WINDOWS["continuous"](), TRANSFORMS[transform], "ranged", source)
+        outcomes = [EventPreparer(view.plan).prepare(e) for e in events]
+        assert [isinstance(o, PreparedEvent) for o in outcomes] == accepted
+        assert all(o.reason == BAD_TIME for o in outcomes if isinstance(o, DeadLetter))
+        assert ("event_time_range_ms" in view.plan.spec()) == (first is not None)
+        texts = pd.Series(events, dtype="object")
+        assert prepare_function([view.plan])(texts).to_dict("list") == prepare_function(
+            [view.plan], vectorised=False
+        )(texts).to_dict("list")

@@ -250,4 +250,3 @@ def test_the_openapi_document_is_true(server: str, tmp_path: Path) -> None:
         cwd=tmp_path,  # where it may leave its reports
     )
     assert done.returncode == 0, done.stdout[-5000:]
-

@@ -128,3 +128,25 @@ def test_clean_rows_prepared_in_the_jvm_equal_reference(
     assert_same_rows(view, expected.rows, result.rows.toArrow().to_pylist())
     assert result.counts == expected.counts and result.counts.dead_lettered > 0
     result.release()
+
+
+@pytest.mark.parametrize("transform", ["none", "declarative"])
+def test_a_sources_event_time_range_equals_reference(spark: Any, tmp_path: Path, transform: str) -> None:
+    # Events before the source's first accepted time are bad_time on the JVM path too.
+    from datetime import timedelta
+
+    from conformance import BASE, FEATURES, TRANSFORMS
+
+    from featurestore import FileStreamSource
+
+    source = FileStreamSource(
+        name="events",
+        path="stream",
+        history="history.parquet",
+        event_time_range=(BASE + timedelta(seconds=20), BASE + timedelta(seconds=50)),
+    )
+    view = make_view(dict(FEATURES), WINDOWS["continuous"](), TRANSFORMS[transform], "ranged", source)
+    path = write_events(generate_events(12), tmp_path / "events.parquet", typed_time=True)
+    expected = view.run(read_history(path))
+    assert sum(d.reason == "bad_time" for d in expected.dead_letters) > 100
+    check_spark(view, expected, spark.read.parquet(str(path)))

@@ -52,6 +52,26 @@ def redis_repo(path: Path, port: int, **flink: object) -> Path:
     return repo
 
 
+def flink_state(log: Path) -> str:
+    """The job's state, tasks and failures from Flink's REST API (named in serve-stream's output)."""
+    import json
+    import re
+    import urllib.request
+
+    found = re.search(r"job (\w+); Flink's REST API on (\S+)", log.read_text())
+    if found is None:
+        return "no REST API in the output"
+    job_id, rest = found.groups()
+    answers = []
+    for path in (f"/jobs/{job_id}", f"/jobs/{job_id}/exceptions", f"/jobs/{job_id}/checkpoints"):
+        try:
+            with urllib.request.urlopen(f"{rest}{path}", timeout=5) as answer:
+                answers.append(json.dumps(json.load(answer))[:3000])
+        except OSError as err:
+            answers.append(f"{path}: {err}")
+    return " | ".join(answers)
+
+
 def counted(repo: Path) -> int:
     status_dir = load_repo(repo).settings.work_path / "stream" / "status"
     return read_status(status_dir, "user_payment_stats_7d").counts.input
@@ -76,7 +96,10 @@ def test_redis_away_for_20_s_then_back_loses_and_doubles_nothing(tmp_path: Path)
         port, redis_proc = start_redis(data, port=port, persist=True)
         drop_file(stream_dir, "2.jsonl", files[2])
         total = sum(len(f) for f in files)
-        wait_for(lambda: counted(repo) >= total, 240, "every file after Redis came back")
+        try:
+            wait_for(lambda: counted(repo) >= total, 240, "every file after Redis came back")
+        except AssertionError as err:
+            raise AssertionError(f"{err}; Flink says: {flink_state(log_of(job))}") from None
         output = stop_when_quiet(
             job, load_repo(repo).settings.work_path / "stream" / "status", ["user_payment_stats_7d"]
         )

@@ -20,7 +20,6 @@ import pyarrow.compute as pc
 from transforms.dtypes import DType
 from transforms.expressions import NotVectorisable, Select
 from transforms.plan import TransformPlan
-from transforms.timeutil import FIRST_EVENT_MS, MAX_TIME_MS
 
 # How each value type is held inside the engines (timestamps as epoch milliseconds).
 ENGINE_TYPES: dict[str, pa.DataType] = {
@@ -126,7 +125,8 @@ def split_clean(plan: TransformPlan, batch: pa.RecordBatch) -> VectorisedBatch |
     raw_ms = _time_ms(time_column)
     if raw_ms is None:
         return None
-    in_range = pc.and_(pc.greater_equal(raw_ms, FIRST_EVENT_MS), pc.less_equal(raw_ms, MAX_TIME_MS))
+    low, high = plan.event_time_range_ms
+    in_range = pc.and_(pc.greater_equal(raw_ms, max(low, 0)), pc.less_equal(raw_ms, high))
     timed = pc.fill_null(pc.and_(pc.is_valid(time_column), in_range), False)
     kept = pa.array(np.ones(batch.num_rows, dtype=bool))
     if isinstance(transform, Select):

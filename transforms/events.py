@@ -18,7 +18,7 @@ from typing import Any
 
 from transforms.dtypes import CoercionError, coerce
 from transforms.plan import TransformPlan
-from transforms.timeutil import ms_to_datetime, parse_event_timestamp
+from transforms.timeutil import check_event_time, ms_to_datetime, parse_event_time
 from transforms.usercode import USER_CODE_ERRORS
 
 # Dead-letter reasons.
@@ -224,7 +224,7 @@ class EventPreparer:
         value = event.get(self.plan.timestamp_field)
         if value is None:
             raise KeyError(self.plan.timestamp_field)
-        return parse_event_timestamp(value)
+        return check_event_time(parse_event_time(value), self.plan.event_time_range_ms)
 
     def dead_letter(self, raw: Any, reason: str, detail: str, time_ms: int | None = None) -> DeadLetter:
         return DeadLetter(

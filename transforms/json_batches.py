@@ -20,7 +20,7 @@ import pyarrow as pa
 from transforms.events import parse_json
 from transforms.expressions import Select
 from transforms.plan import TransformPlan
-from transforms.timeutil import parse_event_timestamp
+from transforms.timeutil import parse_event_time
 
 _SIMPLE = {str: "str", float: "float", bool: "bool"}  # types whose every value makes a column
 _ARROW = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_()}
@@ -100,7 +100,7 @@ def decode_lines(time_field: str, texts: Sequence[str]) -> DecodedLines:
     for i, text in enumerate(texts):
         try:
             event = parse_json(text)
-            time_ms = parse_event_timestamp(event.get(time_field)) if isinstance(event, dict) else -1
+            time_ms = parse_event_time(event.get(time_field)) if isinstance(event, dict) else -1
         except Exception:  # the row path gives this event its exact outcome
             decoded.rest.append(i)
             continue

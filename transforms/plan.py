@@ -20,6 +20,7 @@ from transforms.dtypes import DType
 from transforms.errors import DefinitionError
 from transforms.expressions import Select
 from transforms.inference.stage import Enrich
+from transforms.timeutil import EVENT_TIME_RANGE_MS
 from transforms.windows import Lifetime, Window
 
 EVENT_TIMESTAMP = "event_timestamp"
@@ -47,6 +48,7 @@ class ViewInfo:
     keys: tuple[tuple[str, DType], ...]
     timestamp_field: str
     features: tuple[tuple[str, DType], ...]
+    event_time_range_ms: tuple[int, int] = EVENT_TIME_RANGE_MS  # its source's
 
 
 @dataclass
@@ -84,6 +86,7 @@ class TransformPlan:
     event_stages: tuple[Enrich, ...] = ()  # model stages on each event row, before aggregation
     row_stages: tuple[Enrich, ...] = ()  # model stages on each feature row, after aggregation
     row_outputs: tuple[tuple[str, DType], ...] = ()  # schema fields the row stages produce
+    event_time_range_ms: tuple[int, int] = EVENT_TIME_RANGE_MS  # outside it: bad_time
 
     @property
     def key_names(self) -> tuple[str, ...]:
@@ -125,6 +128,12 @@ class TransformPlan:
                 "before_aggregation": [stage.spec() for stage in self.event_stages],
                 "after_aggregation": [stage.spec() for stage in self.row_stages],
             },
+            # Only where a source narrows or widens it, so that other views' specs stay as they were.
+            **(
+                {"event_time_range_ms": list(self.event_time_range_ms)}
+                if self.event_time_range_ms != EVENT_TIME_RANGE_MS
+                else {}
+            ),
         }
 
 
@@ -220,6 +229,7 @@ def build_plan(
         event_stages=event_stages,
         row_stages=row_stages,
         row_outputs=tuple((name, dtype) for name, dtype in info.features if name in row_fields),
+        event_time_range_ms=info.event_time_range_ms,
     )
 
 

@@ -14,9 +14,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The event times a datetime can hold: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z.
 MIN_TIME_MS = -62_135_596_800_000
 MAX_TIME_MS = 253_402_300_799_999
-# The event times a view accepts: 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z. An event
-# outside them (a history row dated year 1, say) is a ``bad_time`` dead letter.
-FIRST_EVENT_MS = 0
+# The event times a view accepts unless its source says otherwise (``event_time_range``):
+# 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z. An event outside them (a history row dated
+# year 1, say) is a ``bad_time`` dead letter.
+EVENT_TIME_RANGE_MS = (0, MAX_TIME_MS)
 
 
 def parse_event_time(value: Any) -> int:
@@ -59,11 +60,14 @@ def _parse_event_time(value: Any) -> int:
     raise ValueError(f"not a time: {type(value).__name__}")
 
 
-def parse_event_timestamp(value: Any) -> int:
-    """``parse_event_time`` for an event's own time, which must lie in the years 1970 to 9999."""
-    time_ms = parse_event_time(value)
-    if time_ms < FIRST_EVENT_MS:
-        raise ValueError(f"event time before 1970: {value!r:.60}")
+def check_event_time(time_ms: int, time_range_ms: tuple[int, int] = EVENT_TIME_RANGE_MS) -> int:
+    """``time_ms`` when it lies in ``time_range_ms`` (both ends included), else ``ValueError``."""
+    low, high = time_range_ms
+    if not low <= time_ms <= high:
+        raise ValueError(
+            f"event time {ms_to_datetime(time_ms).isoformat()} is outside "
+            f"{ms_to_datetime(low).isoformat()} to {ms_to_datetime(high).isoformat()}"
+        )
     return time_ms
 
 

@@ -334,7 +334,8 @@ def serve_stream(
         remember_shape(checkpoint_dir, str(client.get_job_id()), shape)
         report(
             f"streaming {len(views)} view(s) ({', '.join(v.name for v in views)}) on "
-            f"{options.master or 'a local Flink mini-cluster'}; job {client.get_job_id()}"
+            f"{options.master or 'a local Flink mini-cluster'}; job {client.get_job_id()}; "
+            f"Flink's REST API on {rest}"
         )
         server = None
         if options.metrics_port is not None:

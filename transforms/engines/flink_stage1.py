@@ -276,11 +276,22 @@ def _view_preparer(
         """The row path over decoded events: what ``prepare_batch_timed`` gives for their texts
         (``decode_lines`` decodes and times them as it does), and their positions, in that order."""
         preparer = preparers[0]
-        events = zip(decoded.positions, decoded.events, decoded.times, strict=True)
+        low, high = plan.event_time_range_ms
+        events = [
+            (i, e, t)
+            for i, e, t in zip(decoded.positions, decoded.events, decoded.times, strict=True)
+            if low <= t <= high
+        ]
+        rest = sorted(
+            {
+                *decoded.rest,
+                *(i for i, t in zip(decoded.positions, decoded.times, strict=True) if not low <= t <= high),
+            }
+        )
         outcomes = preparer.transform_batch([(texts[i], e, t) for i, e, t in events])
-        timed: list[tuple[int | None, Any]] = list(zip(decoded.times, outcomes, strict=True))
-        timed += preparer.prepare_batch_timed([texts[i] for i in decoded.rest])
-        return timed, decoded.positions + decoded.rest
+        timed: list[tuple[int | None, Any]] = [(t, o) for (_, _, t), o in zip(events, outcomes, strict=True)]
+        timed += preparer.prepare_batch_timed([texts[i] for i in rest])
+        return timed, [i for i, _, _ in events] + rest
 
     def _prepare_vectorised(typed: TypedBatch, n: int, out: ViewOutcomes) -> list[int]:
         """Fill in the events the Arrow kernels prepare (one row each, as plain columns); returns the

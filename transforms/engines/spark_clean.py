@@ -16,7 +16,6 @@ from transforms.dtypes import DType
 from transforms.engines.spark_expressions import compile_select
 from transforms.expressions import Select
 from transforms.plan import TransformPlan
-from transforms.timeutil import FIRST_EVENT_MS, MAX_TIME_MS
 
 # Spark type names (``DataType.typeName()``) per MLFS value type, taken as they are.
 _EXACT = {"String": "string", "Int32": "integer", "Bool": "boolean", "Bytes": "binary"}
@@ -77,7 +76,8 @@ def clean_rows(plan: TransformPlan, events: Any, kind: str, first: str, ts: str)
         return None
     when = F.col(plan.timestamp_field)
     time_ms = F.unix_millis(when)
-    timed = when.isNotNull() & (F.unix_micros(when) >= FIRST_EVENT_MS * 1000) & (time_ms <= MAX_TIME_MS)
+    low, high = plan.event_time_range_ms  # from 1970 on: truncating to the millisecond floors
+    timed = when.isNotNull() & (F.unix_micros(when) >= max(low, 0) * 1000) & (time_ms <= high)
     filtered = None
     if isinstance(transform, Select):
         compiled = compile_select(transform, raw_types)
