@@ -32,7 +32,8 @@ from transforms.errors import MLFSError
 from transforms.expressions import Select
 from transforms.plan import EVENT_TIMESTAMP, Runner, spec_hash
 
-ENGINES = ("spark", "reference")
+ENGINES = ("embedded", "spark", "reference")
+DEFAULT_ENGINE = "embedded"
 DEFAULT_CHUNK_DAYS = 7
 
 
@@ -53,6 +54,8 @@ class BackfillPlan:
         engine = self.engine
         if engine == "spark":
             engine += f" (master {self.spark_master or DEFAULT_MASTER}, chunks of {self.chunk_days} day(s))"
+        elif engine == "embedded":
+            engine += " (DuckDB, in process)"
         lines = [
             f"engine: {engine}",
             f"range: [{self.start.isoformat() if self.start else 'beginning'}, {self.end.isoformat()})",
@@ -98,11 +101,17 @@ def plan_backfill(
     view_names: list[str],
     start: datetime | None,
     end: datetime | None,
-    engine: str = "spark",
+    engine: str | None = None,
     spark_master: str | None = None,
     chunk_days: int = DEFAULT_CHUNK_DAYS,
 ) -> BackfillPlan:
-    """Check the request (views exist, range, engine, inputs) and describe the work."""
+    """Check the request (views exist, range, engine, inputs) and describe the work. Without an
+    engine: ``mlfs.backfill.engine``, else Spark where a Spark master is given, else embedded."""
+    spark_settings = repo.settings.mlfs.get("spark") or {}
+    master = spark_master or spark_settings.get("master")
+    if engine is None:
+        configured = (repo.settings.mlfs.get("backfill") or {}).get("engine")
+        engine = configured or ("spark" if master else DEFAULT_ENGINE)
     if engine not in ENGINES:
         raise MLFSError(f"unknown engine {engine!r} (available: {', '.join(ENGINES)})")
     if chunk_days < 1:
@@ -114,8 +123,6 @@ def plan_backfill(
     end = end or datetime.now(UTC)
     if start is not None and start >= end:
         raise MLFSError(f"--start {start.isoformat()} is not before --end {end.isoformat()}")
-    spark_settings = repo.settings.mlfs.get("spark") or {}
-    master = spark_master or spark_settings.get("master")
     plan = BackfillPlan(
         views, start, end, engine, spark_master=master, chunk_days=chunk_days, end_given=end_given
     )
@@ -185,8 +192,8 @@ def run_backfill(
     progress: Callable[[str, int | None], Callable[[int], None]] | None = None,
     restart: bool = False,
 ) -> list[ViewReport]:
-    """Execute ``plan``; ``progress(view, total)`` returns a tick callback (events for the reference
-    engine, chunks for Spark). ``restart`` discards the progress of an interrupted Spark run."""
+    """Execute ``plan``; ``progress(view, total)`` returns a tick callback (events for the embedded and
+    reference engines, chunks for Spark). ``restart`` discards the progress of an interrupted run."""
     store = feast_store(repo.settings)
     _check_applied(store, plan.views)
     offline = ParquetOfflineStore(repo.settings.offline_path)
@@ -204,6 +211,10 @@ def run_backfill(
             if spark is not None:
                 report = _spark_view(
                     repo, plan, view, spark, offline, writer, dead_letter_file, restart, progress
+                )
+            elif plan.engine == "embedded":
+                report = _embedded_view(
+                    repo, plan, view, offline, writer, dead_letter_file, restart, progress
                 )
             else:
                 report = _reference_view(
@@ -261,6 +272,40 @@ def _spark_view(
         restart=restart,
         tick=progress(view.name, None) if progress else None,
         end_given=plan.end_given,
+    )
+
+
+def _embedded_view(
+    repo: FeatureRepo,
+    plan: BackfillPlan,
+    view: StreamFeatureView,
+    offline: ParquetOfflineStore,
+    writer: Any,
+    dead_letter_file: Callable[[datetime], Path],
+    restart: bool,
+    progress: Callable[[str, int | None], Callable[[int], None]] | None,
+) -> ViewReport:
+    from backfill.embedded_backfill import CHUNK_ROWS, backfill_view_embedded
+
+    settings = repo.settings.mlfs.get("backfill") or {}
+    chunk_rows = settings.get("chunk_rows", CHUNK_ROWS)
+    if not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows < 1:
+        raise MLFSError(f"mlfs.backfill.chunk_rows must be a positive integer, not {chunk_rows!r}")
+    files = plan.inputs[view.name]
+    total = ds.dataset([str(f) for f in files], format="parquet").count_rows()
+    return backfill_view_embedded(
+        view,
+        files,
+        plan.start,
+        plan.end,
+        offline,
+        writer,
+        repo.settings.work_path / "backfill",
+        dead_letter_file,
+        restart=restart,
+        tick=progress(view.name, total) if progress else None,
+        end_given=plan.end_given,
+        chunk_rows=chunk_rows,
     )
 
 

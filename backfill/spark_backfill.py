@@ -15,23 +15,20 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 import time
-from bisect import bisect_left
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from backfill.report import ViewReport
+from backfill.work import DAY_MS, MANIFEST, Manifest, chunks, has_rows, lookback_ms, newest_per_key, run_key
 from featurestore.deadletter import write_dead_letters
 from featurestore.offline.parquet import ParquetOfflineStore
 from featurestore.online.base import OnlineWriter
@@ -51,86 +48,10 @@ from transforms.engines.spark import (
     tally,
 )
 from transforms.events import EventCounts
-from transforms.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, spec_hash
+from transforms.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 from transforms.timeutil import datetime_to_ms, ms_to_datetime
-from transforms.windows import Lifetime, Sliding
 
-DAY_MS = 86_400_000
-MANIFEST = "manifest.json"
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Manifest:
-    """What a run has finished; saved after every step."""
-
-    created: str
-    end: str = ""
-    prepared: bool = False
-    counts: dict[str, int] = field(default_factory=dict)
-    first_ms: int | None = None
-    row_days: list[int] = field(default_factory=list)  # the UTC days (since 1970) with rows, sorted
-    chunks_done: list[int] = field(default_factory=list)
-    rows_dead_lettered: dict[str, int] = field(default_factory=dict)  # chunk -> rows a model stage refused
-
-    @staticmethod
-    def load(path: Path, created: datetime) -> Manifest:
-        if path.is_file():
-            return Manifest(**json.loads(path.read_text()))
-        return Manifest(created=created.isoformat())
-
-    def save(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(asdict(self), sort_keys=True))
-        tmp.replace(path)
-
-
-@dataclass(frozen=True)
-class Chunk:
-    index: int
-    start: datetime
-    end: datetime
-
-
-def run_key(view: StreamFeatureView, files: list[Path], start: datetime | None) -> str:
-    """Names a run: the same view definition, start and input files resume the same run (its end
-    is in the manifest)."""
-    parts = [spec_hash(view.spec()), str(start)]
-    for f in files:
-        stat = f.stat()
-        parts.append(f"{f}:{stat.st_size}:{stat.st_mtime_ns}")
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-
-
-def chunks(first: datetime, end: datetime, start: datetime | None, days: int) -> list[Chunk]:
-    """Day-aligned chunks of ``days`` days covering ``[start or first, end)``."""
-    begin = start or first
-    cursor = datetime(begin.year, begin.month, begin.day, tzinfo=UTC)
-    out: list[Chunk] = []
-    while cursor < end:
-        stop = min(cursor + timedelta(days=days), end)
-        out.append(Chunk(len(out), max(cursor, begin), stop))
-        cursor = stop
-    return out
-
-
-def has_rows(chunk: Chunk, row_days: list[int], reach: int | None) -> bool:
-    """Whether any row that a chunk's values depend on lies on one of ``row_days`` (a chunk of an
-    empty stretch of history has nothing to compute: no Spark job for it)."""
-    c0, c1 = datetime_to_ms(chunk.start), datetime_to_ms(chunk.end)
-    first_day = (c0 - (reach or 0)) // DAY_MS
-    last_day = (c1 - 1) // DAY_MS
-    i = bisect_left(row_days, first_day)
-    return i < len(row_days) and row_days[i] <= last_day
-
-
-def lookback_ms(view: StreamFeatureView) -> int | None:
-    """How far before a chunk its rows can depend on events (None: all of history)."""
-    window = view.plan.window
-    if isinstance(window, Lifetime):
-        return None
-    assert isinstance(window, Sliding)
-    return window.size_ms + (window.hop_ms or 0)
 
 
 def backfill_view_spark(
@@ -279,27 +200,14 @@ def _latest_rows(view: StreamFeatureView, staged_dirs: list[Path]) -> list[dict[
     for directory in staged_dirs:
         for file in sorted(directory.glob("*.parquet")) if directory.is_dir() else []:
             for batch in pq.ParquetFile(file).iter_batches(batch_size=1 << 20):
-                candidates.append(_newest_per_key(pa.Table.from_batches([batch]), keys))
+                candidates.append(newest_per_key(pa.Table.from_batches([batch]), keys))
                 held += candidates[-1].num_rows
                 if held > 1 << 22:  # fold the candidates so far, to keep memory near one row per key
                     candidates = [
-                        _newest_per_key(pa.concat_tables(candidates, promote_options="permissive"), keys)
+                        newest_per_key(pa.concat_tables(candidates, promote_options="permissive"), keys)
                     ]
                     held = candidates[0].num_rows
     if not candidates:
         return []
-    latest = _newest_per_key(pa.concat_tables(candidates, promote_options="permissive"), keys)
+    latest = newest_per_key(pa.concat_tables(candidates, promote_options="permissive"), keys)
     return list(latest.drop_columns([CREATED_TIMESTAMP]).to_pylist())
-
-
-def _newest_per_key(table: pa.Table, keys: list[str]) -> pa.Table:
-    # Joined on keys, time and row number only: Arrow's join carries no list columns.
-    narrow = table.select([*keys, EVENT_TIMESTAMP]).append_column("_row", pa.array(np.arange(table.num_rows)))
-    newest = narrow.group_by(keys).aggregate([(EVENT_TIMESTAMP, "max")])
-    kept = narrow.join(
-        newest,
-        keys=[*keys, EVENT_TIMESTAMP],
-        right_keys=[*keys, f"{EVENT_TIMESTAMP}_max"],
-        join_type="left semi",
-    )
-    return table.take(kept.column("_row"))

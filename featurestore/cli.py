@@ -66,11 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--start", type=_timestamp, help="first feature time (default: all history)")
     backfill.add_argument("--end", type=_timestamp, help="end of the range, exclusive (default: now)")
     backfill.add_argument(
-        "--engine", default="spark", choices=["spark", "reference"], help="engine (default: spark)"
+        "--engine",
+        choices=["embedded", "spark", "reference"],
+        help="default: mlfs.backfill.engine, else spark with a Spark master, else embedded",
     )
-    backfill.add_argument("--spark-master", metavar="URL", help="Spark master (default: local[*])")
     backfill.add_argument(
-        "--chunk-days", type=int, default=7, metavar="N", help="days per resumable chunk (default: 7)"
+        "--spark-master", metavar="URL", help="Spark master; selects Spark (default: local[*])"
+    )
+    backfill.add_argument(
+        "--chunk-days", type=int, default=7, metavar="N", help="days per resumable Spark chunk (default: 7)"
     )
     backfill.add_argument("--restart", action="store_true", help="discard the progress of an interrupted run")
     backfill.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")

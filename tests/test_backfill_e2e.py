@@ -49,8 +49,9 @@ def normalise(value: Any) -> Any:
 
 @pytest.fixture(
     scope="module",
-    # Spark's SQLite writes are checked by test_spark_backfill; here Spark writes to Redis.
-    params=[("sqlite", "reference"), ("redis", "reference"), ("redis", "spark")],
+    # Spark's SQLite writes are checked by test_spark_backfill; here Spark writes to Redis, the
+    # embedded engine (the default) to SQLite.
+    params=[("sqlite", "reference"), ("sqlite", "embedded"), ("redis", "reference"), ("redis", "spark")],
     ids=lambda p: "-".join(p),
 )
 def backfilled_with(

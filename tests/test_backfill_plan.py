@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from conftest import make_view
 
-from backfill.spark_backfill import chunks, lookback_ms
+from backfill.work import chunks, lookback_ms
 from featurestore import Count, Int64, Sliding, Tumbling
 
 

@@ -34,14 +34,21 @@ MLFS = str(Path(sys.executable).with_name("mlfs"))
 VIEW = "user_payment_stats_7d"
 
 
-def applied(path: Path) -> Path:
+def applied(path: Path, chunk_rows: int | None = None) -> Path:
+    """The example repository, applied; with ``chunk_rows``, the embedded engine's chunk size."""
     repo = example_repo(path, events=3000)
+    if chunk_rows is not None:
+        settings = repo / "feature_store.yaml"
+        text = settings.read_text().replace(
+            "\nmlfs:\n", f"\nmlfs:\n  backfill:\n    chunk_rows: {chunk_rows}\n"
+        )
+        settings.write_text(text)
     assert main(["apply", "--repo", str(repo)]) == 0
     return repo
 
 
-def backfill_args(repo: Path, *extra: str) -> list[str]:
-    return ["backfill", VIEW, "--end", AS_OF.isoformat(), "--chunk-days", "1", "--repo", str(repo), *extra]
+def backfill_args(repo: Path, *extra: str, engine: str = "spark") -> list[str]:
+    return ["backfill", VIEW, "--end", AS_OF.isoformat(), "--engine", engine, "--repo", str(repo), *extra]
 
 
 def stored_rows(repo: Any) -> list[dict[str, Any]]:
@@ -80,13 +87,14 @@ def assert_reference_output(repo_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("engine", ["spark", "embedded"])
 def test_killed_backfill_resumes_to_identical_output(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], engine: str
 ) -> None:
-    killed = applied(tmp_path / "killed")
+    killed = applied(tmp_path / "killed", chunk_rows=60)  # embedded: chunks of a few days
     work = killed / "data" / "work" / "backfill" / VIEW
     proc = subprocess.Popen(
-        [MLFS, *backfill_args(killed, "--chunk-days", "3")],
+        [MLFS, *backfill_args(killed, "--chunk-days", "3", engine=engine)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group: the Spark JVM dies with it
@@ -106,7 +114,8 @@ def test_killed_backfill_resumes_to_identical_output(
     proc.wait()
 
     capsys.readouterr()
-    resumed = [a for a in backfill_args(killed, "--chunk-days", "3") if a not in ("--end", AS_OF.isoformat())]
+    args = backfill_args(killed, "--chunk-days", "3", engine=engine)
+    resumed = [a for a in args if a not in ("--end", AS_OF.isoformat())]
     assert main(resumed) == 0  # without --end: the interrupted run's end is kept
     out = capsys.readouterr().out
     skipped = int(out.split(" chunk(s) already done")[0].rsplit("; ", 1)[1])
@@ -115,12 +124,14 @@ def test_killed_backfill_resumes_to_identical_output(
     assert not any(work.iterdir())  # a finished run leaves no work behind
 
 
-def test_overlapping_ranges_leave_exactly_the_reference_rows(tmp_path: Path) -> None:
-    repo_path = applied(tmp_path / "repo")
+@pytest.mark.parametrize("engine", ["spark", "embedded"])
+def test_overlapping_ranges_leave_exactly_the_reference_rows(tmp_path: Path, engine: str) -> None:
+    repo_path = applied(tmp_path / "repo", chunk_rows=200)
     first = (AS_OF - timedelta(days=20), AS_OF - timedelta(days=8))
     second = (AS_OF - timedelta(days=12), AS_OF - timedelta(days=1))
     for start, end in (first, second):
         args = ["backfill", "--start", start.isoformat(), "--end", end.isoformat(), "--chunk-days", "3"]
+        args += ["--engine", engine]
         assert main([*args, "--repo", str(repo_path)]) == 0
     repo = load_repo(repo_path)
     offline = ParquetOfflineStore(repo.settings.offline_path)
@@ -141,7 +152,10 @@ def test_dry_run_prints_the_plan_and_writes_nothing(
 ) -> None:
     repo = applied(tmp_path / "repo")
     capsys.readouterr()
-    assert main(backfill_args(repo, "--dry-run", "--spark-master", "spark://example:7077")) == 0
+    assert (
+        main(backfill_args(repo, "--dry-run", "--chunk-days", "1", "--spark-master", "spark://example:7077"))
+        == 0
+    )
     out = capsys.readouterr().out
     assert "engine: spark (master spark://example:7077, chunks of 1 day(s))" in out
     assert f"view {VIEW}: window continuous, source payments, 1 input file(s)" in out

@@ -8,7 +8,8 @@ Rules shared by all of them:
 * ``Latest``, ``First`` and ``LastK`` order values by ``(event time, value)``: ties in event time are
   broken by the value itself, so arrival order never decides;
 * ``Variance`` / ``Stddev`` are population by default and sample with ``sample=True`` (null below
-  two values); they are computed with Welford's update and Chan's merge.
+  two values); they are computed exactly (rational sums) and rounded once, so every engine is held
+  to the true value, not to one summation order's rounding.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, ClassVar
 
 from transforms.dtypes import Array, DType, Float64, String
@@ -228,31 +230,21 @@ class Variance(Aggregation):
         return f"{self.kind}({self.column}{', sample=True' if self.sample else ''})"
 
     def create(self) -> Acc:
-        return (0, 0.0, 0.0)  # count, mean, sum of squared deviations
+        return (0, Fraction(0), Fraction(0))  # count, exact sum, exact sum of squares
 
     def add(self, acc: Acc, value: Any, ts: int) -> Acc:
-        n, mean, m2 = acc
-        n += 1
-        delta = value - mean
-        mean += delta / n
-        return (n, mean, m2 + delta * (value - mean))
+        n, total, squares = acc
+        exact = Fraction(value)
+        return (n + 1, total + exact, squares + exact * exact)
 
     def merge(self, a: Acc, b: Acc) -> Acc:
-        na, ma, m2a = a
-        nb, mb, m2b = b
-        if na == 0:
-            return b
-        if nb == 0:
-            return a
-        n = na + nb
-        delta = mb - ma
-        return (n, ma + delta * nb / n, m2a + m2b + delta * delta * na * nb / n)
+        return (a[0] + b[0], a[1] + b[1], a[2] + b[2])
 
     def _variance(self, acc: Acc) -> float | None:
-        n, _, m2 = acc
+        n, total, squares = acc
         if n == 0 or (self.sample and n < 2):
             return None
-        return m2 / (n - 1 if self.sample else n)
+        return float((squares - total * total / n) / (n - 1 if self.sample else n))
 
     def result(self, acc: Acc) -> Any:
         return self._variance(acc)

@@ -2,10 +2,10 @@
 declarative one (``transforms.expressions.Select``).
 
 It gives exactly what ``transforms.events.EventPreparer`` gives row by row, and only takes the
-rows it can prove clean: a typed, non-null event time at or after 1970 (so truncating to the
-millisecond is flooring) and non-null keys of the exact key type. Every other row, and every batch
-whose column types do not map one-to-one onto the plan's types, is left to the row path, which
-produces the dead letters.
+rows it can prove clean: a typed, non-null event time in the view's range and at or after 1970
+(``timeutil.vectorised_range``: truncating to the millisecond is flooring) and non-null keys of the
+exact key type. Every other row, and every batch whose column types do not map one-to-one onto the
+plan's types, is left to the row path, which produces the dead letters.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from transforms.dtypes import DType
 from transforms.expressions import NotVectorisable, Select
 from transforms.plan import TransformPlan
+from transforms.timeutil import vectorised_range
 
 # How each value type is held inside the engines (timestamps as epoch milliseconds).
 ENGINE_TYPES: dict[str, pa.DataType] = {
@@ -125,8 +126,8 @@ def split_clean(plan: TransformPlan, batch: pa.RecordBatch) -> VectorisedBatch |
     raw_ms = _time_ms(time_column)
     if raw_ms is None:
         return None
-    low, high = plan.event_time_range_ms
-    in_range = pc.and_(pc.greater_equal(raw_ms, max(low, 0)), pc.less_equal(raw_ms, high))
+    low, high = vectorised_range(plan.event_time_range_ms)
+    in_range = pc.and_(pc.greater_equal(raw_ms, low), pc.less_equal(raw_ms, high))
     timed = pc.fill_null(pc.and_(pc.is_valid(time_column), in_range), False)
     kept = pa.array(np.ones(batch.num_rows, dtype=bool))
     if isinstance(transform, Select):

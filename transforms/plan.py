@@ -35,6 +35,7 @@ class Runner(StrEnum):
 
     PLAN = "plan"
     REFERENCE = "reference"
+    EMBEDDED = "embedded"
     SPARK = "spark"
     FLINK = "flink"
     BEAM = "beam"

@@ -60,6 +60,12 @@ def _parse_event_time(value: Any) -> int:
     raise ValueError(f"not a time: {type(value).__name__}")
 
 
+def vectorised_range(time_range_ms: tuple[int, int]) -> tuple[int, int]:
+    """The part of an event-time range that the vectorised paths (Arrow kernels, Spark SQL) take:
+    from 1970 on, where truncating a time to the millisecond floors it; the row path has the rest."""
+    return max(time_range_ms[0], 0), time_range_ms[1]
+
+
 def check_event_time(time_ms: int, time_range_ms: tuple[int, int] = EVENT_TIME_RANGE_MS) -> int:
     """``time_ms`` when it lies in ``time_range_ms`` (both ends included), else ``ValueError``."""
     low, high = time_range_ms

@@ -40,12 +40,28 @@ class Window:
         return tuple(t for t in self.change_times(event_ms) if t <= LAST_ROW_MS)
 
     def change_times(self, event_ms: int) -> tuple[int, ...]:
-        """The times at which an event at ``event_ms`` can change its key's value."""
+        """The times at which an event at ``event_ms`` can change its key's value: its aligned time
+        plus each of ``change_offsets``."""
+        aligned = self.aligned(event_ms)
+        return tuple(aligned + offset for offset in self.change_offsets())
+
+    def aligned(self, event_ms: int) -> int:
+        """The first time an event at ``event_ms`` counts (hopping: the first window end after it)."""
+        return event_ms
+
+    def change_offsets(self) -> tuple[int, ...]:
+        """Where, after its aligned time, an event changes its key's value (entering, then leaving)."""
+        raise NotImplementedError
+
+    def frame(self) -> tuple[int | None, int]:
+        """``bounds`` as offsets from ``t``: ``(lo - t, hi - t)``, ``lo - t`` None when unbounded. Engines
+        lower this one rule to their frames."""
         raise NotImplementedError
 
     def bounds(self, t: int) -> tuple[int, int]:
         """The half-open ``[lo, hi)`` event-time interval the value at ``t`` aggregates."""
-        raise NotImplementedError
+        low, high = self.frame()
+        return (NEG_INF if low is None else t + low, t + high)
 
     def spec(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -82,18 +98,17 @@ class Sliding(Window):
     def hop_ms(self) -> int | None:
         return None if self.hop is None else duration_ms(self.hop)
 
-    def change_times(self, event_ms: int) -> tuple[int, ...]:
-        size = self.size_ms
+    def aligned(self, event_ms: int) -> int:
         hop = self.hop_ms
-        if hop is None:
-            return (event_ms, event_ms + size)
-        first_end = (event_ms // hop) * hop + hop
-        return (first_end, first_end + size)
+        return event_ms if hop is None else (event_ms // hop) * hop + hop
 
-    def bounds(self, t: int) -> tuple[int, int]:
+    def change_offsets(self) -> tuple[int, ...]:
+        return (0, self.size_ms)
+
+    def frame(self) -> tuple[int | None, int]:
         if self.hop is None:
-            return (t - self.size_ms + 1, t + 1)
-        return (t - self.size_ms, t)
+            return (-self.size_ms + 1, 1)
+        return (-self.size_ms, 0)
 
     def spec(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "size_ms": self.size_ms}
@@ -113,11 +128,11 @@ class Lifetime(Window):
 
     kind: ClassVar[str] = "lifetime"  # type: ignore[misc]
 
-    def change_times(self, event_ms: int) -> tuple[int, ...]:
-        return (event_ms,)
+    def change_offsets(self) -> tuple[int, ...]:
+        return (0,)
 
-    def bounds(self, t: int) -> tuple[int, int]:
-        return (NEG_INF, t + 1)
+    def frame(self) -> tuple[int | None, int]:
+        return (None, 1)
 
     def spec(self) -> dict[str, Any]:
         return {"kind": "lifetime"}

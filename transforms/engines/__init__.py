@@ -17,6 +17,10 @@ def get_engine(runner: Runner) -> Engine:
         from transforms.engines.reference import reference_engine
 
         return reference_engine
+    if runner is Runner.EMBEDDED:
+        from transforms.engines.embedded import embedded_engine
+
+        return embedded_engine
     if runner is Runner.SPARK:
         from transforms.engines.spark import spark_engine
 

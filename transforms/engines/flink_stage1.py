@@ -277,17 +277,14 @@ def _view_preparer(
         (``decode_lines`` decodes and times them as it does), and their positions, in that order."""
         preparer = preparers[0]
         low, high = plan.event_time_range_ms
-        events = [
-            (i, e, t)
-            for i, e, t in zip(decoded.positions, decoded.events, decoded.times, strict=True)
-            if low <= t <= high
-        ]
-        rest = sorted(
-            {
-                *decoded.rest,
-                *(i for i, t in zip(decoded.positions, decoded.times, strict=True) if not low <= t <= high),
-            }
-        )
+        events: list[tuple[int, dict[str, Any], int]] = []
+        rest = list(decoded.rest)  # and the events outside the view's range: the row path's bad_time
+        for i, event, time_ms in zip(decoded.positions, decoded.events, decoded.times, strict=True):
+            if low <= time_ms <= high:
+                events.append((i, event, time_ms))
+            else:
+                rest.append(i)
+        rest.sort()
         outcomes = preparer.transform_batch([(texts[i], e, t) for i, e, t in events])
         timed: list[tuple[int | None, Any]] = [(t, o) for (_, _, t), o in zip(events, outcomes, strict=True)]
         timed += preparer.prepare_batch_timed([texts[i] for i in rest])

@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from transforms.aggregations import (
@@ -40,119 +39,26 @@ from transforms.aggregations import (
     Sum,
     Variance,
 )
-from transforms.arrow_events import ENGINE_TYPES, split_clean
 from transforms.dtypes import DType
-from transforms.events import DeadLetter, EventCounts, EventPreparer
+from transforms.events import DeadLetter, EventCounts
 from transforms.plan import EVENT_TIMESTAMP, FeatureContext, TransformPlan
-from transforms.timeutil import datetime_to_ms, engine_value, ms_to_datetime
+from transforms.stage1 import (
+    DEAD,
+    DEAD_COLUMNS,
+    FILTERED,
+    FIRST,
+    KIND,
+    ROW,
+    TS,
+    prepare_batches,
+    prepared_schema,
+    value_column,
+)
+from transforms.timeutil import datetime_to_ms, ms_to_datetime
 from transforms.usercode import plan_functions, user_module
 from transforms.windows import LAST_ROW_MS, Lifetime, Sliding
 
-KIND = "_kind"  # 0: a row, 1: a dead letter, 2: a filtered event
-FIRST = "_first"  # the first row of an aggregated event (counts events, not rows)
-TS = "_ts"
 END = "_end"
-ROW, DEAD, FILTERED = 0, 1, 2
-DEAD_COLUMNS = ("_reason", "_detail", "_raw", "_event_ms")
-
-
-def _value_column(i: int) -> str:
-    return f"_v{i}"
-
-
-def _input_type(dtype: DType | None) -> pa.DataType:
-    return pa.bool_() if dtype is None else ENGINE_TYPES[dtype.name]
-
-
-def prepared_schema(plan: TransformPlan) -> pa.Schema:
-    """The Arrow schema of stage 1's output."""
-    fields = [pa.field(KIND, pa.int8()), pa.field(FIRST, pa.bool_())]
-    fields += [pa.field(name, ENGINE_TYPES[dtype.name]) for name, dtype in plan.keys]
-    fields.append(pa.field(TS, pa.int64()))
-    fields += [pa.field(_value_column(i), _input_type(f.input_dtype)) for i, f in enumerate(plan.features)]
-    fields += [pa.field(c, pa.string()) for c in DEAD_COLUMNS[:3]]
-    fields.append(pa.field(DEAD_COLUMNS[3], pa.int64()))
-    return pa.schema(fields)
-
-
-class _BatchBuilder:
-    """Stage 1's output columns for one batch, filled one outcome at a time."""
-
-    def __init__(self, plan: TransformPlan, schema: pa.Schema) -> None:
-        self.schema = schema
-        self.key_names = plan.key_names
-        self.columns: dict[str, list[Any]] = {name: [] for name in schema.names}
-        self.no_key = (None,) * len(plan.key_names)
-        self.no_values = (None,) * len(plan.features)
-        self.no_dead = (None,) * len(DEAD_COLUMNS)
-
-    def emit(
-        self,
-        kind: int,
-        first: bool = False,
-        key: tuple[Any, ...] | None = None,
-        ts: int | None = None,
-        values: tuple[Any, ...] | None = None,
-        dead: tuple[Any, ...] | None = None,
-    ) -> None:
-        columns = self.columns
-        columns[KIND].append(kind)
-        columns[FIRST].append(first)
-        for name, value in zip(self.key_names, key or self.no_key, strict=True):
-            columns[name].append(value)
-        columns[TS].append(ts)
-        for i, value in enumerate(values or self.no_values):
-            columns[_value_column(i)].append(engine_value(value))
-        for name, value in zip(DEAD_COLUMNS, dead or self.no_dead, strict=True):
-            columns[name].append(value)
-
-    def batch(self) -> pa.RecordBatch:
-        return pa.RecordBatch.from_pydict(self.columns, schema=self.schema)
-
-
-def _clean_batch(schema: pa.Schema, clean: dict[str, pa.Array]) -> pa.RecordBatch:
-    n = len(clean[TS])
-    arrays = []
-    for field in schema:
-        if field.name == KIND:
-            arrays.append(pa.array(np.full(n, ROW, dtype=np.int8)))
-        elif field.name == FIRST:
-            arrays.append(pa.array(np.ones(n, dtype=bool)))
-        elif field.name in clean:
-            arrays.append(clean[field.name].cast(field.type))
-        else:
-            arrays.append(pa.nulls(n, field.type))
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-
-def _filtered_batch(schema: pa.Schema, n: int) -> pa.RecordBatch:
-    fixed = {KIND: pa.array(np.full(n, FILTERED, dtype=np.int8)), FIRST: pa.array(np.zeros(n, dtype=bool))}
-    arrays = [fixed.get(field.name, pa.nulls(n, field.type)) for field in schema]
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-
-def prepare_batches(plan: TransformPlan, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """Stage 1, run on Spark's Python workers: raw event batches to typed rows and dead letters."""
-    preparer = EventPreparer(plan)
-    schema = prepared_schema(plan)
-    for batch in batches:
-        split = split_clean(plan, batch)
-        if split is not None:  # clean rows vectorised; the rest (bad rows) row by row
-            yield _clean_batch(schema, split.clean)
-            if split.filtered:
-                yield _filtered_batch(schema, split.filtered)
-            batch = split.rest
-        out = _BatchBuilder(plan, schema)
-        for outcome in preparer.prepare_batch(batch.to_pylist()):
-            if outcome is None:
-                out.emit(FILTERED)
-            elif isinstance(outcome, DeadLetter):
-                event_ms = None if outcome.event_time is None else datetime_to_ms(outcome.event_time)
-                out.emit(DEAD, dead=(outcome.reason, outcome.detail, outcome.raw, event_ms))
-            else:
-                for i, (key, values) in enumerate(outcome.rows):
-                    out.emit(ROW, i == 0, key, outcome.time_ms, values)
-        yield out.batch()
 
 
 def _spark_type(arrow_type: pa.DataType) -> str:
@@ -262,7 +168,7 @@ def aggregate_rows(plan: TransformPlan, rows: Any) -> Any:
     from pyspark.sql import functions as F
 
     keys = list(plan.key_names)
-    values = [_value_column(i) for i in range(len(plan.features))]
+    values = [value_column(i) for i in range(len(plan.features))]
     rows = rows.select(*keys, TS, *values)
     window = plan.window
     if isinstance(window, Sliding) and window.hop is not None:

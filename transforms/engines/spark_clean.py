@@ -1,8 +1,9 @@
 """Stage 1 in the JVM for views without an event transform or with a declarative one (``Select``,
 compiled by ``spark_expressions``): Spark SQL expressions take the rows
-``transforms.arrow_events.split_clean`` would take (a typed event time at or after 1970, non-null
-keys of the exact key type, a decided transform) and coerce their values by the same rules, so only
-the other rows (the future dead letters) cross into Python.
+``transforms.arrow_events.split_clean`` would take (a typed event time in
+``timeutil.vectorised_range``, non-null keys of the exact key type, a decided transform) and
+coerce their values by the same rules, so only the other rows (the future dead letters) cross into
+Python.
 
 ``clean_rows`` returns None whenever a column's type is not one of the pairs mapped here; the
 caller then runs every row through Python, which gives the same result more slowly.
@@ -16,6 +17,7 @@ from transforms.dtypes import DType
 from transforms.engines.spark_expressions import compile_select
 from transforms.expressions import Select
 from transforms.plan import TransformPlan
+from transforms.timeutil import vectorised_range
 
 # Spark type names (``DataType.typeName()``) per MLFS value type, taken as they are.
 _EXACT = {"String": "string", "Int32": "integer", "Bool": "boolean", "Bytes": "binary"}
@@ -76,8 +78,8 @@ def clean_rows(plan: TransformPlan, events: Any, kind: str, first: str, ts: str)
         return None
     when = F.col(plan.timestamp_field)
     time_ms = F.unix_millis(when)
-    low, high = plan.event_time_range_ms  # from 1970 on: truncating to the millisecond floors
-    timed = when.isNotNull() & (F.unix_micros(when) >= max(low, 0) * 1000) & (time_ms <= high)
+    low, high = vectorised_range(plan.event_time_range_ms)
+    timed = when.isNotNull() & (F.unix_micros(when) >= low * 1000) & (time_ms <= high)
     filtered = None
     if isinstance(transform, Select):
         compiled = compile_select(transform, raw_types)

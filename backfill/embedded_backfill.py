@@ -1,0 +1,222 @@
+"""The embedded backfill of one view: in process, on DuckDB, the default on one machine.
+
+1. Stage 1 (``transforms.stage1``: decode, time, transform, types; clean rows vectorised) runs over
+   the history's Arrow batches; its typed rows go into a DuckDB table (spilled to the run's work
+   directory when memory runs short), the dead letters to their file, the counts to the manifest.
+2. The range is cut into day-aligned chunks by volume (``CHUNK_ROWS`` rows each; one chunk for
+   small inputs). Each chunk's feature rows come from ``transforms.engines.duckdb_windows`` (the
+   window kernel Spark runs too) over the rows its values depend on, go through the view's model
+   stages, and replace the chunk's offline partitions straight from Arrow, then the chunk is
+   recorded in the run's manifest (``backfill.work``). A run started again after a kill skips the
+   recorded chunks and reuses the created timestamp, so it writes exactly what one run would.
+3. The newest row per key goes to the online store (newer-wins).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from backfill.report import ViewReport
+from backfill.work import DAY_MS, MANIFEST, Chunk, Manifest, has_rows, lookback_ms, newest_per_key, run_key
+from featurestore.deadletter import write_dead_letters
+from featurestore.offline.parquet import ParquetOfflineStore, arrow_schema
+from featurestore.online.base import OnlineWriter
+from featurestore.view import StreamFeatureView
+from transforms.engines.duckdb_windows import feature_rows
+from transforms.engines.embedded import load_prepared
+from transforms.events import DeadLetter, EventCounts
+from transforms.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
+from transforms.stage1 import TS
+from transforms.timeutil import datetime_to_ms, ms_to_datetime
+
+CHUNK_ROWS = 20_000_000  # stage-1 rows whose feature rows one chunk computes at most
+BATCH_ROWS = 131_072
+log = logging.getLogger(__name__)
+
+
+def volume_chunks(
+    day_rows: dict[int, int], end: datetime, start: datetime | None, max_rows: int = CHUNK_ROWS
+) -> list[Chunk]:
+    """Day-aligned chunks covering ``[start or the first row's day, end)``, each holding at most
+    ``max_rows`` rows of its own days (a day is never split)."""
+    if not day_rows:
+        return []
+    first = ms_to_datetime(min(day_rows) * DAY_MS)
+    begin = max(start, first) if start is not None else first
+    begin_day = datetime_to_ms(begin) // DAY_MS
+    end_day = (datetime_to_ms(end) - 1) // DAY_MS
+    out: list[Chunk] = []
+    cursor = begin
+    held = 0
+    for day in range(begin_day, end_day + 1):
+        rows = day_rows.get(day, 0)
+        if held and held + rows > max_rows:
+            stop = ms_to_datetime(day * DAY_MS)
+            out.append(Chunk(len(out), cursor, stop))
+            cursor, held = stop, 0
+        held += rows
+        if day > begin_day + 400_000:  # pragma: no cover - a range beyond any calendar
+            break
+    out.append(Chunk(len(out), cursor, end))
+    return [c for c in out if c.start < c.end]
+
+
+def backfill_view_embedded(
+    view: StreamFeatureView,
+    files: list[Path],
+    start: datetime | None,
+    end: datetime,
+    offline: ParquetOfflineStore,
+    writer: OnlineWriter,
+    work_root: Path,
+    dead_letter_file: Callable[[datetime], Path],
+    restart: bool = False,
+    tick: Callable[[int], None] | None = None,
+    end_given: bool = True,
+    chunk_rows: int = CHUNK_ROWS,
+) -> ViewReport:
+    """Backfill one view in process (see the module docstring); returns what it did."""
+    plan = view.plan
+    work = work_root / view.name / run_key(view, files, start)
+    manifest = Manifest.load(work / MANIFEST, datetime.now(UTC))
+    if manifest.end and manifest.end != end.isoformat():
+        if end_given:
+            restart = True  # an explicit, different end is a different run
+        else:
+            end = datetime.fromisoformat(manifest.end)
+            log.warning("%s: resuming the interrupted backfill up to %s", view.name, manifest.end)
+    if restart:
+        shutil.rmtree(work, ignore_errors=True)
+        manifest = Manifest(created=datetime.now(UTC).isoformat())
+    work.mkdir(parents=True, exist_ok=True)
+    manifest.end = end.isoformat()
+    created = datetime.fromisoformat(manifest.created)
+    end_ms = datetime_to_ms(end)
+
+    clock = time.monotonic()
+    con = duckdb.connect()
+    con.execute(f"SET temp_directory = '{_sql_text(str(work / 'spill'))}'")
+    con.execute("SET preserve_insertion_order = false")
+    counts, letters = load_prepared(con, view.plan, view.name, _batches(files), end_ms, tick)
+    if not manifest.prepared:
+        write_dead_letters(dead_letter_file(end), letters)
+        manifest.prepared = True
+        manifest.counts = asdict(counts)
+        manifest.save(work / MANIFEST)
+    log.info("%s: stage 1 in %.1fs", view.name, time.monotonic() - clock)
+
+    report = ViewReport(view.name, EventCounts(**manifest.counts), end=end)
+    day_counts = dict(con.sql(f"SELECT {TS} // {DAY_MS}, count(*) FROM prepared GROUP BY 1").fetchall())
+    reach = lookback_ms(view)
+    latest: list[pa.Table] = []
+    for chunk in volume_chunks(day_counts, end, start, chunk_rows):
+        done = chunk.index in manifest.chunks_done
+        if done:
+            report.chunks_skipped += 1
+        if not has_rows(chunk, sorted(day_counts), reach):
+            if not done:
+                if view.offline:  # what an earlier backfill wrote there goes (a rewrite is idempotent)
+                    report.partitions += offline.write(view, [], created, chunk.start, chunk.end).partitions
+                manifest.chunks_done.append(chunk.index)
+                manifest.save(work / MANIFEST)
+                report.chunks_empty += 1
+            continue
+        table = _chunk_rows(con, view, chunk, reach)
+        if plan.row_stages:
+            table, dead = _score(view, table)
+            if not done:
+                path = dead_letter_file(end)
+                write_dead_letters(path.with_name(f"{path.stem}-rows-{chunk.index}.jsonl"), dead)
+                manifest.rows_dead_lettered[str(chunk.index)] = len(dead)
+        if view.online and table.num_rows:
+            latest.append(newest_per_key(table, list(plan.key_names)))
+        if done:
+            continue
+        if view.offline:
+            stats = _write_offline(offline, view, table, created, chunk)
+            report.offline_rows += stats[0]
+            report.partitions += stats[1]
+        manifest.chunks_done.append(chunk.index)
+        manifest.save(work / MANIFEST)
+        log.info("%s: chunk %d in %.1fs", view.name, chunk.index, time.monotonic() - clock)
+        clock = time.monotonic()
+    con.close()
+    report.counts.rows_dead_lettered = sum(manifest.rows_dead_lettered.values())
+    if view.online and latest:
+        newest = newest_per_key(pa.concat_tables(latest), list(plan.key_names))
+        online = writer.write(view, newest.to_pylist())
+        report.online_written, report.online_skipped = online.written, online.skipped_older
+    shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def _batches(files: list[Path]) -> Iterator[pa.RecordBatch]:
+    return ds.dataset([str(f) for f in files], format="parquet").to_batches(batch_size=BATCH_ROWS)
+
+
+def _sql_text(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def _chunk_rows(con: Any, view: StreamFeatureView, chunk: Chunk, reach: int | None) -> pa.Table:
+    """The chunk's feature rows, computed from the rows its values depend on."""
+    c0, c1 = datetime_to_ms(chunk.start), datetime_to_ms(chunk.end)
+    where = f"{TS} < {c1}" + ("" if reach is None else f" AND {TS} >= {c0 - reach}")
+    source = f"(SELECT * FROM prepared WHERE {where})"
+    table = feature_rows(con, view.plan, source)
+    ts = table.column(EVENT_TIMESTAMP)
+    inside = pc.and_(
+        pc.greater_equal(ts, pa.scalar(chunk.start, ts.type)), pc.less(ts, pa.scalar(chunk.end, ts.type))
+    )
+    return table.filter(inside)
+
+
+def _score(view: StreamFeatureView, table: pa.Table) -> tuple[pa.Table, list[DeadLetter]]:
+    """After-aggregation model stages (``FeatureRowScorer``) over the chunk's feature rows."""
+    from transforms.inference.feature_rows import FeatureRowScorer
+
+    scored, dead = FeatureRowScorer(view.plan).score(table.to_pylist())
+    schema = arrow_schema(view).remove(arrow_schema(view).get_field_index(CREATED_TIMESTAMP))
+    return pa.Table.from_pylist(scored, schema=schema), dead
+
+
+def _write_offline(
+    offline: ParquetOfflineStore, view: StreamFeatureView, table: pa.Table, created: datetime, chunk: Chunk
+) -> tuple[int, int]:
+    """Replace the chunk's partitions with its rows, split by UTC day in memory (no staged copy)."""
+    schema = arrow_schema(view)
+    table = table.append_column(
+        CREATED_TIMESTAMP, pa.array(np.full(table.num_rows, created), schema.field(CREATED_TIMESTAMP).type)
+    )
+    table = table.select(schema.names).cast(schema)
+    micros = table.column(EVENT_TIMESTAMP).cast(pa.int64()).to_numpy()
+    day_numbers = np.floor_divide(micros, DAY_MS * 1000)
+    order = np.argsort(day_numbers, kind="stable")
+    table, day_numbers = table.take(pa.array(order)), day_numbers[order]
+    numbers, starts, sizes = np.unique(day_numbers, return_index=True, return_counts=True)
+    days = {
+        date(1970, 1, 1) + timedelta(days=int(n)): (int(s), int(c))
+        for n, s, c in zip(numbers, starts, sizes, strict=True)
+    }
+
+    def day_rows(day: date) -> pa.Table:
+        if day not in days:
+            return schema.empty_table()
+        first, count = days[day]
+        return table.slice(first, count)
+
+    stats = offline.replace(view, set(days), day_rows, chunk.start, chunk.end)
+    return stats.rows, stats.partitions

@@ -1,0 +1,309 @@
+"""Stage 2 as one DuckDB query: feature rows from stage 1's typed rows, for every window kind.
+
+The kernel both backfill engines run (the embedded engine over all of a chunk's rows, Spark inside
+each partition after a shuffle by key). It lowers the window's two rules (``Window.change_times``
+and ``Window.frame``) and the monoids of ``transforms.aggregations`` to SQL:
+
+* one *marker* row (no values) per key at each distinct time its value can change;
+* every key's events and markers in one order, ``(time, marker last)`` when the frame ends at
+  ``t`` inclusive and ``(time, marker first)`` when it ends before ``t``, numbered;
+* each marker's frame start found by an as-of join (the first row at or after ``t + frame low``),
+  so every aggregate runs over a ``ROWS`` frame of per-row length. DuckDB evaluates those with
+  segment trees: the cost per event grows with the log of the events a key has in a window, never
+  linearly (its ``RANGE`` frames do grow, measured in ``docs/benchmarks.md``).
+
+``Latest``/``First``/``LastK`` order values by ``(time, value)`` through a dense rank, so ties in
+time are broken by the value as everywhere. ``Min``/``Max`` run as ``arg_min(v, v)``/``arg_max(v, v)``,
+which DuckDB's segment trees evaluate several times faster than its windowed ``min``/``max``.
+Variances run on values shifted by the key's median; a row whose rounding error bound could exceed
+the contract (values far from each other's spread, see ``_inexact``) is recomputed exactly by the
+monoid from its frame, so the result is the exact one the reference computes.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from transforms.aggregations import (
+    Aggregation,
+    Count,
+    CountDistinct,
+    First,
+    LastK,
+    Latest,
+    Max,
+    Mean,
+    Min,
+    Stddev,
+    Sum,
+    Variance,
+)
+from transforms.dtypes import DType, feature_value
+from transforms.plan import EVENT_TIMESTAMP, TransformPlan
+from transforms.stage1 import TS, value_column
+from transforms.windows import LAST_ROW_MS, Sliding
+
+ORDERED = (Latest, First, LastK)  # aggregations that order values by (time, value)
+EPSILON = 2.0**-52
+ACCURACY = 1e-11  # a variance whose error bound exceeds this (relative) is recomputed exactly
+
+_SQL_TYPES = {
+    "String": "VARCHAR",
+    "Int32": "INTEGER",
+    "Int64": "BIGINT",
+    "Float32": "FLOAT",
+    "Float64": "DOUBLE",
+    "Bool": "BOOLEAN",
+    "Bytes": "BLOB",
+    "UnixTimestamp": "TIMESTAMP",
+}
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def sql_type(dtype: DType) -> str:
+    if dtype.element is not None:
+        return f"{sql_type(dtype.element)}[]"
+    return _SQL_TYPES[dtype.name]
+
+
+def _aggregate(agg: Aggregation, value: str, rank: str) -> str:
+    """The windowed aggregate of ``agg`` over value column ``value`` (``rank``: its (time, value) rank)."""
+    if isinstance(agg, Count):
+        return f"count({value})"
+    if isinstance(agg, Sum):
+        return f"sum({value})"
+    if isinstance(agg, Mean):
+        return f"avg({value})"
+    if isinstance(agg, Min):
+        return f"arg_min({value}, {value})"
+    if isinstance(agg, Max):
+        return f"arg_max({value}, {value})"
+    if isinstance(agg, Latest):
+        return f"arg_max({value}, {rank})"
+    if isinstance(agg, First):
+        return f"arg_min({value}, {rank})"
+    if isinstance(agg, LastK):
+        return f"arg_max({value}, {rank}, {int(agg.k)})"
+    if isinstance(agg, Stddev):
+        return f"stddev_{'samp' if agg.sample else 'pop'}({value} - {value}_p)"
+    if isinstance(agg, Variance):
+        return f"var_{'samp' if agg.sample else 'pop'}({value} - {value}_p)"
+    if isinstance(agg, CountDistinct):
+        return f"count(DISTINCT {value})"
+    raise TypeError(f"no DuckDB compilation for {agg!r}")
+
+
+def _finish(agg: Aggregation, dtype: DType, value: str) -> str:
+    """An aggregate's result as the stored feature value, as ``transforms.dtypes.feature_value`` makes it."""
+    if isinstance(agg, (Count, CountDistinct, Sum)):
+        value = f"coalesce({value}, 0)"
+    elif isinstance(agg, LastK):
+        value = f"CASE WHEN len({value}) > 0 THEN {value} END"
+    element = dtype.element if dtype.element is not None else dtype
+    if element.name == "UnixTimestamp":  # whole seconds, floored (Feast's online values hold seconds)
+        if dtype.element is not None:
+            return f"list_transform({value}, x -> date_trunc('second', epoch_ms(x)))"
+        return f"date_trunc('second', epoch_ms({value}))"
+    return f"CAST({value} AS {sql_type(dtype)})"
+
+
+def _aligned(plan: TransformPlan) -> str:
+    """``Window.aligned`` in SQL (floor division: times before 1970 are negative)."""
+    window = plan.window
+    if isinstance(window, Sliding) and window.hop_ms is not None:
+        hop = window.hop_ms
+        return f"({TS} - ((({TS} % {hop}) + {hop}) % {hop}) + {hop})"
+    return TS
+
+
+def feature_rows_sql(plan: TransformPlan, rows: str) -> str:
+    """The query over table ``rows`` (the keys, ``_ts`` and ``_v<i>`` columns of stage 1's rows)
+    that returns the keys, the features and ``event_timestamp``."""
+    window = plan.window
+    keys = [quote(k) for k in plan.key_names]
+    key_list = ", ".join(keys)
+    values = [value_column(i) for i in range(len(plan.features))]
+    ordered = sorted(
+        {value_column(i) for i, f in enumerate(plan.features) if isinstance(f.aggregation, ORDERED)}
+    )
+    ranks = {v: f"_r{v[2:]}" for v in ordered}
+    low, high = window.frame()
+    marker_order = 1 if high > 0 else -1  # the frame holds the events at t, or ends before them
+    offsets = ", ".join(f"{_aligned(plan)} + {o}" for o in window.change_offsets())
+    rank_columns = "".join(
+        f", CASE WHEN {v} IS NOT NULL THEN dense_rank() OVER (PARTITION BY {key_list} ORDER BY {TS}, {v}) END"
+        f" AS {r}"
+        for v, r in ranks.items()
+    )
+    spread = _variance_columns(plan)
+    rank_columns += "".join(f", median({v}) OVER (PARTITION BY {key_list}) AS {v}_p" for v in spread)
+    pivots = [f"{v}_p" for v in spread]
+    nulls = "".join(f", NULL AS {c}" for c in [*values, *ranks.values(), *pivots])
+    carried = ", ".join([*values, *ranks.values(), *pivots])
+    sql = f"""
+WITH ev AS (SELECT {key_list}, {TS}, {", ".join(values)}{rank_columns} FROM {rows}),
+marks AS (
+    SELECT DISTINCT {key_list}, _t AS {TS}
+    FROM (SELECT {key_list}, unnest([{offsets}]) AS _t FROM ev)
+    WHERE _t <= {LAST_ROW_MS}
+),
+numbered AS (
+    SELECT *, row_number() OVER (PARTITION BY {key_list} ORDER BY {TS}, _m) AS _rn
+    FROM (
+        SELECT {key_list}, {TS}, 0 AS _m, {carried} FROM ev
+        UNION ALL
+        SELECT {key_list}, {TS}, {marker_order} AS _m{nulls} FROM marks
+    )
+)"""
+    if low is None:
+        frame_source, frame = "numbered", "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
+    else:
+        on = " AND ".join(f"n.{k} = s.{k}" for k in keys)
+        sql += f""",
+starts AS (SELECT {key_list}, {TS}, min(_rn) AS _first FROM numbered GROUP BY ALL),
+framed AS (
+    SELECT n.*, CASE WHEN n._m <> 0 THEN n._rn - s._first ELSE 0 END AS _off
+    FROM numbered n ASOF JOIN starts s ON {on} AND s.{TS} >= n.{TS} + ({low})
+)"""
+        frame_source, frame = "framed", "ROWS BETWEEN _off PRECEDING AND CURRENT ROW"
+    aggregates = ", ".join(
+        f"{_aggregate(f.aggregation, v, ranks.get(v, ''))} OVER w AS {v}"
+        for f, v in zip(plan.features, values, strict=True)
+    )
+    checks = [f"{expr} OVER w AS {name}" for v in spread for name, expr in _accuracy_columns(v).items()]
+    aggregates = ", ".join([aggregates, *checks])
+    check_columns = "".join(f", {c}" for v in spread for c in _accuracy_columns(v))
+    finished = ", ".join(
+        f"{_finish(f.aggregation, f.dtype, v)} AS {quote(f.name)}"
+        for f, v in zip(plan.features, values, strict=True)
+    )
+    sql += f""",
+valued AS (
+    SELECT {key_list}, {TS}, _m, {aggregates}
+    FROM {frame_source}
+    WINDOW w AS (PARTITION BY {key_list} ORDER BY _rn {frame})
+)
+SELECT {key_list}, {finished}, epoch_ms({TS}) AS {quote(EVENT_TIMESTAMP)}{check_columns}
+FROM valued WHERE _m <> 0"""
+    return sql
+
+
+def _variance_columns(plan: TransformPlan) -> list[str]:
+    return sorted(
+        {value_column(i) for i, f in enumerate(plan.features) if isinstance(f.aggregation, Variance)}
+    )
+
+
+def _accuracy_columns(value: str) -> dict[str, str]:
+    """What ``_inexact`` needs to judge a variance of ``value``: count, shifted mean and variance,
+    smallest and largest value."""
+    shifted = f"{value} - {value}_p"
+    return {
+        f"{value}_n": f"count({value})",
+        f"{value}_m": f"avg({shifted})",
+        f"{value}_q": f"var_pop({shifted})",
+        f"{value}_lo": f"arg_min({value}, {value})",
+        f"{value}_hi": f"arg_max({value}, {value})",
+    }
+
+
+def _inexact(table: pa.Table, value: str) -> np.ndarray:
+    """Rows whose double-precision variance of ``value`` may miss the exact one by more than the
+    contract allows: a segment tree's rounding error is about ``log2(n) * eps * (1 + mean^2 / var)``
+    of the (pivot-shifted) values, and a zero variance of unequal values is rounding alone."""
+    n = table.column(f"{value}_n").to_numpy(zero_copy_only=False).astype(np.float64)
+    mean = table.column(f"{value}_m").fill_null(0.0).to_numpy(zero_copy_only=False)
+    var = table.column(f"{value}_q").fill_null(0.0).to_numpy(zero_copy_only=False)
+    unequal = pc.fill_null(pc.not_equal(table.column(f"{value}_lo"), table.column(f"{value}_hi")), False)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bound = (np.log2(np.maximum(n, 1.0)) + 2.0) * EPSILON * (1.0 + mean * mean / var)
+    return (n >= 2) & np.where(var > 0, bound > ACCURACY, unequal.to_numpy(zero_copy_only=False))
+
+
+def _exact_variances(plan: TransformPlan, rows: Callable[[], pa.Table], table: pa.Table) -> pa.Table:
+    """The table with the variances ``_inexact`` flags recomputed exactly by the monoids themselves
+    (``transforms.aggregations``), from each flagged row's frame, and the check columns dropped."""
+    spread = _variance_columns(plan)
+    flagged = {v: np.flatnonzero(_inexact(table, v)) for v in spread}
+    if any(len(i) for i in flagged.values()):
+        frames = _KeyFrames(plan, rows())
+        times = table.column(EVENT_TIMESTAMP).cast(pa.int64()).to_numpy() // 1000
+        keys = [table.column(k).to_pylist() for k in plan.key_names]
+        for i, feature in enumerate(plan.features):
+            v = value_column(i)
+            if v not in spread or not len(flagged[v]):
+                continue
+            column = table.column(feature.name).to_pylist()
+            for row in flagged[v]:
+                key = tuple(k[row] for k in keys)
+                values = frames.values(key, i, plan.window.bounds(int(times[row])))
+                acc = feature.aggregation.create()
+                for value in values:
+                    acc = feature.aggregation.add(acc, value, 0)
+                column[row] = feature_value(feature.aggregation.result(acc), feature.dtype)
+            index = table.column_names.index(feature.name)
+            table = table.set_column(index, feature.name, pa.array(column, table.schema.field(index).type))
+    return table.drop_columns([c for v in spread for c in _accuracy_columns(v)])
+
+
+class _KeyFrames:
+    """Stage 1's rows by key, sorted by time, for recomputing a few frames exactly."""
+
+    def __init__(self, plan: TransformPlan, rows: pa.Table) -> None:
+        order = [(k, "ascending") for k in plan.key_names] + [(TS, "ascending")]
+        rows = rows.sort_by(order)
+        self.times: dict[tuple[Any, ...], list[int]] = {}
+        self.rows: dict[tuple[Any, ...], list[int]] = {}
+        self.table = rows
+        keys = [rows.column(k).to_pylist() for k in plan.key_names]
+        times = rows.column(TS).to_pylist()
+        for position, (key, ts) in enumerate(zip(zip(*keys, strict=True), times, strict=True)):
+            self.times.setdefault(key, []).append(ts)
+            self.rows.setdefault(key, []).append(position)
+
+    def values(self, key: tuple[Any, ...], feature: int, bounds: tuple[int, int]) -> list[Any]:
+        times = self.times[key]
+        start, end = bisect_left(times, bounds[0]), bisect_left(times, bounds[1])
+        positions = self.rows[key][start:end]
+        column = self.table.column(value_column(feature)).take(pa.array(positions, pa.int64())).to_pylist()
+        return [v for v in column if v is not None]
+
+
+def feature_rows(con: Any, plan: TransformPlan, rows: pa.Table | str) -> pa.Table:
+    """Stage 2 over ``rows`` (an Arrow table, or a table or subquery of ``con`` in SQL, with the keys,
+    ``_ts`` and ``_v<i>``): the feature rows as an Arrow table (event time as UTC microseconds)."""
+    source = rows
+    if isinstance(rows, pa.Table):
+        con.register("_mlfs_rows", rows)
+        source = "_mlfs_rows"
+    try:
+        table = _utc(con.sql(feature_rows_sql(plan, str(source))).to_arrow_table())
+        if any(isinstance(f.aggregation, Variance) for f in plan.features):
+            table = _exact_variances(plan, lambda: con.sql(f"SELECT * FROM {source}").to_arrow_table(), table)
+    finally:
+        if isinstance(rows, pa.Table):
+            con.unregister("_mlfs_rows")
+    return table
+
+
+def _utc(table: pa.Table) -> pa.Table:
+    """DuckDB's naive timestamps (UTC by construction) as UTC microseconds."""
+    utc = pa.timestamp("us", tz="UTC")
+    columns = []
+    for column in table.columns:
+        kind = column.type
+        if pa.types.is_timestamp(kind):
+            column = column.cast(pa.timestamp("us")).cast(utc)
+        elif pa.types.is_list(kind) and pa.types.is_timestamp(kind.value_type):
+            column = column.cast(pa.list_(pa.timestamp("us"))).cast(pa.list_(utc))
+        columns.append(column)
+    return pa.table(columns, names=table.column_names)

@@ -1,0 +1,105 @@
+"""The embedded engine: a view in process on DuckDB, the backfill default on one machine.
+
+Stage 1 is ``transforms.stage1`` over Arrow batches (the reference's per-event code, clean rows
+vectorised), loaded into a DuckDB table; stage 2 is the window kernel
+``transforms.engines.duckdb_windows``; after-aggregation model stages run over the feature rows.
+``backfill.embedded_backfill`` runs the same pieces chunk by chunk, writing the stores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from transforms.engines.duckdb_windows import feature_rows
+from transforms.engines.reference import EngineResult
+from transforms.events import DeadLetter, EventCounts
+from transforms.plan import FeatureContext, TransformPlan
+from transforms.stage1 import DEAD, DEAD_COLUMNS, KIND, ROW, TS, prepare_batches, prepared_schema, tally_batch
+from transforms.timeutil import MAX_TIME_MS, ms_to_datetime
+
+BATCH_ROWS = 131_072
+
+
+def run_embedded(plan: TransformPlan, batches: Iterable[pa.RecordBatch], view: str = "") -> EngineResult:
+    """``plan`` over raw event batches: feature rows (dicts), dead letters and counts."""
+    con = duckdb.connect()
+    try:
+        counts, letters = load_prepared(con, plan, view or plan.view, batches)
+        rows = feature_rows(con, plan, "prepared").to_pylist()
+    finally:
+        con.close()
+    result = EngineResult(rows=rows, dead_letters=letters, counts=counts)
+    if plan.row_stages:
+        from transforms.inference.feature_rows import FeatureRowScorer
+
+        result.rows, dead = FeatureRowScorer(plan).score(result.rows)
+        result.dead_letters.extend(dead)
+        counts.rows_dead_lettered += len(dead)
+    return result
+
+
+def embedded_engine(plan: TransformPlan, inputs: Any, ctx: FeatureContext) -> EngineResult:
+    """Engine entry point used by ``UnifiedTransformer.run``: ``inputs`` is a Parquet path or list
+    of paths, an Arrow table, or Arrow record batches of raw events."""
+    if isinstance(inputs, pa.Table):
+        batches: Iterable[pa.RecordBatch] = inputs.to_batches(max_chunksize=BATCH_ROWS)
+    elif isinstance(inputs, (str, list)) or hasattr(inputs, "__fspath__"):
+        paths = [str(p) for p in inputs] if isinstance(inputs, list) else str(inputs)
+        batches = ds.dataset(paths, format="parquet").to_batches(batch_size=BATCH_ROWS)
+    else:
+        batches = inputs
+    return run_embedded(plan, batches)
+
+
+def load_prepared(
+    con: Any,
+    plan: TransformPlan,
+    view: str,
+    batches: Iterable[pa.RecordBatch],
+    end_ms: int = MAX_TIME_MS + 1,
+    tick: Callable[[int], None] | None = None,
+) -> tuple[EventCounts, list[DeadLetter]]:
+    """Stage 1 over raw event batches into ``con``'s table ``prepared`` (keys, ``_ts``, ``_v<i>``;
+    only rows before ``end_ms``, all a range ending there depends on); returns the counts and the
+    dead letters."""
+    schema = prepared_schema(plan)
+    kept = [f.name for f in schema if f.name in (*plan.key_names, TS) or f.name.startswith("_v")]
+    con.register("_mlfs_batch", schema.empty_table().select(kept))
+    con.execute("CREATE TABLE prepared AS SELECT * FROM _mlfs_batch")
+    con.unregister("_mlfs_batch")
+    counts = EventCounts()
+    letters: list[DeadLetter] = []
+    for batch in batches:
+        counts.input += batch.num_rows
+        for out in prepare_batches(plan, iter([batch])):
+            tally_batch(counts, out)
+            kinds = out.column(KIND).to_numpy(zero_copy_only=False)
+            if (kinds == DEAD).any():
+                letters += _dead_letters(view, out.filter(pa.array(kinds == DEAD)))
+            rows = out.filter(pa.array((kinds == ROW) & _before(out, end_ms))).select(kept)
+            if rows.num_rows:
+                con.register("_mlfs_batch", rows)
+                con.execute("INSERT INTO prepared SELECT * FROM _mlfs_batch")
+                con.unregister("_mlfs_batch")
+        if tick:
+            tick(batch.num_rows)
+    return counts, letters
+
+
+def _before(batch: pa.RecordBatch, end_ms: int) -> np.ndarray:
+    return pc.fill_null(pc.less(batch.column(TS), end_ms), False).to_numpy(zero_copy_only=False)
+
+
+def _dead_letters(view: str, batch: pa.RecordBatch) -> list[DeadLetter]:
+    reason, detail, raw, event_ms = (batch.column(c).to_pylist() for c in DEAD_COLUMNS)
+    return [
+        DeadLetter(view=view, reason=r, detail=d, raw=w, event_time=None if t is None else ms_to_datetime(t))
+        for r, d, w, t in zip(reason, detail, raw, event_ms, strict=True)
+    ]
