@@ -30,7 +30,17 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from backfill.report import ViewReport
-from backfill.work import DAY_MS, MANIFEST, Chunk, Manifest, has_rows, lookback_ms, newest_per_key, run_key
+from backfill.work import (
+    DAY_MS,
+    MANIFEST,
+    Chunk,
+    Manifest,
+    has_rows,
+    lookback_ms,
+    newest_per_key,
+    row_dicts,
+    run_key,
+)
 from featurestore.deadletter import write_dead_letters
 from featurestore.offline.parquet import ParquetOfflineStore, arrow_schema
 from featurestore.online.base import OnlineWriter
@@ -157,7 +167,7 @@ def backfill_view_embedded(
     report.counts.rows_dead_lettered = sum(manifest.rows_dead_lettered.values())
     if view.online and latest:
         newest = newest_per_key(pa.concat_tables(latest), list(plan.key_names))
-        online = writer.write(view, newest.to_pylist())
+        online = writer.write(view, row_dicts(newest))
         report.online_written, report.online_skipped = online.written, online.skipped_older
     shutil.rmtree(work, ignore_errors=True)
     return report
@@ -198,12 +208,13 @@ def _write_offline(
 ) -> tuple[int, int]:
     """Replace the chunk's partitions with its rows, split by UTC day in memory (no staged copy)."""
     schema = arrow_schema(view)
+    created_type = schema.field(CREATED_TIMESTAMP).type
+    stamp = pa.scalar(created, created_type).cast(pa.int64()).as_py()
     table = table.append_column(
-        CREATED_TIMESTAMP, pa.array(np.full(table.num_rows, created), schema.field(CREATED_TIMESTAMP).type)
+        CREATED_TIMESTAMP, pa.array(np.full(table.num_rows, stamp, np.int64)).cast(created_type)
     )
     table = table.select(schema.names).cast(schema)
-    micros = table.column(EVENT_TIMESTAMP).cast(pa.int64()).to_numpy()
-    day_numbers = np.floor_divide(micros, DAY_MS * 1000)
+    day_numbers = np.floor_divide(table.column(EVENT_TIMESTAMP).cast(pa.int64()).to_numpy(), DAY_MS * 1000)
     order = np.argsort(day_numbers, kind="stable")
     table, day_numbers = table.take(pa.array(order)), day_numbers[order]
     numbers, starts, sizes = np.unique(day_numbers, return_index=True, return_counts=True)

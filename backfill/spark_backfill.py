@@ -28,7 +28,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from backfill.report import ViewReport
-from backfill.work import DAY_MS, MANIFEST, Manifest, chunks, has_rows, lookback_ms, newest_per_key, run_key
+from backfill.work import (
+    DAY_MS,
+    MANIFEST,
+    Manifest,
+    chunks,
+    has_rows,
+    lookback_ms,
+    newest_per_key,
+    row_dicts,
+    run_key,
+)
 from featurestore.deadletter import write_dead_letters
 from featurestore.offline.parquet import ParquetOfflineStore
 from featurestore.online.base import OnlineWriter
@@ -210,4 +220,4 @@ def _latest_rows(view: StreamFeatureView, staged_dirs: list[Path]) -> list[dict[
     if not candidates:
         return []
     latest = newest_per_key(pa.concat_tables(candidates, promote_options="permissive"), keys)
-    return list(latest.drop_columns([CREATED_TIMESTAMP]).to_pylist())
+    return row_dicts(latest.drop_columns([CREATED_TIMESTAMP]))

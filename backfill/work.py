@@ -9,6 +9,7 @@ from bisect import bisect_left
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -16,7 +17,6 @@ import pyarrow as pa
 from featurestore.view import StreamFeatureView
 from transforms.plan import EVENT_TIMESTAMP, spec_hash
 from transforms.timeutil import datetime_to_ms
-from transforms.windows import Lifetime, Sliding
 
 DAY_MS = 86_400_000
 MANIFEST = "manifest.json"
@@ -88,11 +88,7 @@ def has_rows(chunk: Chunk, row_days: list[int], reach: int | None) -> bool:
 
 def lookback_ms(view: StreamFeatureView) -> int | None:
     """How far before a chunk its rows can depend on events (None: all of history)."""
-    window = view.plan.window
-    if isinstance(window, Lifetime):
-        return None
-    assert isinstance(window, Sliding)
-    return window.size_ms + (window.hop_ms or 0)
+    return view.plan.window.lookback_ms()
 
 
 def newest_per_key(table: pa.Table, keys: list[str]) -> pa.Table:
@@ -107,3 +103,19 @@ def newest_per_key(table: pa.Table, keys: list[str]) -> pa.Table:
         join_type="left semi",
     )
     return table.take(kept.column("_row"))
+
+
+def row_dicts(table: pa.Table) -> list[dict[str, Any]]:
+    """``table.to_pylist()`` with UTC timestamps made in one step (Arrow's per-value pytz
+    conversion costs more than an online write of the rows)."""
+    zoned = [i for i, f in enumerate(table.schema) if pa.types.is_timestamp(f.type) and f.type.tz is not None]
+    for i in zoned:
+        field = table.schema.field(i)
+        table = table.set_column(i, field.name, table.column(i).cast(pa.timestamp(field.type.unit)))
+    rows = table.to_pylist()
+    names = [table.schema.field(i).name for i in zoned]
+    for row in rows:
+        for name in names:
+            if row[name] is not None:
+                row[name] = row[name].replace(tzinfo=UTC)
+    return rows

@@ -1,14 +1,15 @@
-"""`mlfs backfill` on Spark against DuckDB SQL computing the same rows, checked equal.
+"""`mlfs backfill` on each engine against DuckDB SQL computing and writing the same rows, checked equal.
 
 Generates N payment events over K users, 1,000 merchants and D days into the example repository
 (`mlfs init`), backfills the continuous 7-day view (`user_payment_stats_7d`) and the tumbling
-1-hour view (`merchant_amount_1h`) on Spark, computes the same rows with DuckDB (into an Arrow
-table, so Python object creation is not counted), compares them row by row (counts exactly, floats
-within 1e-9 relative) and prints events per second for both. For proportion it also times plain
-Spark SQL computing the same windows (no stage 1, no writes).
+1-hour view (`merchant_amount_1h`) with each engine (process start excluded: one process runs
+all), computes the same rows with hand-written DuckDB SQL and writes them as date-partitioned
+Parquet, compares the rows (counts exactly, floats within 1e-9 relative) and prints events per
+second and the ratio. `--suite` runs the three sizes of issue 24 in one run (10M events over 100k
+users, 10M over 20 users: about 117k events per user-week, 500k over 50k users).
 
-    python benchmarks/backfill.py [--events 10000000] [--users 100000] [--days 30]
-                                  [--master local[2]] [--chunk-days 31] [--keep]
+    python benchmarks/backfill.py [--suite] [--events 10000000] [--users 100000] [--days 30]
+                                  [--engines embedded,spark] [--master local[2]] [--chunk-days 31]
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
 
 from backfill.runner import plan_backfill, run_backfill
-from backfill.spark_session import spark_session
 from featurestore.offline.parquet import ParquetOfflineStore
 from featurestore.repo import load_repo
 from featurestore.scaffold import HISTORY_SCHEMA, init_repo
@@ -60,48 +60,11 @@ framed AS (
 SELECT DISTINCT ON (user_id, ts) user_id, ts, n, s, f FROM framed
 """
 
-# The same rows as plain Spark SQL in the window formulation the engine compiles to (one sorted pass
-# with an arrival and a leave frame; one grouping with enter/leave flags), run to Spark's no-op sink:
-# what Spark itself costs for the windows, without stage 1 or any store write.
-SPARK_CONTINUOUS_SQL = f"""
-WITH ev AS (SELECT user_id, ts, amount, CASE WHEN status = 'failed' THEN 1 ELSE 0 END AS failed FROM events),
-fr AS (
-    SELECT user_id, ts,
-           count(1) OVER a AS n, coalesce(sum(amount) OVER a, 0) AS s,
-           coalesce(sum(failed) OVER a, 0) AS f, count(1) OVER l AS ln,
-           coalesce(sum(amount) OVER l, 0) AS ls, coalesce(sum(failed) OVER l, 0) AS lf,
-           max(ts) OVER l AS reached, lead(ts) OVER (PARTITION BY user_id ORDER BY ts) AS nxt
-    FROM ev
-    WINDOW a AS (PARTITION BY user_id ORDER BY ts RANGE BETWEEN {WEEK_MS - 1} PRECEDING AND CURRENT ROW),
-           l AS (PARTITION BY user_id ORDER BY ts RANGE BETWEEN 1 FOLLOWING AND {WEEK_MS} FOLLOWING)
-)
-SELECT user_id, r.ts, r.n, r.s, r.f FROM fr
-LATERAL VIEW inline(array(
-    named_struct('ts', ts, 'n', n, 's', s, 'f', f, 'keep', coalesce(nxt <> ts, true)),
-    named_struct('ts', ts + {WEEK_MS}, 'n', ln, 's', ls, 'f', lf,
-                 'keep', coalesce(nxt <> ts, true) AND coalesce(reached <> ts + {WEEK_MS}, true))
-)) r AS ts, n, s, f, keep
-WHERE r.keep
-"""
-
-SPARK_TUMBLING_SQL = f"""
-WITH ev AS (SELECT merchant_id, amount, ts - ts % {HOUR_MS} + {HOUR_MS} AS b FROM events),
-x AS (
-    SELECT merchant_id, amount, e.b, e.inside FROM ev
-    LATERAL VIEW inline(array(
-        named_struct('b', b, 'inside', true), named_struct('b', b + {HOUR_MS}, 'inside', false)
-    )) e AS b, inside
-)
-SELECT merchant_id, b, avg(IF(inside, amount, NULL)), max(IF(inside, amount, NULL)),
-       count(IF(inside, 1, NULL))
-FROM x GROUP BY 1, 2
-"""
-
 TUMBLING_SQL = f"""
 WITH ev AS (SELECT merchant_id, amount, ts - ts % {HOUR_MS} + {HOUR_MS} AS b FROM events),
 ends AS (SELECT merchant_id, b FROM ev UNION SELECT merchant_id, b + {HOUR_MS} FROM ev),
 agg AS (SELECT merchant_id, b, avg(amount) AS m, max(amount) AS x, count(*) AS n FROM ev GROUP BY 1, 2)
-SELECT ends.merchant_id, ends.b, agg.m, agg.x, coalesce(agg.n, 0)
+SELECT ends.merchant_id, ends.b AS ts, agg.m, agg.x, coalesce(agg.n, 0)
 FROM ends LEFT JOIN agg USING (merchant_id, b)
 """
 
@@ -152,57 +115,38 @@ def compare(name: str, ours: pa.Table, theirs: pa.Table) -> None:
             raise SystemExit(f"{name}: row {i}: MLFS {mine} != DuckDB {duck}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=10_000_000)
-    parser.add_argument("--users", type=int, default=100_000)
-    parser.add_argument("--days", type=int, default=30)
-    parser.add_argument("--master", default="local[2]")
-    parser.add_argument("--chunk-days", type=int, default=31)
-    parser.add_argument("--keep", action="store_true", help="keep the generated repository")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    logging.getLogger("py4j").setLevel(logging.WARNING)
-
-    work = Path(tempfile.mkdtemp(prefix="mlfs-bench-"))
-    repo_path = work / "repo"
-    init_repo(repo_path, START + timedelta(days=args.days + 1), history_events=100)
-    history = repo_path / "data" / "history" / "payments.parquet"
-    generate(history, args.events, args.users, args.days)
-    repo = load_repo(repo_path)
-    apply_repo(repo)
-    end = START + timedelta(days=args.days + 8)
-
-    timings: dict[str, float] = {}
-    for view in ("user_payment_stats_7d", "merchant_amount_1h"):
-        plan = plan_backfill(repo, [view], None, end, "spark", args.master, args.chunk_days)
-        started = time.perf_counter()
-        (report,) = run_backfill(repo, plan, restart=True)
-        timings[view] = time.perf_counter() - started
-        assert report.counts.input == args.events and report.counts.balanced, report.counts
-
+def duckdb_reference(history: Path, out: Path) -> tuple[dict[str, pa.Table], dict[str, float]]:
+    """Both views' rows computed by hand-written DuckDB SQL and written as date-partitioned Parquet
+    (what a user would do by hand): the tables, and the seconds each took including the write."""
     con = duckdb.connect()
     con.execute(f"CREATE VIEW events AS SELECT *, epoch_ms(timestamp) AS ts FROM read_parquet('{history}')")
-    started = time.perf_counter()
-    continuous = con.sql(CONTINUOUS_SQL).to_arrow_table()
-    duck_continuous = time.perf_counter() - started
-    started = time.perf_counter()
-    tumbling = con.sql(TUMBLING_SQL).to_arrow_table()
-    duck_tumbling = time.perf_counter() - started
-
-    spark = spark_session(args.master)
-    spark.read.parquet(str(history)).selectExpr("*", "unix_millis(timestamp) AS ts").createOrReplaceTempView(
-        "events"
-    )
-    bare: dict[str, float] = {}
-    for view, sql in (
-        ("user_payment_stats_7d", SPARK_CONTINUOUS_SQL),
-        ("merchant_amount_1h", SPARK_TUMBLING_SQL),
-    ):
+    tables: dict[str, pa.Table] = {}
+    seconds: dict[str, float] = {}
+    for view, sql in (("user_payment_stats_7d", CONTINUOUS_SQL), ("merchant_amount_1h", TUMBLING_SQL)):
         started = time.perf_counter()
-        spark.sql(sql).write.format("noop").mode("overwrite").save()
-        bare[view] = time.perf_counter() - started
+        con.execute(f"CREATE OR REPLACE TABLE result AS {sql}")
+        target = out / view
+        target.parent.mkdir(parents=True, exist_ok=True)
+        con.execute(
+            "COPY (SELECT *, CAST(epoch_ms(ts) AS DATE) AS date FROM result) "
+            f"TO '{target}' (FORMAT parquet, PARTITION_BY (date), OVERWRITE_OR_IGNORE)"
+        )
+        seconds[view] = time.perf_counter() - started
+        tables[view] = con.sql("SELECT * FROM result").to_arrow_table()
+    return tables, seconds
 
+
+def run_case(events: int, users: int, days: int, engines: list[str], master: str, chunk_days: int) -> None:
+    """One input size: each engine's `mlfs backfill` of both views against DuckDB SQL, rows compared."""
+    work = Path(tempfile.mkdtemp(prefix="mlfs-bench-"))
+    repo_path = work / "repo"
+    init_repo(repo_path, START + timedelta(days=days + 1), history_events=100)
+    history = repo_path / "data" / "history" / "payments.parquet"
+    generate(history, events, users, days)
+    repo = load_repo(repo_path)
+    apply_repo(repo)
+    end = START + timedelta(days=days + 8)
+    duck, duck_seconds = duckdb_reference(history, work / "duckdb")
     offline = ParquetOfflineStore(repo.settings.offline_path)
 
     def ours(view: str, columns: list[str]) -> pa.Table:
@@ -213,33 +157,54 @@ def main() -> None:
             names=[columns[0], "ts", *columns[1:]],
         )
 
-    compare(
-        "user_payment_stats_7d",
-        ours("user_payment_stats_7d", ["user_id", "payment_count_7d", "amount_sum_7d", "fail_count_7d"]),
-        continuous,
-    )
-    compare(
-        "merchant_amount_1h",
-        ours("merchant_amount_1h", ["merchant_id", "amount_mean_1h", "amount_max_1h", "payment_count_1h"]),
-        tumbling,
-    )
-
-    n = args.events
+    columns = {
+        "user_payment_stats_7d": ["user_id", "payment_count_7d", "amount_sum_7d", "fail_count_7d"],
+        "merchant_amount_1h": ["merchant_id", "amount_mean_1h", "amount_max_1h", "payment_count_1h"],
+    }
     print(
-        f"{n:,} events, {args.users:,} users, {args.days} days, Spark {args.master}: rows equal to DuckDB's"
+        f"{events:,} events, {users:,} users, {days} days "
+        f"({events / users / days * 7:,.0f} events per user-week):"
     )
-    for view, duck, rows in (
-        ("user_payment_stats_7d", duck_continuous, continuous.num_rows),
-        ("merchant_amount_1h", duck_tumbling, tumbling.num_rows),
-    ):
-        ours_s = timings[view]
-        print(
-            f"{view:24} {rows:>11,} rows  mlfs backfill {ours_s:7.1f} s ({n / ours_s:>9,.0f} ev/s)  "
-            f"duckdb {duck:6.1f} s ({n / duck:>10,.0f} ev/s)  ratio {ours_s / duck:5.1f}x  "
-            f"(bare Spark SQL windows, no stage 1 or writes: {bare[view]:.1f} s, {bare[view] / duck:.1f}x)"
-        )
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
+    for engine in engines:
+        for view in columns:
+            plan = plan_backfill(
+                repo, [view], None, end, engine, master if engine == "spark" else None, chunk_days
+            )
+            started = time.perf_counter()
+            (report,) = run_backfill(repo, plan, restart=True)
+            ours_s = time.perf_counter() - started
+            assert report.counts.input == events and report.counts.balanced, report.counts
+            compare(f"{engine} {view}", ours(view, columns[view]), duck[view])
+            label = engine if engine != "spark" else f"spark {master}"
+            print(
+                f"  {view:22} {label:16} {duck[view].num_rows:>11,} rows equal  {ours_s:7.1f} s "
+                f"({events / ours_s:>10,.0f} ev/s)  duckdb SQL + write {duck_seconds[view]:6.1f} s  "
+                f"ratio {ours_s / duck_seconds[view]:5.1f}x",
+                flush=True,
+            )
+    shutil.rmtree(work, ignore_errors=True)
+
+
+SUITE = [(10_000_000, 100_000, 30), (10_000_000, 20, 30), (500_000, 50_000, 30)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument(
+        "--engines", default="embedded,spark", help="comma-separated (default: embedded,spark)"
+    )
+    parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--chunk-days", type=int, default=31)
+    parser.add_argument("--suite", action="store_true", help="10M/100k users, 10M/20 users, 500k/50k users")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    cases = SUITE if args.suite else [(args.events, args.users, args.days)]
+    for events, users, days in cases:
+        run_case(events, users, days, engines, args.master, args.chunk_days)
 
 
 if __name__ == "__main__":

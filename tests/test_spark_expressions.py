@@ -116,7 +116,8 @@ def test_edges(spark: Any, expr: Expr) -> None:
     assert decided >= 1  # not every edge is sent to Python
 
 
-def test_types_python_rejects_are_not_compiled() -> None:
+def test_types_python_rejects_are_not_compiled(spark: Any) -> None:
+    # Spark builds a column only with a session; alone on a worker this test must start one.
     types = {"s": "string", "i": "long", "b": "boolean", "t": "timestamp", "m": "map"}
     for expr in (
         col("s") + 1,

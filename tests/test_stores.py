@@ -563,3 +563,32 @@ def test_a_redis_that_does_not_answer_or_refuses_is_a_one_line_error(
     assert len(err) == 1 and err[0].startswith("mlfs: error: online store redis at 127.0.0.1:"), err
     assert error in err[0] and "right" not in err[0]
     assert not (repo / "data" / "offline").exists()  # nothing written before the store was reached
+
+
+@settings(deadline=None)  # the first example imports Feast
+@given(st.data())
+def test_entity_keys_are_feasts(data: st.DataObject) -> None:
+    """Keys written without protos (string and integer join keys, one or several, in any name
+    order) are byte for byte Feast's ``serialize_entity_key``; other values go through Feast."""
+    from feast.infra.key_encoding_utils import serialize_entity_key
+
+    from featurestore.online.base import EntityKeys, entity_key_protos
+    from transforms.dtypes import SCALARS
+
+    strategies = {
+        "String": st.text(),
+        "Int32": st.integers(-(2**31), 2**31 - 1),
+        "Int64": st.integers(-(2**63), 2**63 - 1),
+    }
+    names = data.draw(st.lists(st.sampled_from(["b", "a", "user_id", "z_key"]), min_size=1, unique=True))
+    types = {n: data.draw(st.sampled_from(sorted(strategies)), label=n) for n in names}
+    rows = data.draw(
+        st.lists(st.fixed_dictionaries({n: strategies[types[n]] for n in names}), min_size=1, max_size=6)
+    )
+    plan = SimpleNamespace(keys=tuple((n, SCALARS[types[n]]) for n in names), key_names=tuple(names))
+    view: Any = SimpleNamespace(name="v", plan=plan)
+    want = [
+        serialize_entity_key(p, entity_key_serialization_version=3) for p in entity_key_protos(view, rows)
+    ]
+    assert EntityKeys(3).serialize(view, rows) == want
+    assert EntityKeys(3)._direct(view, [tuple(r[n] for n in names) for r in rows]) == want

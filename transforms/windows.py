@@ -58,6 +58,14 @@ class Window:
         lower this one rule to their frames."""
         raise NotImplementedError
 
+    def lookback_ms(self) -> int | None:
+        """How long before ``t`` an event can still decide the value or a row at or after ``t``
+        (None: any time before): the frame's reach plus, for hopping windows, an end's alignment."""
+        low, _ = self.frame()
+        if low is None:
+            return None
+        return max(-low, *self.change_offsets()) + self.aligned(0)  # aligning moves a time by <= a hop
+
     def bounds(self, t: int) -> tuple[int, int]:
         """The half-open ``[lo, hi)`` event-time interval the value at ``t`` aggregates."""
         low, high = self.frame()

@@ -179,9 +179,28 @@ def value_texts(dtype: DType, values: list[Any]) -> list[str | None]:
     return [extract_text_and_num(proto, False)[0] for proto in value_protos(dtype, values)]
 
 
+_KEY_TYPES = {"String": 2, "Int32": 3, "Int64": 4}  # Feast's ValueType numbers
+_UINT32 = struct.Struct("<I")
+
+
+def _key_bytes(dtype: str, value: Any) -> bytes:
+    """A key value as ``serialize_entity_key`` (version 3) writes it, for the types ``_KEY_TYPES``."""
+    if dtype == "String" and type(value) is str:
+        data = value.encode("utf-8")
+    elif dtype == "Int64" and type(value) is int and -(1 << 63) <= value < 1 << 63:
+        data = struct.pack("<q", value)
+    elif dtype == "Int32" and type(value) is int and -(1 << 31) <= value < 1 << 31:
+        data = struct.pack("<i", value)
+    else:
+        raise TypeError("left to Feast")
+    return _UINT32.pack(_KEY_TYPES[dtype]) + _UINT32.pack(len(data)) + data
+
+
 class EntityKeys:
     """Feast's serialised entity key of each row (``serialize_entity_key``), remembered for up to
-    ``limit`` keys, since a stream writes the same keys again and again."""
+    ``limit`` keys, since a stream writes the same keys again and again. Version 3 keys of string
+    and integer columns are written directly (Feast's proto round trip per key costs more than the
+    store write); any other key goes through Feast."""
 
     def __init__(self, version: int, limit: int = 200_000) -> None:
         self.version = version
@@ -189,8 +208,6 @@ class EntityKeys:
         self._known: dict[tuple[str, tuple[Any, ...]], bytes] = {}
 
     def serialize(self, view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> list[bytes]:
-        from feast.infra.key_encoding_utils import serialize_entity_key
-
         names = view.plan.key_names
         wanted = [(view.name, tuple(row[k] for k in names)) for row in rows]
         missing = [i for i, key in enumerate(wanted) if key not in self._known]
@@ -198,12 +215,37 @@ class EntityKeys:
             self._known.clear()
             missing = list(range(len(wanted)))
         if missing:
-            protos = entity_key_protos(view, [rows[i] for i in missing])
-            for i, proto in zip(missing, protos, strict=True):
-                self._known[wanted[i]] = serialize_entity_key(
-                    proto, entity_key_serialization_version=self.version
-                )
+            encoded = self._direct(view, [wanted[i][1] for i in missing])
+            if encoded is None:
+                encoded = self._through_feast(view, [rows[i] for i in missing])
+            for i, data in zip(missing, encoded, strict=True):
+                self._known[wanted[i]] = data
         return [self._known[key] for key in wanted]
+
+    def _direct(self, view: StreamFeatureView, keys: list[tuple[Any, ...]]) -> list[bytes] | None:
+        """The keys serialised without protos, or None where Feast must do it."""
+        columns = dict(view.plan.keys)
+        if self.version != 3 or any(columns[n].name not in _KEY_TYPES for n in columns):
+            return None
+        names = list(view.plan.key_names)
+        order = sorted(range(len(names)), key=lambda i: names[i])  # Feast sorts by join key name
+        prefix = _UINT32.pack(len(names)) + b"".join(
+            _UINT32.pack(2) + _UINT32.pack(len(names[i].encode())) + names[i].encode() for i in order
+        )
+        dtypes = [columns[names[i]].name for i in order]
+        try:
+            return [
+                prefix + b"".join(_key_bytes(dtype, key[i]) for dtype, i in zip(dtypes, order, strict=True))
+                for key in keys
+            ]
+        except TypeError:
+            return None
+
+    def _through_feast(self, view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> list[bytes]:
+        from feast.infra.key_encoding_utils import serialize_entity_key
+
+        protos = entity_key_protos(view, rows)
+        return [serialize_entity_key(p, entity_key_serialization_version=self.version) for p in protos]
 
 
 def retry_while_locked(statement: Callable[[], Any], attempts: int = 20) -> None:

@@ -1,20 +1,12 @@
 """The Spark engine: compiles a ``TransformPlan`` to a Spark job.
 
-Stage 1 runs ``transforms.events.EventPreparer`` (the same code as the reference engine) over Arrow
-record batches with ``mapInArrow``, producing one table of typed rows, dead letters and "filtered"
-markers; for views without an event transform or with a declarative ``Select`` (compiled by
-``spark_expressions``), Spark SQL prepares the clean rows (``spark_clean``) and only the others go
-to Python. Stage 2 is Spark-native, one shuffle by key:
-
-* continuous windows: one sorted pass over the events; each event's row over
-  ``RANGE BETWEEN size - 1 PRECEDING AND CURRENT ROW`` and its leave row at ``e + size`` over
-  ``RANGE BETWEEN 1 FOLLOWING AND size FOLLOWING`` (epoch milliseconds);
-* lifetime: ``RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW``;
-* hopping and tumbling: each row exploded into the ``size / hop`` windows containing it plus the
-  window it has just left (with no value), grouped by window end, keeping the ends where some event
-  entered or left.
-
-Peers (equal timestamps) share a frame, so one row per key and time is kept.
+Stage 1 runs ``transforms.stage1`` (``transforms.events.EventPreparer``, the reference's code) over
+Arrow record batches with ``mapInArrow``, producing one table of typed rows, dead letters and
+"filtered" markers; for views without an event transform or with a declarative ``Select`` (compiled
+by ``spark_expressions``), Spark SQL prepares the clean rows (``spark_clean``) and only the others go
+to Python. Stage 2 shuffles the rows by key and runs the embedded engine's window kernel
+(``transforms.engines.duckdb_windows``) in each partition, so both backfill engines compute windows
+with the same code and the cost per event grows only with the log of a key's events per window.
 """
 
 from __future__ import annotations
@@ -25,20 +17,6 @@ from typing import Any
 
 import pyarrow as pa
 
-from transforms.aggregations import (
-    Aggregation,
-    Count,
-    CountDistinct,
-    First,
-    LastK,
-    Latest,
-    Max,
-    Mean,
-    Min,
-    Stddev,
-    Sum,
-    Variance,
-)
 from transforms.dtypes import DType
 from transforms.events import DeadLetter, EventCounts
 from transforms.plan import EVENT_TIMESTAMP, FeatureContext, TransformPlan
@@ -56,9 +34,6 @@ from transforms.stage1 import (
 )
 from transforms.timeutil import datetime_to_ms, ms_to_datetime
 from transforms.usercode import plan_functions, user_module
-from transforms.windows import LAST_ROW_MS, Lifetime, Sliding
-
-END = "_end"
 
 
 def _spark_type(arrow_type: pa.DataType) -> str:
@@ -75,74 +50,6 @@ def _spark_type(arrow_type: pa.DataType) -> str:
 
 def prepared_ddl(plan: TransformPlan) -> str:
     return ", ".join(f"`{f.name}` {_spark_type(f.type)}" for f in prepared_schema(plan))
-
-
-def _aggregate(agg: Aggregation, value: Any) -> Any:
-    """The Spark aggregate function of a monoid over value column ``value``; ``_extract`` turns its
-    result into the monoid's result. Rows with a null value do not count, so leave markers (which
-    carry nulls) only shape the frame."""
-    from pyspark.sql import functions as F
-
-    def ordered() -> Any:
-        return F.when(value.isNotNull(), F.struct(F.col(TS).alias("t"), value.alias("v")))
-
-    if isinstance(agg, Count):
-        return F.count(value)
-    if isinstance(agg, Sum):
-        return F.sum(value)
-    if isinstance(agg, Mean):
-        return F.avg(value)
-    if isinstance(agg, Min):
-        return F.min(value)
-    if isinstance(agg, Max):
-        return F.max(value)
-    if isinstance(agg, Latest):
-        return F.max(ordered())
-    if isinstance(agg, First):
-        return F.min(ordered())
-    if isinstance(agg, Stddev):
-        return F.stddev_samp(value) if agg.sample else F.stddev_pop(value)
-    if isinstance(agg, Variance):
-        return F.var_samp(value) if agg.sample else F.var_pop(value)
-    if isinstance(agg, CountDistinct):
-        return F.collect_set(value)
-    if isinstance(agg, LastK):
-        return F.collect_list(ordered())
-    raise TypeError(f"no Spark compilation for {agg!r}")
-
-
-def _extract(agg: Aggregation, result: Any) -> Any:
-    from pyspark.sql import functions as F
-
-    if isinstance(agg, (Latest, First)):
-        return result.getField("v")
-    if isinstance(agg, CountDistinct):
-        return F.size(result)
-    if isinstance(agg, LastK):
-        return F.slice(F.sort_array(result, asc=False), 1, agg.k)
-    return result
-
-
-def _finish(agg: Aggregation, dtype: DType, value: Any) -> Any:
-    """Aggregate result to the stored feature value, exactly as ``transforms.dtypes.feature_value``."""
-    from pyspark.sql import functions as F
-
-    if isinstance(agg, (Count, CountDistinct)):
-        value = F.coalesce(value, F.lit(0))
-    elif isinstance(agg, Sum):
-        value = F.coalesce(value, F.lit(0))
-    elif isinstance(agg, LastK):
-        value = F.when(F.size(value) > 0, F.transform(value, lambda item: item.getField("v")))
-    element = dtype.element if dtype.element is not None else dtype
-    if element.name == "UnixTimestamp":
-
-        def to_seconds(ms: Any) -> Any:
-            return F.timestamp_seconds(F.floor(ms / F.lit(1000)))
-
-        return F.transform(value, to_seconds) if dtype.element is not None else to_seconds(value)
-    if element.name in ("Int32", "Int64", "Float32", "Float64"):
-        return value.cast(spark_type(dtype))
-    return value
 
 
 def spark_type(dtype: DType) -> Any:
@@ -164,107 +71,41 @@ def spark_type(dtype: DType) -> Any:
 
 
 def aggregate_rows(plan: TransformPlan, rows: Any) -> Any:
-    """Stage 2: feature rows (keys, features, ``event_timestamp``) from stage 1's typed rows."""
-    from pyspark.sql import functions as F
+    """Stage 2: feature rows (keys, features, ``event_timestamp``) from stage 1's typed rows.
+
+    The rows are shuffled by key and each partition runs the embedded engine's window kernel
+    (``duckdb_windows``) over its keys: the cost per event grows with the log of a key's events per
+    window, as on one machine. (Spark's own ``RANGE`` frames recompute each frame: 1M events over 20
+    keys took 611 s on them and 9 s here; docs/benchmarks.md.)"""
+    from pyspark.sql import types as T
+    from pyspark.sql.pandas.types import to_arrow_schema
 
     keys = list(plan.key_names)
     values = [value_column(i) for i in range(len(plan.features))]
     rows = rows.select(*keys, TS, *values)
-    window = plan.window
-    if isinstance(window, Sliding) and window.hop is not None:
-        out = _hopping(plan, rows, keys, values)
-    else:
-        out = _framed(plan, rows, keys, values)
-    return out.select(
-        *keys,
-        *[
-            _finish(f.aggregation, f.dtype, F.col(v)).alias(f.name)
-            for f, v in zip(plan.features, values, strict=True)
-        ],
-        F.timestamp_millis(F.col(TS)).alias(EVENT_TIMESTAMP),
-    )
+    fields = [rows.schema[k] for k in keys]
+    fields += [T.StructField(f.name, spark_type(f.dtype), True) for f in plan.features]
+    fields.append(T.StructField(EVENT_TIMESTAMP, T.TimestampType(), True))
+    schema = T.StructType(fields)
+    arrow_schema = to_arrow_schema(schema)
 
+    def kernel(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import duckdb
 
-def _framed(plan: TransformPlan, rows: Any, keys: list[str], values: list[str]) -> Any:
-    """Continuous and lifetime windows in one sorted pass over the events (no marker rows).
+        from transforms.engines.duckdb_windows import feature_rows
 
-    Each event gives its arrival row, over ``RANGE BETWEEN size - 1 PRECEDING AND CURRENT ROW``,
-    and, for a continuous window, its leave row at ``e + size``, whose window ``(e, e + size]`` is
-    the frame ``RANGE BETWEEN 1 FOLLOWING AND size FOLLOWING`` of the same event. Only the last of
-    equal-time peers emits (peers share frames), and a leave row is dropped when an event arrives
-    at exactly ``e + size`` (its arrival row has the same window)."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
+        held = list(batches)
+        if not held or not sum(b.num_rows for b in held):
+            return
+        con = duckdb.connect()
+        con.execute("SET threads = 1")  # Spark runs one task per core already
+        try:
+            table = feature_rows(con, plan, pa.Table.from_batches(held))
+        finally:
+            con.close()
+        yield from table.cast(arrow_schema).to_batches()
 
-    ordered = Window.partitionBy(*keys).orderBy(TS)
-    last_peer = F.coalesce(F.lead(TS).over(ordered) != F.col(TS), F.lit(True))
-
-    def over(frame: Any, prefix: str = "") -> list[Any]:
-        return [
-            _extract(f.aggregation, _aggregate(f.aggregation, F.col(v)).over(frame)).alias(prefix + v)
-            for f, v in zip(plan.features, values, strict=True)
-        ]
-
-    window = plan.window
-    if isinstance(window, Lifetime):
-        arrive = over(ordered.rangeBetween(Window.unboundedPreceding, 0))
-        framed = rows.select(*keys, TS, last_peer.alias("_keep"), *arrive)
-        return framed.filter("_keep").drop("_keep")
-    assert isinstance(window, Sliding)
-    size = window.size_ms
-    leave_frame = ordered.rangeBetween(1, size)
-    reached = F.max(F.col(TS)).over(leave_frame)  # the last event in the leave row's window
-    framed = rows.select(
-        *keys,
-        TS,
-        last_peer.alias("_peer"),
-        reached.alias("_reached"),
-        *over(ordered.rangeBetween(-(size - 1), 0), "_a"),
-        *over(leave_frame, "_l"),
-    )
-    leave_kept = F.col("_peer") & F.coalesce(F.col("_reached") != F.col(TS) + F.lit(size), F.lit(True))
-    both = F.array(
-        F.struct(
-            F.col(TS).alias(TS), F.col("_peer").alias("_keep"), *[F.col("_a" + v).alias(v) for v in values]
-        ),
-        F.struct(
-            (F.col(TS) + F.lit(size)).alias(TS),
-            leave_kept.alias("_keep"),
-            *[F.col("_l" + v).alias(v) for v in values],
-        ),
-    )
-    kept = F.col("_keep") & (F.col(TS) <= F.lit(LAST_ROW_MS))
-    return framed.select(*keys, F.inline(both)).filter(kept).drop("_keep")
-
-
-def _hopping(plan: TransformPlan, rows: Any, keys: list[str], values: list[str]) -> Any:
-    """Hopping and tumbling windows in one grouping: each event goes to the ``size / hop`` windows
-    containing it and, with no value, to the window where it has just left; the windows kept are
-    those some event entered (its first window) or left (emptied windows get empty values)."""
-    from pyspark.sql import functions as F
-
-    window = plan.window
-    assert isinstance(window, Sliding) and window.hop_ms is not None
-    size, hop = window.size_ms, window.hop_ms
-    first_end = F.col("_first")
-    exploded = rows.withColumn("_first", F.col(TS) - F.pmod(F.col(TS), F.lit(hop)) + F.lit(hop)).select(
-        *keys,
-        TS,
-        *values,
-        first_end,
-        F.explode(F.sequence(first_end, first_end + F.lit(size), F.lit(hop))).alias(END),
-    )
-    inside = F.col(END) < first_end + F.lit(size)
-    changes = (F.col(END) == first_end) | ~inside
-    grouped = exploded.groupBy(*keys, END).agg(
-        F.max(changes).alias("_keep"),
-        *[
-            _extract(f.aggregation, _aggregate(f.aggregation, F.when(inside, F.col(v)))).alias(v)
-            for f, v in zip(plan.features, values, strict=True)
-        ],
-    )
-    kept = F.col("_keep") & (F.col(END) <= F.lit(LAST_ROW_MS))
-    return grouped.filter(kept).drop("_keep").withColumnRenamed(END, TS)
+    return rows.repartition(*keys).mapInArrow(kernel, schema)
 
 
 def score_rows(plan: TransformPlan, rows: Any) -> Any:
