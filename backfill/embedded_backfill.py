@@ -19,7 +19,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from backfill.work import (
     run_key,
 )
 from featurestore.deadletter import write_dead_letters
-from featurestore.offline.parquet import ParquetOfflineStore, arrow_schema
+from featurestore.offline.parquet import ParquetOfflineStore, arrow_schema, day_slices
 from featurestore.online.base import OnlineWriter
 from featurestore.view import StreamFeatureView
 from transforms.engines.duckdb_windows import feature_rows
@@ -214,20 +214,10 @@ def _write_offline(
         CREATED_TIMESTAMP, pa.array(np.full(table.num_rows, stamp, np.int64)).cast(created_type)
     )
     table = table.select(schema.names).cast(schema)
-    day_numbers = np.floor_divide(table.column(EVENT_TIMESTAMP).cast(pa.int64()).to_numpy(), DAY_MS * 1000)
-    order = np.argsort(day_numbers, kind="stable")
-    table, day_numbers = table.take(pa.array(order)), day_numbers[order]
-    numbers, starts, sizes = np.unique(day_numbers, return_index=True, return_counts=True)
-    days = {
-        date(1970, 1, 1) + timedelta(days=int(n)): (int(s), int(c))
-        for n, s, c in zip(numbers, starts, sizes, strict=True)
-    }
+    days = dict(day_slices(table))
 
     def day_rows(day: date) -> pa.Table:
-        if day not in days:
-            return schema.empty_table()
-        first, count = days[day]
-        return table.slice(first, count)
+        return days.get(day, schema.empty_table())
 
     stats = offline.replace(view, set(days), day_rows, chunk.start, chunk.end)
     return stats.rows, stats.partitions

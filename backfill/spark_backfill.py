@@ -7,8 +7,10 @@
    costs less than writing and reading them back.
 2. The range is cut into day-aligned chunks. Each chunk reads only the rows its values depend on
    (``size`` before it for continuous windows, ``size + hop`` for hopping ones, everything before it
-   for lifetime), computes its feature rows, replaces its offline partitions, and is recorded in the
-   run's manifest. A run started again skips recorded chunks and reuses the run's created timestamp,
+   for lifetime; ``Window.lookback_ms``), computes its feature rows (the window kernel per key
+   partition), and each Spark task writes its rows as one Parquet file per day; the driver then
+   replaces the chunk's offline partitions from those files and records the chunk in the run's
+   manifest. A run started again skips recorded chunks and reuses the run's created timestamp,
    so an interrupted and resumed backfill writes exactly what an uninterrupted one does.
 3. The latest row per key in the range goes to the online store (newer-wins).
 """
@@ -16,11 +18,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +43,7 @@ from backfill.work import (
     run_key,
 )
 from featurestore.deadletter import write_dead_letters
-from featurestore.offline.parquet import ParquetOfflineStore
+from featurestore.offline.parquet import ParquetOfflineStore, arrow_schema
 from featurestore.online.base import OnlineWriter
 from featurestore.view import StreamFeatureView
 from transforms.engines.spark import (
@@ -166,19 +169,14 @@ def backfill_view_spark(
             path = dead_letter_file(end)
             write_dead_letters(path.with_name(f"{path.stem}-rows-{chunk.index}.jsonl"), letters)
             manifest.rows_dead_lettered[str(chunk.index)] = len(letters)
-        (
-            # Not partitioned by date: Spark would sort every row for that; the offline store
-            # splits the rows into days itself.
-            features.withColumn(CREATED_TIMESTAMP, F.lit(created))
-            .write.mode("overwrite")
-            .parquet(str(staged))
-        )
+        shutil.rmtree(staged, ignore_errors=True)
+        days = _day_files(features.withColumn(CREATED_TIMESTAMP, F.lit(created)), arrow_schema(view), staged)
         if scored is not None:
             scored.unpersist()
         log.info("%s: chunk %d computed in %.1fs", view.name, chunk.index, time.monotonic() - clock)
         clock = time.monotonic()
         if view.offline:
-            stats = offline.write_staged(view, staged, chunk.start, chunk.end)
+            stats = offline.write_day_files(view, days, chunk.start, chunk.end)
             report.offline_rows += stats.rows
             report.partitions += stats.partitions
         manifest.chunks_done.append(chunk.index)
@@ -208,7 +206,7 @@ def _latest_rows(view: StreamFeatureView, staged_dirs: list[Path]) -> list[dict[
     candidates: list[pa.Table] = []
     held = 0
     for directory in staged_dirs:
-        for file in sorted(directory.glob("*.parquet")) if directory.is_dir() else []:
+        for file in sorted(directory.rglob("part-*.parquet")) if directory.is_dir() else []:
             for batch in pq.ParquetFile(file).iter_batches(batch_size=1 << 20):
                 candidates.append(newest_per_key(pa.Table.from_batches([batch]), keys))
                 held += candidates[-1].num_rows
@@ -221,3 +219,45 @@ def _latest_rows(view: StreamFeatureView, staged_dirs: list[Path]) -> list[dict[
         return []
     latest = newest_per_key(pa.concat_tables(candidates, promote_options="permissive"), keys)
     return row_dicts(latest.drop_columns([CREATED_TIMESTAMP]))
+
+
+def _day_files(frame: Any, schema: pa.Schema, directory: Path) -> dict[date, list[Path]]:
+    """Each Spark task writes its rows of ``frame`` as one Parquet file per UTC day under
+    ``directory`` (``<day>/part-<partition>.parquet``, so a retried task replaces its own files):
+    the offline store rewrites each partition from its day's files, with no staged copy between.
+    Returns the files by day."""
+    from pyspark import TaskContext
+
+    target = str(directory)
+
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from featurestore.offline.parquet import day_slices
+
+        context = TaskContext.get()
+        task = context.partitionId() if context is not None else 0
+        writers: dict[date, tuple[pq.ParquetWriter, Path]] = {}
+        rows: dict[date, int] = {}
+        try:
+            for batch in batches:
+                for day, part in day_slices(pa.Table.from_batches([batch]).select(schema.names).cast(schema)):
+                    if day not in writers:
+                        folder = Path(target) / day.isoformat()
+                        folder.mkdir(parents=True, exist_ok=True)
+                        tmp = folder / f".part-{task}.parquet.tmp"
+                        writers[day] = (pq.ParquetWriter(tmp, schema), tmp)
+                    writers[day][0].write_table(part)
+                    rows[day] = rows.get(day, 0) + part.num_rows
+        finally:
+            for writer, _ in writers.values():
+                writer.close()
+        for day, (_, tmp) in writers.items():
+            final = tmp.with_name(f"part-{task}.parquet")
+            os.replace(tmp, final)
+            yield pa.RecordBatch.from_pylist(
+                [{"day": day.isoformat(), "path": str(final), "rows": rows[day]}]
+            )
+
+    days: dict[date, list[Path]] = {}
+    for row in frame.mapInArrow(write, "day string, path string, rows long").collect():
+        days.setdefault(date.fromisoformat(row["day"]), []).append(Path(row["path"]))
+    return days

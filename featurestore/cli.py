@@ -117,9 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--sample", type=int, default=2000, metavar="N", help="events to use (default: 2000)")
     verify.add_argument(
         "--engines",
-        default="spark,flink",
+        default="embedded,spark,flink",
         metavar="LIST",
-        help="compared with the reference (default: spark,flink)",
+        help="compared with the reference (default: embedded,spark,flink)",
     )
     _repo_option(verify)
 

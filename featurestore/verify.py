@@ -24,7 +24,7 @@ from featurestore.view import StreamFeatureView
 from transforms.compare import diff_rows
 from transforms.errors import MLFSError
 
-ENGINES = ("reference", "spark", "flink")
+ENGINES = ("reference", "embedded", "spark", "flink")
 
 
 @dataclass
@@ -93,6 +93,11 @@ def verify_view(
 
 
 def _run(engine: str, view: StreamFeatureView, sample: pa.Table, events: list[dict[str, Any]]) -> Any:
+    if engine == "embedded":
+        from transforms.engines.embedded import run_embedded
+
+        embedded = run_embedded(view.plan, sample.to_batches(), view.name)
+        return embedded.rows, embedded.counts
     if engine == "spark":
         from backfill.spark_session import spark_session
         from transforms.engines.spark import run_spark

@@ -72,6 +72,14 @@ FEATURES = {
     "last2_tag": (Array(String), LastK("tag", 2)),
 }
 
+# The aggregations a hopping window merges per hop before windowing (``duckdb_windows.per_hop``): a
+# view of only these takes that path.
+MERGED_PER_HOP = {
+    name: feature
+    for name, feature in FEATURES.items()
+    if isinstance(feature[1], (Count, Sum, Mean, Min, Max, Latest, First))
+}
+
 WINDOWS = {
     "continuous": lambda: Sliding(timedelta(seconds=10)),
     "continuous_short": lambda: Sliding(timedelta(milliseconds=1500)),
@@ -107,12 +115,14 @@ DECLARATIVE = Select(
 TRANSFORMS: dict[str, Any] = {"none": None, "row": split_and_drop, "declarative": DECLARATIVE}
 
 
-def conformance_view(window: str, transform: bool | str = True) -> StreamFeatureView:
-    """A view over every aggregation; ``transform`` is True/"row" (a Python row function),
-    "declarative" (a ``Select``), or False/"none"."""
+def conformance_view(
+    window: str, transform: bool | str = True, features: dict[str, Any] = FEATURES
+) -> StreamFeatureView:
+    """A view over every aggregation (or ``features``); ``transform`` is True/"row" (a Python row
+    function), "declarative" (a ``Select``), or False/"none"."""
     key = ("row" if transform else "none") if isinstance(transform, bool) else transform
     return make_view(
-        dict(FEATURES),
+        dict(features),
         window=WINDOWS[window](),
         transform=TRANSFORMS[key],
         name=f"conformance_{window}",

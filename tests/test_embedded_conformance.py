@@ -12,6 +12,7 @@ import pytest
 from conformance import (
     BASE,
     FLOAT_FEATURES,
+    MERGED_PER_HOP,
     WINDOWS,
     assert_same_result,
     assert_same_rows,
@@ -26,6 +27,7 @@ from conftest import make_view
 
 from backfill.runner import read_history
 from featurestore import Runner
+from transforms.engines.duckdb_windows import per_hop
 
 CASES = [(1, "row", False), (3, "none", True), (4, "none", False), (5, "declarative", True)]
 
@@ -93,4 +95,24 @@ def test_hot_keys_equal_reference(tmp_path: Path, window: str) -> None:
     view = conformance_view(window, "none")
     events = hot_key_events(11)
     path = write_events(events, tmp_path / "events.parquet")
+    check_embedded(view, view.run(read_history(path)), path)
+
+
+def per_hop_events(kind: str) -> list[dict[str, Any]]:
+    """Generated (every outcome), tied, hot-key and cancelling events for the per-hop merge."""
+    if kind == "generated":
+        return generate_events(5)
+    if kind == "tied":
+        return tied_events(29)
+    if kind == "hot":
+        return hot_key_events(13)
+    return cancelling_events(7)
+
+
+@pytest.mark.parametrize("window", ["hopping", "tumbling"])
+@pytest.mark.parametrize("kind", ["generated", "tied", "hot", "cancelling"])
+def test_hops_merged_before_the_window_equal_reference(tmp_path: Path, window: str, kind: str) -> None:
+    view = conformance_view(window, "declarative" if kind == "generated" else "none", MERGED_PER_HOP)
+    assert per_hop(view.plan) and not per_hop(conformance_view(window, "none").plan)
+    path = write_events(per_hop_events(kind), tmp_path / "events.parquet")
     check_embedded(view, view.run(read_history(path)), path)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from conformance import (
     FLOAT_FEATURES,
+    MERGED_PER_HOP,
     WINDOWS,
     assert_same_result,
     assert_same_rows,
@@ -53,6 +54,14 @@ def test_spark_rows_equal_reference(
     view = conformance_view(window, transform)
     path = write_events(generate_events(seed), tmp_path / "events.parquet", typed_time)
 
+    check_spark(view, view.run(read_history(path)), spark.read.parquet(str(path)))
+
+
+@pytest.mark.parametrize("window", ["hopping", "tumbling"])
+def test_hops_merged_before_the_window_equal_reference(spark: Any, tmp_path: Path, window: str) -> None:
+    view = conformance_view(window, "declarative", MERGED_PER_HOP)  # duckdb_windows.per_hop
+    events = generate_events(5) + tied_events(29)
+    path = write_events(events, tmp_path / "events.parquet", True)
     check_spark(view, view.run(read_history(path)), spark.read.parquet(str(path)))
 
 

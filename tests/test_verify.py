@@ -29,7 +29,7 @@ def test_every_engine_agrees_on_the_example(repo: Path, capsys: pytest.CaptureFi
     out = capsys.readouterr().out
     assert code == 0, out
     lines = out.splitlines()
-    assert [line.split()[2] for line in lines] == ["reference", "spark", "flink"]
+    assert [line.split()[2] for line in lines] == ["reference", "embedded", "spark", "flink"]
     assert all(line.split()[6] == "identical" for line in lines[1:]), out
 
 
@@ -48,13 +48,15 @@ def test_events_file_and_bad_arguments(
             "--events",
             str(events),
             "--engines",
-            "reference",
+            "reference,embedded",
             "--repo",
             str(repo),
         ]
     )
     # one event: its window, then the emptied window
-    assert code == 0 and "merchant_amount_1h on reference        2 rows" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert code == 0 and "merchant_amount_1h on reference        2 rows" in out, out
+    assert "merchant_amount_1h on embedded         2 rows" in out, out
 
     assert main(["verify", "merchant_amount_1h", "--engines", "duckdb", "--repo", str(repo)]) == 1
     assert "unknown engine 'duckdb'" in capsys.readouterr().err

@@ -25,7 +25,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -252,27 +251,24 @@ class ParquetOfflineStore:
             stats.rows += table.num_rows
         return stats
 
-    def write_staged(
-        self, view: StreamFeatureView, staged: Path, start: datetime | None, end: datetime | None
+    def write_day_files(
+        self,
+        view: StreamFeatureView,
+        days: dict[date, list[Path]],
+        start: datetime | None,
+        end: datetime | None,
     ) -> OfflineWriteStats:
-        """Like ``write``, from a directory of Parquet files in any row order (as Spark writes them,
-        with ``created_timestamp``): the rows are first split into spool files per day, batch by
-        batch, then each partition is rewritten from its day's file."""
+        """Like ``write``, from Parquet files that each hold one UTC day's rows (with
+        ``created_timestamp``), as Spark's workers write them: each partition is rewritten from its
+        day's files."""
         schema = arrow_schema(view)
-        spool = staged.with_name(f"{staged.name}-days")
-        shutil.rmtree(spool, ignore_errors=True)
-        spool.mkdir(parents=True)
-        try:
-            days = _split_by_day(sorted(staged.glob("*.parquet")) if staged.is_dir() else [], schema, spool)
 
-            def day_table(day: date) -> pa.Table:
-                if day not in days:
-                    return schema.empty_table()
-                return pa.concat_tables([pq.read_table(f, schema=schema) for f in days[day]])
+        def day_table(day: date) -> pa.Table:
+            if day not in days:
+                return schema.empty_table()
+            return pa.concat_tables([pq.read_table(f, schema=schema) for f in days[day]])
 
-            return self.replace(view, set(days), day_table, start, end)
-        finally:
-            shutil.rmtree(spool, ignore_errors=True)
+        return self.replace(view, set(days), day_table, start, end)
 
     def replace(
         self,
@@ -391,38 +387,13 @@ class ParquetOfflineStore:
             directory.rmdir()
 
 
-def _split_by_day(
-    files: list[Path], schema: pa.Schema, spool: Path, batch_rows: int = 1 << 20
-) -> dict[date, list[Path]]:
-    """Copy the rows of ``files`` into Parquet files per UTC day of ``event_timestamp`` under
-    ``spool`` (one per input file and day, uncompressed: they are read once), a few files at a
-    time on worker threads, one batch of each in memory."""
-
-    def split(index: int, file: Path) -> dict[date, Path]:
-        writers: dict[date, pq.ParquetWriter] = {}
-        paths: dict[date, Path] = {}
-        try:
-            for batch in pq.ParquetFile(file).iter_batches(batch_size=batch_rows, columns=schema.names):
-                table = pa.Table.from_batches([batch]).cast(schema)
-                micros = table.column(EVENT_TIMESTAMP).cast(pa.int64()).to_numpy()
-                day_numbers = np.floor_divide(micros, _MICROS_PER_DAY)
-                order = np.argsort(day_numbers, kind="stable")
-                table, day_numbers = table.take(pa.array(order)), day_numbers[order]
-                numbers, starts, counts = np.unique(day_numbers, return_index=True, return_counts=True)
-                for number, first, count in zip(numbers, starts, counts, strict=True):
-                    day = _EPOCH_DAY + timedelta(days=int(number))
-                    if day not in writers:
-                        paths[day] = spool / f"{day.isoformat()}-{index}.parquet"
-                        writers[day] = pq.ParquetWriter(paths[day], schema, compression="none")
-                    writers[day].write_table(table.slice(int(first), int(count)))
-        finally:
-            for writer in writers.values():
-                writer.close()
-        return paths
-
-    days: dict[date, list[Path]] = {}
-    with ThreadPoolExecutor(max_workers=min(WRITE_THREADS, os.cpu_count() or 1)) as pool:
-        for paths in pool.map(split, range(len(files)), files):
-            for day, path in paths.items():
-                days.setdefault(day, []).append(path)
-    return days
+def day_slices(table: pa.Table) -> list[tuple[date, pa.Table]]:
+    """``table``'s rows split by the UTC day of ``event_timestamp`` (zero-copy slices of one sort)."""
+    day_numbers = np.floor_divide(table.column(EVENT_TIMESTAMP).cast(pa.int64()).to_numpy(), _MICROS_PER_DAY)
+    order = np.argsort(day_numbers, kind="stable")
+    table, day_numbers = table.take(pa.array(order)), day_numbers[order]
+    numbers, starts, sizes = np.unique(day_numbers, return_index=True, return_counts=True)
+    return [
+        (_EPOCH_DAY + timedelta(days=int(n)), table.slice(int(first), int(size)))
+        for n, first, size in zip(numbers, starts, sizes, strict=True)
+    ]

@@ -75,14 +75,34 @@ def sql_type(dtype: DType) -> str:
     return _SQL_TYPES[dtype.name]
 
 
-def _aggregate(agg: Aggregation, value: str, rank: str) -> str:
-    """The windowed aggregate of ``agg`` over value column ``value`` (``rank``: its (time, value) rank)."""
+MERGEABLE = (Count, Sum, Mean, Min, Max, Latest, First)  # partials per hop merge exactly in SQL
+
+
+def _partial(agg: Aggregation, value: str) -> str:
+    """``agg``'s partial over the events of one key and hop, as the columns ``_aggregate`` merges."""
     if isinstance(agg, Count):
-        return f"count({value})"
+        return f"count({value}) AS {value}"
+    if isinstance(agg, Mean):
+        return f"sum({value}) AS {value}, count({value}) AS {value}_c"
+    if isinstance(agg, (Sum, Min, Max)):
+        return f"{type(agg).__name__.lower()}({value}) AS {value}"
+    if isinstance(agg, (Latest, First)):  # the value of the largest (smallest) (time, value)
+        pick = "arg_max" if isinstance(agg, Latest) else "arg_min"
+        return (
+            f"{pick}({value}, struct_pack(t := {TS}, v := {value})) FILTER ({value} IS NOT NULL) AS {value}"
+        )
+    raise TypeError(f"no partial for {agg!r}")
+
+
+def _aggregate(agg: Aggregation, value: str, rank: str, partials: bool = False) -> str:
+    """The windowed aggregate of ``agg`` over value column ``value`` (``rank``: its (time, value)
+    rank), over events, or over per-hop ``_partial`` rows when ``partials``."""
+    if isinstance(agg, Count):
+        return f"sum({value})" if partials else f"count({value})"
     if isinstance(agg, Sum):
         return f"sum({value})"
-    if isinstance(agg, Mean):
-        return f"avg({value})"
+    if isinstance(agg, Mean):  # over partials: the sum, divided by the count (``{value}_c``) at the end
+        return f"sum({value})" if partials else f"avg({value})"
     if isinstance(agg, Min):
         return f"arg_min({value}, {value})"
     if isinstance(agg, Max):
@@ -147,10 +167,21 @@ def feature_rows_sql(plan: TransformPlan, rows: str) -> str:
     spread = _variance_columns(plan)
     rank_columns += "".join(f", median({v}) OVER (PARTITION BY {key_list}) AS {v}_p" for v in spread)
     pivots = [f"{v}_p" for v in spread]
-    nulls = "".join(f", NULL AS {c}" for c in [*values, *ranks.values(), *pivots])
-    carried = ", ".join([*values, *ranks.values(), *pivots])
+    partials = per_hop(plan)
+    counts = [f"{v}_c" for f, v in zip(plan.features, values, strict=True) if isinstance(f.aggregation, Mean)]
+    if partials:
+        assert isinstance(window, Sliding) and window.hop_ms is not None
+        merged = ", ".join(_partial(f.aggregation, v) for f, v in zip(plan.features, values, strict=True))
+        # One row per key and hop, at the hop's start: a window holds all of a hop's events or none.
+        rows = f"""(SELECT {key_list}, _b AS {TS}, {", ".join([*values, *counts])} FROM (
+        SELECT {key_list}, _b, {merged}
+        FROM (SELECT *, {_aligned(plan)} - {window.hop_ms} AS _b FROM {rows}) GROUP BY {key_list}, _b))"""
+    else:
+        counts = []
+    nulls = "".join(f", NULL AS {c}" for c in [*values, *counts, *ranks.values(), *pivots])
+    carried = ", ".join([*values, *counts, *ranks.values(), *pivots])
     sql = f"""
-WITH ev AS (SELECT {key_list}, {TS}, {", ".join(values)}{rank_columns} FROM {rows}),
+WITH ev AS (SELECT {key_list}, {TS}, {", ".join([*values, *counts])}{rank_columns} FROM {rows}),
 marks AS (
     SELECT DISTINCT {key_list}, _t AS {TS}
     FROM (SELECT {key_list}, unnest([{offsets}]) AS _t FROM ev)
@@ -176,14 +207,19 @@ framed AS (
 )"""
         frame_source, frame = "framed", "ROWS BETWEEN _off PRECEDING AND CURRENT ROW"
     aggregates = ", ".join(
-        f"{_aggregate(f.aggregation, v, ranks.get(v, ''))} OVER w AS {v}"
+        f"{_aggregate(f.aggregation, v, ranks.get(v, ''), partials)} OVER w AS {v}"
         for f, v in zip(plan.features, values, strict=True)
     )
     checks = [f"{expr} OVER w AS {name}" for v in spread for name, expr in _accuracy_columns(v).items()]
+    checks += [f"sum({c}) OVER w AS {c}" for c in counts]
     aggregates = ", ".join([aggregates, *checks])
     check_columns = "".join(f", {c}" for v in spread for c in _accuracy_columns(v))
+
+    def result(v: str) -> str:
+        return f"CASE WHEN {v}_c > 0 THEN {v} / {v}_c END" if f"{v}_c" in counts else v
+
     finished = ", ".join(
-        f"{_finish(f.aggregation, f.dtype, v)} AS {quote(f.name)}"
+        f"{_finish(f.aggregation, f.dtype, result(v))} AS {quote(f.name)}"
         for f, v in zip(plan.features, values, strict=True)
     )
     sql += f""",
@@ -195,6 +231,15 @@ valued AS (
 SELECT {key_list}, {finished}, epoch_ms({TS}) AS {quote(EVENT_TIMESTAMP)}{check_columns}
 FROM valued WHERE _m <> 0"""
     return sql
+
+
+def per_hop(plan: TransformPlan) -> bool:
+    """Whether the kernel first merges each key's events per hop (``_partial``): for hopping and
+    tumbling windows whose aggregations all merge exactly in SQL, so a window's cost follows its
+    hops, not its events."""
+    window = plan.window
+    hopping = isinstance(window, Sliding) and window.hop_ms is not None
+    return hopping and all(isinstance(f.aggregation, MERGEABLE) for f in plan.features)
 
 
 def _variance_columns(plan: TransformPlan) -> list[str]:
