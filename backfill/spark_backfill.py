@@ -64,6 +64,7 @@ from transforms.events import EventCounts
 from transforms.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 from transforms.timeutil import datetime_to_ms, ms_to_datetime
 
+ROWS_PER_TASK = 2_000_000
 log = logging.getLogger(__name__)
 
 
@@ -157,7 +158,7 @@ def backfill_view_spark(
         needed = rows.filter(F.col(TS) < c1)
         if reach is not None:
             needed = needed.filter(F.col(TS) >= c0 - reach)
-        features = aggregate_rows(view.plan, needed).filter(
+        features = aggregate_rows(view.plan, needed, _partitions(spark, manifest.counts["rows"])).filter(
             (F.col(EVENT_TIMESTAMP) >= F.timestamp_millis(F.lit(c0)))
             & (F.col(EVENT_TIMESTAMP) < F.timestamp_millis(F.lit(c1)))
         )
@@ -219,6 +220,12 @@ def _latest_rows(view: StreamFeatureView, staged_dirs: list[Path]) -> list[dict[
         return []
     latest = newest_per_key(pa.concat_tables(candidates, promote_options="permissive"), keys)
     return row_dicts(latest.drop_columns([CREATED_TIMESTAMP]))
+
+
+def _partitions(spark: Any, rows: int) -> int:
+    """Key partitions for the window kernel: ``ROWS_PER_TASK`` stage-1 rows each, at least one per
+    core (each task has a fixed cost, and writes a file per day)."""
+    return max(spark.sparkContext.defaultParallelism, -(-rows // ROWS_PER_TASK))
 
 
 def _day_files(frame: Any, schema: pa.Schema, directory: Path) -> dict[date, list[Path]]:

@@ -9,7 +9,7 @@ second and the ratio. `--suite` runs the three sizes of issue 24 in one run (10M
 users, 10M over 20 users: about 117k events per user-week, 500k over 50k users).
 
     python benchmarks/backfill.py [--suite] [--events 10000000] [--users 100000] [--days 30]
-                                  [--engines embedded,spark] [--master local[2]] [--chunk-days 31]
+                                  [--engines embedded,spark] [--master local[2]] [--chunk-days 31] [--phases]
 """
 
 from __future__ import annotations
@@ -199,8 +199,11 @@ def main() -> None:
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--chunk-days", type=int, default=31)
     parser.add_argument("--suite", action="store_true", help="10M/100k users, 10M/20 users, 500k/50k users")
+    parser.add_argument("--phases", action="store_true", help="log each backfill phase's time")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    if args.phases:
+        logging.getLogger("backfill").setLevel(logging.INFO)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     cases = SUITE if args.suite else [(args.events, args.users, args.days)]
     for events, users, days in cases:

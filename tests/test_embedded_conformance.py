@@ -27,9 +27,19 @@ from conftest import make_view
 
 from backfill.runner import read_history
 from featurestore import Runner
+from transforms.engines import duckdb_windows
 from transforms.engines.duckdb_windows import per_hop
 
 CASES = [(1, "row", False), (3, "none", True), (4, "none", False), (5, "declarative", True)]
+
+
+@pytest.fixture(autouse=True, params=["range", "rows"])
+def frames(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every case on both frame lowerings of the kernel: DuckDB's ``RANGE`` frames (what these few
+    rows per key get) and ``ROWS`` frames found by the as-of join (what hot keys get)."""
+    if request.param == "rows":
+        monkeypatch.setattr(duckdb_windows, "RANGE_ROWS_PER_KEY", 0)
+    return str(request.param)
 
 
 def check_embedded(view: Any, expected: Any, history: Path) -> None:

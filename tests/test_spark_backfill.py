@@ -18,7 +18,7 @@ import pytest
 from conformance import assert_same_rows
 from conftest import AS_OF, free_port, wait_for_json
 from repo_helpers import example_repo
-from test_backfill_e2e import latest, normalise
+from test_backfill_e2e import latest, same_features
 
 from backfill.runner import history_path, read_history
 from featurestore.cli import main
@@ -73,9 +73,8 @@ def assert_reference_output(repo_path: Path) -> None:
         .to_dict()
     )
     for i, entity in enumerate(entity_rows):
-        assert {f: normalise(got[f][i]) for f in features} == {
-            f: want[entity["user_id"]][f] for f in features
-        }
+        values = {f: got[f][i] for f in features}
+        assert same_features(values, {f: want[entity["user_id"]][f] for f in features}), (entity, values)
     letters = [
         DeadLetter.from_json(line)
         for p in (repo_path / "data" / "dead_letter").rglob("*.jsonl")

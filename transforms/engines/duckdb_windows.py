@@ -10,7 +10,11 @@ and ``Window.frame``) and the monoids of ``transforms.aggregations`` to SQL:
 * each marker's frame start found by an as-of join (the first row at or after ``t + frame low``),
   so every aggregate runs over a ``ROWS`` frame of per-row length. DuckDB evaluates those with
   segment trees: the cost per event grows with the log of the events a key has in a window, never
-  linearly (its ``RANGE`` frames do grow, measured in ``docs/benchmarks.md``).
+  linearly. Its ``RANGE`` frames cost per row with the rows of the key (``docs/benchmarks.md``), so
+  only when every key has few rows (``RANGE_ROWS_PER_KEY``) do bounded windows use them, skipping
+  the numbering and the as-of join; both lowerings give the same frames.
+* hopping and tumbling windows whose aggregations all merge exactly (``per_hop``) first merge
+  each key's events per hop into one row at the hop's start, so a window's cost follows its hops.
 
 ``Latest``/``First``/``LastK`` order values by ``(time, value)`` through a dense rank, so ties in
 time are broken by the value as everywhere. ``Min``/``Max`` run as ``arg_min(v, v)``/``arg_max(v, v)``,
@@ -51,6 +55,7 @@ from transforms.windows import LAST_ROW_MS, Sliding
 
 ORDERED = (Latest, First, LastK)  # aggregations that order values by (time, value)
 EPSILON = 2.0**-52
+RANGE_ROWS_PER_KEY = 4096  # keys with at most this many rows take RANGE frames (_few_rows_per_key)
 ACCURACY = 1e-11  # a variance whose error bound exceeds this (relative) is recomputed exactly
 
 _SQL_TYPES = {
@@ -145,9 +150,10 @@ def _aligned(plan: TransformPlan) -> str:
     return TS
 
 
-def feature_rows_sql(plan: TransformPlan, rows: str) -> str:
+def feature_rows_sql(plan: TransformPlan, rows: str, range_frames: bool = False) -> str:
     """The query over table ``rows`` (the keys, ``_ts`` and ``_v<i>`` columns of stage 1's rows)
-    that returns the keys, the features and ``event_timestamp``."""
+    that returns the keys, the features and ``event_timestamp``. ``range_frames``: bounded windows
+    use DuckDB's ``RANGE`` frames (no as-of join), for keys with few rows each (see ``feature_rows``)."""
     window = plan.window
     keys = [quote(k) for k in plan.key_names]
     key_list = ", ".join(keys)
@@ -180,6 +186,9 @@ def feature_rows_sql(plan: TransformPlan, rows: str) -> str:
         counts = []
     nulls = "".join(f", NULL AS {c}" for c in [*values, *counts, *ranks.values(), *pivots])
     carried = ", ".join([*values, *counts, *ranks.values(), *pivots])
+    range_frames = range_frames and low is not None
+    numbered = f", row_number() OVER (PARTITION BY {key_list} ORDER BY {TS}, _m) AS _rn"
+    numbering = "" if range_frames else numbered
     sql = f"""
 WITH ev AS (SELECT {key_list}, {TS}, {", ".join([*values, *counts])}{rank_columns} FROM {rows}),
 marks AS (
@@ -188,15 +197,19 @@ marks AS (
     WHERE _t <= {LAST_ROW_MS}
 ),
 numbered AS (
-    SELECT *, row_number() OVER (PARTITION BY {key_list} ORDER BY {TS}, _m) AS _rn
+    SELECT *{numbering}
     FROM (
         SELECT {key_list}, {TS}, 0 AS _m, {carried} FROM ev
         UNION ALL
         SELECT {key_list}, {TS}, {marker_order} AS _m{nulls} FROM marks
     )
 )"""
+    order = "_rn"
     if low is None:
         frame_source, frame = "numbered", "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
+    elif range_frames:  # peers share a RANGE frame, so the marker's frame is the window's own
+        end = "CURRENT ROW" if high == 1 else f"{1 - high} PRECEDING"
+        frame_source, frame, order = "numbered", f"RANGE BETWEEN {-low} PRECEDING AND {end}", TS
     else:
         on = " AND ".join(f"n.{k} = s.{k}" for k in keys)
         sql += f""",
@@ -226,7 +239,7 @@ framed AS (
 valued AS (
     SELECT {key_list}, {TS}, _m, {aggregates}
     FROM {frame_source}
-    WINDOW w AS (PARTITION BY {key_list} ORDER BY _rn {frame})
+    WINDOW w AS (PARTITION BY {key_list} ORDER BY {order} {frame})
 )
 SELECT {key_list}, {finished}, epoch_ms({TS}) AS {quote(EVENT_TIMESTAMP)}{check_columns}
 FROM valued WHERE _m <> 0"""
@@ -331,13 +344,23 @@ def feature_rows(con: Any, plan: TransformPlan, rows: pa.Table | str) -> pa.Tabl
         con.register("_mlfs_rows", rows)
         source = "_mlfs_rows"
     try:
-        table = _utc(con.sql(feature_rows_sql(plan, str(source))).to_arrow_table())
+        sql = feature_rows_sql(plan, str(source), _few_rows_per_key(con, plan, str(source)))
+        table = _utc(con.sql(sql).to_arrow_table())
         if any(isinstance(f.aggregation, Variance) for f in plan.features):
             table = _exact_variances(plan, lambda: con.sql(f"SELECT * FROM {source}").to_arrow_table(), table)
     finally:
         if isinstance(rows, pa.Table):
             con.unregister("_mlfs_rows")
     return table
+
+
+def _few_rows_per_key(con: Any, plan: TransformPlan, source: str) -> bool:
+    """Whether no key has more than ``RANGE_ROWS_PER_KEY`` rows: DuckDB's ``RANGE`` frames cost per
+    row with the rows of the key (docs/benchmarks.md), and below that beat the as-of join."""
+    keys = ", ".join(quote(k) for k in plan.key_names)
+    sizes = f"SELECT count(*) AS n FROM {source} GROUP BY {keys}"
+    (most,) = con.execute(f"SELECT max(n) FROM ({sizes})").fetchall()
+    return most[0] is None or most[0] <= RANGE_ROWS_PER_KEY
 
 
 def _utc(table: pa.Table) -> pa.Table:

@@ -70,8 +70,9 @@ def spark_type(dtype: DType) -> Any:
     }[dtype.name]()
 
 
-def aggregate_rows(plan: TransformPlan, rows: Any) -> Any:
-    """Stage 2: feature rows (keys, features, ``event_timestamp``) from stage 1's typed rows.
+def aggregate_rows(plan: TransformPlan, rows: Any, partitions: int | None = None) -> Any:
+    """Stage 2: feature rows (keys, features, ``event_timestamp``) from stage 1's typed rows, over
+    ``partitions`` key partitions (default: ``spark.sql.shuffle.partitions``).
 
     The rows are shuffled by key and each partition runs the embedded engine's window kernel
     (``duckdb_windows``) over its keys: the cost per event grows with the log of a key's events per
@@ -105,7 +106,8 @@ def aggregate_rows(plan: TransformPlan, rows: Any) -> Any:
             con.close()
         yield from table.cast(arrow_schema).to_batches()
 
-    return rows.repartition(*keys).mapInArrow(kernel, schema)
+    shuffled = rows.repartition(partitions, *keys) if partitions else rows.repartition(*keys)
+    return shuffled.mapInArrow(kernel, schema)
 
 
 def score_rows(plan: TransformPlan, rows: Any) -> Any:
