@@ -174,7 +174,8 @@ def feature_rows_sql(plan: TransformPlan, rows: str, range_frames: bool = False)
     rank_columns += "".join(f", median({v}) OVER (PARTITION BY {key_list}) AS {v}_p" for v in spread)
     pivots = [f"{v}_p" for v in spread]
     partials = per_hop(plan)
-    counts = [f"{v}_c" for f, v in zip(plan.features, values, strict=True) if isinstance(f.aggregation, Mean)]
+    means = [f"{v}_c" for f, v in zip(plan.features, values, strict=True) if isinstance(f.aggregation, Mean)]
+    counts = means if partials else []  # the count beside each mean's sum, in per-hop partials
     if partials:
         assert isinstance(window, Sliding) and window.hop_ms is not None
         merged = ", ".join(_partial(f.aggregation, v) for f, v in zip(plan.features, values, strict=True))
@@ -182,8 +183,6 @@ def feature_rows_sql(plan: TransformPlan, rows: str, range_frames: bool = False)
         rows = f"""(SELECT {key_list}, _b AS {TS}, {", ".join([*values, *counts])} FROM (
         SELECT {key_list}, _b, {merged}
         FROM (SELECT *, {_aligned(plan)} - {window.hop_ms} AS _b FROM {rows}) GROUP BY {key_list}, _b))"""
-    else:
-        counts = []
     nulls = "".join(f", NULL AS {c}" for c in [*values, *counts, *ranks.values(), *pivots])
     carried = ", ".join([*values, *counts, *ranks.values(), *pivots])
     range_frames = range_frames and low is not None
