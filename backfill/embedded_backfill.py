@@ -1,8 +1,9 @@
 """The embedded backfill of one view: in process, on DuckDB, the default on one machine.
 
 1. Stage 1 (``transforms.stage1``: decode, time, transform, types; clean rows vectorised) runs over
-   the history's Arrow batches; its typed rows go into a DuckDB table (spilled to the run's work
-   directory when memory runs short), the dead letters to their file, the counts to the manifest.
+   the history's Arrow batches (``backfill.history``: Parquet columns or JSON lines); its typed rows
+   go into a DuckDB table (spilled to the run's work directory when memory runs short), the dead
+   letters to their file, the counts to the manifest.
 2. The range is cut into day-aligned chunks by volume (``CHUNK_ROWS`` rows each; one chunk for
    small inputs). Each chunk's feature rows come from ``transforms.engines.duckdb_windows`` (the
    window kernel Spark runs too) over the rows its values depend on, go through the view's model
@@ -17,7 +18,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -27,8 +28,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
+from backfill.history import arrow_batches
 from backfill.report import ViewReport
 from backfill.work import (
     DAY_MS,
@@ -120,7 +121,7 @@ def backfill_view_embedded(
     con = duckdb.connect()
     con.execute(f"SET temp_directory = '{_sql_text(str(work / 'spill'))}'")
     con.execute("SET preserve_insertion_order = false")
-    counts, letters = load_prepared(con, view.plan, view.name, _batches(files), end_ms, tick)
+    counts, letters = load_prepared(con, view.plan, view.name, arrow_batches(files, BATCH_ROWS), end_ms, tick)
     if not manifest.prepared:
         write_dead_letters(dead_letter_file(end), letters)
         manifest.prepared = True
@@ -171,10 +172,6 @@ def backfill_view_embedded(
         report.online_written, report.online_skipped = online.written, online.skipped_older
     shutil.rmtree(work, ignore_errors=True)
     return report
-
-
-def _batches(files: list[Path]) -> Iterator[pa.RecordBatch]:
-    return ds.dataset([str(f) for f in files], format="parquet").to_batches(batch_size=BATCH_ROWS)
 
 
 def _sql_text(text: str) -> str:

@@ -8,15 +8,13 @@ of ``end`` online (newer-wins) and the rejected events to the dead letter.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
-
+from backfill.history import check_history, count_events, history_files, history_path, read_history
 from backfill.report import ViewReport
 from backfill.spark_session import DEFAULT_MASTER, spark_session
 from featurestore.config import feast_store
@@ -27,9 +25,7 @@ from featurestore.repo import FeatureRepo
 from featurestore.runstatus import BackfillRecord, record_backfill
 from featurestore.view import StreamFeatureView
 from registry.catalog import load_catalog
-from transforms.dtypes import DType, UnixTimestamp, holds_values_of
 from transforms.errors import MLFSError
-from transforms.expressions import Select
 from transforms.plan import EVENT_TIMESTAMP, Runner, spec_hash
 
 ENGINES = ("embedded", "spark", "reference")
@@ -76,26 +72,6 @@ class BackfillPlan:
         return lines
 
 
-def history_path(repo: FeatureRepo, view: StreamFeatureView) -> Path:
-    path = Path(view.source.history)
-    return path if path.is_absolute() else repo.settings.repo_path / path
-
-
-def history_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        return sorted(p for p in path.rglob("*.parquet") if not p.name.startswith("."))
-    return []
-
-
-def read_history(path: Path, batch_size: int = 65_536) -> Iterator[dict[str, Any]]:
-    """The history's events as dicts, batch by batch."""
-    dataset = ds.dataset([str(p) for p in history_files(path)], format="parquet")
-    for batch in dataset.to_batches(batch_size=batch_size):
-        yield from batch.to_pylist()
-
-
 def plan_backfill(
     repo: FeatureRepo,
     view_names: list[str],
@@ -134,47 +110,6 @@ def plan_backfill(
         check_history(view, files)
         plan.inputs[view.name] = files
     return plan
-
-
-def history_columns(view: StreamFeatureView) -> dict[str, DType]:
-    """The history columns a view reads, with the type each must hold, where the view says (a
-    Python event transform may read anything, so only its time field is known)."""
-    plan = view.plan
-    wanted: dict[str, DType] = dict(plan.keys)
-    for feature in plan.features:
-        if feature.aggregation.column is not None and feature.input_dtype is not None:
-            wanted.setdefault(feature.aggregation.column, feature.input_dtype)
-    transform = plan.event_transform
-    if isinstance(transform, Select):  # what a plain col(...) renames must hold the output's type
-        renamed = {out: spec[1] for out, spec in transform.spec()["select"].items() if spec[0] == "col"}
-        wanted = {renamed[out]: dtype for out, dtype in wanted.items() if out in renamed}
-    elif transform is not None:
-        wanted = {}
-    wanted.pop(plan.timestamp_field, None)  # every engine replaces it by the event time
-    return {plan.timestamp_field: UnixTimestamp, **wanted}
-
-
-def check_history(view: StreamFeatureView, files: list[Path]) -> None:
-    """Refuse, before any work, a history file that cannot be read or whose column types cannot
-    hold what the view reads (one line naming the file, the column and both types)."""
-    wanted = history_columns(view)
-    for file in files:
-        try:
-            schema = pq.read_schema(file)
-        except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise MLFSError(f"history file {file} is not readable Parquet: {first}") from None
-        if view.plan.timestamp_field not in schema.names:
-            raise MLFSError(
-                f"history file {file} has no column {view.plan.timestamp_field!r} "
-                f"(view {view.name!r}'s time field)"
-            )
-        for name, dtype in wanted.items():
-            if name in schema.names and not holds_values_of(schema.field(name).type, dtype):
-                raise MLFSError(
-                    f"history file {file}: column {name!r} is {schema.field(name).type}, "
-                    f"but view {view.name!r} needs {dtype} values from it"
-                )
 
 
 def _check_applied(store: Any, views: list[StreamFeatureView]) -> None:
@@ -292,7 +227,7 @@ def _embedded_view(
     if not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows < 1:
         raise MLFSError(f"mlfs.backfill.chunk_rows must be a positive integer, not {chunk_rows!r}")
     files = plan.inputs[view.name]
-    total = ds.dataset([str(f) for f in files], format="parquet").count_rows()
+    total = count_events(files)
     return backfill_view_embedded(
         view,
         files,
@@ -318,8 +253,7 @@ def _reference_view(
     dead_letter_file: Path,
     progress: Callable[[str, int | None], Callable[[int], None]] | None,
 ) -> ViewReport:
-    files = plan.inputs[view.name]
-    total = ds.dataset([str(f) for f in files], format="parquet").count_rows()
+    total = count_events(plan.inputs[view.name])
     tick = progress(view.name, total) if progress else None
     result = view.run(read_history(history_path(repo, view)), Runner.REFERENCE, progress=tick)
     rows = [

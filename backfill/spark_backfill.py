@@ -30,6 +30,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from backfill.history import is_json_lines
 from backfill.report import ViewReport
 from backfill.work import (
     DAY_MS,
@@ -62,6 +63,7 @@ from transforms.engines.spark import (
 )
 from transforms.events import EventCounts
 from transforms.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
+from transforms.stage1 import LINE
 from transforms.timeutil import datetime_to_ms, ms_to_datetime
 
 ROWS_PER_TASK = 2_000_000
@@ -104,7 +106,7 @@ def backfill_view_spark(
     prepared_path = work / "prepared"
 
     clock = time.monotonic()
-    events = spark.read.parquet(*[str(f) for f in files])
+    events = history_frame(spark, files)
     jvm, python = prepare_parts(view.plan, events)
 
     def persisted() -> Any:
@@ -220,6 +222,18 @@ def _latest_rows(view: StreamFeatureView, staged_dirs: list[Path]) -> list[dict[
         return []
     latest = newest_per_key(pa.concat_tables(candidates, promote_options="permissive"), keys)
     return row_dicts(latest.drop_columns([CREATED_TIMESTAMP]))
+
+
+def history_frame(spark: Any, files: list[Path]) -> Any:
+    """The history as a DataFrame: Parquet's columns, or JSON lines as their raw bytes (``LINE``;
+    Spark's text reader splits lines where the stream's reader does and keeps bytes that are not
+    UTF-8 as they are, for stage 1 to dead-letter)."""
+    from pyspark.sql import functions as F
+
+    paths = [str(f) for f in files]
+    if is_json_lines(files):
+        return spark.read.text(paths).select(F.col("value").cast("binary").alias(LINE))
+    return spark.read.parquet(*paths)
 
 
 def _partitions(spark: Any, rows: int) -> int:

@@ -62,7 +62,7 @@ class Entity:
 
 @dataclass(frozen=True)
 class StreamSource:
-    """A stream of events with a history twin (Parquet) that backfills read."""
+    """A stream of events with a history twin (Parquet or JSON-lines files) that backfills read."""
 
     name: str
     history: str
@@ -122,7 +122,7 @@ class StreamSource:
 
 @dataclass(frozen=True)
 class FileStreamSource(StreamSource):
-    """Events as JSON-lines files appearing in directory ``path``; history as Parquet."""
+    """Events as JSON-lines files appearing in directory ``path``."""
 
     path: str = ""
     kind = "file"
@@ -133,7 +133,7 @@ class FileStreamSource(StreamSource):
 
 @dataclass(frozen=True)
 class KafkaStreamSource(StreamSource):
-    """Events as JSON messages on a Kafka topic; history as Parquet."""
+    """Events as JSON messages on a Kafka topic."""
 
     bootstrap_servers: str = ""
     topic: str = ""

@@ -8,7 +8,6 @@ reference engine's rows exactly (floats within 1e-9 relative).
 from __future__ import annotations
 
 import itertools
-import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from featurestore.repo import FeatureRepo
 from featurestore.view import StreamFeatureView
 from transforms.compare import diff_rows
 from transforms.errors import MLFSError
+from transforms.stage1 import LINE
 
 ENGINES = ("reference", "embedded", "spark", "flink")
 
@@ -37,22 +37,21 @@ class EngineRun:
 
 
 def load_sample(repo: FeatureRepo, view: StreamFeatureView, events: Path | None, sample: int) -> pa.Table:
-    """The events to verify on, as one Arrow table."""
+    """The events to verify on, as one Arrow table: Parquet's columns, or JSON lines as their raw
+    bytes (``LINE``), which every engine decodes as the stream does, bad lines included."""
+    from backfill.history import file_lines, history_files, history_path, is_json_lines
+
     if events is not None:
         if not events.is_file():
             raise MLFSError(f"no such events file: {events}")
-        if events.suffix == ".parquet":
-            return pq.read_table(events).slice(0, sample)
-        try:
-            rows = [json.loads(line) for line in itertools.islice(events.open(), sample) if line.strip()]
-        except ValueError as err:
-            raise MLFSError(f"{events}: not JSON lines ({err})") from None
-        return pa.Table.from_pylist(rows)
-    from backfill.runner import history_files, history_path
-
-    files = history_files(history_path(repo, view))
-    if not files:
-        raise MLFSError(f"view {view.name!r}: no history to sample; pass --events FILE")
+        files = [events]
+    else:
+        files = history_files(history_path(repo, view))
+        if not files:
+            raise MLFSError(f"view {view.name!r}: no history to sample; pass --events FILE")
+    if (events is not None and events.suffix != ".parquet") or is_json_lines(files):
+        lines = itertools.islice((line for f in files for line in file_lines(f)), sample)
+        return pa.table({LINE: pa.array(list(lines), pa.binary())})
     tables = []
     taken = 0
     for f in files:
@@ -74,7 +73,7 @@ def verify_view(
     """Run ``view`` over ``sample`` on the reference engine and ``engines``; diff each with it."""
     from transforms.engines.reference import run_reference
 
-    events = sample.to_pylist()
+    events = sample.column(LINE).to_pylist() if sample.schema.names == [LINE] else sample.to_pylist()
     clock = time.monotonic()
     reference = run_reference(view.plan, events)
     runs = [EngineRun("reference", len(reference.rows), time.monotonic() - clock, reference.counts.summary())]
@@ -92,7 +91,7 @@ def verify_view(
     return runs
 
 
-def _run(engine: str, view: StreamFeatureView, sample: pa.Table, events: list[dict[str, Any]]) -> Any:
+def _run(engine: str, view: StreamFeatureView, sample: pa.Table, events: list[Any]) -> Any:
     if engine == "embedded":
         from transforms.engines.embedded import run_embedded
 

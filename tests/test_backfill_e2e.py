@@ -14,7 +14,7 @@ import pytest
 from conftest import AS_OF, start_redis, stop_redis
 from repo_helpers import example_repo
 
-from backfill.runner import history_path, read_history
+from backfill.history import history_path, read_history
 from featurestore.cli import main
 from featurestore.config import feast_store
 from featurestore.offline.parquet import ParquetOfflineStore

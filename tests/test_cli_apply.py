@@ -246,7 +246,7 @@ def test_a_view_keyed_by_two_entities_is_read_back_by_feast(repo: Path) -> None:
     # What the two-join-key error tells a user to write: one entity per key, both in entities=[...].
     import pandas as pd
 
-    from backfill.runner import history_path, read_history
+    from backfill.history import history_path, read_history
     from featurestore.config import feast_store
     from featurestore.repo import load_repo
     from transforms.plan import EVENT_TIMESTAMP

@@ -25,7 +25,7 @@ from conformance import (
 )
 from conftest import make_view
 
-from backfill.runner import read_history
+from backfill.history import read_history
 from featurestore import Runner
 from transforms.engines import duckdb_windows
 from transforms.engines.duckdb_windows import per_hop

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import AS_OF
 
-from backfill.runner import read_history
+from backfill.history import read_history
 from backfill.spark_session import spark_session
 from featurestore import Runner
 from featurestore.cli import main

@@ -18,7 +18,7 @@ from conftest import EVENTS, USER
 from inference_models import sklearn_model
 from inference_views import scored_view
 
-from backfill.runner import read_history
+from backfill.history import read_history
 from backfill.spark_session import spark_session
 from featurestore import (
     Aggregations,

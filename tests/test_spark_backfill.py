@@ -20,7 +20,7 @@ from conftest import AS_OF, free_port, wait_for_json
 from repo_helpers import example_repo
 from test_backfill_e2e import latest, same_features
 
-from backfill.runner import history_path, read_history
+from backfill.history import history_path, read_history
 from featurestore.cli import main
 from featurestore.config import feast_store
 from featurestore.offline.parquet import ParquetOfflineStore

@@ -22,7 +22,7 @@ from conformance import (
 )
 from conftest import make_view
 
-from backfill.runner import read_history
+from backfill.history import read_history
 from backfill.spark_session import spark_session
 from featurestore import Runner
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import start_redis, stop_redis
-from test_hostile_events import hostile_lines
+from test_hostile_history import fuzz_lines
 from test_stream_service import (
     STARTUP_S,
     assert_same_outcome,
@@ -142,18 +142,7 @@ def test_a_file_of_hostile_lines_never_stops_the_job(tmp_path: Path) -> None:
     counts balance, every bad line is dead-lettered once with its reason, and the rows are the
     reference's."""
     repo, stream_dir = empty_stream_repo(tmp_path / "repo")
-    rng = random.Random(9)
-    good = [line.encode() for line in payments(rng, 0, 600)]
-    # The engine tests' hostile lines as payments, five minutes in; without the one at the end of
-    # time, which would make every line after it late.
-    hostile = [
-        line.replace(b'"user_id": "k', b'"user_id": "u00')
-        .replace(b'"v":', b'"amount":')
-        .replace(b"2026-03-01T00:00:01", b"2026-11-22T20:05:00")
-        for line in hostile_lines(rng, 2400)
-        if b"9999-" not in line
-    ]
-    lines = good[:300] + hostile + good[300:]
+    lines = fuzz_lines(random.Random(9))
     (stream_dir / ".fuzz.jsonl").write_bytes(b"".join(line + b"\n" for line in lines))
     (stream_dir / ".fuzz.jsonl").rename(stream_dir / "fuzz.jsonl")
     job = serve_stream(repo, tmp_path / "stream.log", "--no-metrics")

@@ -16,7 +16,7 @@ import pytest
 from conftest import AS_OF
 from repo_helpers import example_repo
 
-from backfill.runner import read_history
+from backfill.history import read_history
 from featurestore import (
     Aggregations,
     Count,

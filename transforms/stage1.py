@@ -1,6 +1,8 @@
 """Stage 1 as Arrow batches, for the backfill engines: raw events to one table of typed rows, dead
 letters and "filtered" markers, by ``transforms.events.EventPreparer`` (the reference's code), with
-the rows ``transforms.arrow_events.split_clean`` proves clean taken vectorised.
+the rows ``transforms.arrow_events.split_clean`` proves clean taken vectorised. Raw events come as
+Arrow batches of their columns (Parquet history) or of JSON lines (``LINE``), which are decoded and
+typed as the stream's stage 1 does it (``transforms.json_batches``).
 
 Each output row has a kind (``ROW``, ``DEAD``, ``FILTERED``); a row's ``FIRST`` says it is its event's
 first row, so the four event counts are tallies of (kind, first).
@@ -13,16 +15,19 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from transforms.arrow_events import ENGINE_TYPES, split_clean
 from transforms.dtypes import DType
-from transforms.events import DeadLetter, EventCounts, EventPreparer
+from transforms.events import DeadLetter, EventCounts, EventPreparer, event_text
+from transforms.json_batches import needed_fields, typed_batch
 from transforms.plan import TransformPlan
 from transforms.timeutil import datetime_to_ms, engine_value
 
 KIND = "_kind"  # 0: a row, 1: a dead letter, 2: a filtered event
 FIRST = "_first"  # the first row of an aggregated event (counts events, not rows)
 TS = "_ts"
+LINE = "_line"  # the one column of a batch of raw JSON lines (bytes)
 ROW, DEAD, FILTERED = 0, 1, 2
 DEAD_COLUMNS = ("_reason", "_detail", "_raw", "_event_ms")
 
@@ -103,27 +108,62 @@ def _filtered_batch(schema: pa.Schema, n: int) -> pa.RecordBatch:
 
 
 def prepare_batches(plan: TransformPlan, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """Stage 1, run on Spark's Python workers: raw event batches to typed rows and dead letters."""
+    """Stage 1 for the backfill engines: raw event batches (columns, or JSON lines as ``LINE``) to
+    typed rows, dead letters and filtered markers."""
     preparer = EventPreparer(plan)
     schema = prepared_schema(plan)
+    fields = needed_fields(plan)
     for batch in batches:
+        if batch.schema.names == [LINE]:
+            yield from _prepare_lines(plan, preparer, schema, fields, batch.column(0).to_pylist())
+            continue
         split = split_clean(plan, batch)
         if split is not None:  # clean rows vectorised; the rest (bad rows) row by row
             yield _clean_batch(schema, split.clean)
             if split.filtered:
                 yield _filtered_batch(schema, split.filtered)
             batch = split.rest
-        out = _BatchBuilder(plan, schema)
-        for outcome in preparer.prepare_batch(batch.to_pylist()):
-            if outcome is None:
-                out.emit(FILTERED)
-            elif isinstance(outcome, DeadLetter):
-                event_ms = None if outcome.event_time is None else datetime_to_ms(outcome.event_time)
-                out.emit(DEAD, dead=(outcome.reason, outcome.detail, outcome.raw, event_ms))
-            else:
-                for i, (key, values) in enumerate(outcome.rows):
-                    out.emit(ROW, i == 0, key, outcome.time_ms, values)
-        yield out.batch()
+        yield _row_path(plan, preparer, schema, batch.to_pylist())
+
+
+def _prepare_lines(
+    plan: TransformPlan,
+    preparer: EventPreparer,
+    schema: pa.Schema,
+    fields: list[str] | None,
+    lines: list[bytes],
+) -> Iterator[pa.RecordBatch]:
+    """JSON lines as the stream's stage 1 prepares them: the events ``typed_batch`` can type
+    vectorised where the view allows, every other line through the row path as its text."""
+    texts = [event_text(line) for line in lines]
+    if fields is not None:
+        typed = typed_batch(fields, texts)
+        split = split_clean(plan, typed.batch) if typed.positions else None
+        if split is not None:
+            yield _clean_batch(schema, split.clean)
+            if split.filtered:
+                yield _filtered_batch(schema, split.filtered)
+            taken = pc.or_(split.clean_mask, split.filtered_mask).to_numpy(zero_copy_only=False)
+            left = np.asarray(typed.positions, dtype=np.int64)[~taken].tolist()
+            texts = [texts[i] for i in sorted(left + typed.rest)]
+    yield _row_path(plan, preparer, schema, texts)
+
+
+def _row_path(
+    plan: TransformPlan, preparer: EventPreparer, schema: pa.Schema, raws: list[Any]
+) -> pa.RecordBatch:
+    """The reference's own preparation of ``raws``, one outcome at a time."""
+    out = _BatchBuilder(plan, schema)
+    for outcome in preparer.prepare_batch(raws):
+        if outcome is None:
+            out.emit(FILTERED)
+        elif isinstance(outcome, DeadLetter):
+            event_ms = None if outcome.event_time is None else datetime_to_ms(outcome.event_time)
+            out.emit(DEAD, dead=(outcome.reason, outcome.detail, outcome.raw, event_ms))
+        else:
+            for i, (key, values) in enumerate(outcome.rows):
+                out.emit(ROW, i == 0, key, outcome.time_ms, values)
+    return out.batch()
 
 
 def tally_batch(counts: EventCounts, batch: pa.RecordBatch) -> None:
