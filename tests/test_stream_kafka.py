@@ -89,12 +89,12 @@ def _accepts(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def produce(servers: str, lines: list[str]) -> None:
+def produce(servers: str, lines: list[str | bytes]) -> None:
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=5)
     for line in lines:
-        producer.send(TOPIC, line.encode())
+        producer.send(TOPIC, line if isinstance(line, bytes) else line.encode())
     producer.flush(timeout=60)
     producer.close()
 
@@ -128,8 +128,11 @@ def test_serve_stream_reads_a_kafka_topic(tmp_path: Path, kafka_broker: str) -> 
         os.environ.pop("MLFS_TEST_KAFKA")
 
     rng = random.Random(5)
-    first = payments(rng, 0, 120)
-    second = [*payments(rng, 300, 120), '{"user_id": "u001", "timestamp": ']
+    first: list[str | bytes] = [*payments(rng, 0, 120)]
+    # Messages that are not UTF-8 (a bad byte, a lone surrogate) are unparseable, not new keys.
+    later = [line.encode() for line in payments(rng, 300, 120)]
+    not_utf8 = [later[10].replace(b'"u0', b'"u\xff0'), later[20].replace(b'"u0', b'"u\xed\xa0\x800')]
+    second = [*later, '{"user_id": "u001", "timestamp": ', *not_utf8]
     produce(kafka_broker, first)
     job = serve_stream(repo_path, tmp_path / "stream.log", "--no-metrics", "--parallelism", "1", env=env)
     repo = load_repo(repo_path)
@@ -146,7 +149,8 @@ def test_serve_stream_reads_a_kafka_topic(tmp_path: Path, kafka_broker: str) -> 
 
     views = [("user_payment_stats_7d", "user_id"), ("user_last_payment_fail", "user_id")]
     expected = reference_outcome(repo_path, views, first + second)
-    assert len(expected["user_payment_stats_7d dead letters"]) == 1
+    letters = expected["user_payment_stats_7d dead letters"]
+    assert [reason for _, reason, _ in letters] == ["unparseable"] * 3
     assert_same_outcome(stream_outcome(repo_path, views), expected)
 
 
