@@ -43,7 +43,7 @@ from backfill.work import (
     run_key,
 )
 from featurestore.deadletter import write_dead_letters
-from featurestore.offline.parquet import ParquetOfflineStore, arrow_schema, day_slices
+from featurestore.offline.parquet import ParquetOfflineStore, arrow_schema, day_slices, partition_order_sql
 from featurestore.online.base import OnlineWriter
 from featurestore.view import StreamFeatureView
 from transforms.engines.duckdb_windows import feature_rows
@@ -183,7 +183,7 @@ def _chunk_rows(con: Any, view: StreamFeatureView, chunk: Chunk, reach: int | No
     c0, c1 = datetime_to_ms(chunk.start), datetime_to_ms(chunk.end)
     where = f"{TS} < {c1}" + ("" if reach is None else f" AND {TS} >= {c0 - reach}")
     source = f"(SELECT * FROM prepared WHERE {where})"
-    table = feature_rows(con, view.plan, source)
+    table = feature_rows(con, view.plan, source, partition_order_sql(view))
     ts = table.column(EVENT_TIMESTAMP)
     inside = pc.and_(
         pc.greater_equal(ts, pa.scalar(chunk.start, ts.type)), pc.less(ts, pa.scalar(chunk.end, ts.type))
@@ -216,5 +216,5 @@ def _write_offline(
     def day_rows(day: date) -> pa.Table:
         return days.get(day, schema.empty_table())
 
-    stats = offline.replace(view, set(days), day_rows, chunk.start, chunk.end)
+    stats = offline.replace(view, set(days), day_rows, chunk.start, chunk.end, ordered=True)
     return stats.rows, stats.partitions

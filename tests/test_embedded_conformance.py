@@ -126,3 +126,18 @@ def test_hops_merged_before_the_window_equal_reference(tmp_path: Path, window: s
     assert per_hop(view.plan) and not per_hop(conformance_view(window, "none").plan)
     path = write_events(per_hop_events(kind), tmp_path / "events.parquet")
     check_embedded(view, view.run(read_history(path)), path)
+
+
+def test_an_error_while_reading_events_reaches_the_caller_as_itself() -> None:
+    """Stage 1 streams into DuckDB, which would report a failing input as its own error."""
+    import duckdb
+    import pyarrow as pa
+
+    from transforms.engines.embedded import load_prepared
+
+    def batches() -> Any:
+        yield pa.record_batch({"timestamp": pa.array([1], pa.int64())})
+        raise OSError("the history file went away")
+
+    with pytest.raises(OSError, match="went away"):
+        load_prepared(duckdb.connect(), conformance_view("continuous").plan, "v", batches())

@@ -277,10 +277,12 @@ class ParquetOfflineStore:
         day_rows: Callable[[date], pa.Table],
         start: datetime | None,
         end: datetime | None,
+        ordered: bool = False,
     ) -> OfflineWriteStats:
         """Rewrite every partition that ``[start, end)`` touches or that gets new rows: rows of the
-        range come from ``day_rows(day)`` (called from worker threads), rows outside it are kept.
-        Waits for a compaction of the view to finish, and holds compactions off until it is done."""
+        range come from ``day_rows(day)`` (called from worker threads; ``ordered``: in key and time
+        order already), rows outside it are kept. Waits for a compaction of the view to finish, and
+        holds compactions off until it is done."""
         with self.view_lock(view.name):
             schema = arrow_schema(view)
             touched = set(new_days)
@@ -297,7 +299,7 @@ class ParquetOfflineStore:
                 kept = self._outside(self._read_files(files, schema), start, end)
                 new = day_rows(day)
                 table = pa.concat_tables([kept, new]) if kept.num_rows else new
-                self._replace_partition(view, day, table, files)
+                self._replace_partition(view, day, table, files, ordered and not kept.num_rows)
                 return new.num_rows
 
             # Arrow reads, sorts and writes without the GIL: a few days at a time use every core.
@@ -370,15 +372,17 @@ class ParquetOfflineStore:
         return table.filter(pc.invert(inside))
 
     def _replace_partition(
-        self, view: StreamFeatureView, day: date, table: pa.Table, replaced: list[Path]
+        self, view: StreamFeatureView, day: date, table: pa.Table, replaced: list[Path], ordered: bool = False
     ) -> None:
-        """Make ``table`` the partition's data file in place of the ``replaced`` files."""
+        """Make ``table`` the partition's data file, in key and time order, in place of the
+        ``replaced`` files."""
         directory = self._partition_dir(view.name, day)
         if table.num_rows:
             directory.mkdir(parents=True, exist_ok=True)
-            order = [(c, "ascending") for c in (*view.plan.key_names, EVENT_TIMESTAMP)]
+            if not ordered:
+                table = table.sort_by([(c, "ascending") for c in (*view.plan.key_names, EVENT_TIMESTAMP)])
             tmp = directory / f".{DATA_FILE}.tmp"
-            pq.write_table(table.sort_by(order), tmp)
+            pq.write_table(table, tmp)
             os.replace(tmp, directory / DATA_FILE)
         for old in replaced:
             if old.name != DATA_FILE or not table.num_rows:
@@ -387,13 +391,28 @@ class ParquetOfflineStore:
             directory.rmdir()
 
 
+def partition_order_sql(view: StreamFeatureView) -> list[str]:
+    """The SQL ``ORDER BY`` (DuckDB, over the offline columns) that gives rows in partition order:
+    by UTC day, then in each partition's key and time order. Rows in this order need no sorting in
+    ``day_slices`` or in a partition rewrite (``replace(..., ordered=True)``)."""
+    quoted = [f'"{c}"' for c in (*view.plan.key_names, EVENT_TIMESTAMP)]
+    return [f'CAST("{EVENT_TIMESTAMP}" AS DATE)', *quoted]
+
+
 def day_slices(table: pa.Table) -> list[tuple[date, pa.Table]]:
-    """``table``'s rows split by the UTC day of ``event_timestamp`` (zero-copy slices of one sort)."""
+    """``table``'s rows split by the UTC day of ``event_timestamp``, each day's rows in their order
+    in ``table`` (zero-copy slices of one stable sort; none where the rows are in day order)."""
     day_numbers = np.floor_divide(table.column(EVENT_TIMESTAMP).cast(pa.int64()).to_numpy(), _MICROS_PER_DAY)
-    order = np.argsort(day_numbers, kind="stable")
-    table, day_numbers = table.take(pa.array(order)), day_numbers[order]
-    numbers, starts, sizes = np.unique(day_numbers, return_index=True, return_counts=True)
+    if len(day_numbers) and np.any(day_numbers[1:] < day_numbers[:-1]):
+        first = day_numbers.min()
+        small = day_numbers.max() - first < np.iinfo(np.int16).max
+        # numpy's stable sort of 16-bit integers is a radix sort: linear, not n log n
+        order = np.argsort((day_numbers - first).astype(np.int16) if small else day_numbers, kind="stable")
+        table, day_numbers = table.take(pa.array(order)), day_numbers[order]
+    starts = [0, *(np.flatnonzero(np.diff(day_numbers)) + 1).tolist()]
+    ends = [*starts[1:], len(day_numbers)]
     return [
-        (_EPOCH_DAY + timedelta(days=int(n)), table.slice(int(first), int(size)))
-        for n, first, size in zip(numbers, starts, sizes, strict=True)
+        (_EPOCH_DAY + timedelta(days=int(day_numbers[a])), table.slice(a, b - a))
+        for a, b in zip(starts, ends, strict=True)
+        if b > a
     ]

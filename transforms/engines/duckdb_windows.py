@@ -27,7 +27,7 @@ monoid from its frame, so the result is the exact one the reference computes.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -183,18 +183,43 @@ def feature_rows_sql(plan: TransformPlan, rows: str, range_frames: bool = False)
         rows = f"""(SELECT {key_list}, _b AS {TS}, {", ".join([*values, *counts])} FROM (
         SELECT {key_list}, _b, {merged}
         FROM (SELECT *, {_aligned(plan)} - {window.hop_ms} AS _b FROM {rows}) GROUP BY {key_list}, _b))"""
-    nulls = "".join(f", NULL AS {c}" for c in [*values, *counts, *ranks.values(), *pivots])
-    carried = ", ".join([*values, *counts, *ranks.values(), *pivots])
-    range_frames = range_frames and low is not None
-    numbered = f", row_number() OVER (PARTITION BY {key_list} ORDER BY {TS}, _m) AS _rn"
-    numbering = "" if range_frames else numbered
-    sql = f"""
+    hop = window.hop_ms if isinstance(window, Sliding) else None
+    single_hop = partials and low is not None and -low == hop  # tumbling: a window is one hop
+    if single_hop:
+        rank_columns = ""  # a hop's partial is its value
+    marks = f"""
 WITH ev AS (SELECT {key_list}, {TS}, {", ".join([*values, *counts])}{rank_columns} FROM {rows}),
 marks AS (
     SELECT DISTINCT {key_list}, _t AS {TS}
     FROM (SELECT {key_list}, unnest([{offsets}]) AS _t FROM ev)
     WHERE _t <= {LAST_ROW_MS}
-),
+)"""
+    if single_hop:
+        assert low is not None
+        return marks + _single_hop(plan, values, counts, low)
+    nulls = "".join(f", NULL AS {c}" for c in [*values, *counts, *ranks.values(), *pivots])
+    carried = ", ".join([*values, *counts, *ranks.values(), *pivots])
+    range_frames = range_frames and low is not None
+    # A continuous window's values change only at its events' own times and where they leave, and
+    # rows at one time share a RANGE frame: the last row of each time gives its value, no marks.
+    peers = range_frames and hop is None
+    numbered = f", row_number() OVER (PARTITION BY {key_list} ORDER BY {TS}, _m) AS _rn"
+    numbering = "" if range_frames else numbered
+    if peers:
+        leaving = "".join(
+            f"""
+        UNION ALL
+        SELECT {key_list}, {TS} + {o} AS {TS}, 1 AS _m{nulls} FROM ev WHERE {TS} + {o} <= {LAST_ROW_MS}"""
+            for o in window.change_offsets()
+            if o
+        )
+        sql = f"""
+WITH ev AS (SELECT {key_list}, {TS}, {", ".join([*values, *counts])}{rank_columns} FROM {rows}),
+numbered AS (
+    SELECT {key_list}, {TS}, 0 AS _m, {carried} FROM ev{leaving}
+)"""
+    else:
+        sql = f"""{marks},
 numbered AS (
     SELECT *{numbering}
     FROM (
@@ -227,22 +252,47 @@ framed AS (
     aggregates = ", ".join([aggregates, *checks])
     check_columns = "".join(f", {c}" for v in spread for c in _accuracy_columns(v))
 
-    def result(v: str) -> str:
-        return f"CASE WHEN {v}_c > 0 THEN {v} / {v}_c END" if f"{v}_c" in counts else v
-
-    finished = ", ".join(
-        f"{_finish(f.aggregation, f.dtype, result(v))} AS {quote(f.name)}"
-        for f, v in zip(plan.features, values, strict=True)
-    )
+    if peers:
+        aggregates += f", lead({TS}) OVER w AS _next"
+    emitted = f"_next IS DISTINCT FROM {TS}" if peers else "_m <> 0"
     sql += f""",
 valued AS (
     SELECT {key_list}, {TS}, _m, {aggregates}
     FROM {frame_source}
     WINDOW w AS (PARTITION BY {key_list} ORDER BY {order} {frame})
 )
-SELECT {key_list}, {finished}, epoch_ms({TS}) AS {quote(EVENT_TIMESTAMP)}{check_columns}
-FROM valued WHERE _m <> 0"""
+SELECT {key_list}, {_finished(plan, values, counts)},
+       epoch_ms({TS}) AS {quote(EVENT_TIMESTAMP)}{check_columns}
+FROM valued WHERE {emitted}"""
     return sql
+
+
+def _finished(plan: TransformPlan, values: list[str], counts: list[str]) -> str:
+    """The feature columns from the merged value columns (a mean: its sum over its count)."""
+
+    def result(v: str) -> str:
+        return f"CASE WHEN {v}_c > 0 THEN {v} / {v}_c END" if f"{v}_c" in counts else v
+
+    return ", ".join(
+        f"{_finish(f.aggregation, f.dtype, result(v))} AS {quote(f.name)}"
+        for f, v in zip(plan.features, values, strict=True)
+    )
+
+
+def _single_hop(plan: TransformPlan, values: list[str], counts: list[str], low: int) -> str:
+    """The rest of the query where each window is one hop (tumbling) and ``ev`` holds one partial
+    per key and hop, at the hop's start: the value at a mark is the partial of the hop its frame
+    starts with, or the empty value. A join, not a window: nothing to sort."""
+    keys = [quote(k) for k in plan.key_names]
+    on = " AND ".join(f"m.{k} = ev.{k}" for k in keys)
+    picked = ", ".join(f"ev.{c} AS {c}" for c in [*values, *counts])
+    return f""",
+valued AS (
+    SELECT {", ".join(f"m.{k} AS {k}" for k in keys)}, m.{TS} AS {TS}, {picked}
+    FROM marks m LEFT JOIN ev ON {on} AND ev.{TS} = m.{TS} + ({low})
+)
+SELECT {", ".join(keys)}, {_finished(plan, values, counts)}, epoch_ms({TS}) AS {quote(EVENT_TIMESTAMP)}
+FROM valued"""
 
 
 def per_hop(plan: TransformPlan) -> bool:
@@ -335,15 +385,21 @@ class _KeyFrames:
         return [v for v in column if v is not None]
 
 
-def feature_rows(con: Any, plan: TransformPlan, rows: pa.Table | str) -> pa.Table:
+def feature_rows(
+    con: Any, plan: TransformPlan, rows: pa.Table | str, order_by: Sequence[str] = ()
+) -> pa.Table:
     """Stage 2 over ``rows`` (an Arrow table, or a table or subquery of ``con`` in SQL, with the keys,
-    ``_ts`` and ``_v<i>``): the feature rows as an Arrow table (event time as UTC microseconds)."""
+    ``_ts`` and ``_v<i>``): the feature rows as an Arrow table (event time as UTC microseconds),
+    sorted by the SQL expressions ``order_by`` over its columns (DuckDB sorts in parallel, far
+    faster than Arrow)."""
     source = rows
     if isinstance(rows, pa.Table):
         con.register("_mlfs_rows", rows)
         source = "_mlfs_rows"
     try:
         sql = feature_rows_sql(plan, str(source), _few_rows_per_key(con, plan, str(source)))
+        if order_by:
+            sql = f"SELECT * FROM ({sql}) ORDER BY {', '.join(order_by)}"
         table = _utc(con.sql(sql).to_arrow_table())
         if any(isinstance(f.aggregation, Variance) for f in plan.features):
             table = _exact_variances(plan, lambda: con.sql(f"SELECT * FROM {source}").to_arrow_table(), table)

@@ -8,7 +8,7 @@ vectorised), loaded into a DuckDB table; stage 2 is the window kernel
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import duckdb
@@ -71,25 +71,40 @@ def load_prepared(
     dead letters."""
     schema = prepared_schema(plan)
     kept = [f.name for f in schema if f.name in (*plan.key_names, TS) or f.name.startswith("_v")]
-    con.register("_mlfs_batch", schema.empty_table().select(kept))
-    con.execute("CREATE TABLE prepared AS SELECT * FROM _mlfs_batch")
-    con.unregister("_mlfs_batch")
     counts = EventCounts()
     letters: list[DeadLetter] = []
-    for batch in batches:
-        counts.input += batch.num_rows
-        for out in prepare_batches(plan, iter([batch])):
-            tally_batch(counts, out)
-            kinds = out.column(KIND).to_numpy(zero_copy_only=False)
-            if (kinds == DEAD).any():
-                letters += _dead_letters(view, out.filter(pa.array(kinds == DEAD)))
-            rows = out.filter(pa.array((kinds == ROW) & _before(out, end_ms))).select(kept)
-            if rows.num_rows:
-                con.register("_mlfs_batch", rows)
-                con.execute("INSERT INTO prepared SELECT * FROM _mlfs_batch")
-                con.unregister("_mlfs_batch")
-        if tick:
-            tick(batch.num_rows)
+
+    failed: list[BaseException] = []
+
+    def rows() -> Iterator[pa.RecordBatch]:
+        try:
+            for batch in batches:
+                counts.input += batch.num_rows
+                for out in prepare_batches(plan, iter([batch])):
+                    tally_batch(counts, out)
+                    kinds = out.column(KIND).to_numpy(zero_copy_only=False)
+                    if (kinds == DEAD).any():
+                        letters.extend(_dead_letters(view, out.filter(pa.array(kinds == DEAD))))
+                    taken = out.filter(pa.array((kinds == ROW) & _before(out, end_ms))).select(kept)
+                    if taken.num_rows:
+                        yield taken
+                if tick:
+                    tick(batch.num_rows)
+        except BaseException as err:  # DuckDB would report it as its own error
+            failed.append(err)
+            raise
+
+    # One statement over a stream of batches: DuckDB loads them as stage 1 makes them.
+    reader = pa.RecordBatchReader.from_batches(schema.empty_table().select(kept).schema, rows())
+    con.register("_mlfs_rows", reader)
+    try:
+        con.execute("CREATE TABLE prepared AS SELECT * FROM _mlfs_rows")
+    except duckdb.Error:
+        if failed:
+            raise failed[0] from None
+        raise
+    finally:
+        con.unregister("_mlfs_rows")
     return counts, letters
 
 
