@@ -4,17 +4,20 @@ The kernel both backfill engines run (the embedded engine over all of a chunk's 
 each partition after a shuffle by key). It lowers the window's two rules (``Window.change_times``
 and ``Window.frame``) and the monoids of ``transforms.aggregations`` to SQL:
 
-* one *marker* row (no values) per key at each distinct time its value can change;
-* every key's events and markers in one order, ``(time, marker last)`` when the frame ends at
-  ``t`` inclusive and ``(time, marker first)`` when it ends before ``t``, numbered;
-* each marker's frame start found by an as-of join (the first row at or after ``t + frame low``),
-  so every aggregate runs over a ``ROWS`` frame of per-row length. DuckDB evaluates those with
+* rows at each time a key's value can change: for continuous and lifetime windows the events
+  themselves and one row (no values) where each event leaves, the value at a time being that of
+  its last row (``lead``); for hopping windows one *marker* row per key and window end, in the
+  order ``(time, marker last)`` when the frame ends at ``t`` inclusive and ``(time, marker first)``
+  when it ends before ``t``;
+* each row's frame start found by an as-of join (the first row at or after ``t + frame low``), so
+  every aggregate runs over a ``ROWS`` frame of per-row length. DuckDB evaluates those with
   segment trees: the cost per event grows with the log of the events a key has in a window, never
   linearly. Its ``RANGE`` frames cost per row with the rows of the key (``docs/benchmarks.md``), so
   only when every key has few rows (``RANGE_ROWS_PER_KEY``) do bounded windows use them, skipping
   the numbering and the as-of join; both lowerings give the same frames.
 * hopping and tumbling windows whose aggregations all merge exactly (``per_hop``) first merge
-  each key's events per hop into one row at the hop's start, so a window's cost follows its hops.
+  each key's events per hop into one row at the hop's start, so a window's cost follows its hops;
+  a tumbling window is then exactly one hop, joined to its window ends without a window function.
 
 ``Latest``/``First``/``LastK`` order values by ``(time, value)`` through a dense rank, so ties in
 time are broken by the value as everywhere. ``Min``/``Max`` run as ``arg_min(v, v)``/``arg_max(v, v)``,
@@ -187,8 +190,9 @@ def feature_rows_sql(plan: TransformPlan, rows: str, range_frames: bool = False)
     single_hop = partials and low is not None and -low == hop  # tumbling: a window is one hop
     if single_hop:
         rank_columns = ""  # a hop's partial is its value
-    marks = f"""
-WITH ev AS (SELECT {key_list}, {TS}, {", ".join([*values, *counts])}{rank_columns} FROM {rows}),
+    sql = f"""
+WITH ev AS (SELECT {key_list}, {TS}, {", ".join([*values, *counts])}{rank_columns} FROM {rows})"""
+    marks = f""",
 marks AS (
     SELECT DISTINCT {key_list}, _t AS {TS}
     FROM (SELECT {key_list}, unnest([{offsets}]) AS _t FROM ev)
@@ -196,40 +200,41 @@ marks AS (
 )"""
     if single_hop:
         assert low is not None
-        return marks + _single_hop(plan, values, counts, low)
+        return sql + marks + _single_hop(plan, values, counts, low)
     nulls = "".join(f", NULL AS {c}" for c in [*values, *counts, *ranks.values(), *pivots])
     carried = ", ".join([*values, *counts, *ranks.values(), *pivots])
     range_frames = range_frames and low is not None
-    # A continuous window's values change only at its events' own times and where they leave, and
-    # rows at one time share a RANGE frame: the last row of each time gives its value, no marks.
-    peers = range_frames and hop is None
-    numbered = f", row_number() OVER (PARTITION BY {key_list} ORDER BY {TS}, _m) AS _rn"
-    numbering = "" if range_frames else numbered
+    # Continuous and lifetime values change only at the events' own times and where they leave,
+    # and a time's last row holds every event at that time in its frame: no marks to make.
+    peers = hop is None
     if peers:
-        leaving = "".join(
+        body = f"SELECT {key_list}, {TS}, 0 AS _m, {carried} FROM ev" + "".join(
             f"""
         UNION ALL
         SELECT {key_list}, {TS} + {o} AS {TS}, 1 AS _m{nulls} FROM ev WHERE {TS} + {o} <= {LAST_ROW_MS}"""
             for o in window.change_offsets()
             if o
         )
-        sql = f"""
-WITH ev AS (SELECT {key_list}, {TS}, {", ".join([*values, *counts])}{rank_columns} FROM {rows}),
-numbered AS (
-    SELECT {key_list}, {TS}, 0 AS _m, {carried} FROM ev{leaving}
-)"""
     else:
-        sql = f"""{marks},
+        sql += marks
+        body = f"""SELECT {key_list}, {TS}, 0 AS _m, {carried} FROM ev
+        UNION ALL
+        SELECT {key_list}, {TS}, {marker_order} AS _m{nulls} FROM marks"""
+    rows_frames = not range_frames and not (peers and low is None)  # ROWS frames need row numbers
+    numbering = (
+        f", row_number() OVER (PARTITION BY {key_list} ORDER BY {TS}, _m) AS _rn" if rows_frames else ""
+    )
+    sql += f""",
 numbered AS (
     SELECT *{numbering}
     FROM (
-        SELECT {key_list}, {TS}, 0 AS _m, {carried} FROM ev
-        UNION ALL
-        SELECT {key_list}, {TS}, {marker_order} AS _m{nulls} FROM marks
+        {body}
     )
 )"""
     order = "_rn"
-    if low is None:
+    if low is None and peers:  # peers share a RANGE frame
+        frame_source, frame, order = "numbered", "RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW", TS
+    elif low is None:
         frame_source, frame = "numbered", "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
     elif range_frames:  # peers share a RANGE frame, so the marker's frame is the window's own
         end = "CURRENT ROW" if high == 1 else f"{1 - high} PRECEDING"
@@ -239,7 +244,7 @@ numbered AS (
         sql += f""",
 starts AS (SELECT {key_list}, {TS}, min(_rn) AS _first FROM numbered GROUP BY ALL),
 framed AS (
-    SELECT n.*, CASE WHEN n._m <> 0 THEN n._rn - s._first ELSE 0 END AS _off
+    SELECT n.*, n._rn - s._first AS _off
     FROM numbered n ASOF JOIN starts s ON {on} AND s.{TS} >= n.{TS} + ({low})
 )"""
         frame_source, frame = "framed", "ROWS BETWEEN _off PRECEDING AND CURRENT ROW"
