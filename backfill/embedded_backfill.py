@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 from backfill.history import arrow_batches
 from backfill.report import ViewReport
 from backfill.work import (
+    CHUNK_ROWS,
     DAY_MS,
     MANIFEST,
     Chunk,
@@ -41,6 +42,7 @@ from backfill.work import (
     newest_per_key,
     row_dicts,
     run_key,
+    volume_chunks,
 )
 from featurestore.deadletter import write_dead_letters
 from featurestore.offline.parquet import ParquetOfflineStore, arrow_schema, day_slices, partition_order_sql
@@ -51,38 +53,10 @@ from transforms.engines.embedded import load_prepared
 from transforms.events import DeadLetter, EventCounts
 from transforms.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 from transforms.stage1 import TS
-from transforms.timeutil import datetime_to_ms, ms_to_datetime
+from transforms.timeutil import datetime_to_ms
 
-CHUNK_ROWS = 20_000_000  # stage-1 rows whose feature rows one chunk computes at most
 BATCH_ROWS = 131_072
 log = logging.getLogger(__name__)
-
-
-def volume_chunks(
-    day_rows: dict[int, int], end: datetime, start: datetime | None, max_rows: int = CHUNK_ROWS
-) -> list[Chunk]:
-    """Day-aligned chunks covering ``[start or the first row's day, end)``, each holding at most
-    ``max_rows`` rows of its own days (a day is never split)."""
-    if not day_rows:
-        return []
-    first = ms_to_datetime(min(day_rows) * DAY_MS)
-    begin = max(start, first) if start is not None else first
-    begin_day = datetime_to_ms(begin) // DAY_MS
-    end_day = (datetime_to_ms(end) - 1) // DAY_MS
-    out: list[Chunk] = []
-    cursor = begin
-    held = 0
-    for day in range(begin_day, end_day + 1):
-        rows = day_rows.get(day, 0)
-        if held and held + rows > max_rows:
-            stop = ms_to_datetime(day * DAY_MS)
-            out.append(Chunk(len(out), cursor, stop))
-            cursor, held = stop, 0
-        held += rows
-        if day > begin_day + 400_000:  # pragma: no cover - a range beyond any calendar
-            break
-    out.append(Chunk(len(out), cursor, end))
-    return [c for c in out if c.start < c.end]
 
 
 def backfill_view_embedded(

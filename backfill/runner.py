@@ -17,6 +17,7 @@ from typing import Any
 from backfill.history import check_history, count_events, history_files, history_path, read_history
 from backfill.report import ViewReport
 from backfill.spark_session import DEFAULT_MASTER, spark_session
+from backfill.work import CHUNK_ROWS
 from featurestore.config import feast_store
 from featurestore.deadletter import write_dead_letters
 from featurestore.offline.parquet import ParquetOfflineStore
@@ -30,7 +31,6 @@ from transforms.plan import EVENT_TIMESTAMP, Runner, spec_hash
 
 ENGINES = ("embedded", "spark", "reference")
 DEFAULT_ENGINE = "embedded"
-DEFAULT_CHUNK_DAYS = 7
 
 
 @dataclass
@@ -43,13 +43,15 @@ class BackfillPlan:
     engine: str
     inputs: dict[str, list[Path]] = field(default_factory=dict)
     spark_master: str | None = None
-    chunk_days: int = DEFAULT_CHUNK_DAYS
+    chunk_days: int | None = None  # Spark: calendar chunks of this many days, else chunks by volume
+    chunk_rows: int = CHUNK_ROWS
     end_given: bool = True
 
     def describe(self) -> list[str]:
         engine = self.engine
         if engine == "spark":
-            engine += f" (master {self.spark_master or DEFAULT_MASTER}, chunks of {self.chunk_days} day(s))"
+            chunks = f"{self.chunk_days} day(s)" if self.chunk_days else f"up to {self.chunk_rows:,} rows"
+            engine += f" (master {self.spark_master or DEFAULT_MASTER}, chunks of {chunks})"
         elif engine == "embedded":
             engine += " (DuckDB, in process)"
         lines = [
@@ -79,7 +81,7 @@ def plan_backfill(
     end: datetime | None,
     engine: str | None = None,
     spark_master: str | None = None,
-    chunk_days: int = DEFAULT_CHUNK_DAYS,
+    chunk_days: int | None = None,
 ) -> BackfillPlan:
     """Check the request (views exist, range, engine, inputs) and describe the work. Without an
     engine: ``mlfs.backfill.engine``, else Spark where a Spark master is given, else embedded."""
@@ -90,8 +92,11 @@ def plan_backfill(
         engine = configured or ("spark" if master else DEFAULT_ENGINE)
     if engine not in ENGINES:
         raise MLFSError(f"unknown engine {engine!r} (available: {', '.join(ENGINES)})")
-    if chunk_days < 1:
+    if chunk_days is not None and chunk_days < 1:
         raise MLFSError("--chunk-days must be at least 1")
+    chunk_rows = (repo.settings.mlfs.get("backfill") or {}).get("chunk_rows", CHUNK_ROWS)
+    if not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows < 1:
+        raise MLFSError(f"mlfs.backfill.chunk_rows must be a positive integer, not {chunk_rows!r}")
     views = [repo.view(n) for n in view_names] if view_names else list(repo.views.values())
     if not views:
         raise MLFSError("the repository defines no views")
@@ -100,7 +105,14 @@ def plan_backfill(
     if start is not None and start >= end:
         raise MLFSError(f"--start {start.isoformat()} is not before --end {end.isoformat()}")
     plan = BackfillPlan(
-        views, start, end, engine, spark_master=master, chunk_days=chunk_days, end_given=end_given
+        views,
+        start,
+        end,
+        engine,
+        spark_master=master,
+        chunk_days=chunk_days,
+        chunk_rows=chunk_rows,
+        end_given=end_given,
     )
     for view in views:
         path = history_path(repo, view)
@@ -204,6 +216,7 @@ def _spark_view(
         repo.settings.work_path / "backfill",
         dead_letter_file,
         chunk_days=plan.chunk_days,
+        chunk_rows=plan.chunk_rows,
         restart=restart,
         tick=progress(view.name, None) if progress else None,
         end_given=plan.end_given,
@@ -220,12 +233,8 @@ def _embedded_view(
     restart: bool,
     progress: Callable[[str, int | None], Callable[[int], None]] | None,
 ) -> ViewReport:
-    from backfill.embedded_backfill import CHUNK_ROWS, backfill_view_embedded
+    from backfill.embedded_backfill import backfill_view_embedded
 
-    settings = repo.settings.mlfs.get("backfill") or {}
-    chunk_rows = settings.get("chunk_rows", CHUNK_ROWS)
-    if not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows < 1:
-        raise MLFSError(f"mlfs.backfill.chunk_rows must be a positive integer, not {chunk_rows!r}")
     files = plan.inputs[view.name]
     total = count_events(files)
     return backfill_view_embedded(
@@ -240,7 +249,7 @@ def _embedded_view(
         restart=restart,
         tick=progress(view.name, total) if progress else None,
         end_given=plan.end_given,
-        chunk_rows=chunk_rows,
+        chunk_rows=plan.chunk_rows,
     )
 
 

@@ -5,7 +5,9 @@
    definition, start and input files; the end is kept in the run's manifest). The rows Spark SQL
    prepares (``spark_clean``) are not written: each chunk recomputes them from the history, which
    costs less than writing and reading them back.
-2. The range is cut into day-aligned chunks. Each chunk reads only the rows its values depend on
+2. The range is cut into day-aligned chunks, by volume (``mlfs.backfill.chunk_rows`` stage-1 rows,
+   as the embedded engine cuts them; one chunk for most inputs) or, with ``--chunk-days``, by
+   calendar. Each chunk reads only the rows its values depend on
    (``size`` before it for continuous windows, ``size + hop`` for hopping ones, everything before it
    for lifetime; ``Window.lookback_ms``), computes its feature rows (the window kernel per key
    partition), and each Spark task writes its rows as one Parquet file per day; the driver then
@@ -33,6 +35,7 @@ import pyarrow.parquet as pq
 from backfill.history import is_json_lines
 from backfill.report import ViewReport
 from backfill.work import (
+    CHUNK_ROWS,
     DAY_MS,
     MANIFEST,
     Manifest,
@@ -42,6 +45,7 @@ from backfill.work import (
     newest_per_key,
     row_dicts,
     run_key,
+    volume_chunks,
 )
 from featurestore.deadletter import write_dead_letters
 from featurestore.offline.parquet import ParquetOfflineStore, arrow_schema
@@ -80,7 +84,8 @@ def backfill_view_spark(
     writer: OnlineWriter,
     work_root: Path,
     dead_letter_file: Callable[[datetime], Path],
-    chunk_days: int = 7,
+    chunk_days: int | None = None,
+    chunk_rows: int = CHUNK_ROWS,
     restart: bool = False,
     tick: Callable[[int], None] | None = None,
     end_given: bool = True,
@@ -126,7 +131,11 @@ def backfill_view_spark(
         manifest.counts = asdict(counts)
         manifest.first_ms = first
         days = stage1().filter(F.col(KIND) == ROW).select(F.floor(F.col(TS) / DAY_MS).alias("d"))
-        manifest.row_days = sorted(int(r["d"]) for r in days.distinct().collect())
+        day_rows = {
+            int(r["d"]): int(r["n"]) for r in days.groupBy("d").agg(F.count("*").alias("n")).collect()
+        }
+        manifest.row_days = sorted(day_rows)
+        manifest.day_rows = {str(d): n for d, n in day_rows.items()}
         manifest.save(work / MANIFEST)
         log.info("%s: stage 1 and dead letters in %.1fs", view.name, time.monotonic() - clock)
         clock = time.monotonic()
@@ -138,7 +147,15 @@ def backfill_view_spark(
     rows = stage1().filter((F.col(KIND) == ROW) & (F.col(TS) < datetime_to_ms(end)))
     reach = lookback_ms(view)
     staged_dirs = []
-    for chunk in chunks(ms_to_datetime(manifest.first_ms), end, start, chunk_days):
+    if chunk_days is None and (manifest.day_rows or not manifest.row_days):
+        plan = volume_chunks({int(d): n for d, n in manifest.day_rows.items()}, end, start, chunk_rows)
+        chunking = f"rows:{chunk_rows}"
+    else:  # asked for, or resuming a run from before volume chunks
+        plan = chunks(ms_to_datetime(manifest.first_ms), end, start, chunk_days or 7)
+        chunking = f"days:{chunk_days or 7}"
+    if manifest.chunking != chunking:  # chunk numbers name other ranges now: rewrite them all
+        manifest.chunks_done, manifest.rows_dead_lettered, manifest.chunking = [], {}, chunking
+    for chunk in plan:
         staged = work / "staged" / f"chunk-{chunk.index}"
         staged_dirs.append(staged)
         if chunk.index in manifest.chunks_done:

@@ -16,10 +16,11 @@ import pyarrow as pa
 
 from featurestore.view import StreamFeatureView
 from transforms.plan import EVENT_TIMESTAMP, spec_hash
-from transforms.timeutil import datetime_to_ms
+from transforms.timeutil import datetime_to_ms, ms_to_datetime
 
 DAY_MS = 86_400_000
 MANIFEST = "manifest.json"
+CHUNK_ROWS = 20_000_000  # stage-1 rows whose feature rows one chunk computes at most (by default)
 
 
 @dataclass
@@ -32,7 +33,9 @@ class Manifest:
     counts: dict[str, int] = field(default_factory=dict)
     first_ms: int | None = None
     row_days: list[int] = field(default_factory=list)  # the UTC days (since 1970) with rows, sorted
+    day_rows: dict[str, int] = field(default_factory=dict)  # UTC day -> stage-1 rows (volume chunks)
     chunks_done: list[int] = field(default_factory=list)
+    chunking: str = ""  # how the range was cut into the chunks ``chunks_done`` counts
     rows_dead_lettered: dict[str, int] = field(default_factory=dict)  # chunk -> rows a model stage refused
 
     @staticmethod
@@ -74,6 +77,33 @@ def chunks(first: datetime, end: datetime, start: datetime | None, days: int) ->
         out.append(Chunk(len(out), max(cursor, begin), stop))
         cursor = stop
     return out
+
+
+def volume_chunks(
+    day_rows: dict[int, int], end: datetime, start: datetime | None, max_rows: int = CHUNK_ROWS
+) -> list[Chunk]:
+    """Day-aligned chunks covering ``[start or the first row's day, end)``, each holding at most
+    ``max_rows`` rows of its own days (a day is never split)."""
+    if not day_rows:
+        return []
+    first = ms_to_datetime(min(day_rows) * DAY_MS)
+    begin = max(start, first) if start is not None else first
+    begin_day = datetime_to_ms(begin) // DAY_MS
+    end_day = (datetime_to_ms(end) - 1) // DAY_MS
+    out: list[Chunk] = []
+    cursor = begin
+    held = 0
+    for day in range(begin_day, end_day + 1):
+        rows = day_rows.get(day, 0)
+        if held and held + rows > max_rows:
+            stop = ms_to_datetime(day * DAY_MS)
+            out.append(Chunk(len(out), cursor, stop))
+            cursor, held = stop, 0
+        held += rows
+        if day > begin_day + 400_000:  # pragma: no cover - a range beyond any calendar
+            break
+    out.append(Chunk(len(out), cursor, end))
+    return [c for c in out if c.start < c.end]
 
 
 def has_rows(chunk: Chunk, row_days: list[int], reach: int | None) -> bool:

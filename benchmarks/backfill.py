@@ -9,7 +9,7 @@ second and the ratio. `--suite` runs the three sizes of issue 24 in one run (10M
 users, 10M over 20 users: about 117k events per user-week, 500k over 50k users).
 
     python benchmarks/backfill.py [--suite] [--events 10000000] [--users 100000] [--days 30]
-                                  [--engines embedded,spark] [--master local[2]] [--chunk-days 31] [--phases]
+                                  [--engines embedded,spark] [--master local[2]] [--chunk-days N] [--phases]
 """
 
 from __future__ import annotations
@@ -136,7 +136,9 @@ def duckdb_reference(history: Path, out: Path) -> tuple[dict[str, pa.Table], dic
     return tables, seconds
 
 
-def run_case(events: int, users: int, days: int, engines: list[str], master: str, chunk_days: int) -> None:
+def run_case(
+    events: int, users: int, days: int, engines: list[str], master: str, chunk_days: int | None
+) -> None:
     """One input size: each engine's `mlfs backfill` of both views against DuckDB SQL, rows compared."""
     work = Path(tempfile.mkdtemp(prefix="mlfs-bench-"))
     repo_path = work / "repo"
@@ -197,7 +199,7 @@ def main() -> None:
         "--engines", default="embedded,spark", help="comma-separated (default: embedded,spark)"
     )
     parser.add_argument("--master", default="local[2]")
-    parser.add_argument("--chunk-days", type=int, default=31)
+    parser.add_argument("--chunk-days", type=int, help="Spark: calendar chunks (default: by volume)")
     parser.add_argument("--suite", action="store_true", help="10M/100k users, 10M/20 users, 500k/50k users")
     parser.add_argument("--phases", action="store_true", help="log each backfill phase's time")
     args = parser.parse_args()

@@ -74,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--spark-master", metavar="URL", help="Spark master; selects Spark (default: local[*])"
     )
     backfill.add_argument(
-        "--chunk-days", type=int, default=7, metavar="N", help="days per resumable Spark chunk (default: 7)"
+        "--chunk-days",
+        type=int,
+        metavar="N",
+        help="Spark: resumable chunks of N days (default: chunks by volume, mlfs.backfill.chunk_rows rows)",
     )
     backfill.add_argument("--restart", action="store_true", help="discard the progress of an interrupted run")
     backfill.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
