@@ -55,7 +55,6 @@ from transforms.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 from transforms.stage1 import TS
 from transforms.timeutil import datetime_to_ms
 
-BATCH_ROWS = 131_072
 log = logging.getLogger(__name__)
 
 
@@ -95,7 +94,7 @@ def backfill_view_embedded(
     con = duckdb.connect()
     con.execute(f"SET temp_directory = '{_sql_text(str(work / 'spill'))}'")
     con.execute("SET preserve_insertion_order = false")
-    counts, letters = load_prepared(con, view.plan, view.name, arrow_batches(files, BATCH_ROWS), end_ms, tick)
+    counts, letters = load_prepared(con, view.plan, view.name, arrow_batches(files), end_ms, tick)
     if not manifest.prepared:
         write_dead_letters(dead_letter_file(end), letters)
         manifest.prepared = True

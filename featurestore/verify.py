@@ -22,7 +22,7 @@ from featurestore.repo import FeatureRepo
 from featurestore.view import StreamFeatureView
 from transforms.compare import diff_rows
 from transforms.errors import MLFSError
-from transforms.stage1 import LINE
+from transforms.stage1 import LINE, holds_lines
 
 ENGINES = ("reference", "embedded", "spark", "flink")
 
@@ -73,7 +73,7 @@ def verify_view(
     """Run ``view`` over ``sample`` on the reference engine and ``engines``; diff each with it."""
     from transforms.engines.reference import run_reference
 
-    events = sample.column(LINE).to_pylist() if sample.schema.names == [LINE] else sample.to_pylist()
+    events = sample.column(LINE).to_pylist() if holds_lines(sample.schema) else sample.to_pylist()
     clock = time.monotonic()
     reference = run_reference(view.plan, events)
     runs = [EngineRun("reference", len(reference.rows), time.monotonic() - clock, reference.counts.summary())]

@@ -32,6 +32,11 @@ ROW, DEAD, FILTERED = 0, 1, 2
 DEAD_COLUMNS = ("_reason", "_detail", "_raw", "_event_ms")
 
 
+def holds_lines(schema: pa.Schema) -> bool:
+    """Whether a batch of raw events is JSON lines (its one column ``LINE``), not event columns."""
+    return schema.names == [LINE]
+
+
 def value_column(i: int) -> str:
     return f"_v{i}"
 
@@ -114,7 +119,7 @@ def prepare_batches(plan: TransformPlan, batches: Iterator[pa.RecordBatch]) -> I
     schema = prepared_schema(plan)
     fields = needed_fields(plan)
     for batch in batches:
-        if batch.schema.names == [LINE]:
+        if holds_lines(batch.schema):
             yield from _prepare_lines(plan, preparer, schema, fields, batch.column(0).to_pylist())
             continue
         split = split_clean(plan, batch)

@@ -220,7 +220,7 @@ marks AS (
         body = f"""SELECT {key_list}, {TS}, 0 AS _m, {carried} FROM ev
         UNION ALL
         SELECT {key_list}, {TS}, {marker_order} AS _m{nulls} FROM marks"""
-    rows_frames = not range_frames and not (peers and low is None)  # ROWS frames need row numbers
+    rows_frames = low is not None and not range_frames  # bounded ROWS frames need row numbers
     numbering = (
         f", row_number() OVER (PARTITION BY {key_list} ORDER BY {TS}, _m) AS _rn" if rows_frames else ""
     )
@@ -232,10 +232,8 @@ numbered AS (
     )
 )"""
     order = "_rn"
-    if low is None and peers:  # peers share a RANGE frame
+    if low is None:  # lifetime: a time's rows are peers and share a RANGE frame
         frame_source, frame, order = "numbered", "RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW", TS
-    elif low is None:
-        frame_source, frame = "numbered", "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
     elif range_frames:  # peers share a RANGE frame, so the marker's frame is the window's own
         end = "CURRENT ROW" if high == 1 else f"{1 - high} PRECEDING"
         frame_source, frame, order = "numbered", f"RANGE BETWEEN {-low} PRECEDING AND {end}", TS
