@@ -18,10 +18,8 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import asdict
-from datetime import UTC, date, datetime
-from pathlib import Path
+from datetime import date, datetime
 from typing import Any
 
 import duckdb
@@ -32,21 +30,19 @@ import pyarrow.compute as pc
 from backfill.history import arrow_batches
 from backfill.report import ViewReport
 from backfill.work import (
-    CHUNK_ROWS,
     DAY_MS,
     MANIFEST,
     Chunk,
-    Manifest,
+    ViewBackfill,
     has_rows,
     lookback_ms,
     newest_per_key,
+    open_run,
     row_dicts,
-    run_key,
     volume_chunks,
 )
 from featurestore.deadletter import write_dead_letters
 from featurestore.offline.parquet import ParquetOfflineStore, arrow_schema, day_slices, partition_order_sql
-from featurestore.online.base import OnlineWriter
 from featurestore.view import StreamFeatureView
 from transforms.engines.duckdb_windows import feature_rows
 from transforms.engines.embedded import load_prepared
@@ -57,36 +53,22 @@ from transforms.timeutil import datetime_to_ms
 
 log = logging.getLogger(__name__)
 
+PROGRESS_UNIT = "events"  # what ``ViewBackfill.tick`` counts
 
-def backfill_view_embedded(
-    view: StreamFeatureView,
-    files: list[Path],
-    start: datetime | None,
-    end: datetime,
-    offline: ParquetOfflineStore,
-    writer: OnlineWriter,
-    work_root: Path,
-    dead_letter_file: Callable[[datetime], Path],
-    restart: bool = False,
-    tick: Callable[[int], None] | None = None,
-    end_given: bool = True,
-    chunk_rows: int = CHUNK_ROWS,
-) -> ViewReport:
+
+def backfill_view(job: ViewBackfill) -> ViewReport:
     """Backfill one view in process (see the module docstring); returns what it did."""
+    view, files, start, offline, writer, tick = (
+        job.view,
+        job.files,
+        job.start,
+        job.offline,
+        job.writer,
+        job.tick,
+    )
+    dead_letter_file, chunk_rows = job.dead_letter_file, job.chunk_rows
     plan = view.plan
-    work = work_root / view.name / run_key(view, files, start)
-    manifest = Manifest.load(work / MANIFEST, datetime.now(UTC))
-    if manifest.end and manifest.end != end.isoformat():
-        if end_given:
-            restart = True  # an explicit, different end is a different run
-        else:
-            end = datetime.fromisoformat(manifest.end)
-            log.warning("%s: resuming the interrupted backfill up to %s", view.name, manifest.end)
-    if restart:
-        shutil.rmtree(work, ignore_errors=True)
-        manifest = Manifest(created=datetime.now(UTC).isoformat())
-    work.mkdir(parents=True, exist_ok=True)
-    manifest.end = end.isoformat()
+    work, manifest, end = open_run(job)
     created = datetime.fromisoformat(manifest.created)
     end_ms = datetime_to_ms(end)
 

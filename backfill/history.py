@@ -23,11 +23,10 @@ from featurestore.view import StreamFeatureView
 from transforms.dtypes import DType, UnixTimestamp, holds_values_of
 from transforms.errors import MLFSError
 from transforms.expressions import Select
-from transforms.stage1 import LINE
+from transforms.stage1 import BATCH_ROWS, LINE
 
 PARQUET = (".parquet",)
 JSON_LINES = (".jsonl", ".ndjson")
-BATCH_ROWS = 131_072
 _BLOCK = 1 << 24  # bytes read at a time from a JSON-lines file
 
 
@@ -92,10 +91,10 @@ def count_events(files: list[Path]) -> int | None:
     return ds.dataset([str(f) for f in files], format="parquet").count_rows()
 
 
-def read_history(path: Path, batch_rows: int = 65_536) -> Iterator[Any]:
-    """The history's events one by one, for the reference engine: Parquet rows as dicts, JSON
-    lines as the raw bytes the stream would hand on."""
-    files = history_files(path)
+def read_history(path: Path | list[Path], batch_rows: int = 65_536) -> Iterator[Any]:
+    """The history's events (at ``path``, or its ``history_files``) one by one, for the reference
+    engine: Parquet rows as dicts, JSON lines as the raw bytes the stream would hand on."""
+    files = path if isinstance(path, list) else history_files(path)
     if is_json_lines(files):
         for file in files:
             yield from file_lines(file)

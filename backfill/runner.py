@@ -14,22 +14,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from backfill.history import check_history, count_events, history_files, history_path, read_history
+from backfill.history import check_history, count_events, history_files, history_path
 from backfill.report import ViewReport
-from backfill.spark_session import DEFAULT_MASTER, spark_session
-from backfill.work import CHUNK_ROWS
+from backfill.spark_session import DEFAULT_MASTER
+from backfill.work import CHUNK_ROWS, ViewBackfill
 from featurestore.config import feast_store
-from featurestore.deadletter import write_dead_letters
 from featurestore.offline.parquet import ParquetOfflineStore
 from featurestore.online import open_online_writer
 from featurestore.repo import FeatureRepo
 from featurestore.runstatus import BackfillRecord, record_backfill
 from featurestore.view import StreamFeatureView
 from registry.catalog import load_catalog
+from transforms.engines.base import BACKFILL_ENGINES, backfill_module
 from transforms.errors import MLFSError
-from transforms.plan import EVENT_TIMESTAMP, Runner, spec_hash
+from transforms.plan import spec_hash
 
-ENGINES = ("embedded", "spark", "reference")
 DEFAULT_ENGINE = "embedded"
 
 
@@ -90,8 +89,8 @@ def plan_backfill(
     if engine is None:
         configured = (repo.settings.mlfs.get("backfill") or {}).get("engine")
         engine = configured or ("spark" if master else DEFAULT_ENGINE)
-    if engine not in ENGINES:
-        raise MLFSError(f"unknown engine {engine!r} (available: {', '.join(ENGINES)})")
+    if engine not in BACKFILL_ENGINES:
+        raise MLFSError(f"unknown engine {engine!r} (available: {', '.join(BACKFILL_ENGINES)})")
     if chunk_days is not None and chunk_days < 1:
         raise MLFSError("--chunk-days must be at least 1")
     chunk_rows = (repo.settings.mlfs.get("backfill") or {}).get("chunk_rows", CHUNK_ROWS)
@@ -136,16 +135,16 @@ def _check_applied(store: Any, views: list[StreamFeatureView]) -> None:
 def run_backfill(
     repo: FeatureRepo,
     plan: BackfillPlan,
-    progress: Callable[[str, int | None], Callable[[int], None]] | None = None,
+    progress: Callable[[str, int | None, str], Callable[[int], None]] | None = None,
     restart: bool = False,
 ) -> list[ViewReport]:
-    """Execute ``plan``; ``progress(view, total)`` returns a tick callback (events for the embedded and
-    reference engines, chunks for Spark). ``restart`` discards the progress of an interrupted run."""
+    """Execute ``plan``; ``progress(view, total, unit)`` returns a tick callback (the engine's
+    ``PROGRESS_UNIT``: events, or Spark's chunks). ``restart`` discards an interrupted run's progress."""
     store = feast_store(repo.settings)
     _check_applied(store, plan.views)
     offline = ParquetOfflineStore(repo.settings.offline_path)
     writer = open_online_writer(repo.settings, store)
-    spark = spark_session(plan.spark_master) if plan.engine == "spark" else None
+    engine = backfill_module(plan.engine)
     reports = []
     try:
         for view in plan.views:
@@ -155,18 +154,27 @@ def run_backfill(
                 name = f"backfill-{_stamp(plan.start)}-{_stamp(end)}.jsonl"
                 return repo.settings.dead_letter_path / view.name / name
 
-            if spark is not None:
-                report = _spark_view(
-                    repo, plan, view, spark, offline, writer, dead_letter_file, restart, progress
+            job = ViewBackfill(
+                view,
+                plan.inputs[view.name],
+                plan.start,
+                plan.end,
+                offline,
+                writer,
+                repo.settings.work_path / "backfill",
+                dead_letter_file,
+                restart=restart,
+                end_given=plan.end_given,
+                chunk_rows=plan.chunk_rows,
+                chunk_days=plan.chunk_days,
+                spark_master=plan.spark_master,
+            )
+            if progress:
+                events = engine.PROGRESS_UNIT == "events"
+                job.tick = progress(
+                    view.name, count_events(job.files) if events else None, engine.PROGRESS_UNIT
                 )
-            elif plan.engine == "embedded":
-                report = _embedded_view(
-                    repo, plan, view, offline, writer, dead_letter_file, restart, progress
-                )
-            else:
-                report = _reference_view(
-                    repo, plan, view, offline, writer, dead_letter_file(plan.end), progress
-                )
+            report = engine.backfill_view(job)
             letters = dead_letter_file(report.end or plan.end)
             if letters.is_file():
                 report.dead_letter_file = letters
@@ -190,95 +198,6 @@ def run_backfill(
     finally:
         writer.close()
     return reports
-
-
-def _spark_view(
-    repo: FeatureRepo,
-    plan: BackfillPlan,
-    view: StreamFeatureView,
-    spark: Any,
-    offline: ParquetOfflineStore,
-    writer: Any,
-    dead_letter_file: Callable[[datetime], Path],
-    restart: bool,
-    progress: Callable[[str, int | None], Callable[[int], None]] | None,
-) -> ViewReport:
-    from backfill.spark_backfill import backfill_view_spark
-
-    return backfill_view_spark(
-        spark,
-        view,
-        plan.inputs[view.name],
-        plan.start,
-        plan.end,
-        offline,
-        writer,
-        repo.settings.work_path / "backfill",
-        dead_letter_file,
-        chunk_days=plan.chunk_days,
-        chunk_rows=plan.chunk_rows,
-        restart=restart,
-        tick=progress(view.name, None) if progress else None,
-        end_given=plan.end_given,
-    )
-
-
-def _embedded_view(
-    repo: FeatureRepo,
-    plan: BackfillPlan,
-    view: StreamFeatureView,
-    offline: ParquetOfflineStore,
-    writer: Any,
-    dead_letter_file: Callable[[datetime], Path],
-    restart: bool,
-    progress: Callable[[str, int | None], Callable[[int], None]] | None,
-) -> ViewReport:
-    from backfill.embedded_backfill import backfill_view_embedded
-
-    files = plan.inputs[view.name]
-    total = count_events(files)
-    return backfill_view_embedded(
-        view,
-        files,
-        plan.start,
-        plan.end,
-        offline,
-        writer,
-        repo.settings.work_path / "backfill",
-        dead_letter_file,
-        restart=restart,
-        tick=progress(view.name, total) if progress else None,
-        end_given=plan.end_given,
-        chunk_rows=plan.chunk_rows,
-    )
-
-
-def _reference_view(
-    repo: FeatureRepo,
-    plan: BackfillPlan,
-    view: StreamFeatureView,
-    offline: ParquetOfflineStore,
-    writer: Any,
-    dead_letter_file: Path,
-    progress: Callable[[str, int | None], Callable[[int], None]] | None,
-) -> ViewReport:
-    total = count_events(plan.inputs[view.name])
-    tick = progress(view.name, total) if progress else None
-    result = view.run(read_history(history_path(repo, view)), Runner.REFERENCE, progress=tick)
-    rows = [
-        r
-        for r in result.rows
-        if (plan.start is None or r[EVENT_TIMESTAMP] >= plan.start) and r[EVENT_TIMESTAMP] < plan.end
-    ]
-    report = ViewReport(view.name, result.counts)
-    if view.offline:
-        stats = offline.write(view, rows, datetime.now(UTC), plan.start, plan.end)
-        report.offline_rows, report.partitions = stats.rows, stats.partitions
-    if view.online:
-        online = writer.write(view, rows)
-        report.online_written, report.online_skipped = online.written, online.skipped_older
-    write_dead_letters(dead_letter_file, result.dead_letters)
-    return report
 
 
 def _stamp(value: datetime | None) -> str:

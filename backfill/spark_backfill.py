@@ -23,9 +23,9 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,22 +34,21 @@ import pyarrow.parquet as pq
 
 from backfill.history import is_json_lines
 from backfill.report import ViewReport
+from backfill.spark_session import spark_session
 from backfill.work import (
-    CHUNK_ROWS,
     DAY_MS,
     MANIFEST,
-    Manifest,
+    ViewBackfill,
     chunks,
     has_rows,
     lookback_ms,
     newest_per_key,
+    open_run,
     row_dicts,
-    run_key,
     volume_chunks,
 )
 from featurestore.deadletter import write_dead_letters
-from featurestore.offline.parquet import ParquetOfflineStore, arrow_schema
-from featurestore.online.base import OnlineWriter
+from featurestore.offline.parquet import arrow_schema
 from featurestore.view import StreamFeatureView
 from transforms.engines.spark import (
     DEAD,
@@ -73,40 +72,25 @@ from transforms.timeutil import datetime_to_ms, ms_to_datetime
 ROWS_PER_TASK = 2_000_000
 log = logging.getLogger(__name__)
 
+PROGRESS_UNIT = "chunks"  # what ``ViewBackfill.tick`` counts
 
-def backfill_view_spark(
-    spark: Any,
-    view: StreamFeatureView,
-    files: list[Path],
-    start: datetime | None,
-    end: datetime,
-    offline: ParquetOfflineStore,
-    writer: OnlineWriter,
-    work_root: Path,
-    dead_letter_file: Callable[[datetime], Path],
-    chunk_days: int | None = None,
-    chunk_rows: int = CHUNK_ROWS,
-    restart: bool = False,
-    tick: Callable[[int], None] | None = None,
-    end_given: bool = True,
-) -> ViewReport:
+
+def backfill_view(job: ViewBackfill) -> ViewReport:
     """Backfill one view on Spark (see the module docstring); returns what it did."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    work = work_root / view.name / run_key(view, files, start)
-    manifest = Manifest.load(work / MANIFEST, datetime.now(UTC))
-    if manifest.end and manifest.end != end.isoformat():
-        if end_given:
-            restart = True  # an explicit, different end is a different run
-        else:
-            end = datetime.fromisoformat(manifest.end)
-            log.warning("%s: resuming the interrupted backfill up to %s", view.name, manifest.end)
-    if restart:
-        shutil.rmtree(work, ignore_errors=True)
-        manifest = Manifest(created=datetime.now(UTC).isoformat())
-    work.mkdir(parents=True, exist_ok=True)
-    manifest.end = end.isoformat()
+    view, files, start, offline, writer, tick = (
+        job.view,
+        job.files,
+        job.start,
+        job.offline,
+        job.writer,
+        job.tick,
+    )
+    dead_letter_file, chunk_rows, chunk_days = job.dead_letter_file, job.chunk_rows, job.chunk_days
+    spark = spark_session(job.spark_master)
+    work, manifest, end = open_run(job)
     created = datetime.fromisoformat(manifest.created)
     prepared_path = work / "prepared"
 

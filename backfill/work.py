@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import shutil
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +17,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from featurestore.offline.parquet import ParquetOfflineStore
+from featurestore.online.base import OnlineWriter
 from featurestore.view import StreamFeatureView
 from transforms.plan import EVENT_TIMESTAMP, spec_hash
 from transforms.timeutil import datetime_to_ms, ms_to_datetime
@@ -21,6 +26,27 @@ from transforms.timeutil import datetime_to_ms, ms_to_datetime
 DAY_MS = 86_400_000
 MANIFEST = "manifest.json"
 CHUNK_ROWS = 20_000_000  # stage-1 rows whose feature rows one chunk computes at most (by default)
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ViewBackfill:
+    """What a backfill engine is asked to do for one view: every engine's ``backfill_view`` takes it."""
+
+    view: StreamFeatureView
+    files: list[Path]
+    start: datetime | None
+    end: datetime
+    offline: ParquetOfflineStore
+    writer: OnlineWriter
+    work_root: Path  # each run keeps its manifest and files under work_root/view/run_key
+    dead_letter_file: Callable[[datetime], Path]  # the file for a range ending at the given time
+    restart: bool = False  # discard an interrupted run's progress
+    tick: Callable[[int], None] | None = None  # progress: events (embedded, reference) or chunks (Spark)
+    end_given: bool = True  # False: ``end`` is "now", so a resumed run keeps its own end
+    chunk_rows: int = CHUNK_ROWS
+    chunk_days: int | None = None  # Spark: calendar chunks of this many days
+    spark_master: str | None = None
 
 
 @dataclass
@@ -65,6 +91,27 @@ def run_key(view: StreamFeatureView, files: list[Path], start: datetime | None) 
         stat = f.stat()
         parts.append(f"{f}:{stat.st_size}:{stat.st_mtime_ns}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def open_run(job: ViewBackfill) -> tuple[Path, Manifest, datetime]:
+    """The run's work directory, its manifest and its end: an interrupted run with the same inputs
+    resumes (keeping its own end unless the caller gave one; another end starts over)."""
+    end = job.end
+    work = job.work_root / job.view.name / run_key(job.view, job.files, job.start)
+    manifest = Manifest.load(work / MANIFEST, datetime.now(UTC))
+    restart = job.restart
+    if manifest.end and manifest.end != end.isoformat():
+        if job.end_given:
+            restart = True  # an explicit, different end is a different run
+        else:
+            end = datetime.fromisoformat(manifest.end)
+            log.warning("%s: resuming the interrupted backfill up to %s", job.view.name, manifest.end)
+    if restart:
+        shutil.rmtree(work, ignore_errors=True)
+        manifest = Manifest(created=datetime.now(UTC).isoformat())
+    work.mkdir(parents=True, exist_ok=True)
+    manifest.end = end.isoformat()
+    return work, manifest, end
 
 
 def chunks(first: datetime, end: datetime, start: datetime | None, days: int) -> list[Chunk]:

@@ -67,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--end", type=_timestamp, help="end of the range, exclusive (default: now)")
     backfill.add_argument(
         "--engine",
-        choices=["embedded", "spark", "reference"],
-        help="default: mlfs.backfill.engine, else spark with a Spark master, else embedded",
+        metavar="ENGINE",
+        help="embedded, spark or reference (default: mlfs.backfill.engine, else spark with a Spark master, "
+        "else embedded)",
     )
     backfill.add_argument(
         "--spark-master", metavar="URL", help="Spark master; selects Spark (default: local[*])"
@@ -178,11 +179,11 @@ def _plan(args: argparse.Namespace, apply: bool) -> int:
     return 0
 
 
-def _progress_factory() -> Callable[[str, int | None], Callable[[int], None]]:
+def _progress_factory() -> Callable[[str, int | None, str], Callable[[int], None]]:
     from tqdm import tqdm
 
-    def make(view: str, total: int | None) -> Callable[[int], None]:
-        bar = tqdm(total=total, desc=view, unit="ev", disable=None, leave=False)
+    def make(view: str, total: int | None, unit: str) -> Callable[[int], None]:
+        bar = tqdm(total=total, desc=view, unit=" " + unit, disable=None, leave=False)
         return bar.update
 
     return make
@@ -242,13 +243,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from featurestore.repo import load_repo
-    from featurestore.verify import ENGINES, load_sample, report_lines, verify_view
+    from featurestore.verify import load_sample, report_lines, verify_view
+    from transforms.engines.base import VERIFY_ENGINES
 
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    unknown = [e for e in engines if e not in ENGINES]
+    unknown = [e for e in engines if e not in VERIFY_ENGINES]
     if unknown or not engines:
         name = unknown[0] if unknown else "(none)"
-        raise MLFSError(f"--engines: unknown engine {name!r} (choose from {', '.join(ENGINES)})")
+        raise MLFSError(f"--engines: unknown engine {name!r} (choose from {', '.join(VERIFY_ENGINES)})")
     if args.sample < 1:
         raise MLFSError("--sample must be at least 1")
     repo = load_repo(args.repo)

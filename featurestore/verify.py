@@ -8,12 +8,10 @@ reference engine's rows exactly (floats within 1e-9 relative).
 from __future__ import annotations
 
 import itertools
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -21,10 +19,9 @@ import pyarrow.parquet as pq
 from featurestore.repo import FeatureRepo
 from featurestore.view import StreamFeatureView
 from transforms.compare import diff_rows
+from transforms.engines.base import get_engine
 from transforms.errors import MLFSError
-from transforms.stage1 import LINE, holds_lines
-
-ENGINES = ("reference", "embedded", "spark", "flink")
+from transforms.stage1 import LINE
 
 
 @dataclass
@@ -71,50 +68,21 @@ def verify_view(
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[EngineRun]:
     """Run ``view`` over ``sample`` on the reference engine and ``engines``; diff each with it."""
-    from transforms.engines.reference import run_reference
-
-    events = sample.column(LINE).to_pylist() if holds_lines(sample.schema) else sample.to_pylist()
     clock = time.monotonic()
-    reference = run_reference(view.plan, events)
+    reference = get_engine("reference").run_table(view.plan, sample)
     runs = [EngineRun("reference", len(reference.rows), time.monotonic() - clock, reference.counts.summary())]
     for engine in engines:
         if engine == "reference":
             continue
         progress(f"running {view.name} on {engine} ...")
         clock = time.monotonic()
-        rows, counts = _run(engine, view, sample, events)
-        run = EngineRun(engine, len(rows), time.monotonic() - clock, counts.summary())
-        run.problems = diff_rows(view.plan, reference.rows, rows)
-        if counts != reference.counts:
-            run.problems.append(f"counts differ: reference {reference.counts}, {engine} {counts}")
+        result = get_engine(engine).run_table(view.plan, sample)
+        run = EngineRun(engine, len(result.rows), time.monotonic() - clock, result.counts.summary())
+        run.problems = diff_rows(view.plan, reference.rows, result.rows)
+        if result.counts != reference.counts:
+            run.problems.append(f"counts differ: reference {reference.counts}, {engine} {result.counts}")
         runs.append(run)
     return runs
-
-
-def _run(engine: str, view: StreamFeatureView, sample: pa.Table, events: list[Any]) -> Any:
-    if engine == "embedded":
-        from transforms.engines.embedded import run_embedded
-
-        embedded = run_embedded(view.plan, sample.to_batches(), view.name)
-        return embedded.rows, embedded.counts
-    if engine == "spark":
-        from backfill.spark_session import spark_session
-        from transforms.engines.spark import run_spark
-
-        with tempfile.TemporaryDirectory(prefix="mlfs-verify-") as tmp:
-            path = Path(tmp) / "events.parquet"
-            pq.write_table(sample, path)
-            spark = spark_session("local[2]", "mlfs-verify")
-            result = run_spark(view.plan, spark.read.parquet(str(path)))
-            rows = result.rows.toArrow().to_pylist()
-            result.release()
-            return rows, result.counts
-    if engine == "flink":
-        from transforms.engines.flink import run_flink
-
-        streamed = run_flink(view.plan, events)
-        return streamed.rows, streamed.counts
-    raise MLFSError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
 
 
 def report_lines(view: str, runs: list[EngineRun]) -> list[str]:

@@ -30,6 +30,14 @@ class Aggregation:
 
     kind: ClassVar[str] = ""
     column: str | None
+    # Whether values are ordered by ``order_key`` (event time, then value) rather than by value.
+    by_time: ClassVar[bool] = False
+
+    @staticmethod
+    def order_key(ts: int, value: Any) -> tuple[int, Any]:
+        """The order of a time-ordered aggregation's values: by event time, ties by the value itself
+        (so arrival order never decides). Engines lower this one key."""
+        return (ts, value)
 
     def input_dtype(self, output: DType) -> DType | None:
         """The type input values are coerced to, given the feature's type (None: only nullness)."""
@@ -149,7 +157,6 @@ class _Pick(Aggregation):
 
     column: str
     largest: ClassVar[bool] = True
-    by_time: ClassVar[bool] = False
 
     def choose(self, a: Any, b: Any) -> Any:
         return max(a, b) if self.largest else min(a, b)
@@ -161,7 +168,7 @@ class _Pick(Aggregation):
         return None
 
     def add(self, acc: Acc, value: Any, ts: int) -> Acc:
-        item = (ts, value) if self.by_time else value
+        item = self.order_key(ts, value) if self.by_time else value
         return item if acc is None else self.choose(acc, item)
 
     def merge(self, a: Acc, b: Acc) -> Acc:
@@ -298,6 +305,7 @@ class LastK(Aggregation):
     column: str
     k: int = 10
     kind: ClassVar[str] = "last_k"
+    by_time = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.k, int) or self.k < 1:
@@ -321,7 +329,7 @@ class LastK(Aggregation):
         return ()
 
     def add(self, acc: Acc, value: Any, ts: int) -> Acc:
-        return tuple(heapq.nlargest(self.k, (*acc, (ts, value))))
+        return tuple(heapq.nlargest(self.k, (*acc, self.order_key(ts, value))))
 
     def merge(self, a: Acc, b: Acc) -> Acc:
         return tuple(heapq.nlargest(self.k, (*a, *b)))

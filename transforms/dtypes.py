@@ -74,6 +74,12 @@ class CoercionError(ValueError):
     """A value does not fit its declared type (the event goes to the dead letter)."""
 
 
+def is_null(value: Any) -> bool:
+    """Whether an input value is null: None, or a float NaN (NaN is null on every engine; the Arrow
+    and Spark lowerings test ``is_nan`` beside ``is_null``)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def coerce(value: Any, dtype: DType) -> Any:
     """Return ``value`` as the Python value of ``dtype``, ``None`` for null.
 

@@ -9,14 +9,13 @@ when any row it produced is invalid, so a split event never half-counts.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from transforms.dtypes import CoercionError, coerce
+from transforms.dtypes import CoercionError, coerce, is_null
 from transforms.plan import TransformPlan
 from transforms.timeutil import check_event_time, ms_to_datetime, parse_event_time
 from transforms.usercode import USER_CODE_ERRORS
@@ -86,6 +85,25 @@ class EventCounts:
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
+    def count(self, outcome: PreparedEvent | DeadLetter | None) -> None:
+        """Count one accepted event by what preparing it gave: no row (filtered), a dead letter, or
+        rows (aggregated once, however many rows). Every engine counts by this rule: per event
+        here, per stage-1 table with ``stage1.add_tallies``."""
+        if outcome is None:
+            self.filtered += 1
+        elif isinstance(outcome, DeadLetter):
+            self.dead_lettered += 1
+        else:
+            self.aggregated += 1
+            self.rows += len(outcome.rows)
+
+    @staticmethod
+    def of(outcome: PreparedEvent | DeadLetter | None) -> EventCounts:
+        """The counts of one input event whose outcome is ``outcome``."""
+        counts = EventCounts(input=1)
+        counts.count(outcome)
+        return counts
+
     def summary(self) -> str:
         text = (
             f"{self.input} events: {self.aggregated} aggregated ({self.rows} rows), "
@@ -104,6 +122,16 @@ class Lateness:
     max_out_of_orderness_ms: int
     allowed_lateness_ms: int = 0
 
+    @property
+    def bound_ms(self) -> int:
+        """How far behind the highest event time seen (in its partition) an event may be and still
+        count: it is late when ``time < max_seen - bound_ms``."""
+        return self.max_out_of_orderness_ms + self.allowed_lateness_ms
+
+    def watermark(self, max_seen_ms: int) -> int:
+        """The watermark after the highest event time ``max_seen_ms``."""
+        return max_seen_ms - self.max_out_of_orderness_ms
+
 
 class LateClassifier:
     """Applies ``Lateness`` to events in arrival order (one per source partition)."""
@@ -114,10 +142,8 @@ class LateClassifier:
 
     def late_watermark(self, time_ms: int) -> int | None:
         """The watermark an event at ``time_ms`` is late against, or None (then it counts as seen)."""
-        if self.max_seen is not None:
-            watermark = self.max_seen - self.lateness.max_out_of_orderness_ms
-            if time_ms < watermark - self.lateness.allowed_lateness_ms:
-                return watermark
+        if self.max_seen is not None and time_ms < self.max_seen - self.lateness.bound_ms:
+            return self.lateness.watermark(self.max_seen)
         self.max_seen = time_ms if self.max_seen is None else max(self.max_seen, time_ms)
         return None
 
@@ -389,8 +415,7 @@ class EventPreparer:
                 continue
             value = row.get(column)
             if dtype is None:
-                is_null = value is None or (isinstance(value, float) and math.isnan(value))
-                values.append(None if is_null else True)
+                values.append(None if is_null(value) else True)
                 continue
             try:
                 values.append(coerce(value, dtype))

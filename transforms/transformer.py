@@ -117,4 +117,4 @@ class UnifiedTransformer:
             return self
         from transforms.engines import get_engine
 
-        return get_engine(self.ctx.runner)(self.plan(), inputs, self.ctx)
+        return get_engine(self.ctx.runner).run(self.plan(), inputs, self.ctx)

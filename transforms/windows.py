@@ -53,6 +53,12 @@ class Window:
         """Where, after its aligned time, an event changes its key's value (entering, then leaving)."""
         raise NotImplementedError
 
+    def leave_offset_ms(self) -> int | None:
+        """How long after its aligned time an event leaves the window and changes its key's value
+        again (None: never); streaming engines emit that row from a marker or a timer."""
+        offsets = self.change_offsets()
+        return offsets[1] if len(offsets) > 1 else None
+
     def frame(self) -> tuple[int | None, int]:
         """``bounds`` as offsets from ``t``: ``(lo - t, hi - t)``, ``lo - t`` None when unbounded. Engines
         lower this one rule to their frames."""

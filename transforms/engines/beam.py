@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
+from transforms.engines.base import Engine
 from transforms.events import DeadLetter, EventCounts, EventPreparer, PreparedEvent, TimedEvent
 from transforms.inference.feature_rows import FeatureRowScorer
 from transforms.inference.scoring import StageScorer, run_stages
@@ -138,7 +139,7 @@ class _Decode(beam.DoFn):
         first = self.preparer.decode_and_time(raw)
         if isinstance(first, DeadLetter):
             yield beam.pvalue.TaggedOutput(DEAD, first)
-            yield beam.pvalue.TaggedOutput(COUNTS, EventCounts(input=1, dead_lettered=1))
+            yield beam.pvalue.TaggedOutput(COUNTS, EventCounts.of(first))
         else:
             yield (raw, *first)
 
@@ -158,13 +159,10 @@ class _Transform(beam.DoFn):
 
 def _outcome_rows(outcome: PreparedEvent | DeadLetter | None) -> Iterator[Any]:
     """An event's outcome as keyed (time, values) rows, its dead letter and its counts."""
-    if outcome is None:
-        yield beam.pvalue.TaggedOutput(COUNTS, EventCounts(input=1, filtered=1))
-    elif isinstance(outcome, DeadLetter):
+    yield beam.pvalue.TaggedOutput(COUNTS, EventCounts.of(outcome))
+    if isinstance(outcome, DeadLetter):
         yield beam.pvalue.TaggedOutput(DEAD, outcome)
-        yield beam.pvalue.TaggedOutput(COUNTS, EventCounts(input=1, dead_lettered=1))
-    else:
-        yield beam.pvalue.TaggedOutput(COUNTS, EventCounts(input=1, aggregated=1, rows=len(outcome.rows)))
+    elif outcome is not None:
         for key, values in outcome.rows:
             yield key, (outcome.time_ms, values)
 
@@ -231,6 +229,13 @@ class FeatureViewTransform(beam.PTransform):
         )
 
 
-def beam_engine(plan: TransformPlan, inputs: Any, ctx: FeatureContext) -> BeamResult:
-    """Engine entry point used by ``UnifiedTransformer.run``: ``inputs`` is a PCollection of raw events."""
-    return inputs | FeatureViewTransform(plan)
+class BeamEngine(Engine):
+    """A ``PTransform`` over a PCollection of raw events; its result holds PCollections."""
+
+    name = "beam"
+
+    def run(self, plan: TransformPlan, inputs: Any, ctx: FeatureContext) -> BeamResult:
+        return inputs | FeatureViewTransform(plan)
+
+
+ENGINE = BeamEngine()

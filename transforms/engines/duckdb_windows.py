@@ -56,7 +56,6 @@ from transforms.plan import EVENT_TIMESTAMP, TransformPlan
 from transforms.stage1 import TS, value_column
 from transforms.windows import LAST_ROW_MS, Sliding
 
-ORDERED = (Latest, First, LastK)  # aggregations that order values by (time, value)
 EPSILON = 2.0**-52
 RANGE_ROWS_PER_KEY = 4096  # keys with at most this many rows take RANGE frames (_few_rows_per_key)
 ACCURACY = 1e-11  # a variance whose error bound exceeds this (relative) is recomputed exactly
@@ -161,9 +160,7 @@ def feature_rows_sql(plan: TransformPlan, rows: str, range_frames: bool = False)
     keys = [quote(k) for k in plan.key_names]
     key_list = ", ".join(keys)
     values = [value_column(i) for i in range(len(plan.features))]
-    ordered = sorted(
-        {value_column(i) for i, f in enumerate(plan.features) if isinstance(f.aggregation, ORDERED)}
-    )
+    ordered = sorted({value_column(i) for i, f in enumerate(plan.features) if f.aggregation.by_time})
     ranks = {v: f"_r{v[2:]}" for v in ordered}
     low, high = window.frame()
     marker_order = 1 if high > 0 else -1  # the frame holds the events at t, or ends before them

@@ -17,14 +17,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from transforms.engines.base import Engine, EngineResult
 from transforms.engines.duckdb_windows import feature_rows
-from transforms.engines.reference import EngineResult
 from transforms.events import DeadLetter, EventCounts
 from transforms.plan import FeatureContext, TransformPlan
-from transforms.stage1 import DEAD, DEAD_COLUMNS, KIND, ROW, TS, prepare_batches, prepared_schema, tally_batch
+from transforms.stage1 import (
+    BATCH_ROWS,
+    DEAD,
+    DEAD_COLUMNS,
+    KIND,
+    ROW,
+    TS,
+    prepare_batches,
+    prepared_schema,
+    tally_batch,
+)
 from transforms.timeutil import MAX_TIME_MS, ms_to_datetime
-
-BATCH_ROWS = 131_072
 
 
 def run_embedded(plan: TransformPlan, batches: Iterable[pa.RecordBatch], view: str = "") -> EngineResult:
@@ -45,17 +53,25 @@ def run_embedded(plan: TransformPlan, batches: Iterable[pa.RecordBatch], view: s
     return result
 
 
-def embedded_engine(plan: TransformPlan, inputs: Any, ctx: FeatureContext) -> EngineResult:
-    """Engine entry point used by ``UnifiedTransformer.run``: ``inputs`` is a Parquet path or list
-    of paths, an Arrow table, or Arrow record batches of raw events."""
-    if isinstance(inputs, pa.Table):
-        batches: Iterable[pa.RecordBatch] = inputs.to_batches(max_chunksize=BATCH_ROWS)
-    elif isinstance(inputs, (str, list)) or hasattr(inputs, "__fspath__"):
-        paths = [str(p) for p in inputs] if isinstance(inputs, list) else str(inputs)
-        batches = ds.dataset(paths, format="parquet").to_batches(batch_size=BATCH_ROWS)
-    else:
-        batches = inputs
-    return run_embedded(plan, batches)
+class EmbeddedEngine(Engine):
+    """DuckDB in process over a Parquet path or list of paths, an Arrow table, or Arrow record
+    batches of raw events."""
+
+    name = "embedded"
+
+    def run(self, plan: TransformPlan, inputs: Any, ctx: FeatureContext) -> EngineResult:
+        if isinstance(inputs, pa.Table):
+            return self.run_table(plan, inputs)
+        if isinstance(inputs, (str, list)) or hasattr(inputs, "__fspath__"):
+            paths = [str(p) for p in inputs] if isinstance(inputs, list) else str(inputs)
+            return run_embedded(plan, ds.dataset(paths, format="parquet").to_batches(batch_size=BATCH_ROWS))
+        return run_embedded(plan, inputs)
+
+    def run_table(self, plan: TransformPlan, events: pa.Table) -> EngineResult:
+        return run_embedded(plan, events.to_batches(max_chunksize=BATCH_ROWS))
+
+
+ENGINE = EmbeddedEngine()
 
 
 def load_prepared(

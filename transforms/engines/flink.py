@@ -33,6 +33,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import pyarrow as pa
+
+from transforms.engines.base import Engine, EngineResult
 from transforms.engines.flink_jar import mlfs_jar
 from transforms.engines.flink_sql import (
     PREPARED,
@@ -50,7 +53,6 @@ from transforms.engines.flink_stage1 import (
     prepared_columns,
     table_environment,
 )
-from transforms.engines.reference import EngineResult
 from transforms.events import DeadLetter, EventCounts, Lateness, event_text
 from transforms.plan import EVENT_TIMESTAMP, FeatureContext, TransformPlan
 from transforms.usercode import import_root, plan_functions, user_module
@@ -337,7 +339,7 @@ def stage2_table(
     if lateness is None:  # a bounded replay: every event counts, rows are emitted at the end
         out_of_order = BOUNDED_REPLAY_LAG_MS
     else:
-        out_of_order = lateness.max_out_of_orderness_ms + lateness.allowed_lateness_ms
+        out_of_order = lateness.bound_ms
     # One more millisecond, so an event exactly at stage 1's bound is still ahead of Flink's watermark.
     lag = watermark_lag_ms(plan, out_of_order) + 1
     builder = Schema.new_builder()
@@ -522,14 +524,26 @@ def _read_spool(plan: TransformPlan, spool: str) -> EngineResult:
     return result
 
 
-def flink_engine(plan: TransformPlan, inputs: Any, ctx: FeatureContext) -> EngineResult:
-    """Engine entry point used by ``UnifiedTransformer.run`` (options: ``lateness``,
+class FlinkEngine(Engine):
+    """A bounded Flink job over finite events in arrival order (options: ``lateness``,
     ``parallelism``, ``master``, ``files``)."""
-    return run_flink(
-        plan,
-        inputs,
-        lateness=ctx.options.get("lateness"),
-        parallelism=ctx.options.get("parallelism", 2),
-        master=ctx.options.get("master"),
-        files=ctx.options.get("files"),
-    )
+
+    name = "flink"
+
+    def run(self, plan: TransformPlan, inputs: Any, ctx: FeatureContext) -> EngineResult:
+        return run_flink(
+            plan,
+            inputs,
+            lateness=ctx.options.get("lateness"),
+            parallelism=ctx.options.get("parallelism", 2),
+            master=ctx.options.get("master"),
+            files=ctx.options.get("files"),
+        )
+
+    def run_table(self, plan: TransformPlan, events: pa.Table) -> EngineResult:
+        from transforms.engines.reference import raw_events
+
+        return run_flink(plan, raw_events(events))
+
+
+ENGINE = FlinkEngine()

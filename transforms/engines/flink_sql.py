@@ -41,22 +41,16 @@ from transforms.aggregations import (
 from transforms.dtypes import DType, feature_value
 from transforms.plan import EVENT_TIMESTAMP, TransformPlan
 from transforms.timeutil import datetime_to_ms, ms_to_datetime
-from transforms.windows import LAST_ROW_MS, Lifetime, Sliding
+from transforms.windows import LAST_ROW_MS, Sliding
 
-ORDERED = (Latest, First, LastK)
 LAST_ROW = ms_to_datetime(LAST_ROW_MS).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]  # as a SQL literal
 PREPARED = "prepared"
 END = "_end"
 
 
-def is_ordered(agg: Aggregation) -> bool:
-    return isinstance(agg, ORDERED)
-
-
 def marker_offset_ms(plan: TransformPlan) -> int | None:
     """How far after a row its leave marker goes (None: the window needs no markers)."""
-    window = plan.window
-    return window.size_ms if isinstance(window, Sliding) else None
+    return plan.window.leave_offset_ms()
 
 
 def watermark_lag_ms(plan: TransformPlan, out_of_orderness_ms: int) -> int:
@@ -193,11 +187,9 @@ def stage2_sql(plan: TransformPlan, table: str = PREPARED) -> str:
             f"HAVING MAX(rt) >= window_end - {interval(window.hop_ms)} "
             f"AND window_end <= TIMESTAMP '{LAST_ROW}'"
         )
-    if isinstance(window, Lifetime):
-        frame = "RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
-    else:
-        assert isinstance(window, Sliding)
-        frame = f"RANGE BETWEEN {interval(window.size_ms - 1)} PRECEDING AND CURRENT ROW"
+    low, high = window.frame()
+    assert high == 1, "an OVER frame ends at its current row's time"
+    frame = f"RANGE BETWEEN {'UNBOUNDED' if low is None else interval(-low)} PRECEDING AND CURRENT ROW"
     aggregates = ", ".join(
         f"{_aggregate_sql(f.aggregation, i, f.input_dtype, ' OVER w')} AS f{i}"
         for i, f in enumerate(plan.features)
@@ -249,7 +241,7 @@ def _feature_column(agg: Aggregation, dtype: DType, values: list[Any]) -> list[A
     plain = _PLAIN_RESULTS.get(dtype.name) if dtype.element is None else None
     if isinstance(agg, (Count, CountDistinct)) and plain is not int:
         plain = None  # a count is an integer, whatever the feature's declared type
-    if plain is not None and not is_ordered(agg) and set(map(type, values)) <= {plain, type(None)}:
+    if plain is not None and not agg.by_time and set(map(type, values)) <= {plain, type(None)}:
         # What a null becomes (0 for counts and sums), converted once.
         zero = _as_feature(_result(agg, dtype, None, None), dtype) if None in values else None
         if plain is float:  # NaN is null

@@ -30,7 +30,7 @@ import numpy as np
 
 from transforms.arrow_events import python_values, split_clean
 from transforms.dtypes import DType
-from transforms.engines.flink_sql import encode_ordered, is_ordered, marker_offset_ms, quote
+from transforms.engines.flink_sql import encode_ordered, marker_offset_ms, quote
 from transforms.events import DeadLetter, EventCounts, EventPreparer, Lateness, PreparedEvent
 from transforms.json_batches import DecodedLines, TypedBatch, decode_lines, needed_fields, typed_batch
 from transforms.plan import TransformPlan
@@ -69,7 +69,7 @@ def flink_types(dtype: DType | None) -> tuple[Any, Any]:
 def _ordered(plan: TransformPlan) -> list[tuple[int, DType]]:
     found = []
     for i, feature in enumerate(plan.features):
-        if is_ordered(feature.aggregation):
+        if feature.aggregation.by_time:
             assert feature.input_dtype is not None, "ordered monoids have typed inputs"
             found.append((i, feature.input_dtype))
     return found
@@ -405,8 +405,7 @@ def classified_sql(plans: Sequence[TransformPlan], events: str, lateness: Latene
     if lateness is None:  # a bounded replay: nothing is late
         late = "0"
     else:
-        bound = lateness.max_out_of_orderness_ms + lateness.allowed_lateness_ms
-        late = f"CASE WHEN _t < _max - {bound} THEN 1 ELSE 0 END"
+        late = f"CASE WHEN _t < _max - {lateness.bound_ms} THEN 1 ELSE 0 END"
     listed = ", ".join(quote(name) for name in ["_raw", *_outcome_fields(plans)])
     return (
         f"SELECT {listed}, _max, _seq, {late} AS _late FROM ("
@@ -459,9 +458,7 @@ def dead_letters_function(
             for preparer, sink, text in zip(self.preparers, self.sinks, texts, strict=True):
                 if late:
                     assert lateness is not None, "nothing is late without lateness"
-                    sink.dead(
-                        preparer.late(raw, time_ms, max_seen - lateness.max_out_of_orderness_ms), True, seq
-                    )
+                    sink.dead(preparer.late(raw, time_ms, lateness.watermark(max_seen)), True, seq)
                 elif text is not None:
                     sink.dead(DeadLetter.from_json(text), False, seq)
 

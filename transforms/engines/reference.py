@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
 from transforms.dtypes import feature_value
+from transforms.engines.base import Engine, EngineResult
 from transforms.events import (
     DeadLetter,
-    EventCounts,
     EventPreparer,
     Key,
     LateClassifier,
@@ -25,17 +26,9 @@ from transforms.events import (
     Values,
 )
 from transforms.plan import EVENT_TIMESTAMP, FeatureContext, TransformPlan
+from transforms.stage1 import LINE, holds_lines
 from transforms.timeutil import ms_to_datetime
 from transforms.windows import NEG_INF
-
-
-@dataclass
-class EngineResult:
-    """Feature rows (dicts with the keys, features and ``event_timestamp``), dead letters, counts."""
-
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    counts: EventCounts = field(default_factory=EventCounts)
 
 
 def run_reference(
@@ -57,7 +50,7 @@ def run_reference(
             progress(1)
         first = preparer.decode_and_time(raw)
         if isinstance(first, DeadLetter):
-            counts.dead_lettered += 1
+            counts.count(first)
             result.dead_letters.append(first)
             continue
         event, time_ms = first
@@ -68,14 +61,10 @@ def run_reference(
                 result.dead_letters.append(preparer.late(raw, time_ms, watermark))
                 continue
         prepared = preparer.transform(raw, event, time_ms)
-        if prepared is None:
-            counts.filtered += 1
-        elif isinstance(prepared, DeadLetter):
-            counts.dead_lettered += 1
+        counts.count(prepared)
+        if isinstance(prepared, DeadLetter):
             result.dead_letters.append(prepared)
-        else:
-            counts.aggregated += 1
-            counts.rows += len(prepared.rows)
+        elif prepared is not None:
             _collect(by_key, prepared)
     for key in sorted(by_key, key=repr):
         result.rows.extend(key_rows(plan, key, by_key[key]))
@@ -126,11 +115,23 @@ def key_rows(plan: TransformPlan, key: Key, events: list[tuple[int, Values]]) ->
     return rows
 
 
-def reference_engine(plan: TransformPlan, inputs: Any, ctx: FeatureContext) -> EngineResult:
-    """Engine entry point used by ``UnifiedTransformer.run`` (options: ``lateness``, ``progress``)."""
-    return run_reference(
-        plan,
-        inputs,
-        lateness=ctx.options.get("lateness"),
-        progress=ctx.options.get("progress"),
-    )
+class ReferenceEngine(Engine):
+    """Plain Python over an iterable of raw events (options: ``lateness``, ``progress``)."""
+
+    name = "reference"
+
+    def run(self, plan: TransformPlan, inputs: Any, ctx: FeatureContext) -> EngineResult:
+        return run_reference(
+            plan, inputs, lateness=ctx.options.get("lateness"), progress=ctx.options.get("progress")
+        )
+
+    def run_table(self, plan: TransformPlan, events: pa.Table) -> EngineResult:
+        return run_reference(plan, raw_events(events))
+
+
+def raw_events(events: pa.Table) -> list[Any]:
+    """A table of raw events as the reference takes them: JSON lines as bytes, else dicts."""
+    return events.column(LINE).to_pylist() if holds_lines(events.schema) else events.to_pylist()
+
+
+ENGINE = ReferenceEngine()

@@ -18,16 +18,17 @@ from typing import Any
 import pyarrow as pa
 
 from transforms.dtypes import DType
+from transforms.engines.base import Engine, EngineResult
 from transforms.events import DeadLetter, EventCounts
 from transforms.plan import EVENT_TIMESTAMP, FeatureContext, TransformPlan
 from transforms.stage1 import (
     DEAD,
     DEAD_COLUMNS,
-    FILTERED,
     FIRST,
     KIND,
     ROW,
     TS,
+    add_tallies,
     prepare_batches,
     prepared_schema,
     value_column,
@@ -239,15 +240,9 @@ def tally(prepared: Any, events: int) -> tuple[EventCounts, int | None]:
     from pyspark.sql import functions as F
 
     groups = prepared.groupBy(KIND, FIRST).agg(F.count(F.lit(1)).alias("n"), F.min(TS).alias("t")).collect()
-    tallies = {(r[KIND], r[FIRST]): r["n"] for r in groups}
     first = min((r["t"] for r in groups if r[KIND] == ROW and r["t"] is not None), default=None)
-    counts = EventCounts(
-        input=events,
-        aggregated=tallies.get((ROW, True), 0),
-        filtered=tallies.get((FILTERED, False), 0),
-        dead_lettered=tallies.get((DEAD, False), 0),
-        rows=tallies.get((ROW, True), 0) + tallies.get((ROW, False), 0),
-    )
+    counts = EventCounts(input=events)
+    add_tallies(counts, {(r[KIND], bool(r[FIRST])): r["n"] for r in groups})
     return counts, first
 
 
@@ -270,6 +265,35 @@ def run_spark(plan: TransformPlan, events: Any) -> SparkResult:
     return SparkResult(rows=rows, dead_letters=dead, counts=counts, prepared=prepared, scored=scored)
 
 
-def spark_engine(plan: TransformPlan, inputs: Any, ctx: FeatureContext) -> SparkResult:
-    """Engine entry point used by ``UnifiedTransformer.run``: ``inputs`` is a DataFrame of raw events."""
-    return run_spark(plan, inputs)
+class SparkEngine(Engine):
+    """Spark over a DataFrame of raw events; its result holds DataFrames (``SparkResult``)."""
+
+    name = "spark"
+
+    def run(self, plan: TransformPlan, inputs: Any, ctx: FeatureContext) -> SparkResult:
+        return run_spark(plan, inputs)
+
+    def run_table(self, plan: TransformPlan, events: pa.Table) -> EngineResult:
+        """On a local session (``local[2]``), through a Parquet file as a backfill reads history."""
+        import tempfile
+        from pathlib import Path
+
+        import pyarrow.parquet as pq
+
+        from backfill.spark_session import spark_session
+
+        with tempfile.TemporaryDirectory(prefix="mlfs-spark-") as tmp:
+            path = Path(tmp) / "events.parquet"
+            pq.write_table(events, path)
+            result = run_spark(plan, spark_session("local[2]", "mlfs-verify").read.parquet(str(path)))
+            try:
+                return EngineResult(
+                    rows=result.rows.toArrow().to_pylist(),
+                    dead_letters=result.dead_letter_records(plan.view),
+                    counts=result.counts,
+                )
+            finally:
+                result.release()
+
+
+ENGINE = SparkEngine()
