@@ -59,6 +59,11 @@ class Aggregation:
     def result(self, acc: Acc) -> Any:
         raise NotImplementedError
 
+    def empty(self) -> Any:
+        """The value over no input values (an empty window, or only nulls): 0 for counts and sums,
+        null for the others. SQL aggregates give null there, so engines coalesce to this."""
+        return self.result(self.create())
+
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "column": self.column}
 

@@ -131,8 +131,9 @@ def _aggregate(agg: Aggregation, value: str, rank: str, partials: bool = False) 
 
 def _finish(agg: Aggregation, dtype: DType, value: str) -> str:
     """An aggregate's result as the stored feature value, as ``transforms.dtypes.feature_value`` makes it."""
-    if isinstance(agg, (Count, CountDistinct, Sum)):
-        value = f"coalesce({value}, 0)"
+    empty = agg.empty()
+    if empty is not None:
+        value = f"coalesce({value}, {empty!r})"
     elif isinstance(agg, LastK):
         value = f"CASE WHEN len({value}) > 0 THEN {value} END"
     element = dtype.element if dtype.element is not None else dtype

@@ -205,12 +205,10 @@ def stage2_sql(plan: TransformPlan, table: str = PREPARED) -> str:
 
 def _result(agg: Aggregation, dtype: DType, value: Any, element: DType | None) -> Any:
     """A SQL aggregate as the monoid's result (engine values: timestamps in ms)."""
-    if isinstance(agg, (Count, CountDistinct)):
-        return 0 if value is None else int(value)
-    if isinstance(agg, Sum):
-        return (0 if dtype.is_integer else 0.0) if value is None else value
     if value is None:
-        return None
+        return agg.empty()
+    if isinstance(agg, (Count, CountDistinct)):
+        return int(value)
     item_type = element if element is not None else dtype
     if isinstance(agg, (Latest, First)):
         return decode_ordered(value, item_type)[1]
@@ -242,7 +240,7 @@ def _feature_column(agg: Aggregation, dtype: DType, values: list[Any]) -> list[A
     if isinstance(agg, (Count, CountDistinct)) and plain is not int:
         plain = None  # a count is an integer, whatever the feature's declared type
     if plain is not None and not agg.by_time and set(map(type, values)) <= {plain, type(None)}:
-        # What a null becomes (0 for counts and sums), converted once.
+        # What a null becomes (``Aggregation.empty``), converted once.
         zero = _as_feature(_result(agg, dtype, None, None), dtype) if None in values else None
         if plain is float:  # NaN is null
             return [zero if v is None else (v if v == v else None) for v in values]
