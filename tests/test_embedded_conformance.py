@@ -36,9 +36,11 @@ CASES = [(1, "row", False), (3, "none", True), (4, "none", False), (5, "declarat
 @pytest.fixture(autouse=True, params=["range", "rows"])
 def frames(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Every case on both frame lowerings of the kernel: DuckDB's ``RANGE`` frames (what these few
-    rows per key get) and ``ROWS`` frames found by the as-of join (what hot keys get)."""
+    rows per key get) and ``ROWS`` frames found by the as-of join (what hot keys get; the running
+    totals hot keys of count/sum/mean views take are tested in ``test_running_totals``)."""
     if request.param == "rows":
         monkeypatch.setattr(duckdb_windows, "RANGE_ROWS_PER_KEY", 0)
+        monkeypatch.setattr(duckdb_windows, "RUNNING_TOTALS", False)
     return str(request.param)
 
 

@@ -15,6 +15,10 @@ and ``Window.frame``) and the monoids of ``transforms.aggregations`` to SQL:
   linearly. Its ``RANGE`` frames cost per row with the rows of the key (``docs/benchmarks.md``), so
   only when every key has few rows (``RANGE_ROWS_PER_KEY``) do bounded windows use them, skipping
   the numbering and the as-of join; both lowerings give the same frames.
+* continuous and lifetime windows of counts, sums and means over keys hotter than that take no
+  frames at all (``_running_totals_sql``): each event adds its exact integer contribution (a float
+  scaled by a power of two, ``running_total_scales``) where it enters and takes it back where it
+  leaves, and the value is the running total, rounded once: a sort and a running sum per key;
 * hopping and tumbling windows whose aggregations all merge exactly (``per_hop``) first merge
   each key's events per hop into one row at the hop's start, so a window's cost follows its hops;
   a tumbling window is then exactly one hop, joined to its window ends without a window function.
@@ -29,6 +33,7 @@ monoid from its frame, so the result is the exact one the reference computes.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -58,6 +63,7 @@ from transforms.windows import LAST_ROW_MS, Sliding
 
 EPSILON = 2.0**-52
 RANGE_ROWS_PER_KEY = 4096  # keys with at most this many rows take RANGE frames (_few_rows_per_key)
+RUNNING_TOTALS = True  # hotter keys of count/sum/mean views take exact running totals (_running_totals_sql)
 ACCURACY = 1e-11  # a variance whose error bound exceeds this (relative) is recomputed exactly
 
 _SQL_TYPES = {
@@ -268,6 +274,89 @@ FROM valued WHERE {emitted}"""
     return sql
 
 
+HUGEINT_BITS = 125  # the magnitude an exact running total may reach (DuckDB's HUGEINT holds 127 bits)
+
+
+def running_total_scales(con: Any, plan: TransformPlan, source: str) -> dict[str, int] | None:
+    """Whether the kernel may take each value at ``t`` as a difference of running totals
+    (``_running_totals_sql``), and with what scale: for continuous and lifetime windows whose aggregations
+    are all counts, sums and means, where every float column's values times ``2**scale`` are
+    integers whose running totals fit a HUGEINT. Those totals are exact, so the difference is the
+    exact sum (rounded once), never a running float total that drifts; None where they do not fit."""
+    window = plan.window
+    if isinstance(window, Sliding) and window.hop_ms is not None:
+        return None
+    if not all(isinstance(f.aggregation, (Count, Sum, Mean)) for f in plan.features):
+        return None
+    floats = [
+        value_column(i)
+        for i, f in enumerate(plan.features)
+        if not isinstance(f.aggregation, Count) and f.input_dtype is not None and f.input_dtype.is_float
+    ]
+    if not floats:
+        return {}
+    spans = ", ".join(f"min(abs({v})) FILTER ({v} <> 0), max(abs({v})), count({v})" for v in floats)
+    (found,) = con.execute(f"SELECT {spans} FROM {source}").fetchall()
+    scales = {}
+    for i, value in enumerate(floats):
+        smallest, largest, n = found[3 * i : 3 * i + 3]
+        if smallest is None:  # only zeros and nulls
+            scales[value] = 0
+            continue
+        # A double in [2**(e-1), 2**e) is a multiple of 2**(e-53): scaled by 2**(53 - e) of the
+        # smallest, every value is an integer.
+        scale = 53 - math.frexp(smallest)[1]
+        if abs(scale) > 1000 or math.frexp(largest)[1] + scale + max(n, 1).bit_length() > HUGEINT_BITS:
+            return None
+        scales[value] = scale
+    return scales
+
+
+def _running_totals_sql(plan: TransformPlan, rows: str, scales: dict[str, int]) -> str:
+    """The feature rows of a continuous or lifetime window of counts, sums and means (see
+    ``running_total_scales``). An event is in the frame of ``t`` from ``t = e - high + 1`` until it leaves
+    at ``t = e - low + 1`` (``Window.frame``): it adds its exact (integer) contribution at the
+    first time and takes it back at the second, and a key's value at each such time is the running
+    total of those changes. One grouping and one running sum: the cost per event does not grow
+    with a key's events per window, and integer totals never drift."""
+    keys = [quote(k) for k in plan.key_names]
+    key_list = ", ".join(keys)
+    low, high = plan.window.frame()
+    contributions: dict[str, str] = {}  # a column's exact contribution of one event
+    results: dict[str, str] = {}  # the running total as the value ``_finished`` takes
+    counts: list[str] = []
+    for i, feature in enumerate(plan.features):
+        v = value_column(i)
+        if isinstance(feature.aggregation, Count):
+            contributions[v] = f"CASE WHEN {v} IS NOT NULL THEN 1 ELSE 0 END"
+        elif v in scales:
+            contributions[v] = f"CAST({v} * pow(2.0, {scales[v]}) AS HUGEINT)"
+        else:
+            contributions[v] = f"CAST({v} AS HUGEINT)"
+        if isinstance(feature.aggregation, Mean):
+            contributions[f"{v}_c"] = f"CASE WHEN {v} IS NOT NULL THEN 1 ELSE 0 END"
+            counts.append(f"{v}_c")
+    for column in contributions:
+        total = f"sum({column}) OVER (PARTITION BY {key_list} ORDER BY {TS} ROWS UNBOUNDED PRECEDING)"
+        if column in scales:  # the exact total, rounded once
+            total = f"CAST({total} AS DOUBLE) * pow(2.0, {-scales[column]})"
+        results[column] = total
+    enter = ", ".join(f"{c} AS {name}" for name, c in contributions.items())
+    changes = f"SELECT {key_list}, {TS} - ({high - 1}) AS {TS}, {enter} FROM {rows}"
+    if low is not None:
+        leave = ", ".join(f"-({c}) AS {name}" for name, c in contributions.items())
+        changes += f" UNION ALL SELECT {key_list}, {TS} - ({low - 1}) AS {TS}, {leave} FROM {rows}"
+    merged = ", ".join(f"sum({name}) AS {name}" for name in contributions)
+    values = [value_column(i) for i in range(len(plan.features))]
+    return f"""
+WITH per_time AS (
+    SELECT {key_list}, {TS}, {merged} FROM ({changes}) WHERE {TS} <= {LAST_ROW_MS} GROUP BY {key_list}, {TS}
+),
+valued AS (SELECT {key_list}, {TS}, {", ".join(f"{r} AS {c}" for c, r in results.items())} FROM per_time)
+SELECT {key_list}, {_finished(plan, values, counts)}, epoch_ms({TS}) AS {quote(EVENT_TIMESTAMP)}
+FROM valued"""
+
+
 def _finished(plan: TransformPlan, values: list[str], counts: list[str]) -> str:
     """The feature columns from the merged value columns (a mean: its sum over its count)."""
 
@@ -398,7 +487,12 @@ def feature_rows(
         con.register("_mlfs_rows", rows)
         source = "_mlfs_rows"
     try:
-        sql = feature_rows_sql(plan, str(source), _few_rows_per_key(con, plan, str(source)))
+        few = _few_rows_per_key(con, plan, str(source))
+        scales = None if few or not RUNNING_TOTALS else running_total_scales(con, plan, str(source))
+        if scales is not None:
+            sql = _running_totals_sql(plan, str(source), scales)
+        else:
+            sql = feature_rows_sql(plan, str(source), few)
         if order_by:
             sql = f"SELECT * FROM ({sql}) ORDER BY {', '.join(order_by)}"
         table = _utc(con.sql(sql).to_arrow_table())
