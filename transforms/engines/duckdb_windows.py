@@ -278,11 +278,12 @@ HUGEINT_BITS = 125  # the magnitude an exact running total may reach (DuckDB's H
 
 
 def running_total_scales(con: Any, plan: TransformPlan, source: str) -> dict[str, int] | None:
-    """Whether the kernel may take each value at ``t`` as a difference of running totals
-    (``_running_totals_sql``), and with what scale: for continuous and lifetime windows whose aggregations
-    are all counts, sums and means, where every float column's values times ``2**scale`` are
-    integers whose running totals fit a HUGEINT. Those totals are exact, so the difference is the
-    exact sum (rounded once), never a running float total that drifts; None where they do not fit."""
+    """Whether the kernel may take each value as a running total of exact contributions
+    (``_running_totals_sql``), and each float column's scale: for continuous and lifetime windows
+    whose aggregations are all counts, sums and means, where every float column's values times
+    ``2**scale`` are integers whose totals fit a HUGEINT. Integer totals never drift, so the value
+    is the exact sum, rounded once (the float contract forbids running float totals); None where
+    they do not fit."""
     window = plan.window
     if isinstance(window, Sliding) and window.hop_ms is not None:
         return None
