@@ -159,3 +159,38 @@ def test_a_sources_event_time_range_equals_reference(spark: Any, tmp_path: Path,
     expected = view.run(read_history(path))
     assert sum(d.reason == "bad_time" for d in expected.dead_letters) > 100
     check_spark(view, expected, spark.read.parquet(str(path)))
+
+
+def test_a_key_hot_enough_for_running_totals_equals_reference(spark: Any, tmp_path: Path) -> None:
+    """A key with more rows than ``RANGE_ROWS_PER_KEY`` takes the kernel's running totals inside its
+    Spark partition (workers read the module's own threshold: nothing is patched)."""
+    from test_running_totals import TOTALS
+
+    from transforms.engines.duckdb_windows import RANGE_ROWS_PER_KEY
+
+    events = hot_running_events(RANGE_ROWS_PER_KEY + 1000)
+    view = make_view(TOTALS, window=WINDOWS["continuous_short"](), name="spark_totals")
+    path = write_events(events, tmp_path / "events.parquet")
+    check_spark(view, view.run(read_history(path)), spark.read.parquet(str(path)))
+
+
+def hot_running_events(n: int) -> list[dict[str, Any]]:
+    """One key with ``n`` events (ties several per millisecond, nulls, values that cancel in
+    quarters) beside a cold one."""
+    import random
+    from datetime import timedelta
+
+    from conformance import BASE
+
+    rng = random.Random(17)
+    return [
+        {
+            "user_id": "hot" if i % 10 else "cold",
+            "timestamp": (BASE + timedelta(milliseconds=rng.randrange(0, 40_000, 3))).isoformat(),
+            "v": rng.choice([None, 1e17, -3e16, 0.25, -1.5, 1e9 + 0.125]),
+            "i": rng.choice([None, 1, 2, -3]),
+            "tag": None,
+            "kind": "keep",
+        }
+        for i in range(n)
+    ]
