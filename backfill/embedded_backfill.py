@@ -58,15 +58,7 @@ PROGRESS_UNIT = "events"  # what ``ViewBackfill.tick`` counts
 
 def backfill_view(job: ViewBackfill) -> ViewReport:
     """Backfill one view in process (see the module docstring); returns what it did."""
-    view, files, start, offline, writer, tick = (
-        job.view,
-        job.files,
-        job.start,
-        job.offline,
-        job.writer,
-        job.tick,
-    )
-    dead_letter_file, chunk_rows = job.dead_letter_file, job.chunk_rows
+    view = job.view
     plan = view.plan
     work, manifest, end = open_run(job)
     created = datetime.fromisoformat(manifest.created)
@@ -76,9 +68,9 @@ def backfill_view(job: ViewBackfill) -> ViewReport:
     con = duckdb.connect()
     con.execute(f"SET temp_directory = '{_sql_text(str(work / 'spill'))}'")
     con.execute("SET preserve_insertion_order = false")
-    counts, letters = load_prepared(con, view.plan, view.name, arrow_batches(files), end_ms, tick)
+    counts, letters = load_prepared(con, view.plan, view.name, arrow_batches(job.files), end_ms, job.tick)
     if not manifest.prepared:
-        write_dead_letters(dead_letter_file(end), letters)
+        write_dead_letters(job.dead_letter_file(end), letters)
         manifest.prepared = True
         manifest.counts = asdict(counts)
         manifest.save(work / MANIFEST)
@@ -88,14 +80,16 @@ def backfill_view(job: ViewBackfill) -> ViewReport:
     day_counts = dict(con.sql(f"SELECT {TS} // {DAY_MS}, count(*) FROM prepared GROUP BY 1").fetchall())
     reach = lookback_ms(view)
     latest: list[pa.Table] = []
-    for chunk in volume_chunks(day_counts, end, start, chunk_rows):
+    for chunk in volume_chunks(day_counts, end, job.start, job.chunk_rows):
         done = chunk.index in manifest.chunks_done
         if done:
             report.chunks_skipped += 1
         if not has_rows(chunk, sorted(day_counts), reach):
             if not done:
                 if view.offline:  # what an earlier backfill wrote there goes (a rewrite is idempotent)
-                    report.partitions += offline.write(view, [], created, chunk.start, chunk.end).partitions
+                    report.partitions += job.offline.write(
+                        view, [], created, chunk.start, chunk.end
+                    ).partitions
                 manifest.chunks_done.append(chunk.index)
                 manifest.save(work / MANIFEST)
                 report.chunks_empty += 1
@@ -104,7 +98,7 @@ def backfill_view(job: ViewBackfill) -> ViewReport:
         if plan.row_stages:
             table, dead = _score(view, table)
             if not done:
-                path = dead_letter_file(end)
+                path = job.dead_letter_file(end)
                 write_dead_letters(path.with_name(f"{path.stem}-rows-{chunk.index}.jsonl"), dead)
                 manifest.rows_dead_lettered[str(chunk.index)] = len(dead)
         if view.online and table.num_rows:
@@ -112,7 +106,7 @@ def backfill_view(job: ViewBackfill) -> ViewReport:
         if done:
             continue
         if view.offline:
-            stats = _write_offline(offline, view, table, created, chunk)
+            stats = _write_offline(job.offline, view, table, created, chunk)
             report.offline_rows += stats[0]
             report.partitions += stats[1]
         manifest.chunks_done.append(chunk.index)
@@ -123,7 +117,7 @@ def backfill_view(job: ViewBackfill) -> ViewReport:
     report.counts.rows_dead_lettered = sum(manifest.rows_dead_lettered.values())
     if view.online and latest:
         newest = newest_per_key(pa.concat_tables(latest), list(plan.key_names))
-        online = writer.write(view, row_dicts(newest))
+        online = job.writer.write(view, row_dicts(newest))
         report.online_written, report.online_skipped = online.written, online.skipped_older
     shutil.rmtree(work, ignore_errors=True)
     return report

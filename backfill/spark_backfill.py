@@ -80,22 +80,14 @@ def backfill_view(job: ViewBackfill) -> ViewReport:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    view, files, start, offline, writer, tick = (
-        job.view,
-        job.files,
-        job.start,
-        job.offline,
-        job.writer,
-        job.tick,
-    )
-    dead_letter_file, chunk_rows, chunk_days = job.dead_letter_file, job.chunk_rows, job.chunk_days
+    view = job.view
     spark = spark_session(job.spark_master)
     work, manifest, end = open_run(job)
     created = datetime.fromisoformat(manifest.created)
     prepared_path = work / "prepared"
 
     clock = time.monotonic()
-    events = history_frame(spark, files)
+    events = history_frame(spark, job.files)
     jvm, python = prepare_parts(view.plan, events)
 
     def persisted() -> Any:
@@ -110,7 +102,7 @@ def backfill_view(job: ViewBackfill) -> ViewReport:
         python.write.mode("overwrite").parquet(str(prepared_path))
         counts, first = tally(stage1(), events.count())
         dead = persisted().filter(F.col(KIND) == DEAD).select(*DEAD_COLUMNS)
-        write_dead_letters(dead_letter_file(end), dead_letter_records(view.name, dead))
+        write_dead_letters(job.dead_letter_file(end), dead_letter_records(view.name, dead))
         manifest.prepared = True
         manifest.counts = asdict(counts)
         manifest.first_ms = first
@@ -131,12 +123,14 @@ def backfill_view(job: ViewBackfill) -> ViewReport:
     rows = stage1().filter((F.col(KIND) == ROW) & (F.col(TS) < datetime_to_ms(end)))
     reach = lookback_ms(view)
     staged_dirs = []
-    if chunk_days is None and (manifest.day_rows or not manifest.row_days):
-        plan = volume_chunks({int(d): n for d, n in manifest.day_rows.items()}, end, start, chunk_rows)
-        chunking = f"rows:{chunk_rows}"
+    if job.chunk_days is None and (manifest.day_rows or not manifest.row_days):
+        plan = volume_chunks(
+            {int(d): n for d, n in manifest.day_rows.items()}, end, job.start, job.chunk_rows
+        )
+        chunking = f"rows:{job.chunk_rows}"
     else:  # asked for, or resuming a run from before volume chunks
-        plan = chunks(ms_to_datetime(manifest.first_ms), end, start, chunk_days or 7)
-        chunking = f"days:{chunk_days or 7}"
+        plan = chunks(ms_to_datetime(manifest.first_ms), end, job.start, job.chunk_days or 7)
+        chunking = f"days:{job.chunk_days or 7}"
     if manifest.chunking != chunking:  # chunk numbers name other ranges now: rewrite them all
         manifest.chunks_done, manifest.rows_dead_lettered, manifest.chunking = [], {}, chunking
     for chunk in plan:
@@ -144,18 +138,18 @@ def backfill_view(job: ViewBackfill) -> ViewReport:
         staged_dirs.append(staged)
         if chunk.index in manifest.chunks_done:
             report.chunks_skipped += 1
-            if tick:
-                tick(1)
+            if job.tick:
+                job.tick(1)
             continue
         if not has_rows(chunk, manifest.row_days, reach):
             if view.offline:  # what an earlier backfill wrote there goes (a rewrite is idempotent)
-                stats = offline.write(view, [], created, chunk.start, chunk.end)
+                stats = job.offline.write(view, [], created, chunk.start, chunk.end)
                 report.partitions += stats.partitions
             manifest.chunks_done.append(chunk.index)
             manifest.save(work / MANIFEST)
             report.chunks_empty += 1
-            if tick:
-                tick(1)
+            if job.tick:
+                job.tick(1)
             continue
         c0, c1 = datetime_to_ms(chunk.start), datetime_to_ms(chunk.end)
         needed = rows.filter(F.col(TS) < c1)
@@ -170,7 +164,7 @@ def backfill_view(job: ViewBackfill) -> ViewReport:
             scored = score_rows(view.plan, features).persist(StorageLevel.MEMORY_AND_DISK)
             features, dead_rows = split_scored(scored)
             letters = dead_letter_records(view.name, dead_rows)
-            path = dead_letter_file(end)
+            path = job.dead_letter_file(end)
             write_dead_letters(path.with_name(f"{path.stem}-rows-{chunk.index}.jsonl"), letters)
             manifest.rows_dead_lettered[str(chunk.index)] = len(letters)
         shutil.rmtree(staged, ignore_errors=True)
@@ -180,22 +174,22 @@ def backfill_view(job: ViewBackfill) -> ViewReport:
         log.info("%s: chunk %d computed in %.1fs", view.name, chunk.index, time.monotonic() - clock)
         clock = time.monotonic()
         if view.offline:
-            stats = offline.write_day_files(view, days, chunk.start, chunk.end)
+            stats = job.offline.write_day_files(view, days, chunk.start, chunk.end)
             report.offline_rows += stats.rows
             report.partitions += stats.partitions
         manifest.chunks_done.append(chunk.index)
         manifest.save(work / MANIFEST)
         log.info("%s: chunk %d written offline in %.1fs", view.name, chunk.index, time.monotonic() - clock)
         clock = time.monotonic()
-        if tick:
-            tick(1)
+        if job.tick:
+            job.tick(1)
 
     report.counts.rows_dead_lettered = sum(manifest.rows_dead_lettered.values())
     if view.online:
         latest = _latest_rows(view, staged_dirs)
         log.info("%s: %d latest rows in %.1fs", view.name, len(latest), time.monotonic() - clock)
         clock = time.monotonic()
-        stats_online = writer.write(view, latest)
+        stats_online = job.writer.write(view, latest)
         log.info("%s: online write in %.1fs", view.name, time.monotonic() - clock)
         report.online_written = stats_online.written
         report.online_skipped = stats_online.skipped_older

@@ -16,12 +16,10 @@ from conformance import (
     WINDOWS,
     assert_same_result,
     cancelling_events,
-    generate_events,
-    tied_events,
     write_events,
 )
 from conftest import make_view
-from test_embedded_conformance import hot_key_events
+from test_embedded_conformance import per_hop_events
 
 from backfill.history import read_history
 from featurestore import Count, Float64, Int64, Mean, Sum
@@ -46,12 +44,8 @@ def every_key_is_hot(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def events_of(kind: str) -> list[dict[str, Any]]:
-    if kind == "generated":
-        return generate_events(5)
-    if kind == "tied":
-        return tied_events(29)
-    if kind == "hot":
-        return hot_key_events(13)
+    if kind != "cancelling":
+        return per_hop_events(kind)
     # Large values entering and leaving beside small ones; the small ones in quarters, so the exact
     # totals fit (the full set's smallest values would not: see the last test).
     return [
