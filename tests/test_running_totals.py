@@ -21,7 +21,7 @@ from conformance import (
 from conftest import make_view
 from test_embedded_conformance import per_hop_events
 
-from backfill.history import read_history
+from backfill.history import arrow_batches, read_history
 from featurestore import Count, Float64, Int64, Mean, Sum
 from transforms.engines import duckdb_windows
 from transforms.engines.duckdb_windows import running_total_scales
@@ -56,14 +56,8 @@ def events_of(kind: str) -> list[dict[str, Any]]:
 
 def scales_of(view: Any, history: Path) -> dict[str, int] | None:
     con = duckdb.connect()
-    load_prepared(con, view.plan, view.name, read_batches(history))
+    load_prepared(con, view.plan, view.name, arrow_batches([history]))
     return running_total_scales(con, view.plan, "prepared")
-
-
-def read_batches(history: Path) -> Any:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(history).to_batches()
 
 
 @pytest.mark.parametrize("window", ["continuous", "continuous_short", "lifetime"])
