@@ -68,7 +68,10 @@ def backfill_view(job: ViewBackfill) -> ViewReport:
     con = duckdb.connect()
     con.execute(f"SET temp_directory = '{_sql_text(str(work / 'spill'))}'")
     con.execute("SET preserve_insertion_order = false")
-    counts, letters = load_prepared(con, view.plan, view.name, arrow_batches(job.files), end_ms, job.tick)
+    sources: dict[str, EventCounts] = {}
+    counts, letters = load_prepared(
+        con, view.plan, view.name, arrow_batches(job.files), end_ms, job.tick, job.joins, sources
+    )
     if not manifest.prepared:
         write_dead_letters(job.dead_letter_file(end), letters)
         manifest.prepared = True
@@ -76,7 +79,7 @@ def backfill_view(job: ViewBackfill) -> ViewReport:
         manifest.save(work / MANIFEST)
     log.info("%s: stage 1 in %.1fs", view.name, time.monotonic() - clock)
 
-    report = ViewReport(view.name, EventCounts(**manifest.counts), end=end)
+    report = ViewReport(view.name, EventCounts(**manifest.counts), end=end, source_counts=sources)
     day_counts = dict(con.sql(f"SELECT {TS} // {DAY_MS}, count(*) FROM prepared GROUP BY 1").fetchall())
     reach = lookback_ms(view)
     latest: list[pa.Table] = []

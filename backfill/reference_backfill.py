@@ -19,11 +19,11 @@ PROGRESS_UNIT = "events"  # what ``ViewBackfill.tick`` counts
 def backfill_view(job: ViewBackfill) -> ViewReport:
     """Backfill one view on the reference engine; returns what it did."""
     view, start, end = job.view, job.start, job.end
-    result = view.run(read_history(job.files), Runner.REFERENCE, progress=job.tick)
+    result = view.run(read_history(job.files), Runner.REFERENCE, progress=job.tick, joins=job.joins)
     rows = [
         r for r in result.rows if (start is None or r[EVENT_TIMESTAMP] >= start) and r[EVENT_TIMESTAMP] < end
     ]
-    report = ViewReport(view.name, result.counts)
+    report = ViewReport(view.name, result.counts, source_counts=result.source_counts)
     if view.offline:
         stats = job.offline.write(view, rows, datetime.now(UTC), start, end)
         report.offline_rows, report.partitions = stats.rows, stats.partitions

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -24,3 +24,4 @@ class ViewReport:
     chunks_skipped: int = 0  # done by an interrupted run this one resumed
     chunks_empty: int = 0  # with no event their values depend on: nothing computed
     end: datetime | None = None  # the range's end, when a resumed run kept an earlier one
+    source_counts: dict[str, EventCounts] = field(default_factory=dict)  # an interval join's other sources

@@ -20,6 +20,7 @@ import pyarrow as pa
 from featurestore.offline.parquet import ParquetOfflineStore
 from featurestore.online.base import OnlineWriter
 from featurestore.view import StreamFeatureView
+from transforms.joining import JoinInputs
 from transforms.plan import EVENT_TIMESTAMP, spec_hash
 from transforms.timeutil import datetime_to_ms, ms_to_datetime
 
@@ -47,6 +48,8 @@ class ViewBackfill:
     chunk_rows: int = CHUNK_ROWS
     chunk_days: int | None = None  # Spark: calendar chunks of this many days
     spark_master: str | None = None
+    joins: JoinInputs | None = None  # what the view's joins read (``backfill.joins``)
+    join_files: list[Path] = field(default_factory=list)  # the histories behind ``joins``
 
 
 @dataclass
@@ -84,8 +87,8 @@ class Chunk:
 
 
 def run_key(view: StreamFeatureView, files: list[Path], start: datetime | None) -> str:
-    """Names a run: the same view definition, start and input files resume the same run (its end
-    is in the manifest)."""
+    """Names a run: the same view definition, start and input files (its joins' included) resume
+    the same run (its end is in the manifest)."""
     parts = [spec_hash(view.spec()), str(start)]
     for f in files:
         stat = f.stat()
@@ -97,7 +100,7 @@ def open_run(job: ViewBackfill) -> tuple[Path, Manifest, datetime]:
     """The run's work directory, its manifest and its end: an interrupted run with the same inputs
     resumes (keeping its own end unless the caller gave one; another end starts over)."""
     end = job.end
-    work = job.work_root / job.view.name / run_key(job.view, job.files, job.start)
+    work = job.work_root / job.view.name / run_key(job.view, job.files + job.join_files, job.start)
     manifest = Manifest.load(work / MANIFEST, datetime.now(UTC))
     restart = job.restart
     if manifest.end and manifest.end != end.isoformat():

@@ -38,6 +38,7 @@ from transforms.errors import DefinitionError, MLFSError
 from transforms.expressions import Select, col, lit, when
 from transforms.inference import ABTest, Batching, Cascade, Enrich, KeyedModels, Model, Shadow
 from transforms.inference.trained import TrainedModels
+from transforms.joins import IntervalJoin, Lookup
 from transforms.plan import FeastContext, FeatureContext, Runner
 from transforms.transformer import Aggregations, LatestFeatureAggregator, UnifiedTransformer
 from transforms.windows import Lifetime, Sliding, Tumbling
@@ -64,12 +65,14 @@ __all__ = [
     "Float64",
     "Int32",
     "Int64",
+    "IntervalJoin",
     "KafkaStreamSource",
     "KeyedModels",
     "LastK",
     "Latest",
     "LatestFeatureAggregator",
     "Lifetime",
+    "Lookup",
     "MLFSError",
     "Max",
     "Mean",

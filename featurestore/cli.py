@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="add a view that embeds failure reasons with all-MiniLM-L6-v2 (loads the model in every job)",
     )
+    init.add_argument(
+        "--with-joins",
+        action="store_true",
+        help="add a refunds source and two views with joins (run by the embedded and reference engines)",
+    )
 
     plan = commands.add_parser("plan", help="show what `apply` would change in the registry")
     _repo_option(plan)
@@ -155,7 +160,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     if args.events < 100:
         raise MLFSError("--events must be at least 100")
-    counts = init_repo(args.directory, args.as_of, args.force, args.events, args.with_embeddings)
+    counts = init_repo(
+        args.directory, args.as_of, args.force, args.events, args.with_embeddings, args.with_joins
+    )
     print(
         f"Created feature repository {args.directory} "
         f"({counts['history']} history events, {counts['stream']} stream lines).\n"
@@ -211,6 +218,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             + (f"; {r.chunks_empty} chunk(s) of empty history" if r.chunks_empty else "")
             + f"; {r.seconds:.1f}s"
         )
+        for source, counts in sorted(r.source_counts.items()):
+            print(f"  joined source {source}: {counts.source_summary()}")
         if r.dead_letter_file:
             print(f"  dead letters: {r.dead_letter_file}")
     print(f"Backfilled {len(reports)} view(s) in {time.monotonic() - started:.1f}s.")

@@ -173,3 +173,82 @@ def _check(repo: FeatureRepo) -> None:
                 f"source {view.source.name!r} is not defined at module level in the repository",
                 file,
             )
+    _check_joins(repo)
+
+
+def _check_joins(repo: FeatureRepo) -> None:
+    """Every lookup names a view of the repository, its features and all its keys (of the same
+    types where the field is also a key here), every interval join a source of the repository, and
+    no view looks itself up through others."""
+    for name, view in repo.views.items():
+        file = repo.file_of("view", name)
+        own_keys = dict(view.plan.keys)
+        for join in view.plan.interval_joins:
+            if repo.sources.get(join.source_name) != join.source:
+                raise DefinitionError(
+                    name, f"joins source {join.source_name!r}, which is not defined at module level", file
+                )
+        for lookup in view.plan.lookups:
+            target = repo.views.get(lookup.view)
+            if target is None:
+                known = ", ".join(sorted(repo.views)) or "none"
+                raise DefinitionError(name, f"looks up unknown view {lookup.view!r} (views: {known})", file)
+            features = [f for f, _ in target.plan.output_features]
+            for feature in lookup.features:
+                if feature not in features:
+                    raise DefinitionError(
+                        name,
+                        f"looks up feature {feature!r}, which view {lookup.view!r} does not have "
+                        f"(its features: {', '.join(features)})",
+                        file,
+                    )
+            target_keys = dict(target.plan.keys)
+            mapped = [key for _, key in lookup.on]
+            if sorted(mapped) != sorted(target_keys):
+                raise DefinitionError(
+                    name,
+                    f"the lookup of {lookup.view!r} must map a field to each of its keys "
+                    f"({', '.join(target_keys)}), got on={dict(lookup.on)}",
+                    file,
+                )
+            for event_field, key in lookup.on:
+                if event_field in own_keys and own_keys[event_field] != target_keys[key]:
+                    raise DefinitionError(
+                        name,
+                        f"key mismatch: {event_field!r} is {own_keys[event_field]} here but "
+                        f"{lookup.view!r}'s key {key!r} is {target_keys[key]}",
+                        file,
+                    )
+    for name in repo.views:
+        cycle = _lookup_cycle(repo, name, [])
+        if cycle:
+            raise DefinitionError(name, f"lookup cycle: {' -> '.join(cycle)}", repo.file_of("view", name))
+
+
+def _lookup_cycle(repo: FeatureRepo, name: str, path: list[str]) -> list[str] | None:
+    """A chain of lookups from ``path`` through ``name`` back to a view on it, if there is one."""
+    if name in path:
+        return [*path[path.index(name) :], name]
+    view = repo.views.get(name)
+    for lookup in view.plan.lookups if view else ():
+        cycle = _lookup_cycle(repo, lookup.view, [*path, name])
+        if cycle:
+            return cycle
+    return None
+
+
+def lookup_order(repo: FeatureRepo, names: list[str]) -> list[str]:
+    """``names`` with every view they look up (directly or through others), each after the views it
+    looks up (the repository is checked: no cycles)."""
+    ordered: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in ordered:
+            return
+        for lookup in repo.views[name].plan.lookups:
+            visit(lookup.view)
+        ordered.append(name)
+
+    for name in names:
+        visit(name)
+    return ordered

@@ -20,7 +20,7 @@ from featurestore.repo import FeatureRepo
 from featurestore.view import StreamFeatureView
 from transforms.compare import diff_rows
 from transforms.engines.base import get_engine
-from transforms.errors import MLFSError
+from transforms.errors import EngineUnavailable, MLFSError
 from transforms.stage1 import LINE
 
 
@@ -31,6 +31,7 @@ class EngineRun:
     seconds: float = 0.0
     counts: str = ""
     problems: list[str] = field(default_factory=list)
+    not_run: str = ""  # why the engine could not run the view
 
 
 def load_sample(repo: FeatureRepo, view: StreamFeatureView, events: Path | None, sample: int) -> pa.Table:
@@ -68,15 +69,22 @@ def verify_view(
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[EngineRun]:
     """Run ``view`` over ``sample`` on the reference engine and ``engines``; diff each with it."""
+    from backfill.joins import JoinReader
+
     clock = time.monotonic()
-    reference = get_engine("reference").run_table(view.plan, sample)
+    joins = JoinReader(repo, "reference").inputs(view)
+    reference = get_engine("reference").run_table(view.plan, sample, joins)
     runs = [EngineRun("reference", len(reference.rows), time.monotonic() - clock, reference.counts.summary())]
     for engine in engines:
         if engine == "reference":
             continue
         progress(f"running {view.name} on {engine} ...")
         clock = time.monotonic()
-        result = get_engine(engine).run_table(view.plan, sample)
+        try:  # a view's joins read what that engine computes of the views it looks up
+            result = get_engine(engine).run_table(view.plan, sample, JoinReader(repo, engine).inputs(view))
+        except EngineUnavailable as err:
+            runs.append(EngineRun(engine, not_run=str(err)))
+            continue
         run = EngineRun(engine, len(result.rows), time.monotonic() - clock, result.counts.summary())
         run.problems = diff_rows(view.plan, reference.rows, result.rows)
         if result.counts != reference.counts:
@@ -88,9 +96,16 @@ def verify_view(
 def report_lines(view: str, runs: list[EngineRun]) -> list[str]:
     lines = []
     for run in runs:
-        verdict = "reference" if run.engine == "reference" else "identical" if not run.problems else "DIFFERS"
-        lines.append(
-            f"{view} on {run.engine:9} {run.rows:>8} rows  {run.seconds:6.1f}s  {verdict}  ({run.counts})"
+        verdict = (
+            "reference"
+            if run.engine == "reference"
+            else "not run"
+            if run.not_run
+            else "identical"
+            if not run.problems
+            else "DIFFERS"
         )
+        what = run.not_run or run.counts
+        lines.append(f"{view} on {run.engine:9} {run.rows:>8} rows  {run.seconds:6.1f}s  {verdict}  ({what})")
         lines += [f"    {problem}" for problem in run.problems]
     return lines

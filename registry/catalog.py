@@ -67,6 +67,22 @@ def _tags_text(tags: dict[str, str]) -> str:
     return " ".join(f"{k}={v}" for k, v in tags.items())
 
 
+def join_text(join: dict[str, Any]) -> str:
+    """One join definition (a ``Lookup`` or ``IntervalJoin`` spec) as one line."""
+    on = ", ".join(f"{a}={b}" for a, b in join["on"].items())
+    if join["kind"] == "lookup":
+        strict = " strictly before" if join["exclusive"] else ""
+        return f"lookup {join['view']}[{', '.join(join['features'])}] on {on} as of each event{strict}" + (
+            f", prefix {join['prefix']!r}" if join["prefix"] else ""
+        )
+    before, after = join["within_ms"]
+    return (
+        f"{join['how']} interval join {join['source']} on {on} within {duration_text(before)} before "
+        f"to {duration_text(after)} after, "
+        f"fields [{', '.join(join['fields'])}] prefix {join['prefix']!r}"
+    )
+
+
 @dataclass(frozen=True)
 class ViewRecord:
     """A registered stream feature view: its stored definition, hash and version history."""
@@ -119,6 +135,12 @@ class ViewRecord:
         inference = self.spec["plan"].get("inference") or {}
         return [*inference.get("before_aggregation", []), *inference.get("after_aggregation", [])]
 
+    @cached_property
+    def joins(self) -> list[dict[str, Any]]:
+        """The view's join definitions (``Lookup`` and ``IntervalJoin`` specs), in order."""
+        joins: list[dict[str, Any]] = self.spec["plan"].get("joins") or []
+        return joins
+
     def summary(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -135,7 +157,7 @@ class ViewRecord:
 
     def detail(self) -> dict[str, Any]:
         """The definition as the lookup API shows it: summary, window, aggregations, transform
-        reference and source hash, inference stages, schema, ttl, stores and version history."""
+        reference and source hash, joins, inference stages, schema, ttl, stores and version history."""
         spec = self.spec
         return {
             **self.summary(),
@@ -154,6 +176,7 @@ class ViewRecord:
                 for f in self.features
             ],
             "inference": spec["plan"].get("inference") or {},
+            "joins": [{**join, "text": join_text(join)} for join in self.joins],
             "history": list(self.history),
             "definition": spec,
         }

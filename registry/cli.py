@@ -128,6 +128,7 @@ def _show_view(record: ViewRecord, status: dict[str, Any]) -> None:
         + (f"{transform['ref']} sha256:{transform['source_sha256'][:12]}" if transform else "-"),
         f"function:    {detail['function']['ref']} sha256:{detail['function']['source_sha256'][:12]}",
         f"inference:   {', '.join(stages) or '-'}",
+        f"joins:       {'; '.join(j['text'] for j in detail['joins']) or '-'}",
         f"ttl:         {detail['ttl_s']}s" if detail["ttl_s"] else "ttl:         none",
         f"stores:      {'online ' if detail['online'] else ''}{'offline' if detail['offline'] else ''}",
         f"owner:       {record.owner or '-'}",

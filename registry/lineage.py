@@ -1,6 +1,7 @@
 """Lineage: how registered objects connect. Source -> event transform -> view -> online and offline
-stores; models -> the views that score with them; view -> model sets trained on it -> views that
-score with those models."""
+stores; view -> the views that look it up; source -> the views that join it (interval joins);
+models -> the views that score with them; view -> model sets trained on it -> views that score
+with those models."""
 
 from __future__ import annotations
 
@@ -66,6 +67,15 @@ def lineage_graph(catalog: Catalog) -> Graph:
             graph.edge(upstream, transform_id, "events")
             upstream = transform_id
         graph.edge(upstream, view_id, "events")
+        for join in view.joins:
+            if join["kind"] == "lookup":
+                graph.edge(
+                    graph.node("view", join["view"]),
+                    view_id,
+                    f"looked up as of each event ({', '.join(join['features'])})",
+                )
+            else:
+                graph.edge(graph.node("source", join["source"]), view_id, f"{join['how']} interval join")
         spec = view.spec
         if spec.get("online"):
             graph.edge(view_id, graph.node("store", "online", "online store"), "latest row per key")

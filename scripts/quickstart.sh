@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
-mlfs init quickstart --force --with-embeddings  # incl. a view scored by all-MiniLM-L6-v2
+mlfs init quickstart --force --with-embeddings --with-joins  # incl. a view scored by all-MiniLM-L6-v2 and two views with joins
 cd quickstart
 mlfs apply
 mlfs backfill

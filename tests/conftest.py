@@ -42,6 +42,7 @@ def make_view(
     transform: Callable[[dict[str, Any]], Any] | None = None,
     name: str = "test_view",
     source: FileStreamSource = EVENTS,
+    joins: tuple[Any, ...] = (),
 ) -> StreamFeatureView:
     """A one-entity view (key ``user_id``) over the ``events`` source (or ``source``), built in code."""
     schema = [Field("user_id", String)] + [Field(n, t) for n, (t, _) in features.items()]
@@ -49,6 +50,7 @@ def make_view(
     def view_function(ctx: Any, inputs: Any) -> Any:
         return UnifiedTransformer(
             ctx,
+            joins=joins,
             window=window,
             event_transform=transform,
             aggregator=Aggregations(**{n: agg for n, (_, agg) in features.items()}),

@@ -25,10 +25,14 @@ def generated_registry(path: Path, n: int) -> Path:
     return path
 
 
-def example_repo(path: Path, events: int = 2000, redis_env: str | None = None) -> Path:
-    """``mlfs init`` a repository; with ``redis_env``, its online store is the Redis whose
-    connection string is in that environment variable (as a user would keep credentials)."""
-    assert main(["init", str(path), "--as-of", AS_OF.isoformat(), "--events", str(events)]) == 0
+def example_repo(
+    path: Path, events: int = 2000, redis_env: str | None = None, with_joins: bool = False
+) -> Path:
+    """``mlfs init`` a repository (``with_joins``: its views with joins too); with ``redis_env``, its
+    online store is the Redis whose connection string is in that environment variable (as a user
+    would keep credentials)."""
+    extra = ["--with-joins"] if with_joins else []
+    assert main(["init", str(path), "--as-of", AS_OF.isoformat(), "--events", str(events), *extra]) == 0
     if redis_env:
         config_file = path / "feature_store.yaml"
         config = yaml.safe_load(config_file.read_text())

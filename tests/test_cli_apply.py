@@ -385,3 +385,80 @@ def test_broken_history_files_are_one_line_errors_before_any_work(
         assert code == 1 and len(lines) == 1, err
         assert lines[0].startswith(f"mlfs: error: history file {history}") and message in lines[0], err
     assert {p: p.read_bytes() for p in offline.rglob("*") if p.is_file()} == before
+
+
+def _lookup_view(name: str, lookup: str, key: str = "String", source: str = "payments") -> str:
+    return (
+        f"@stream_feature_view(entities=[user], schema=[Field('user_id', {key}), Field('n', Int64)], "
+        f"source={source}, name='{name}')\n"
+        f"def {name}(ctx, inputs):\n"
+        f"    return UnifiedTransformer(ctx, joins=[{lookup}], aggregator=Aggregations(n=Count()))"
+        ".run(inputs)\n"
+    )
+
+
+BAD_JOINS = {
+    "cycle": (
+        _lookup_view("loop_a", "Lookup('loop_b', features=['n'], on=['user_id'])")
+        + _lookup_view("loop_b", "Lookup('loop_a', features=['n'], on=['user_id'])"),
+        "view 'loop_a': lookup cycle: loop_a -> loop_b -> loop_a",
+    ),
+    "unknown view": (
+        _lookup_view("enriched", "Lookup('user_stats', features=['n'], on=['user_id'])"),
+        "view 'enriched': looks up unknown view 'user_stats' (views: ",
+    ),
+    "unknown feature": (
+        _lookup_view(
+            "enriched", "Lookup('user_payment_stats_7d', features=['amount_mean_7d'], on=['user_id'])"
+        ),
+        "view 'enriched': looks up feature 'amount_mean_7d', which view 'user_payment_stats_7d' "
+        "does not have",
+    ),
+    "key not mapped": (
+        _lookup_view("enriched", "Lookup('merchant_amount_1h', features=['amount_max_1h'], on=['user_id'])"),
+        "the lookup of 'merchant_amount_1h' must map a field to each of its keys (merchant_id), got on=",
+    ),
+    "key type": (
+        _lookup_view(
+            "enriched",
+            "Lookup('user_payment_stats_7d', features=['amount_sum_7d'], on=['user_id'])",
+            key="Int64",
+        ),
+        "key mismatch: 'user_id' is Int64 here but 'user_payment_stats_7d''s key 'user_id' is String",
+    ),
+    "source not in repo": (
+        "elsewhere = FileStreamSource(name='elsewhere', path='x', history='x.parquet')\n"
+        + _lookup_view(
+            "enriched",
+            "IntervalJoin(FileStreamSource(name='hidden', path='y', history='y.parquet'), on=['payment_id'], "
+            "within=(timedelta(0), timedelta(hours=1)))",
+        ),
+        "view 'enriched': joins source 'hidden', which is not defined at module level",
+    ),
+    "same field twice": (
+        _lookup_view(
+            "enriched",
+            "Lookup('user_payment_stats_7d', features=['amount_sum_7d'], on=['user_id']), "
+            "Lookup('user_payment_stats_7d', features=['amount_sum_7d'], on=['user_id'])",
+        ),
+        "both add field 'amount_sum_7d'; give one a prefix",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_JOINS))
+def test_bad_joins_fail_apply_with_one_line_naming_file_and_view(
+    repo: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    body, message = BAD_JOINS[case]
+    (repo / "joined.py").write_text(
+        "from datetime import timedelta\nfrom featurestore import *\nfrom features import payments, user\n"
+        + body
+    )
+    capsys.readouterr()
+    code, out, err = run(capsys, "apply", "--repo", str(repo))
+    lines = err.strip().splitlines()
+    assert code == 1 and out == "" and len(lines) == 1, err
+    assert lines[0].startswith("mlfs: error: joined.py: "), err
+    assert message in lines[0], err
+    assert not (repo / "data" / "registry.db").exists()

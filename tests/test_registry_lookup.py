@@ -242,3 +242,34 @@ def test_generated_registry_of_10k_views(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["registry", "search", "view_0424", "--kind", "views", "--repo", str(path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[1] for line in lines[1:]] == [f"view_0424{d}" for d in range(10)]
+
+
+def test_joins_show_in_lineage_and_definitions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """View -> view edges for lookups, source -> view edges for interval joins, and each join's
+    definition in `registry show` and the HTTP API's view detail."""
+    path = tmp_path / "repo"
+    args = ["init", str(path), "--as-of", AS_OF.isoformat(), "--events", "200", "--with-joins"]
+    assert main(args) == 0 and main(["apply", "--repo", str(path)]) == 0
+    catalog = load_catalog(feast_store(load_settings(path)))
+    habit = lineage(catalog, "user_amount_vs_habit_7d")
+    assert (
+        "view:user_payment_stats_7d",
+        "view:user_amount_vs_habit_7d",
+        "looked up as of each event (payment_count_7d, amount_sum_7d)",
+    ) in habit.edges
+    downstream = lineage(catalog, "user_payment_stats_7d")
+    assert "view:user_amount_vs_habit_7d" in downstream.nodes  # who looks it up
+    refunds = lineage(catalog, "source:refunds")
+    assert ("source:refunds", "view:user_refunds_30d", "inner interval join") in refunds.edges
+    detail = catalog.view("user_refunds_30d").detail()
+    assert [j["text"] for j in detail["joins"]] == [
+        "inner interval join refunds on payment_id=payment_id within 0ms before to 1d after, "
+        "fields [amount, reason] prefix 'refund_'"
+    ]
+    capsys.readouterr()
+    assert main(["registry", "show", "user_amount_vs_habit_7d", "--repo", str(path)]) == 0
+    shown = [line for line in capsys.readouterr().out.splitlines() if line.startswith("joins:")]
+    assert shown == [
+        "joins:       lookup user_payment_stats_7d[payment_count_7d, amount_sum_7d] on user_id=user_id "
+        "as of each event strictly before, prefix 'habit_'"
+    ]

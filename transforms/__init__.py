@@ -14,6 +14,7 @@ from transforms.aggregations import (
     Sum,
     Variance,
 )
+from transforms.joins import IntervalJoin, Lookup
 from transforms.plan import FeastContext, FeatureContext, Runner, TransformPlan
 from transforms.transformer import Aggregations, LatestFeatureAggregator, UnifiedTransformer
 from transforms.windows import Lifetime, Sliding, Tumbling, Window
@@ -26,10 +27,12 @@ __all__ = [
     "FeastContext",
     "FeatureContext",
     "First",
+    "IntervalJoin",
     "LastK",
     "Latest",
     "LatestFeatureAggregator",
     "Lifetime",
+    "Lookup",
     "Max",
     "Mean",
     "Min",

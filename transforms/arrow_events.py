@@ -34,6 +34,22 @@ ENGINE_TYPES: dict[str, pa.DataType] = {
     "UnixTimestamp": pa.int64(),
 }
 
+# How each type is stored (offline Parquet, feature-row tables): timestamps as UTC microseconds.
+STORE_TIMESTAMP = pa.timestamp("us", tz="UTC")
+_STORE_TYPES: dict[str, pa.DataType] = {
+    **ENGINE_TYPES,
+    "Float32": pa.float32(),
+    "UnixTimestamp": STORE_TIMESTAMP,
+}
+
+
+def arrow_type(dtype: DType) -> pa.DataType:
+    """The Arrow type a feature of ``dtype`` is stored as."""
+    if dtype.element is not None:
+        return pa.list_(arrow_type(dtype.element))
+    return _STORE_TYPES[dtype.name]
+
+
 _KEY_TYPES = {"String": (pa.string(), pa.large_string()), "Int64": (pa.int64(),), "Int32": (pa.int32(),)}
 _NUMERIC = (pa.int32(), pa.int64(), pa.float32(), pa.float64())
 
@@ -49,7 +65,7 @@ def python_values(array: pa.Array) -> list[Any]:
     return array.to_pylist()
 
 
-def _time_ms(column: pa.Array) -> pa.Array | None:
+def time_ms_column(column: pa.Array) -> pa.Array | None:
     """A timestamp column as epoch milliseconds (None if the column is not a timestamp)."""
     if not pa.types.is_timestamp(column.type):
         return None
@@ -90,7 +106,7 @@ def _value(
     if name == "Bytes" and column.type in (pa.binary(), pa.large_binary()):
         return pc.cast(column, pa.binary())
     if name == "UnixTimestamp":
-        as_ms = _time_ms(column)
+        as_ms = time_ms_column(column)
         if as_ms is None or (pc.min(as_ms).as_py() or 0) < 0:
             return None  # before 1970, truncating to the millisecond would not floor
         return as_ms
@@ -123,7 +139,7 @@ def split_clean(plan: TransformPlan, batch: pa.RecordBatch) -> VectorisedBatch |
         return None
     columns = dict(zip(batch.schema.names, batch.columns, strict=True))
     time_column = columns[plan.timestamp_field]
-    raw_ms = _time_ms(time_column)
+    raw_ms = time_ms_column(time_column)
     if raw_ms is None:
         return None
     low, high = vectorised_range(plan.event_time_range_ms)

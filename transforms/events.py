@@ -43,10 +43,13 @@ class DeadLetter:
     detail: str
     raw: str
     event_time: datetime | None = None
+    source: str | None = None  # another source of the view (an interval join's), else its own
 
     def to_json(self) -> str:
         data = asdict(self)
         data["event_time"] = None if self.event_time is None else self.event_time.isoformat()
+        if self.source is None:
+            del data["source"]
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -85,17 +88,19 @@ class EventCounts:
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
-    def count(self, outcome: PreparedEvent | DeadLetter | None) -> None:
+    def count(self, outcome: PreparedEvent | list[PreparedEvent] | DeadLetter | None) -> None:
         """Count one accepted event by what preparing it gave: no row (filtered), a dead letter, or
-        rows (aggregated once, however many rows). Every engine counts by this rule: per event
-        here, per stage-1 table with ``stage1.add_tallies``."""
+        rows (aggregated once, however many rows; a joined event's are several ``PreparedEvent``s).
+        Every engine counts by this rule: per event here, per stage-1 table with
+        ``stage1.add_tallies``."""
         if outcome is None:
             self.filtered += 1
         elif isinstance(outcome, DeadLetter):
             self.dead_lettered += 1
         else:
             self.aggregated += 1
-            self.rows += len(outcome.rows)
+            prepared = outcome if isinstance(outcome, list) else [outcome]
+            self.rows += sum(len(p.rows) for p in prepared)
 
     @staticmethod
     def of(outcome: PreparedEvent | DeadLetter | None) -> EventCounts:
@@ -103,6 +108,13 @@ class EventCounts:
         counts = EventCounts(input=1)
         counts.count(outcome)
         return counts
+
+    def source_summary(self) -> str:
+        """The counts of an interval join's other source (``joining.read_other``)."""
+        return (
+            f"{self.input} events: {self.aggregated} joinable, {self.filtered} without a join value, "
+            f"{self.dead_lettered} dead-lettered, {self.late} late"
+        )
 
     def summary(self) -> str:
         text = (
@@ -378,15 +390,22 @@ class EventPreparer:
         """Decode, time and transform one raw event (batch engines, no lateness)."""
         return self.prepare_batch([raw])[0]
 
-    def prepare_batch(self, raws: Sequence[Any]) -> list[PreparedEvent | DeadLetter | None]:
-        """``prepare`` for many events, so model stages score their rows together."""
-        return [outcome for _, outcome in self.prepare_batch_timed(raws)]
+    def prepare_batch(
+        self, raws: Sequence[Any], joined: Sequence[dict[str, Any]] | None = None
+    ) -> list[PreparedEvent | DeadLetter | None]:
+        """``prepare`` for many events, so model stages score their rows together; ``joined``
+        holds, per event, the fields its lookups added (found by another engine)."""
+        return [outcome for _, outcome in self.prepare_batch_timed(raws, joined)]
 
     def prepare_batch_timed(
-        self, raws: Sequence[Any]
+        self, raws: Sequence[Any], joined: Sequence[dict[str, Any]] | None = None
     ) -> list[tuple[int | None, PreparedEvent | DeadLetter | None]]:
         """``prepare_batch`` with each event's time (None for an event without a usable time)."""
         firsts = [self.decode_and_time(raw) for raw in raws]
+        if joined is not None:
+            for first, fields in zip(firsts, joined, strict=True):
+                if not isinstance(first, DeadLetter):
+                    first[0].update(fields)
         timed = [
             (raw, *first)
             for raw, first in zip(raws, firsts, strict=True)

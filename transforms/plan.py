@@ -20,6 +20,7 @@ from transforms.dtypes import DType
 from transforms.errors import DefinitionError
 from transforms.expressions import Select
 from transforms.inference.stage import Enrich
+from transforms.joins import IntervalJoin, Join, Lookup
 from transforms.timeutil import EVENT_TIME_RANGE_MS
 from transforms.windows import Lifetime, Window
 
@@ -88,6 +89,15 @@ class TransformPlan:
     row_stages: tuple[Enrich, ...] = ()  # model stages on each feature row, after aggregation
     row_outputs: tuple[tuple[str, DType], ...] = ()  # schema fields the row stages produce
     event_time_range_ms: tuple[int, int] = EVENT_TIME_RANGE_MS  # outside it: bad_time
+    joins: tuple[Join, ...] = ()  # DESIGN §2b, applied in order before the event transform
+
+    @property
+    def lookups(self) -> tuple[Lookup, ...]:
+        return tuple(j for j in self.joins if isinstance(j, Lookup))
+
+    @property
+    def interval_joins(self) -> tuple[IntervalJoin, ...]:
+        return tuple(j for j in self.joins if isinstance(j, IntervalJoin))
 
     @property
     def key_names(self) -> tuple[str, ...]:
@@ -129,6 +139,7 @@ class TransformPlan:
                 "before_aggregation": [stage.spec() for stage in self.event_stages],
                 "after_aggregation": [stage.spec() for stage in self.row_stages],
             },
+            **({"joins": [join.spec() for join in self.joins]} if self.joins else {}),
             # Only where a source narrows or widens it, so that other views' specs stay as they were.
             **(
                 {"event_time_range_ms": list(self.event_time_range_ms)}
@@ -165,6 +176,7 @@ def build_plan(
     aggregations: dict[str, Aggregation],
     event_stages: tuple[Enrich, ...] = (),
     row_stages: tuple[Enrich, ...] = (),
+    joins: tuple[Join, ...] = (),
 ) -> TransformPlan:
     """Check a transformer's parts against the view's declaration and bind them into a plan."""
     view = info.name
@@ -231,6 +243,7 @@ def build_plan(
         row_stages=row_stages,
         row_outputs=tuple((name, dtype) for name, dtype in info.features if name in row_fields),
         event_time_range_ms=info.event_time_range_ms,
+        joins=joins,
     )
 
 

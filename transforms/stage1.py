@@ -10,7 +10,7 @@ first row, so the four event counts are tallies of (kind, first).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from transforms.arrow_events import ENGINE_TYPES, split_clean
 from transforms.dtypes import DType
-from transforms.events import DeadLetter, EventCounts, EventPreparer, event_text
+from transforms.events import DeadLetter, EventCounts, EventPreparer, PreparedEvent, event_text
 from transforms.json_batches import needed_fields, typed_batch
 from transforms.plan import TransformPlan
 from transforms.timeutil import datetime_to_ms, engine_value
@@ -113,15 +113,24 @@ def _filtered_batch(schema: pa.Schema, n: int) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def prepare_batches(plan: TransformPlan, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+def prepare_batches(
+    plan: TransformPlan, batches: Iterator[pa.RecordBatch], joined: Sequence[str] = ()
+) -> Iterator[pa.RecordBatch]:
     """Stage 1 for the backfill engines: raw event batches (columns, or JSON lines as ``LINE``) to
-    typed rows, dead letters and filtered markers."""
+    typed rows, dead letters and filtered markers. ``joined`` names the columns a batch holds
+    besides the raw event: the fields its lookups added (``duckdb_joins``), which the event sees
+    and its dead letter's raw input does not."""
     preparer = EventPreparer(plan)
     schema = prepared_schema(plan)
     fields = needed_fields(plan)
     for batch in batches:
-        if holds_lines(batch.schema):
-            yield from _prepare_lines(plan, preparer, schema, fields, batch.column(0).to_pylist())
+        raw_names = [name for name in batch.schema.names if name not in joined]
+        if raw_names == [LINE]:
+            lines = batch.column(LINE).to_pylist()
+            if joined:
+                yield _row_path(plan, preparer, schema, lines, batch.select(joined).to_pylist())
+            else:
+                yield from _prepare_lines(plan, preparer, schema, fields, lines)
             continue
         split = split_clean(plan, batch)
         if split is not None:  # clean rows vectorised; the rest (bad rows) row by row
@@ -129,7 +138,8 @@ def prepare_batches(plan: TransformPlan, batches: Iterator[pa.RecordBatch]) -> I
             if split.filtered:
                 yield _filtered_batch(schema, split.filtered)
             batch = split.rest
-        yield _row_path(plan, preparer, schema, batch.to_pylist())
+        added = batch.select(joined).to_pylist() if joined else None
+        yield _row_path(plan, preparer, schema, batch.select(raw_names).to_pylist(), added)
 
 
 def _prepare_lines(
@@ -156,19 +166,36 @@ def _prepare_lines(
 
 
 def _row_path(
-    plan: TransformPlan, preparer: EventPreparer, schema: pa.Schema, raws: list[Any]
+    plan: TransformPlan,
+    preparer: EventPreparer,
+    schema: pa.Schema,
+    raws: list[Any],
+    joined: list[dict[str, Any]] | None = None,
 ) -> pa.RecordBatch:
-    """The reference's own preparation of ``raws``, one outcome at a time."""
+    """The reference's own preparation of ``raws`` (with the fields ``joined`` adds to each), one
+    outcome at a time."""
+    return outcomes_batch(plan, schema, preparer.prepare_batch(raws, joined))
+
+
+def outcomes_batch(
+    plan: TransformPlan,
+    schema: pa.Schema,
+    outcomes: Iterable[PreparedEvent | list[PreparedEvent] | DeadLetter | None],
+) -> pa.RecordBatch:
+    """Stage 1's output for events with these outcomes (a joined event's: several ``PreparedEvent``s)."""
     out = _BatchBuilder(plan, schema)
-    for outcome in preparer.prepare_batch(raws):
+    for outcome in outcomes:
         if outcome is None:
             out.emit(FILTERED)
         elif isinstance(outcome, DeadLetter):
             event_ms = None if outcome.event_time is None else datetime_to_ms(outcome.event_time)
             out.emit(DEAD, dead=(outcome.reason, outcome.detail, outcome.raw, event_ms))
         else:
-            for i, (key, values) in enumerate(outcome.rows):
-                out.emit(ROW, i == 0, key, outcome.time_ms, values)
+            first = True
+            for prepared in outcome if isinstance(outcome, list) else [outcome]:
+                for key, values in prepared.rows:
+                    out.emit(ROW, first, key, prepared.time_ms, values)
+                    first = False
     return out.batch()
 
 

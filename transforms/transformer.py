@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from transforms.aggregations import Aggregation, Latest
 from transforms.errors import DefinitionError
 from transforms.inference.stage import StageList, flatten_stages
+from transforms.joins import Join, check_joins
 from transforms.plan import (
     EventTransform,
     FeatureContext,
@@ -53,9 +55,9 @@ Aggregator = Aggregations | LatestFeatureAggregator
 
 
 class UnifiedTransformer:
-    """A view's transformation: optional event transform, model stages on event rows
-    (``enrich_events``, before aggregation), window, aggregator, and model stages on feature rows
-    (``enrich_rows``, after aggregation).
+    """A view's transformation: joins (``Lookup``, ``IntervalJoin``; DESIGN §2b), an optional event
+    transform, model stages on event rows (``enrich_events``, before aggregation), window,
+    aggregator, and model stages on feature rows (``enrich_rows``, after aggregation).
 
     ``run(inputs)`` hands the plan to the engine named by ``ctx.runner`` (the reference engine takes
     raw events, Spark a DataFrame, Flink a table or stream, Beam a PCollection). Under the symbolic
@@ -71,6 +73,7 @@ class UnifiedTransformer:
         window: Window | None = None,
         enrich_events: StageList = None,
         enrich_rows: StageList = None,
+        joins: Sequence[Join] = (),
         feast_context: FeatureContext | None = None,
     ) -> None:
         context = ctx if ctx is not None else feast_context
@@ -82,6 +85,7 @@ class UnifiedTransformer:
         self._window = window
         self._enrich_events = enrich_events
         self._enrich_rows = enrich_rows
+        self._joins = tuple(joins)
 
     @property
     def window(self) -> Window | None:
@@ -110,7 +114,10 @@ class UnifiedTransformer:
             row_stages = flatten_stages(self._enrich_rows)
         except TypeError as err:
             raise DefinitionError(info.name, str(err)) from None
-        return build_plan(info, self._window, self._event_transform, aggregations, event_stages, row_stages)
+        joins = check_joins(info.name, self._joins, info.timestamp_field)
+        return build_plan(
+            info, self._window, self._event_transform, aggregations, event_stages, row_stages, joins
+        )
 
     def run(self, inputs: Any) -> Any:
         if self.ctx.runner is Runner.PLAN:

@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from featurestore.view import StreamFeatureView
-from transforms.dtypes import DType
+from transforms.arrow_events import STORE_TIMESTAMP, arrow_type
 from transforms.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 
 PARTITION_PREFIX = "date="
@@ -53,26 +53,9 @@ COMPACT_SMALL_BYTES = 64 << 20  # merged files under this size are merged again
 COMPACT_GRACE_S = 60.0  # how long merged inputs stay for readers that listed them
 STALE_TMP_S = 3600.0  # a hidden file being written this long ago belongs to a writer that died
 WRITE_THREADS = 4  # partitions rewritten at once (each holds one day in memory)
-_TS = pa.timestamp("us", tz="UTC")
+_TS = STORE_TIMESTAMP
 _MICROS_PER_DAY = 86_400_000_000
 _EPOCH_DAY = date(1970, 1, 1)
-
-_ARROW_TYPES: dict[str, pa.DataType] = {
-    "String": pa.string(),
-    "Int32": pa.int32(),
-    "Int64": pa.int64(),
-    "Float32": pa.float32(),
-    "Float64": pa.float64(),
-    "Bool": pa.bool_(),
-    "Bytes": pa.binary(),
-    "UnixTimestamp": _TS,
-}
-
-
-def arrow_type(dtype: DType) -> pa.DataType:
-    if dtype.element is not None:
-        return pa.list_(arrow_type(dtype.element))
-    return _ARROW_TYPES[dtype.name]
 
 
 def arrow_schema(view: StreamFeatureView) -> pa.Schema:

@@ -17,6 +17,17 @@ from transforms.errors import MLFSError
 
 TEMPLATES = ("feature_store.yaml", "features.py", "read_features.py", ".mlfsignore")
 EMBEDDING_TEMPLATE = "features_embeddings.py"  # a view with a pretrained text model (opt-in: it loads MiniLM)
+JOINS_TEMPLATE = "features_joins.py"  # views with joins (opt-in until the Flink and Spark engines run joins)
+REFUND_REASONS = ("returned", "duplicate", "fraud")
+REFUND_SCHEMA = pa.schema(
+    [
+        ("refund_id", pa.string()),
+        ("payment_id", pa.string()),
+        ("amount", pa.float64()),
+        ("reason", pa.string()),
+        ("timestamp", pa.timestamp("ms", tz="UTC")),
+    ]
+)
 FAILURE_REASONS = ("insufficient_funds", "ach_nsf", "card_declined")
 
 HISTORY_SCHEMA = pa.schema(
@@ -62,7 +73,50 @@ def generate_payments(
     return out
 
 
-def write_example_data(repo: Path, as_of: datetime, history_events: int = 20_000) -> dict[str, int]:
+def generate_refunds(payments: list[dict[str, Any]], seed: int = 9) -> list[dict[str, Any]]:
+    """Refunds of about 4% of the succeeded payments, mostly within a day of the payment (some
+    later, outside the example's join bound), in time order."""
+    rng = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    for payment in payments:
+        if payment["status"] != "succeeded" or payment["timestamp"] is None or rng.random() >= 0.04:
+            continue
+        delay = timedelta(minutes=rng.randrange(1, 36 * 60))
+        out.append(
+            {
+                "refund_id": f"r{seed}-{len(out):06d}",
+                "payment_id": payment["payment_id"],
+                "amount": round(payment["amount"] * rng.choice([1.0, 1.0, 0.5]), 2),
+                "reason": rng.choice(REFUND_REASONS),
+                "timestamp": payment["timestamp"] + delay,
+            }
+        )
+    out.sort(key=lambda e: e["timestamp"])
+    return out
+
+
+def write_refunds(
+    repo: Path, history: list[dict[str, Any]], stream: list[dict[str, Any]], live_from: datetime
+) -> None:
+    """The refunds source: refunds before ``live_from`` as history, later ones as a stream file."""
+    refunds = generate_refunds(history + stream)
+    path = repo / "data" / "history" / "refunds.parquet"
+    past = [r for r in refunds if r["timestamp"] < live_from]
+    past.append({**past[0], "refund_id": "bad-no-time", "timestamp": None})  # a dead letter on refunds
+    pq.write_table(pa.Table.from_pylist(past, schema=REFUND_SCHEMA), path)
+    lines = [
+        json.dumps({**r, "timestamp": r["timestamp"].isoformat()})
+        for r in refunds
+        if r["timestamp"] >= live_from
+    ]
+    stream_dir = repo / "data" / "stream" / "refunds"
+    stream_dir.mkdir(parents=True, exist_ok=True)
+    (stream_dir / "refunds-000001.jsonl").write_text("".join(f"{line}\n" for line in lines))
+
+
+def write_example_data(
+    repo: Path, as_of: datetime, history_events: int = 20_000, with_joins: bool = False
+) -> dict[str, int]:
     """History (Parquet, 28 days before the last hour) and stream files (the last hour).
 
     A few deliberately bad events show the dead letter at work: events without a user or a time
@@ -85,6 +139,8 @@ def write_example_data(repo: Path, as_of: datetime, history_events: int = 20_000
     stream_dir = repo / "data" / "stream" / "payments"
     stream_dir.mkdir(parents=True, exist_ok=True)
     (stream_dir / "payments-000001.jsonl").write_text("\n".join(lines) + "\n")
+    if with_joins:
+        write_refunds(repo, history, stream, live_from)
     return {"history": len(history), "stream": len(lines)}
 
 
@@ -99,14 +155,20 @@ def init_repo(
     force: bool = False,
     history_events: int = 20_000,
     with_embeddings: bool = False,
+    with_joins: bool = False,
 ) -> dict[str, int]:
     """Create the example repository in ``directory`` (which must be empty unless ``force``)."""
     if directory.exists() and any(directory.iterdir()) and not force:
         raise MLFSError(f"{directory} is not empty (use --force to write into it anyway)")
     directory.mkdir(parents=True, exist_ok=True)
     templates = resources.files("featurestore.scaffold") / "templates"
-    for name in (*TEMPLATES, EMBEDDING_TEMPLATE) if with_embeddings else TEMPLATES:
+    names = (
+        TEMPLATES
+        + ((EMBEDDING_TEMPLATE,) if with_embeddings else ())
+        + ((JOINS_TEMPLATE,) if with_joins else ())
+    )
+    for name in names:
         text = (templates / name).read_text()
         (directory / name).write_text(text.replace("{{project}}", project_name(directory)))
     as_of = as_of or datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    return write_example_data(directory, as_of, history_events)
+    return write_example_data(directory, as_of, history_events, with_joins)

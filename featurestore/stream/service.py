@@ -262,6 +262,11 @@ def serve_stream(
             )
         if isinstance(view.source, KafkaStreamSource):
             _check_kafka(view.source, options.jars)  # before a Flink environment is started
+        if view.plan.joins:
+            raise MLFSError(
+                f"view {view.name!r} has joins, which serve-stream does not run yet; "
+                "name the views to stream (`mlfs serve-stream VIEW ...`) to leave it out"
+            )
     stream_dir = settings.work_path / "stream"
     status_dir = stream_dir / "status"
     checkpoint_dir = (options.checkpoint_dir or stream_dir / "checkpoints").resolve()

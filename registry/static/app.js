@@ -131,6 +131,7 @@ async function view(name) {
       <div>owner</div><div>${esc(v.owner || "-")}</div>
       <div>tags</div><div>${esc(Object.entries(v.tags).map(([k, x]) => `${k}=${x}`).join(", ") || "-")}</div>
       <div>inference stages</div><div>${esc(stages.map((s) => `${s.name} (${s.model.kind})`).join(", ") || "-")}</div>
+      <div>joins</div><div>${v.joins.map((j) => esc(j.text)).join("<br>") || "-"}</div>
     </div>
     <h2>Features</h2>${table(["Feature", "Type", "Aggregation"], v.aggregations.map((a) => [esc(a.feature), esc(a.dtype), `<code>${esc(a.aggregation)}</code>`]))}
     <h2>Lineage</h2><div class="card">${lineageSvg(graph, "view:" + v.name)}</div>

@@ -22,6 +22,8 @@ from transforms.plan import FeatureContext, Runner, TransformPlan
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from transforms.joining import JoinInputs
+
 
 @dataclass
 class EngineResult:
@@ -30,6 +32,7 @@ class EngineResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     counts: EventCounts = field(default_factory=EventCounts)
+    source_counts: dict[str, EventCounts] = field(default_factory=dict)  # an interval join's other sources
 
 
 class Engine(ABC):
@@ -42,10 +45,21 @@ class Engine(ABC):
         """``plan`` over ``inputs`` of this engine's kind (what ``UnifiedTransformer.run`` calls);
         options come as ``ctx.options``."""
 
-    def run_table(self, plan: TransformPlan, events: pa.Table) -> EngineResult:
+    def run_table(
+        self, plan: TransformPlan, events: pa.Table, joins: JoinInputs | None = None
+    ) -> EngineResult:
         """``plan`` over a bounded table of raw events (event columns, or JSON lines in one column
-        ``stage1.LINE``), collected."""
+        ``stage1.LINE``), collected; a view with joins reads ``joins``."""
         raise EngineUnavailable(f"the {self.name} engine does not run a bounded table of events")
+
+
+def refuse_joins(engine: str, plan: TransformPlan) -> None:
+    """Stop, with one line, an engine that does not run joins yet."""
+    if plan.joins:
+        raise EngineUnavailable(
+            f"view {plan.view!r} has joins, which the {engine} engine does not run yet "
+            "(the reference and embedded engines do)"
+        )
 
 
 @dataclass(frozen=True)

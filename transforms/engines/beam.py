@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
-from transforms.engines.base import Engine
+from transforms.engines.base import Engine, refuse_joins
 from transforms.events import DeadLetter, EventCounts, EventPreparer, PreparedEvent, TimedEvent
 from transforms.inference.feature_rows import FeatureRowScorer
 from transforms.inference.scoring import StageScorer, run_stages
@@ -235,6 +235,7 @@ class BeamEngine(Engine):
     name = "beam"
 
     def run(self, plan: TransformPlan, inputs: Any, ctx: FeatureContext) -> BeamResult:
+        refuse_joins(self.name, plan)
         return inputs | FeatureViewTransform(plan)
 
 

@@ -18,8 +18,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from transforms.engines.base import Engine, EngineResult
+from transforms.engines.duckdb_joins import JoinedEventStage, LookupJoiner
 from transforms.engines.duckdb_windows import feature_rows
 from transforms.events import DeadLetter, EventCounts
+from transforms.joining import JoinInputs
 from transforms.plan import FeatureContext, TransformPlan
 from transforms.stage1 import (
     BATCH_ROWS,
@@ -35,15 +37,20 @@ from transforms.stage1 import (
 from transforms.timeutil import MAX_TIME_MS, ms_to_datetime
 
 
-def run_embedded(plan: TransformPlan, batches: Iterable[pa.RecordBatch], view: str = "") -> EngineResult:
+def run_embedded(
+    plan: TransformPlan, batches: Iterable[pa.RecordBatch], view: str = "", joins: JoinInputs | None = None
+) -> EngineResult:
     """``plan`` over raw event batches: feature rows (dicts), dead letters and counts."""
     con = duckdb.connect()
+    sources: dict[str, EventCounts] = {}
     try:
-        counts, letters = load_prepared(con, plan, view or plan.view, batches)
+        counts, letters = load_prepared(
+            con, plan, view or plan.view, batches, joins=joins, source_counts=sources
+        )
         rows = feature_rows(con, plan, "prepared").to_pylist()
     finally:
         con.close()
-    result = EngineResult(rows=rows, dead_letters=letters, counts=counts)
+    result = EngineResult(rows=rows, dead_letters=letters, counts=counts, source_counts=sources)
     if plan.row_stages:
         from transforms.inference.feature_rows import FeatureRowScorer
 
@@ -55,20 +62,24 @@ def run_embedded(plan: TransformPlan, batches: Iterable[pa.RecordBatch], view: s
 
 class EmbeddedEngine(Engine):
     """DuckDB in process over a Parquet path or list of paths, an Arrow table, or Arrow record
-    batches of raw events."""
+    batches of raw events (option: ``joins``)."""
 
     name = "embedded"
 
     def run(self, plan: TransformPlan, inputs: Any, ctx: FeatureContext) -> EngineResult:
+        joins = ctx.options.get("joins")
         if isinstance(inputs, pa.Table):
-            return self.run_table(plan, inputs)
+            return self.run_table(plan, inputs, joins)
         if isinstance(inputs, (str, list)) or hasattr(inputs, "__fspath__"):
             paths = [str(p) for p in inputs] if isinstance(inputs, list) else str(inputs)
-            return run_embedded(plan, ds.dataset(paths, format="parquet").to_batches(batch_size=BATCH_ROWS))
-        return run_embedded(plan, inputs)
+            batches = ds.dataset(paths, format="parquet").to_batches(batch_size=BATCH_ROWS)
+            return run_embedded(plan, batches, joins=joins)
+        return run_embedded(plan, inputs, joins=joins)
 
-    def run_table(self, plan: TransformPlan, events: pa.Table) -> EngineResult:
-        return run_embedded(plan, events.to_batches(max_chunksize=BATCH_ROWS))
+    def run_table(
+        self, plan: TransformPlan, events: pa.Table, joins: JoinInputs | None = None
+    ) -> EngineResult:
+        return run_embedded(plan, events.to_batches(max_chunksize=BATCH_ROWS), joins=joins)
 
 
 ENGINE = EmbeddedEngine()
@@ -81,14 +92,37 @@ def load_prepared(
     batches: Iterable[pa.RecordBatch],
     end_ms: int = MAX_TIME_MS + 1,
     tick: Callable[[int], None] | None = None,
+    joins: JoinInputs | None = None,
+    source_counts: dict[str, EventCounts] | None = None,
 ) -> tuple[EventCounts, list[DeadLetter]]:
     """Stage 1 over raw event batches into ``con``'s table ``prepared`` (keys, ``_ts``, ``_v<i>``;
     only rows before ``end_ms``, all a range ending there depends on); returns the counts and the
-    dead letters."""
+    dead letters. A view's joins read ``joins`` (``duckdb_joins``); an interval join's other
+    sources' counts go to ``source_counts``, their dead letters with the view's."""
     schema = prepared_schema(plan)
     kept = [f.name for f in schema if f.name in (*plan.key_names, TS) or f.name.startswith("_v")]
     counts = EventCounts()
     letters: list[DeadLetter] = []
+    joiner, stage = None, None
+    if plan.interval_joins:
+        stage = JoinedEventStage(con, plan, joins or JoinInputs())
+        letters.extend(stage.other_letters)
+        if source_counts is not None:
+            source_counts.update(stage.source_counts)
+    elif plan.lookups:
+        joiner = LookupJoiner(con, plan, joins or JoinInputs())
+    joined = joiner.added if joiner else []
+
+    def prepared(batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
+        if stage is not None:
+            yield stage.prepare(batch)
+            return
+        raw: Iterator[pa.RecordBatch] = iter([batch])
+        if joiner is not None:
+            refused = len(letters)
+            raw = iter(list(joiner.join(raw, letters)))
+            counts.dead_lettered += len(letters) - refused
+        yield from prepare_batches(plan, raw, joined)
 
     failed: list[BaseException] = []
 
@@ -96,7 +130,7 @@ def load_prepared(
         try:
             for batch in batches:
                 counts.input += batch.num_rows
-                for out in prepare_batches(plan, iter([batch])):
+                for out in prepared(batch):
                     tally_batch(counts, out)
                     kinds = out.column(KIND).to_numpy(zero_copy_only=False)
                     if (kinds == DEAD).any():

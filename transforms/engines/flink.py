@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from transforms.engines.base import Engine, EngineResult
+from transforms.engines.base import Engine, EngineResult, refuse_joins
 from transforms.engines.flink_jar import mlfs_jar
 from transforms.engines.flink_sql import (
     PREPARED,
@@ -54,6 +54,7 @@ from transforms.engines.flink_stage1 import (
     table_environment,
 )
 from transforms.events import DeadLetter, EventCounts, Lateness, event_text
+from transforms.joining import JoinInputs
 from transforms.plan import EVENT_TIMESTAMP, FeatureContext, TransformPlan
 from transforms.usercode import import_root, plan_functions, user_module
 
@@ -531,6 +532,7 @@ class FlinkEngine(Engine):
     name = "flink"
 
     def run(self, plan: TransformPlan, inputs: Any, ctx: FeatureContext) -> EngineResult:
+        refuse_joins(self.name, plan)
         return run_flink(
             plan,
             inputs,
@@ -540,9 +542,12 @@ class FlinkEngine(Engine):
             files=ctx.options.get("files"),
         )
 
-    def run_table(self, plan: TransformPlan, events: pa.Table) -> EngineResult:
+    def run_table(
+        self, plan: TransformPlan, events: pa.Table, joins: JoinInputs | None = None
+    ) -> EngineResult:
         from transforms.engines.reference import raw_events
 
+        refuse_joins(self.name, plan)
         return run_flink(plan, raw_events(events))
 
 

@@ -25,6 +25,7 @@ from transforms.events import (
     PreparedEvent,
     Values,
 )
+from transforms.joining import EventJoiner, JoinInputs, joined_outcome
 from transforms.plan import EVENT_TIMESTAMP, FeatureContext, TransformPlan
 from transforms.stage1 import LINE, holds_lines
 from transforms.timeutil import ms_to_datetime
@@ -37,13 +38,20 @@ def run_reference(
     *,
     lateness: Lateness | None = None,
     progress: Callable[[int], None] | None = None,
+    joins: JoinInputs | None = None,
 ) -> EngineResult:
-    """Run ``plan`` over ``events``; with ``lateness``, ``events`` is taken as arrival order."""
+    """Run ``plan`` over ``events``; with ``lateness``, ``events`` (and each joined source's) is
+    taken as arrival order. A view with joins reads ``joins`` (``transforms.joining``)."""
     preparer = EventPreparer(plan)
     result = EngineResult()
     counts = result.counts
     by_key: dict[Key, list[tuple[int, Values]]] = {}
     classifier = None if lateness is None else LateClassifier(lateness)
+    joiner = None
+    if plan.joins:
+        joiner = EventJoiner(plan, joins or JoinInputs(), streaming=lateness is not None)
+        result.source_counts = joiner.source_counts
+        result.dead_letters.extend(joiner.dead_letters)
     for raw in events:
         counts.input += 1
         if progress is not None:
@@ -60,12 +68,23 @@ def run_reference(
                 counts.late += 1
                 result.dead_letters.append(preparer.late(raw, time_ms, watermark))
                 continue
-        prepared = preparer.transform(raw, event, time_ms)
+        if joiner is None:
+            prepared: PreparedEvent | list[PreparedEvent] | DeadLetter | None = preparer.transform(
+                raw, event, time_ms
+            )
+        else:
+            joined = joiner.join(raw, event, time_ms)
+            prepared = (
+                joined
+                if isinstance(joined, DeadLetter)
+                else joined_outcome(preparer.transform_batch([(raw, e, t) for e, t in joined]))
+            )
         counts.count(prepared)
         if isinstance(prepared, DeadLetter):
             result.dead_letters.append(prepared)
         elif prepared is not None:
-            _collect(by_key, prepared)
+            for one in prepared if isinstance(prepared, list) else [prepared]:
+                _collect(by_key, one)
     for key in sorted(by_key, key=repr):
         result.rows.extend(key_rows(plan, key, by_key[key]))
     if plan.row_stages:
@@ -116,17 +135,24 @@ def key_rows(plan: TransformPlan, key: Key, events: list[tuple[int, Values]]) ->
 
 
 class ReferenceEngine(Engine):
-    """Plain Python over an iterable of raw events (options: ``lateness``, ``progress``)."""
+    """Plain Python over an iterable of raw events (options: ``lateness``, ``progress``,
+    ``joins``)."""
 
     name = "reference"
 
     def run(self, plan: TransformPlan, inputs: Any, ctx: FeatureContext) -> EngineResult:
         return run_reference(
-            plan, inputs, lateness=ctx.options.get("lateness"), progress=ctx.options.get("progress")
+            plan,
+            inputs,
+            lateness=ctx.options.get("lateness"),
+            progress=ctx.options.get("progress"),
+            joins=ctx.options.get("joins"),
         )
 
-    def run_table(self, plan: TransformPlan, events: pa.Table) -> EngineResult:
-        return run_reference(plan, raw_events(events))
+    def run_table(
+        self, plan: TransformPlan, events: pa.Table, joins: JoinInputs | None = None
+    ) -> EngineResult:
+        return run_reference(plan, raw_events(events), joins=joins)
 
 
 def raw_events(events: pa.Table) -> list[Any]:

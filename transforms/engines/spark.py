@@ -18,8 +18,9 @@ from typing import Any
 import pyarrow as pa
 
 from transforms.dtypes import DType
-from transforms.engines.base import Engine, EngineResult
+from transforms.engines.base import Engine, EngineResult, refuse_joins
 from transforms.events import DeadLetter, EventCounts
+from transforms.joining import JoinInputs
 from transforms.plan import EVENT_TIMESTAMP, FeatureContext, TransformPlan
 from transforms.stage1 import (
     DEAD,
@@ -271,10 +272,14 @@ class SparkEngine(Engine):
     name = "spark"
 
     def run(self, plan: TransformPlan, inputs: Any, ctx: FeatureContext) -> SparkResult:
+        refuse_joins(self.name, plan)
         return run_spark(plan, inputs)
 
-    def run_table(self, plan: TransformPlan, events: pa.Table) -> EngineResult:
+    def run_table(
+        self, plan: TransformPlan, events: pa.Table, joins: JoinInputs | None = None
+    ) -> EngineResult:
         """On a local session (``local[2]``), through a Parquet file as a backfill reads history."""
+        refuse_joins(self.name, plan)
         import tempfile
         from pathlib import Path
 

@@ -20,6 +20,14 @@ if __name__ == "__main__":
             "user_failure_semantics_7d:fails_7d",
             "user_failure_semantics_7d:shortfall_similarity_max_7d",
         ]
+    joined = []
+    if any(v.name == "user_refunds_30d" for v in store.list_feature_views()):
+        joined = [  # the views with joins (`mlfs init --with-joins`)
+            "user_amount_vs_habit_7d:amount_ratio_max_7d",
+            "user_refunds_30d:refunded_payments_30d",
+            "user_refunds_30d:refunded_amount_30d",
+        ]
+        features += joined
     users = [{"user_id": f"u{i:04d}"} for i in range(3)]
     online = store.get_online_features(features=features, entity_rows=users).to_df()
     print("Online features (latest values):")
@@ -30,6 +38,6 @@ if __name__ == "__main__":
         {"user_id": ["u0000", "u0000", "u0001"],
          "event_timestamp": [now - timedelta(days=10), now - timedelta(days=2), now - timedelta(days=2)]}
     )
-    history = store.get_historical_features(entity_df=entity_df, features=features[:3]).to_df()
+    history = store.get_historical_features(entity_df=entity_df, features=features[:3] + joined).to_df()
     print("\nPoint-in-time features (training data):")
     print(history.to_string(index=False))

@@ -1,0 +1,124 @@
+"""`mlfs backfill` of the example's views with joins (`mlfs init --with-joins`): every backfill
+engine that runs joins writes the reference's rows, computed with the views they look up and the
+source they join; stock Feast reads them online and point in time; Spark refuses in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from conformance import assert_same_rows
+from conftest import AS_OF
+from repo_helpers import example_repo
+from test_backfill_e2e import normalise, same_features
+
+from backfill.history import history_path, read_history
+from backfill.joins import history_table, source_files
+from featurestore.cli import main
+from featurestore.config import feast_store
+from featurestore.offline.parquet import ParquetOfflineStore
+from featurestore.repo import FeatureRepo, load_repo
+from transforms.joining import JoinInputs, LookupTable
+from transforms.plan import EVENT_TIMESTAMP
+
+JOINED = ("user_amount_vs_habit_7d", "user_refunds_30d")
+
+
+def reference_rows(repo: FeatureRepo, name: str) -> list[dict[str, Any]]:
+    """The view's rows on the reference engine, given what its joins read, computed here."""
+    view = repo.views[name]
+    inputs = JoinInputs()
+    for lookup in view.plan.lookups:
+        target = repo.views[lookup.view]
+        inputs.lookups[lookup.view] = LookupTable.of(target.plan, reference_rows(repo, lookup.view))
+    for join in view.plan.interval_joins:
+        inputs.sources[join.source_name] = history_table(source_files(repo, join.source))
+    rows = view.run(read_history(history_path(repo, view)), joins=inputs).rows
+    return [r for r in rows if r[EVENT_TIMESTAMP] < AS_OF]
+
+
+@pytest.fixture(scope="module", params=["embedded", "reference"])
+def backfilled(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = example_repo(tmp_path_factory.mktemp(request.param) / "repo", events=3000, with_joins=True)
+    assert main(["apply", "--repo", str(repo)]) == 0
+    # Only the views with joins: the views they look up are computed with them, not read back.
+    args = ["backfill", *JOINED, "--end", AS_OF.isoformat(), "--engine", request.param, "--repo", str(repo)]
+    assert main(args) == 0
+    return repo
+
+
+def test_offline_rows_of_joined_views_equal_reference(backfilled: Path) -> None:
+    repo = load_repo(backfilled)
+    offline = ParquetOfflineStore(repo.settings.offline_path)
+    for name in JOINED:
+        expected = reference_rows(repo, name)
+        assert len(expected) > 50
+        stored = [
+            {k: v for k, v in r.items() if k != "created_timestamp"}
+            for r in offline.read(repo.views[name]).to_pylist()
+        ]
+        assert_same_rows(repo.views[name], expected, stored)
+    assert not offline.read(repo.views["user_payment_stats_7d"]).num_rows  # looked up, not backfilled
+
+
+def test_feast_reads_joined_views_online_and_point_in_time(backfilled: Path) -> None:
+    repo = load_repo(backfilled)
+    store = feast_store(repo.settings)
+    for name in JOINED:
+        rows = sorted(reference_rows(repo, name), key=lambda r: r[EVENT_TIMESTAMP])
+        features = [f.name for f in repo.views[name].feature_fields]
+        latest = {r["user_id"]: r for r in rows}
+        users = sorted(latest)[:25]
+        online = store.get_online_features(
+            features=[f"{name}:{f}" for f in features], entity_rows=[{"user_id": u} for u in users]
+        ).to_dict()
+        for i, user in enumerate(users):
+            got = {f: online[f][i] for f in features}
+            assert same_features(got, {f: latest[user][f] for f in features}), (name, user, got)
+        probes = [(r["user_id"], r[EVENT_TIMESTAMP]) for r in rows[:: max(1, len(rows) // 40)]]
+        entity_df = pd.DataFrame(
+            {"user_id": [u for u, _ in probes], "event_timestamp": [t for _, t in probes]}
+        )
+        history = store.get_historical_features(
+            entity_df=entity_df, features=[f"{name}:{f}" for f in features]
+        ).to_df()
+        for record in history.to_dict("records"):
+            t = record["event_timestamp"].to_pydatetime()
+            before = [r for r in rows if r["user_id"] == record["user_id"] and r[EVENT_TIMESTAMP] <= t]
+            want = {f: before[-1][f] for f in features}
+            assert same_features({f: normalise(record[f]) for f in features}, want), (name, record)
+
+
+def test_spark_and_serve_stream_refuse_views_with_joins_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Until they run joins, before any work."""
+    repo = example_repo(tmp_path / "repo", events=200, with_joins=True)
+    assert main(["apply", "--repo", str(repo)]) == 0
+    capsys.readouterr()
+    assert main(["backfill", "user_refunds_30d", "--engine", "spark", "--repo", str(repo)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "mlfs: error: view 'user_refunds_30d' has joins, which the spark engine does not run yet "
+        "(use --engine embedded or reference)"
+    ]
+    assert main(["serve-stream", "--repo", str(repo)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1
+        and "view 'user_amount_vs_habit_7d' has joins, which serve-stream does not run yet" in err[0]
+    )
+
+
+def test_verify_runs_a_joined_view_on_each_engine_that_can(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = example_repo(tmp_path / "repo", events=600, with_joins=True)
+    capsys.readouterr()
+    args = ["verify", "user_amount_vs_habit_7d", "--engines", "embedded,spark", "--repo", str(repo)]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[2] for line in lines if " on " in line] == ["reference", "embedded", "spark"]
+    assert "identical" in lines[1] and "not run" in lines[2], lines

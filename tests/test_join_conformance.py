@@ -1,0 +1,358 @@
+"""Joins (DESIGN §2b) on every engine that runs them equal the reference: lookups of another view as
+of each event's time (inclusive and exclusive, keys on one side only, ties with the looked-up
+rows, chained views, keys of the wrong type) and stream-stream interval joins."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from conformance import BASE, assert_same_result, tied_events, write_events
+from conftest import make_view
+
+from backfill.history import read_history
+from featurestore import (
+    Count,
+    FileStreamSource,
+    Float64,
+    Int64,
+    IntervalJoin,
+    Latest,
+    Lookup,
+    Max,
+    Runner,
+    Select,
+    Sliding,
+    Sum,
+    Tumbling,
+    UnixTimestamp,
+    col,
+)
+from featurestore.view import StreamFeatureView
+from transforms.engines.reference import raw_events
+from transforms.joining import JoinInputs, LookupTable
+from transforms.stage1 import LINE
+
+STATS_FEATURES = {
+    "n": (Int64, Count()),
+    "sum_v": (Float64, Sum("v")),
+    "latest_ts": (UnixTimestamp, Latest("timestamp")),
+}
+ENRICHED_FEATURES = {
+    "n": (Int64, Count()),
+    "n_found": (Int64, Count("b_n")),
+    "sum_bn": (Int64, Sum("b_n")),
+    "max_bsum": (Float64, Max("b_sum_v")),
+    "latest_bts": (UnixTimestamp, Latest("b_latest_ts")),
+    "sum_gap": (Float64, Sum("gap")),
+}
+
+
+def stats_view(name: str = "stats") -> StreamFeatureView:
+    return make_view(dict(STATS_FEATURES), window=Sliding(timedelta(seconds=5)), name=name)
+
+
+def with_gap(event: dict[str, Any]) -> Any:
+    """A Python transform over the joined event: drops, fails, and reads the looked-up fields."""
+    if event.get("kind") == "drop":
+        return None
+    if event.get("kind") == "boom":
+        raise ValueError("boom")
+    v, b = event.get("v"), event.get("b_sum_v")
+    return {**event, "gap": None if v is None or b is None else v - b}
+
+
+DECLARATIVE = Select(
+    where=col("kind") != "drop",
+    user_id=col("user_id"),
+    b_n=col("b_n"),
+    b_sum_v=col("b_sum_v") * 2,
+    b_latest_ts=col("b_latest_ts"),
+    gap=col("v") - col("b_sum_v"),
+)
+TRANSFORMS: dict[str, Any] = {"none": None, "row": with_gap, "declarative": DECLARATIVE}
+WINDOWS = {
+    "continuous": lambda: Sliding(timedelta(seconds=4)),
+    "tumbling": lambda: Tumbling(timedelta(seconds=3)),
+}
+
+
+def enriched_view(
+    window: str, transform: str, exclusive: bool = False, looks_up: str = "stats"
+) -> StreamFeatureView:
+    lookup = Lookup(
+        looks_up,
+        features=["n", "sum_v", "latest_ts"],
+        on={"user_id": "user_id"},
+        prefix="b_",
+        exclusive=exclusive,
+    )
+    return make_view(
+        dict(ENRICHED_FEATURES),
+        window=WINDOWS[window](),
+        transform=TRANSFORMS[transform],
+        name="enriched",
+        joins=(lookup,),
+    )
+
+
+def lookups(view: StreamFeatureView, rows: Any) -> JoinInputs:
+    return JoinInputs(lookups={view.name: LookupTable.of(view.plan, rows)})
+
+
+def found_some(rows: list[dict[str, Any]]) -> None:
+    """The case is not vacuous: some events found a looked-up row and some found none."""
+    assert any(r["n_found"] for r in rows) and any(r["n"] > r["n_found"] for r in rows)
+
+
+@pytest.mark.parametrize("window", sorted(WINDOWS))
+@pytest.mark.parametrize("transform", sorted(TRANSFORMS))
+@pytest.mark.parametrize(
+    ("seed", "typed_time", "exclusive"), [(1, False, False), (2, True, False), (3, True, True)]
+)
+def test_lookup_equals_reference_on_the_embedded_engine(
+    tmp_path: Path, window: str, transform: str, seed: int, typed_time: bool, exclusive: bool
+) -> None:
+    stats, enriched = stats_view(), enriched_view(window, transform, exclusive)
+    # The looked-up view has keys k0..k3, the enriched events k0..k5: keys on one side only.
+    stats_path = write_events(tied_events(seed + 100, keys=4), tmp_path / "stats.parquet")
+    path = write_events(tied_events(seed, keys=6), tmp_path / "events.parquet", typed_time)
+    stats_rows = stats.run(read_history(stats_path)).rows
+    expected = enriched.run(read_history(path), joins=lookups(stats, stats_rows))
+    found_some(expected.rows)
+    embedded_stats = stats.run(stats_path, Runner.EMBEDDED)
+    got = enriched.run(path, Runner.EMBEDDED, joins=lookups(stats, embedded_stats.rows))
+    assert_same_result(enriched, expected, got.rows, got.counts, got.dead_letters)
+
+
+def test_inclusive_and_exclusive_lookups_differ_only_at_tied_times(tmp_path: Path) -> None:
+    """A looked-up row at exactly the event's time is seen inclusively and not exclusively."""
+    stats = stats_view()
+    stats_path = write_events(tied_events(7, keys=4), tmp_path / "stats.parquet")
+    path = write_events(tied_events(8, keys=4), tmp_path / "events.parquet")
+    inputs = lookups(stats, stats.run(read_history(stats_path)).rows)
+    rows = {
+        exclusive: enriched_view("continuous", "none", exclusive).run(read_history(path), joins=inputs).rows
+        for exclusive in (False, True)
+    }
+    assert len(rows[False]) == len(rows[True])
+    assert rows[False] != rows[True]
+
+
+def test_chained_lookups_equal_reference(tmp_path: Path) -> None:
+    """A view looks up a view that looks up another: each engine runs the chain in order."""
+    stats = stats_view()
+    enriched = enriched_view("continuous", "row")
+    chained = make_view(
+        {"n": (Int64, Count()), "sum_found": (Int64, Sum("e_n_found"))},
+        window=Sliding(timedelta(seconds=6)),
+        name="chained",
+        joins=(Lookup(enriched, features=["n_found"], on=["user_id"], prefix="e_"),),
+    )
+    paths = {
+        name: write_events(tied_events(seed, keys=5), tmp_path / f"{name}.parquet")
+        for name, seed in (("stats", 11), ("enriched", 12), ("chained", 13))
+    }
+
+    def run(runner: Runner) -> Any:
+        def source(name: str) -> Any:
+            return read_history(paths[name]) if runner is Runner.REFERENCE else paths[name]
+
+        stats_rows = stats.run(source("stats"), runner).rows
+        enriched_rows = enriched.run(source("enriched"), runner, joins=lookups(stats, stats_rows)).rows
+        return chained.run(source("chained"), runner, joins=lookups(enriched, enriched_rows))
+
+    expected = run(Runner.REFERENCE)
+    assert any(r["sum_found"] for r in expected.rows)
+    got = run(Runner.EMBEDDED)
+    assert_same_result(chained, expected, got.rows, got.counts, got.dead_letters)
+
+
+def test_lookup_keys_of_the_wrong_type_are_dead_letters_on_both_engines(tmp_path: Path) -> None:
+    """JSON lines: a key that does not coerce to the looked-up key's type is a ``wrong_type`` dead
+    letter naming the lookup; a null or missing one finds nothing."""
+    stats = stats_view()
+    stats_path = write_events(tied_events(21, keys=4), tmp_path / "stats.parquet")
+    events = tied_events(22, keys=4)
+    events[3]["user_id"] = 5
+    events[4]["user_id"] = {"nested": True}
+    del events[5]["user_id"]
+    lines = [json.dumps(e).encode() for e in events]
+    enriched = enriched_view("continuous", "row")
+    stats_rows = stats.run(read_history(stats_path)).rows
+    expected = enriched.run(lines, joins=lookups(stats, stats_rows))
+    details = [d.detail for d in expected.dead_letters if d.reason == "wrong_type"]
+    assert any(d.startswith("lookup of 'stats', field 'user_id'") for d in details), details
+    table = pa.table({LINE: pa.array(lines, pa.binary())})
+    got = enriched.run(table, Runner.EMBEDDED, joins=lookups(stats, stats_rows))
+    assert_same_result(enriched, expected, got.rows, got.counts, got.dead_letters)
+
+
+REFUNDS = FileStreamSource(name="refunds", path="refunds", history="refunds.parquet")
+PAIRED_FEATURES = {
+    "n": (Int64, Count()),
+    "n_refunds": (Int64, Count("r_amount")),
+    "refunded": (Float64, Sum("r_amount")),
+    "last_refund": (UnixTimestamp, Latest("r_timestamp")),
+    "max_v": (Float64, Max("v")),
+}
+
+
+def refund_check(event: dict[str, Any]) -> Any:
+    """A Python transform over the joined event: one partner's reason makes the whole event fail."""
+    if event.get("r_reason") == "boom":
+        raise ValueError("refund boom")
+    if event.get("kind") == "drop":
+        return None
+    return event
+
+
+PAIRED_TRANSFORMS: dict[str, Any] = {
+    "none": None,
+    "row": refund_check,
+    "declarative": Select(
+        where=col("kind") != "drop",
+        user_id=col("user_id"),
+        r_amount=col("r_amount") * 2,
+        r_timestamp=col("r_timestamp"),
+        v=col("v"),
+    ),
+}
+
+
+def payments(seed: int, mixed: bool = False) -> list[dict[str, Any]]:
+    """Tied events with a payment reference: a few references (several partners each), nulls and,
+    with ``mixed``, integer references (never equal to a string one) and floats (wrong type)."""
+    rng = random.Random(seed)
+    events = tied_events(seed, n=600, keys=5)
+    for event in events:
+        roll = rng.random()
+        event["ref"] = None if roll < 0.05 else f"p{rng.randrange(12)}"
+        if mixed and roll > 0.97:
+            event["ref"] = rng.choice([3, 1.5])
+    return events
+
+
+def refunds(seed: int, mixed: bool = False) -> list[dict[str, Any]]:
+    """Refund events: the same references, times on the same whole seconds (partners exactly at
+    the bounds), nulls, bad times and, with ``mixed``, integer and float references."""
+    rng = random.Random(seed)
+    events = []
+    for _ in range(300):
+        stamp: str | None = (BASE + timedelta(seconds=rng.randrange(-3, 45))).isoformat()
+        roll = rng.random()
+        if roll < 0.02:
+            stamp = "not a time"
+        ref: Any = None if roll > 0.95 else f"p{rng.randrange(14)}"
+        if mixed and 0.02 < roll < 0.06:
+            ref = rng.choice([3, 2.5])
+        events.append(
+            {
+                "ref": ref,
+                "timestamp": stamp,
+                "amount": rng.choice([None, 1.0, 2.5, 4.0]),
+                "reason": rng.choice(["fraud", "return", "boom"] if mixed else ["fraud", "return"]),
+            }
+        )
+    return events
+
+
+def paired_view(
+    how: str, transform: str, window: str = "continuous", lookup: bool = False
+) -> StreamFeatureView:
+    joins: list[Any] = [
+        IntervalJoin(
+            REFUNDS,
+            on={"ref": "ref"},
+            within=(timedelta(seconds=2), timedelta(seconds=3)),
+            how=how,
+            fields=["amount", "reason"],
+            prefix="r_",
+        )
+    ]
+    features = dict(PAIRED_FEATURES)
+    if lookup:
+        joins.append(Lookup("stats", features=["n"], on={"user_id": "user_id"}, prefix="b_"))
+        features["n_found"] = (Int64, Count("b_n"))
+    return make_view(
+        features,
+        window=WINDOWS[window](),
+        transform=PAIRED_TRANSFORMS[transform],
+        name="paired",
+        joins=tuple(joins),
+    )
+
+
+def as_lines(events: list[dict[str, Any]]) -> pa.Table:
+    return pa.table({LINE: pa.array([json.dumps(e).encode() for e in events], pa.binary())})
+
+
+def assert_same_joined(view: StreamFeatureView, expected: Any, got: Any) -> None:
+    assert_same_result(view, expected, got.rows, got.counts, got.dead_letters)
+    assert got.source_counts == expected.source_counts
+    assert all(c.balanced for c in expected.source_counts.values())
+
+
+@pytest.mark.parametrize("how", ["inner", "left"])
+@pytest.mark.parametrize("transform", sorted(PAIRED_TRANSFORMS))
+@pytest.mark.parametrize("window", sorted(WINDOWS))
+def test_interval_join_equals_reference_on_the_embedded_engine(how: str, transform: str, window: str) -> None:
+    view = paired_view(how, transform, window)
+    events, other = pa.Table.from_pylist(payments(31)), pa.Table.from_pylist(refunds(32))
+    inputs = JoinInputs(sources={"refunds": other})
+    expected = view.run(raw_events(events), joins=inputs)
+    assert any(r["n_refunds"] > 1 for r in expected.rows)  # several partners
+    assert any(r["n"] > r["n_refunds"] for r in expected.rows) or how == "inner"
+    got = view.run(events, Runner.EMBEDDED, joins=inputs)
+    assert_same_joined(view, expected, got)
+
+
+@pytest.mark.parametrize("how", ["inner", "left"])
+def test_interval_join_of_messy_json_lines_then_a_lookup_equals_reference(tmp_path: Path, how: str) -> None:
+    """Wrong-type references on either side (dead letters on their own source), integers that
+    never equal strings, bad times, a partner's failure failing its whole event, then a lookup."""
+    stats = stats_view()
+    stats_path = write_events(tied_events(41, keys=4), tmp_path / "stats.parquet")
+    view = paired_view(how, "row", lookup=True)
+    events, other = as_lines(payments(42, mixed=True)), as_lines(refunds(43, mixed=True))
+    expected_inputs = JoinInputs(
+        lookups=lookups(stats, stats.run(read_history(stats_path)).rows).lookups, sources={"refunds": other}
+    )
+    expected = view.run(raw_events(events), joins=expected_inputs)
+    reasons = {(d.source, d.reason) for d in expected.dead_letters}
+    assert {("refunds", "wrong_type"), ("refunds", "bad_time"), (None, "wrong_type")} <= reasons, reasons
+    assert any(d.detail == "ValueError: refund boom" for d in expected.dead_letters)
+    embedded_inputs = JoinInputs(
+        lookups=lookups(stats, stats.run(stats_path, Runner.EMBEDDED).rows).lookups,
+        sources={"refunds": other},
+    )
+    got = view.run(events, Runner.EMBEDDED, joins=embedded_inputs)
+    assert_same_joined(view, expected, got)
+
+
+def test_interval_join_pairs_at_the_bounds_and_times_the_joined_event() -> None:
+    """The rule itself: partners at exactly ``a.t - before`` and ``a.t + after`` join, one beyond
+    does not; the joined event's time is the later of the two; a left join's lonely event comes at
+    ``a.t + after``."""
+    at = BASE.isoformat()
+    event = {"user_id": "u", "timestamp": at, "ref": "p", "v": 1.0, "kind": "keep"}
+    partners = [
+        {
+            "ref": "p",
+            "timestamp": (BASE + timedelta(seconds=s)).isoformat(),
+            "amount": float(s),
+            "reason": "x",
+        }
+        for s in (-3, -2, 3, 4)
+    ]
+    inputs = JoinInputs(sources={"refunds": pa.Table.from_pylist(partners)})
+    rows = paired_view("inner", "none", window="continuous").run([event], joins=inputs).rows
+    by_time = {r["event_timestamp"]: r["refunded"] for r in rows}
+    assert by_time[BASE] == -2.0 and by_time[BASE + timedelta(seconds=3)] == 1.0
+    lonely = paired_view("left", "none").run([{**event, "ref": "q"}], joins=inputs).rows
+    assert lonely[0]["event_timestamp"] == BASE + timedelta(seconds=3) and lonely[0]["n_refunds"] == 0

@@ -1,0 +1,336 @@
+"""Joins lowered to DuckDB for the embedded engine: ``Lookup`` as ``ASOF LEFT JOIN``, ``IntervalJoin``
+as a range join.
+
+A view whose joins are all lookups keeps the vectorised stage 1 (``LookupJoiner``); a view with
+an interval join prepares its joined events together (``JoinedEventStage``).
+
+Each raw event batch gets a probe (its rows' times and lookup keys): vectorised where the time
+column is a timestamp and the key columns hold the keys' exact types, else through
+``EventPreparer`` row by row (the rows the row path would dead-letter for their time keep null
+keys, so stage 1 dead-letters them as the reference does). A key that does not coerce makes the
+event a ``wrong_type`` dead letter here, before stage 1, as in ``transforms.joining``. DuckDB finds
+each probe row's latest looked-up row at or before (``exclusive``: before) its time; the found
+features are added to the batch, which stage 1 prepares with the fields marked as joined.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from transforms.arrow_events import ENGINE_TYPES, time_ms_column
+from transforms.dtypes import CoercionError, DType
+from transforms.events import WRONG_TYPE, DeadLetter, EventCounts, EventPreparer
+from transforms.joining import (
+    JoinedEvent,
+    JoinInputs,
+    OtherEvent,
+    join_key,
+    joined_fields,
+    joined_outcome,
+    lookup_key,
+    partner_order,
+    read_other,
+)
+from transforms.joins import IntervalJoin, Lookup
+from transforms.plan import EVENT_TIMESTAMP, TransformPlan
+from transforms.stage1 import LINE, outcomes_batch, prepared_schema
+from transforms.timeutil import vectorised_range
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+KeyField = tuple[str, str, DType]  # the event's field, the probe's column, the key's type
+
+
+def _register(con: Any, name: str, columns: dict[str, pa.Array]) -> None:
+    """A DuckDB table of ``columns`` (held by DuckDB once, not scanned from Arrow per batch)."""
+    con.register("_mlfs_rows", pa.table(columns))
+    try:
+        con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM _mlfs_rows")
+    finally:
+        con.unregister("_mlfs_rows")
+
+
+def _register_lookup(
+    con: Any, plan: TransformPlan, j: int, lookup: Lookup, inputs: JoinInputs
+) -> list[KeyField]:
+    """The looked-up view's rows as table ``_mlfs_lookup<j>`` (keys ``_k<j>_<m>``, time ``_t<j>``,
+    features ``_f<j>_<i>``); returns the key fields."""
+    if lookup.view not in inputs.lookups:
+        raise KeyError(f"view {plan.view!r} looks up {lookup.view!r}, whose rows were not given")
+    table = inputs.lookups[lookup.view]
+    key_types = dict(table.keys)
+    rows = table.rows
+    columns: dict[str, pa.Array] = {}
+    keys = []
+    for m, (field, key) in enumerate(lookup.on):
+        keys.append((field, f"_k{j}_{m}", key_types[key]))
+        columns[f"_k{j}_{m}"] = rows.column(key)
+    columns[f"_t{j}"] = time_ms_column(rows.column(EVENT_TIMESTAMP))
+    for i, feature in enumerate(lookup.features):
+        columns[f"_f{j}_{i}"] = rows.column(feature)
+    _register(con, f"_mlfs_lookup{j}", columns)
+    return keys
+
+
+def _asof_join(j: int, lookup: Lookup, keys: list[KeyField]) -> str:
+    """The ``ASOF LEFT JOIN`` of probe ``p`` with lookup ``j``: the latest row at or before (or
+    before) each probe row's time ``_t``."""
+    on = " AND ".join(f"p.{probe} = l{j}.{probe}" for _, probe, _ in keys)
+    compare = ">" if lookup.exclusive else ">="
+    return f"ASOF LEFT JOIN _mlfs_lookup{j} l{j} ON {on} AND p._t {compare} l{j}._t{j}"
+
+
+class LookupJoiner:
+    """A view's lookups over raw event batches, in ``con``'s database."""
+
+    def __init__(self, con: Any, plan: TransformPlan, inputs: JoinInputs) -> None:
+        con = self.con = con.cursor()  # its own connection: stage 1's load holds ``con``'s
+        self.plan = plan
+        self.preparer = EventPreparer(plan)
+        self.keys: list[list[KeyField]] = []  # per lookup
+        selects, joins = [], []
+        for j, lookup in enumerate(plan.lookups):
+            keys = _register_lookup(con, plan, j, lookup, inputs)
+            self.keys.append(keys)
+            joins.append(_asof_join(j, lookup, keys))
+            selects += [f"l{j}._f{j}_{i} AS {_quote(name)}" for i, name in enumerate(lookup.added_fields)]
+        self.added = [name for lookup in plan.lookups for name in lookup.added_fields]
+        self.sql = f"SELECT {', '.join(selects)} FROM _mlfs_probe p {' '.join(joins)} ORDER BY p._pos"
+
+    def join(self, batches: Iterator[pa.RecordBatch], letters: list[DeadLetter]) -> Iterator[pa.RecordBatch]:
+        """Each batch with the lookups' fields added (``self.added``); the events whose key does not
+        coerce are left out and appended to ``letters``."""
+        for batch in batches:
+            probe, dead = self._probe(batch, letters)
+            self.con.register("_mlfs_probe", probe)
+            try:
+                found = self.con.sql(self.sql).to_arrow_table()
+            finally:
+                self.con.unregister("_mlfs_probe")
+            kept = batch.drop_columns([n for n in self.added if n in batch.schema.names])
+            table = pa.Table.from_batches([kept])
+            for name in self.added:
+                table = table.append_column(name, found.column(name))
+            if dead is not None:
+                table = table.filter(pc.invert(dead))
+            yield from table.combine_chunks().to_batches()
+
+    def _probe(self, batch: pa.RecordBatch, letters: list[DeadLetter]) -> tuple[pa.Table, pa.Array | None]:
+        """The batch's ``_pos``, ``_t`` and key columns, and which rows are dead letters."""
+        n = batch.num_rows
+        columns: dict[str, Any] = {"_pos": pa.array(np.arange(n, dtype=np.int64))}
+        vectorised = self._vectorised(batch)
+        if vectorised is not None:
+            columns.update(vectorised)
+            return pa.table(columns), None
+        times: list[int | None] = []
+        keys: dict[str, list[Any]] = {probe: [] for lookup in self.keys for _, probe, _ in lookup}
+        dead = np.zeros(n, dtype=bool)
+        raws = batch.column(LINE).to_pylist() if batch.schema.names == [LINE] else batch.to_pylist()
+        for row, raw in enumerate(raws):
+            first = self.preparer.decode_and_time(raw)
+            values: dict[str, Any] = {}
+            time_ms: int | None = None
+            if not isinstance(first, DeadLetter):
+                event, time_ms = first
+                try:
+                    for lookup, key_fields in zip(self.plan.lookups, self.keys, strict=True):
+                        key = lookup_key(lookup, [(f, dtype) for f, _, dtype in key_fields], event)
+                        values.update(zip([probe for _, probe, _ in key_fields], key, strict=True))
+                except CoercionError as err:
+                    letters.append(self.preparer.dead_letter(raw, WRONG_TYPE, str(err), time_ms))
+                    dead[row] = True
+                    values = {}
+            times.append(time_ms)
+            for probe, column in keys.items():
+                column.append(values.get(probe))
+        columns["_t"] = pa.array(times, pa.int64())
+        for key_fields in self.keys:
+            for _, probe, dtype in key_fields:
+                columns[probe] = pa.array(keys[probe], ENGINE_TYPES[dtype.name])
+        return pa.table(columns), pa.array(dead)
+
+    def _vectorised(self, batch: pa.RecordBatch) -> dict[str, pa.Array] | None:
+        """The probe's time and keys straight from typed columns (None: not vectorisable)."""
+        names = batch.schema.names
+        if self.plan.timestamp_field not in names:
+            return None
+        time_column = batch.column(self.plan.timestamp_field)
+        raw_ms = time_ms_column(time_column) if pa.types.is_timestamp(time_column.type) else None
+        if raw_ms is None:
+            return None
+        low, high = vectorised_range(self.plan.event_time_range_ms)
+        timed = pc.and_(pc.greater_equal(raw_ms, low), pc.less_equal(raw_ms, high))
+        out: dict[str, pa.Array] = {"_t": pc.if_else(pc.fill_null(timed, False), raw_ms, None)}
+        for lookup in self.keys:
+            for field, probe, dtype in lookup:
+                if field not in names:
+                    return None
+                column = batch.column(field)
+                wanted = ENGINE_TYPES[dtype.name]
+                if column.type != wanted and not (
+                    pa.types.is_large_string(column.type) and wanted == pa.string()
+                ):
+                    return None
+                out[probe] = column.cast(wanted)
+        return out
+
+
+def _join_text(value: Any) -> str:
+    """An interval join's value as DuckDB compares it: its type and value (1 never equals "1")."""
+    return f"i:{value}" if isinstance(value, int) else f"s:{value}"
+
+
+class JoinedEventStage:
+    """Stage 1 of a view with an interval join, whatever its other joins: each event is decoded and
+    timed by ``EventPreparer``, DuckDB finds every join's partners (``ASOF`` for lookups, a range
+    join for interval joins, over the other source's events read once by ``joining.read_other``),
+    and the joined events go through the event transform and checks together, so that each event
+    counts once with the outcome of its joined events (``joining.joined_outcome``)."""
+
+    def __init__(self, con: Any, plan: TransformPlan, inputs: JoinInputs) -> None:
+        con = self.con = con.cursor()
+        self.plan = plan
+        self.preparer = EventPreparer(plan)
+        self.schema = prepared_schema(plan)
+        self.source_counts: dict[str, EventCounts] = {}
+        self.other_letters: list[DeadLetter] = []
+        self.keys: dict[int, list[KeyField]] = {}
+        self.partners: dict[int, list[OtherEvent]] = {}
+        for j, join in enumerate(plan.joins):
+            if isinstance(join, Lookup):
+                self.keys[j] = _register_lookup(con, plan, j, join, inputs)
+                continue
+            if join.source_name not in inputs.sources:
+                raise KeyError(
+                    f"view {plan.view!r} joins source {join.source_name!r}, whose events were not given"
+                )
+            counts = self.source_counts.setdefault(join.source_name, EventCounts())
+            taken = read_other(plan, join, inputs.sources[join.source_name], counts, self.other_letters)
+            taken.sort(key=partner_order)  # a partner's position is its place in the joined order
+            self.partners[j] = taken
+            columns: dict[str, pa.Array] = {
+                "_b": pa.array(np.arange(len(taken), dtype=np.int64)),
+                "_bt": pa.array([t for _, t, _ in taken], pa.int64()),
+            }
+            for m in range(len(join.on)):
+                columns[f"_k{m}"] = pa.array([_join_text(key[m]) for key, _, _ in taken], pa.string())
+            _register(con, f"_mlfs_other{j}", columns)
+
+    def prepare(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Stage 1's output for one batch of raw events."""
+        raws = batch.column(LINE).to_pylist() if batch.schema.names == [LINE] else batch.to_pylist()
+        outcomes: list[Any] = [None] * len(raws)
+        events: list[int] = []  # per joined event: the raw event it came from
+        joined: list[JoinedEvent] = []
+        times: dict[int, int] = {}
+        for i, raw in enumerate(raws):
+            first = self.preparer.decode_and_time(raw)
+            if isinstance(first, DeadLetter):
+                outcomes[i] = first
+            else:
+                events.append(i)
+                joined.append(first)
+                times[i] = first[1]
+        for j, join in enumerate(self.plan.joins):
+            events, joined = self._step(j, join, raws, times, events, joined, outcomes)
+        transformed = self.preparer.transform_batch(
+            [(raws[i], event, t) for i, (event, t) in zip(events, joined, strict=True)]
+        )
+        grouped: dict[int, list[Any]] = {}
+        for i, outcome in zip(events, transformed, strict=True):
+            grouped.setdefault(i, []).append(outcome)
+        for i, group in grouped.items():
+            outcomes[i] = joined_outcome(group)
+        return outcomes_batch(self.plan, self.schema, outcomes)
+
+    def _step(
+        self,
+        j: int,
+        join: Lookup | IntervalJoin,
+        raws: list[Any],
+        times: dict[int, int],
+        events: list[int],
+        joined: list[JoinedEvent],
+        outcomes: list[Any],
+    ) -> tuple[list[int], list[JoinedEvent]]:
+        """Join ``j`` over the joined events so far; an event with a value of the wrong type is
+        dead-lettered whole."""
+        probe_keys: list[tuple[Any, ...] | None] = []
+        dead: set[int] = set()
+        for i, (event, _) in zip(events, joined, strict=True):
+            try:
+                if isinstance(join, Lookup):
+                    probe_keys.append(lookup_key(join, [(f, d) for f, _, d in self.keys[j]], event))
+                else:
+                    probe_keys.append(join_key(join, event, 0))
+            except CoercionError as err:
+                if i not in dead:
+                    dead.add(i)
+                    outcomes[i] = self.preparer.dead_letter(raws[i], WRONG_TYPE, str(err), times[i])
+                probe_keys.append(None)
+        columns: dict[str, pa.Array] = {
+            "_i": pa.array(np.arange(len(events), dtype=np.int64)),
+            "_t": pa.array([t for _, t in joined], pa.int64()),
+        }
+        if isinstance(join, Lookup):
+            for m, (_, probe, dtype) in enumerate(self.keys[j]):
+                values = [None if k is None else k[m] for k in probe_keys]
+                columns[probe] = pa.array(values, ENGINE_TYPES[dtype.name])
+            found = self._query(
+                columns,
+                f"SELECT {', '.join(f'l{j}._f{j}_{i}' for i in range(len(join.features)))} "
+                f"FROM _mlfs_probe p {_asof_join(j, join, self.keys[j])} ORDER BY p._i",
+            )
+            added = list(zip(*(found.column(c).to_pylist() for c in found.column_names), strict=True))
+            next_events, next_joined = [], []
+            for n, (i, (event, t)) in enumerate(zip(events, joined, strict=True)):
+                if i not in dead:
+                    next_events.append(i)
+                    next_joined.append(({**event, **dict(zip(join.added_fields, added[n], strict=True))}, t))
+            return next_events, next_joined
+        for m in range(len(join.on)):
+            values = [None if k is None else _join_text(k[m]) for k in probe_keys]
+            columns[f"_k{m}"] = pa.array(values, pa.string())
+        on = " AND ".join(f"p._k{m} = b._k{m}" for m in range(len(join.on)))
+        pairs = self._query(
+            columns,
+            f"SELECT p._i, b._b FROM _mlfs_probe p JOIN _mlfs_other{j} b ON {on} "
+            f"AND b._bt BETWEEN p._t - {join.before_ms} AND p._t + {join.after_ms} ORDER BY p._i, b._b",
+        )
+        partners: dict[int, list[int]] = {}
+        for n, b in zip(pairs.column("_i").to_pylist(), pairs.column("_b").to_pylist(), strict=True):
+            partners.setdefault(n, []).append(b)
+        other = self.partners[j]
+        next_events, next_joined = [], []
+        for n, (i, (event, t)) in enumerate(zip(events, joined, strict=True)):
+            if i in dead:
+                continue
+            found_here = partners.get(n)
+            if found_here:
+                for b in found_here:
+                    partner = other[b]
+                    next_events.append(i)
+                    next_joined.append(
+                        ({**event, **joined_fields(join, partner)}, join.joined_ms(t, partner[1]))
+                    )
+            elif join.how == "left":
+                next_events.append(i)
+                next_joined.append(({**event, **joined_fields(join, None)}, join.unmatched_ms(t)))
+        return next_events, next_joined
+
+    def _query(self, probe: dict[str, pa.Array], sql: str) -> pa.Table:
+        self.con.register("_mlfs_probe", pa.table(probe))
+        try:
+            result: pa.Table = self.con.sql(sql).to_arrow_table()
+        finally:
+            self.con.unregister("_mlfs_probe")
+        return result

@@ -1,0 +1,298 @@
+"""Joins applied event by event, as the reference engine runs them (the rules are in
+``transforms.joins``). The embedded engine finds the same partners with DuckDB and sends the events
+it cannot prove clean through this code, as it does with the rest of the per-event stage.
+
+A view with joins runs over ``JoinInputs``: the feature rows of each view it looks up, and the raw
+events (in arrival order) of each source it joins with.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pyarrow as pa
+
+from transforms.arrow_events import STORE_TIMESTAMP, arrow_type
+from transforms.dtypes import CoercionError, DType, coerce, is_null
+from transforms.events import (
+    WRONG_TYPE,
+    DeadLetter,
+    EventCounts,
+    EventPreparer,
+    LateClassifier,
+    Lateness,
+    PreparedEvent,
+)
+from transforms.joins import IntervalJoin, Lookup
+from transforms.plan import EVENT_TIMESTAMP, TransformPlan
+from transforms.timeutil import datetime_to_ms, duration_ms, ms_to_datetime
+
+JoinedEvent = tuple[dict[str, Any], int]  # an event with the fields its joins added, and its time
+
+
+@dataclass(frozen=True)
+class LookupTable:
+    """A looked-up view's feature rows (its keys, ``event_timestamp`` and features) and key types."""
+
+    keys: tuple[tuple[str, DType], ...]
+    rows: pa.Table
+
+    @staticmethod
+    def of(plan: TransformPlan, rows: list[dict[str, Any]] | pa.Table) -> LookupTable:
+        """The feature rows an engine computed for the view ``plan``, typed as the stores hold them."""
+        fields = [*plan.keys, *plan.output_features]
+        schema = pa.schema(
+            [pa.field(n, arrow_type(t)) for n, t in fields] + [pa.field(EVENT_TIMESTAMP, STORE_TIMESTAMP)]
+        )
+        if isinstance(rows, pa.Table):
+            table = rows.select(schema.names).cast(schema)
+        else:
+            table = pa.Table.from_pylist(rows, schema=schema)
+        return LookupTable(plan.keys, table)
+
+
+@dataclass
+class JoinInputs:
+    """What a view's joins read: looked-up views' rows by view name, other sources' raw events (a
+    table of columns or of JSON lines, in arrival order) by source name."""
+
+    lookups: dict[str, LookupTable] = field(default_factory=dict)
+    sources: dict[str, pa.Table] = field(default_factory=dict)
+
+
+def join_value(value: Any) -> Any:
+    """An interval join's key value: a string or an integer (None when null); ``CoercionError``
+    for any other type."""
+    if is_null(value):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise CoercionError(f"join values must be strings or integers, got {type(value).__name__}")
+    return value
+
+
+def lookup_key(lookup: Lookup, fields: Sequence[tuple[str, DType]], event: dict[str, Any]) -> tuple[Any, ...]:
+    """An event's key into a looked-up view: each ``(field, key type)`` of ``fields`` coerced (None
+    where null); ``CoercionError`` naming the lookup and field for a value that does not coerce."""
+    key = []
+    for name, dtype in fields:
+        try:
+            key.append(coerce(event.get(name), dtype))
+        except CoercionError as err:
+            raise CoercionError(f"lookup of {lookup.view!r}, field {name!r}: {err}") from None
+    return tuple(key)
+
+
+def source_lateness(source: Any) -> Lateness:
+    """A stream source's lateness bound."""
+    return Lateness(duration_ms(source.max_out_of_orderness), duration_ms(source.allowed_lateness))
+
+
+def other_preparer(plan: TransformPlan, join: IntervalJoin) -> EventPreparer:
+    """Decodes and times the other source's events by its own time field and range."""
+    return EventPreparer(
+        replace(
+            plan,
+            timestamp_field=join.time_field,
+            event_time_range_ms=join.source.event_time_range_ms,
+            joins=(),
+        )
+    )
+
+
+def raw_list(events: pa.Table) -> list[Any]:
+    from transforms.stage1 import LINE, holds_lines
+
+    return events.column(LINE).to_pylist() if holds_lines(events.schema) else events.to_pylist()
+
+
+OtherEvent = tuple[tuple[Any, ...], int, tuple[Any, ...]]  # join values, time, the carried fields
+
+
+def read_other(
+    plan: TransformPlan,
+    join: IntervalJoin,
+    events: pa.Table,
+    counts: EventCounts,
+    letters: list[DeadLetter],
+    streaming: bool = False,
+) -> list[OtherEvent]:
+    """The other source's events an interval join can pair, in arrival order, counting each event's
+    outcome on that source: taken (``aggregated``), a null join value (``filtered``: it never
+    matches), dead-lettered (bad, or a join value of another type), or late (``streaming``)."""
+    preparer = other_preparer(plan, join)
+    classifier = LateClassifier(source_lateness(join.source)) if streaming else None
+    taken = []
+    for raw in raw_list(events):
+        counts.input += 1
+        first = preparer.decode_and_time(raw)
+        if isinstance(first, DeadLetter):
+            counts.dead_lettered += 1
+            letters.append(replace(first, source=join.source_name))
+            continue
+        event, time_ms = first
+        if classifier is not None:
+            watermark = classifier.late_watermark(time_ms)
+            if watermark is not None:
+                counts.late += 1
+                letters.append(replace(preparer.late(raw, time_ms, watermark), source=join.source_name))
+                continue
+        try:
+            key = join_key(join, event, 1)
+        except CoercionError as err:
+            counts.dead_lettered += 1
+            letter = preparer.dead_letter(raw, WRONG_TYPE, str(err), time_ms)
+            letters.append(replace(letter, source=join.source_name))
+            continue
+        if key is None:
+            counts.filtered += 1
+            continue
+        counts.aggregated += 1
+        taken.append((key, time_ms, tuple(event.get(f) for f in join.fields)))
+    return taken
+
+
+def join_key(join: IntervalJoin, event: dict[str, Any], side: int) -> tuple[Any, ...] | None:
+    """An event's interval-join values (``side`` 0: the view's own fields, 1: the other source's);
+    None when one is null (it matches nothing); ``CoercionError`` naming the field otherwise."""
+    key = []
+    for pair in join.on:
+        name = pair[side]
+        try:
+            key.append(join_value(event.get(name)))
+        except CoercionError as err:
+            raise CoercionError(f"join field {name!r}: {err}") from None
+    return None if None in key else tuple(key)
+
+
+def partner_order(event: OtherEvent) -> tuple[int, str]:
+    """The order an event's partners are joined in: by time, then by their carried fields."""
+    return event[1], repr(event[2])
+
+
+def joined_fields(join: IntervalJoin, partner: OtherEvent | None) -> dict[str, Any]:
+    """The fields an interval join adds for ``partner`` (None: a left join's unmatched event)."""
+    if partner is None:
+        return dict.fromkeys(join.added_fields)
+    return dict(zip(join.added_fields, (*partner[2], ms_to_datetime(partner[1])), strict=True))
+
+
+class _LookupIndex:
+    """One ``Lookup``'s rows by key, each key's times sorted."""
+
+    def __init__(self, lookup: Lookup, table: LookupTable) -> None:
+        self.lookup = lookup
+        key_types = dict(table.keys)
+        self.fields = [(event_field, key_types[key]) for event_field, key in lookup.on]
+        columns = [key for _, key in lookup.on]
+        by_key: dict[tuple[Any, ...], list[tuple[int, tuple[Any, ...]]]] = {}
+        data = table.rows.select([*columns, EVENT_TIMESTAMP, *lookup.features]).to_pylist()
+        for row in data:
+            key = tuple(row[c] for c in columns)
+            values = tuple(row[f] for f in lookup.features)
+            by_key.setdefault(key, []).append((datetime_to_ms(row[EVENT_TIMESTAMP]), values))
+        self.times: dict[tuple[Any, ...], list[int]] = {}
+        self.values: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
+        for key, items in by_key.items():
+            items.sort(key=lambda item: item[0])
+            self.times[key] = [t for t, _ in items]
+            self.values[key] = [v for _, v in items]
+
+    def apply(self, event: dict[str, Any], time_ms: int) -> list[JoinedEvent]:
+        key = lookup_key(self.lookup, self.fields, event)
+        found: tuple[Any, ...] | None = None
+        if None not in key:
+            times = self.times.get(tuple(key), [])
+            cut = (bisect_left if self.lookup.exclusive else bisect_right)(times, time_ms)
+            if cut:
+                found = self.values[tuple(key)][cut - 1]
+        added = found or (None,) * len(self.lookup.features)
+        return [({**event, **dict(zip(self.lookup.added_fields, added, strict=True))}, time_ms)]
+
+
+class _IntervalIndex:
+    """One ``IntervalJoin``'s other events by join values, each value's events sorted by time."""
+
+    def __init__(self, join: IntervalJoin) -> None:
+        self.join = join
+        self.times: dict[tuple[Any, ...], list[int]] = {}
+        self.partners: dict[tuple[Any, ...], list[OtherEvent]] = {}
+
+    def build(self, items: Iterable[OtherEvent]) -> None:
+        grouped: dict[tuple[Any, ...], list[OtherEvent]] = {}
+        for item in items:
+            grouped.setdefault(item[0], []).append(item)
+        for key, events in grouped.items():
+            events.sort(key=partner_order)
+            self.times[key] = [e[1] for e in events]
+            self.partners[key] = events
+
+    def apply(self, event: dict[str, Any], time_ms: int) -> list[JoinedEvent]:
+        join = self.join
+        key = join_key(join, event, 0)
+        out: list[JoinedEvent] = []
+        if key is not None:
+            times = self.times.get(key, [])
+            lo = bisect_left(times, time_ms - join.before_ms)
+            hi = bisect_right(times, time_ms + join.after_ms)
+            for i in range(lo, hi):
+                partner = self.partners[key][i]
+                out.append(({**event, **joined_fields(join, partner)}, join.joined_ms(time_ms, times[i])))
+        if not out and join.how == "left":
+            out.append(({**event, **joined_fields(join, None)}, join.unmatched_ms(time_ms)))
+        return out
+
+
+class EventJoiner:
+    """A view's joins over its ``JoinInputs``: ``join`` gives an event's joined events; the other
+    sources' events are read once, at construction, with their counts and dead letters."""
+
+    def __init__(self, plan: TransformPlan, inputs: JoinInputs, streaming: bool = False) -> None:
+        self.plan = plan
+        self.preparer = EventPreparer(plan)
+        self.indexes: list[_LookupIndex | _IntervalIndex] = []
+        self.source_counts: dict[str, EventCounts] = {}
+        self.dead_letters: list[DeadLetter] = []
+        for join in plan.joins:
+            if isinstance(join, Lookup):
+                if join.view not in inputs.lookups:
+                    raise KeyError(f"view {plan.view!r} looks up {join.view!r}, whose rows were not given")
+                self.indexes.append(_LookupIndex(join, inputs.lookups[join.view]))
+            else:
+                if join.source_name not in inputs.sources:
+                    raise KeyError(
+                        f"view {plan.view!r} joins source {join.source_name!r}, whose events were not given"
+                    )
+                index = _IntervalIndex(join)
+                index.build(self._read_other(join, index, inputs.sources[join.source_name], streaming))
+                self.indexes.append(index)
+
+    def _read_other(
+        self, join: IntervalJoin, index: _IntervalIndex, events: pa.Table, streaming: bool
+    ) -> list[OtherEvent]:
+        counts = self.source_counts.setdefault(join.source_name, EventCounts())
+        return read_other(self.plan, join, events, counts, self.dead_letters, streaming)
+
+    def join(self, raw: Any, event: dict[str, Any], time_ms: int) -> list[JoinedEvent] | DeadLetter:
+        """The joined events of one event (none: an inner join found no partner)."""
+        items: list[JoinedEvent] = [(event, time_ms)]
+        for index in self.indexes:
+            try:
+                items = [joined for e, t in items for joined in index.apply(e, t)]
+            except CoercionError as err:
+                return self.preparer.dead_letter(raw, WRONG_TYPE, str(err), time_ms)
+        return items
+
+
+def joined_outcome(
+    outcomes: list[PreparedEvent | DeadLetter | None],
+) -> list[PreparedEvent] | DeadLetter | None:
+    """One event's outcome from those of its joined events: dead-lettered whole when any is (the
+    first), filtered when none has rows, else the joined events that have rows."""
+    for outcome in outcomes:
+        if isinstance(outcome, DeadLetter):
+            return outcome
+    kept = [o for o in outcomes if isinstance(o, PreparedEvent)]
+    return kept or None
