@@ -70,7 +70,7 @@ def backfill_view(job: ViewBackfill) -> ViewReport:
     con.execute("SET preserve_insertion_order = false")
     sources: dict[str, EventCounts] = {}
     counts, letters = load_prepared(
-        con, view.plan, view.name, arrow_batches(job.files), end_ms, job.tick, job.joins, sources
+        con, view.plan, view.name, arrow_batches(job.files), end_ms, job.tick, job.join_inputs(), sources
     )
     if not manifest.prepared:
         write_dead_letters(job.dead_letter_file(end), letters)

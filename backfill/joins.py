@@ -16,7 +16,7 @@ import pyarrow as pa
 from backfill.history import JSON_LINES, arrow_batches, history_files, is_json_lines
 from featurestore.repo import FeatureRepo
 from featurestore.view import StreamFeatureView
-from transforms.engines.base import get_engine
+from transforms.engines.base import get_engine, lookup_rows
 from transforms.errors import MLFSError
 from transforms.joining import JoinInputs, LookupTable
 
@@ -77,6 +77,5 @@ class JoinReader:
         if name not in self._rows:
             view = self.repo.view(name)
             events = history_table(source_files(self.repo, view.source))
-            result = get_engine(self.engine).run_table(view.plan, events, self.inputs(view))
-            self._rows[name] = LookupTable.of(view.plan, result.rows)
+            self._rows[name] = lookup_rows(get_engine(self.engine), view.plan, events, self.inputs(view))
         return self._rows[name]

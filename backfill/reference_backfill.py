@@ -19,7 +19,7 @@ PROGRESS_UNIT = "events"  # what ``ViewBackfill.tick`` counts
 def backfill_view(job: ViewBackfill) -> ViewReport:
     """Backfill one view on the reference engine; returns what it did."""
     view, start, end = job.view, job.start, job.end
-    result = view.run(read_history(job.files), Runner.REFERENCE, progress=job.tick, joins=job.joins)
+    result = view.run(read_history(job.files), Runner.REFERENCE, progress=job.tick, joins=job.join_inputs())
     rows = [
         r for r in result.rows if (start is None or r[EVENT_TIMESTAMP] >= start) and r[EVENT_TIMESTAMP] < end
     ]

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -113,12 +114,7 @@ def plan_backfill(
     views = [repo.views[n] for n in lookup_order(repo, names) if n in names]
     if not views:
         raise MLFSError("the repository defines no views")
-    joined = [v.name for v in views if v.plan.joins]
-    if joined and engine == "spark":
-        raise MLFSError(
-            f"view {joined[0]!r} has joins, which the spark engine does not run yet "
-            "(use --engine embedded or reference)"
-        )
+
     end_given = end is not None
     end = end or datetime.now(UTC)
     if start is not None and start >= end:
@@ -189,7 +185,7 @@ def run_backfill(
                 chunk_rows=plan.chunk_rows,
                 chunk_days=plan.chunk_days,
                 spark_master=plan.spark_master,
-                joins=joins.inputs(view),
+                join_inputs=partial(joins.inputs, view),
                 join_files=joins.files(view),
             )
             if progress:

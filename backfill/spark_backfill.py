@@ -64,7 +64,8 @@ from transforms.engines.spark import (
     split_scored,
     tally,
 )
-from transforms.events import EventCounts
+from transforms.events import DeadLetter, EventCounts
+from transforms.joining import other_sources
 from transforms.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 from transforms.stage1 import LINE
 from transforms.timeutil import datetime_to_ms, ms_to_datetime
@@ -88,7 +89,15 @@ def backfill_view(job: ViewBackfill) -> ViewReport:
 
     clock = time.monotonic()
     events = history_frame(spark, job.files)
-    jvm, python = prepare_parts(view.plan, events)
+    joins_dir: str | None = None
+    sources: dict[str, EventCounts] = {}
+    other_letters: list[DeadLetter] = []
+    joins = job.join_inputs()
+    if joins is not None:  # read by every task (``prepare_parts``); counted here, once
+        joins.write(work / "joins")
+        joins_dir = str(work / "joins")
+        sources, other_letters = other_sources(view.plan, joins)
+    jvm, python = prepare_parts(view.plan, events, joins_dir)
 
     def persisted() -> Any:
         """What Python prepared in stage 1 (all of it where Spark SQL prepares nothing)."""
@@ -102,7 +111,7 @@ def backfill_view(job: ViewBackfill) -> ViewReport:
         python.write.mode("overwrite").parquet(str(prepared_path))
         counts, first = tally(stage1(), events.count())
         dead = persisted().filter(F.col(KIND) == DEAD).select(*DEAD_COLUMNS)
-        write_dead_letters(job.dead_letter_file(end), dead_letter_records(view.name, dead))
+        write_dead_letters(job.dead_letter_file(end), dead_letter_records(view.name, dead) + other_letters)
         manifest.prepared = True
         manifest.counts = asdict(counts)
         manifest.first_ms = first
@@ -116,7 +125,7 @@ def backfill_view(job: ViewBackfill) -> ViewReport:
         log.info("%s: stage 1 and dead letters in %.1fs", view.name, time.monotonic() - clock)
         clock = time.monotonic()
 
-    report = ViewReport(view.name, EventCounts(**manifest.counts), end=end)
+    report = ViewReport(view.name, EventCounts(**manifest.counts), end=end, source_counts=sources)
     if manifest.first_ms is None:  # no valid event at all
         shutil.rmtree(work, ignore_errors=True)
         return report

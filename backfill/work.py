@@ -48,7 +48,9 @@ class ViewBackfill:
     chunk_rows: int = CHUNK_ROWS
     chunk_days: int | None = None  # Spark: calendar chunks of this many days
     spark_master: str | None = None
-    joins: JoinInputs | None = None  # what the view's joins read (``backfill.joins``)
+    # What the view's joins read (``backfill.joins``), computed when the engine asks: Spark computes
+    # the looked-up views' rows on its own session.
+    join_inputs: Callable[[], JoinInputs | None] = lambda: None
     join_files: list[Path] = field(default_factory=list)  # the histories behind ``joins``
 
 

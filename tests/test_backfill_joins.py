@@ -1,6 +1,6 @@
 """`mlfs backfill` of the example's views with joins (`mlfs init --with-joins`): every backfill
-engine that runs joins writes the reference's rows, computed with the views they look up and the
-source they join; stock Feast reads them online and point in time; Spark refuses in one line."""
+engine writes the reference's rows, computed with the views they look up and the source they join;
+stock Feast reads them online and point in time; `serve-stream` refuses them in one line."""
 
 from __future__ import annotations
 
@@ -39,7 +39,9 @@ def reference_rows(repo: FeatureRepo, name: str) -> list[dict[str, Any]]:
     return [r for r in rows if r[EVENT_TIMESTAMP] < AS_OF]
 
 
-@pytest.fixture(scope="module", params=["embedded", "reference"])
+@pytest.fixture(
+    scope="module", params=["embedded", "reference", pytest.param("spark", marks=pytest.mark.slow)]
+)
 def backfilled(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = example_repo(tmp_path_factory.mktemp(request.param) / "repo", events=3000, with_joins=True)
     assert main(["apply", "--repo", str(repo)]) == 0
@@ -91,19 +93,13 @@ def test_feast_reads_joined_views_online_and_point_in_time(backfilled: Path) -> 
             assert same_features({f: normalise(record[f]) for f in features}, want), (name, record)
 
 
-def test_spark_and_serve_stream_refuse_views_with_joins_in_one_line(
+def test_serve_stream_refuses_views_with_joins_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Until they run joins, before any work."""
+    """Until Flink runs joins, before any work."""
     repo = example_repo(tmp_path / "repo", events=200, with_joins=True)
     assert main(["apply", "--repo", str(repo)]) == 0
     capsys.readouterr()
-    assert main(["backfill", "user_refunds_30d", "--engine", "spark", "--repo", str(repo)]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [
-        "mlfs: error: view 'user_refunds_30d' has joins, which the spark engine does not run yet "
-        "(use --engine embedded or reference)"
-    ]
     assert main(["serve-stream", "--repo", str(repo)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert (
@@ -117,8 +113,8 @@ def test_verify_runs_a_joined_view_on_each_engine_that_can(
 ) -> None:
     repo = example_repo(tmp_path / "repo", events=600, with_joins=True)
     capsys.readouterr()
-    args = ["verify", "user_amount_vs_habit_7d", "--engines", "embedded,spark", "--repo", str(repo)]
+    args = ["verify", "user_amount_vs_habit_7d", "--engines", "embedded,flink", "--repo", str(repo)]
     assert main(args) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[2] for line in lines if " on " in line] == ["reference", "embedded", "spark"]
+    assert [line.split()[2] for line in lines if " on " in line] == ["reference", "embedded", "flink"]
     assert "identical" in lines[1] and "not run" in lines[2], lines

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ from featurestore import (
     col,
 )
 from featurestore.view import StreamFeatureView
+from transforms.engines.base import get_engine
+from transforms.engines.duckdb_joins import JoinedEventStage
 from transforms.engines.reference import raw_events
 from transforms.joining import JoinInputs, LookupTable
 from transforms.stage1 import LINE
@@ -255,7 +257,7 @@ def refunds(seed: int, mixed: bool = False) -> list[dict[str, Any]]:
             {
                 "ref": ref,
                 "timestamp": stamp,
-                "amount": rng.choice([None, 1.0, 2.5, 4.0]),
+                "amount": rng.choice([None, 1.0, 2.5, 4.0] * 3 + [float("inf")]),  # inf: wrong_type
                 "reason": rng.choice(["fraud", "return", "boom"] if mixed else ["fraud", "return"]),
             }
         )
@@ -298,18 +300,45 @@ def assert_same_joined(view: StreamFeatureView, expected: Any, got: Any) -> None
     assert all(c.balanced for c in expected.source_counts.values())
 
 
+def typed_times(events: list[dict[str, Any]]) -> pa.Table:
+    """Events with a timestamp column (unparseable times null), as Parquet history holds them."""
+    table = pa.Table.from_pylist(events)
+    times = [
+        None if t in (None, "not a time") else datetime.fromisoformat(t)
+        for t in table.column("timestamp").to_pylist()
+    ]
+    return table.set_column(
+        table.schema.get_field_index("timestamp"), "timestamp", pa.array(times, pa.timestamp("us", tz="UTC"))
+    )
+
+
+@pytest.mark.parametrize("typed_time", [False, True])
 @pytest.mark.parametrize("how", ["inner", "left"])
 @pytest.mark.parametrize("transform", sorted(PAIRED_TRANSFORMS))
 @pytest.mark.parametrize("window", sorted(WINDOWS))
-def test_interval_join_equals_reference_on_the_embedded_engine(how: str, transform: str, window: str) -> None:
+def test_interval_join_equals_reference_on_the_embedded_engine(
+    how: str, transform: str, window: str, typed_time: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Typed times and a declarative transform take the joins over whole columns (only the events
+    with a row it cannot prove clean go event by event); the rest goes event by event."""
     view = paired_view(how, transform, window)
-    events, other = pa.Table.from_pylist(payments(31)), pa.Table.from_pylist(refunds(32))
-    inputs = JoinInputs(sources={"refunds": other})
+    events = typed_times(payments(31)) if typed_time else pa.Table.from_pylist(payments(31))
+    inputs = JoinInputs(sources={"refunds": pa.Table.from_pylist(refunds(32))})
     expected = view.run(raw_events(events), joins=inputs)
     assert any(r["n_refunds"] > 1 for r in expected.rows)  # several partners
     assert any(r["n"] > r["n_refunds"] for r in expected.rows) or how == "inner"
+    by_event: list[int] = []
+    per_event = JoinedEventStage._by_event
+
+    def counted(stage: JoinedEventStage, batch: pa.RecordBatch) -> pa.RecordBatch:
+        by_event.append(batch.num_rows)
+        return per_event(stage, batch)
+
+    monkeypatch.setattr(JoinedEventStage, "_by_event", counted)
     got = view.run(events, Runner.EMBEDDED, joins=inputs)
     assert_same_joined(view, expected, got)
+    whole_columns = typed_time and transform != "row"
+    assert (sum(by_event) < events.num_rows / 2) == whole_columns, (sum(by_event), events.num_rows)
 
 
 @pytest.mark.parametrize("how", ["inner", "left"])
@@ -356,3 +385,29 @@ def test_interval_join_pairs_at_the_bounds_and_times_the_joined_event() -> None:
     assert by_time[BASE] == -2.0 and by_time[BASE + timedelta(seconds=3)] == 1.0
     lonely = paired_view("left", "none").run([{**event, "ref": "q"}], joins=inputs).rows
     assert lonely[0]["event_timestamp"] == BASE + timedelta(seconds=3) and lonely[0]["n_refunds"] == 0
+
+
+@pytest.mark.slow
+def test_spark_runs_lookups_and_interval_joins_as_the_reference(tmp_path: Path) -> None:
+    """Spark runs the embedded engine's joined stage 1 in its tasks (the inputs written once by the
+    driver): a chained lookup of typed-time events, and a messy interval join then a lookup."""
+    stats = stats_view()
+    stats_events = pa.Table.from_pylist(tied_events(51, keys=4))
+    reference_stats = stats.run(raw_events(stats_events)).rows
+    spark_engine = get_engine("spark")
+    spark_stats = spark_engine.feature_table(stats.plan, stats_events)
+    assert spark_stats is not None
+
+    enriched = enriched_view("continuous", "declarative")
+    events = typed_times(tied_events(52, keys=6))
+    expected = enriched.run(raw_events(events), joins=lookups(stats, reference_stats))
+    found_some(expected.rows)
+    got = spark_engine.run_table(enriched.plan, events, lookups(stats, spark_stats))
+    assert_same_result(enriched, expected, got.rows, got.counts, got.dead_letters)
+
+    paired = paired_view("left", "row", lookup=True)
+    events, other = as_lines(payments(53, mixed=True)), as_lines(refunds(54, mixed=True))
+    inputs = JoinInputs(lookups=lookups(stats, reference_stats).lookups, sources={"refunds": other})
+    expected = paired.run(raw_events(events), joins=inputs)
+    got = spark_engine.run_table(paired.plan, events, inputs)
+    assert_same_joined(paired, expected, got)

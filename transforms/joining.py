@@ -8,15 +8,18 @@ events (in arrival order) of each source it joins with.
 
 from __future__ import annotations
 
+import json
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from transforms.arrow_events import STORE_TIMESTAMP, arrow_type
-from transforms.dtypes import CoercionError, DType, coerce, is_null
+from transforms.dtypes import CoercionError, DType, coerce, dtype_from_string, is_null
 from transforms.events import (
     WRONG_TYPE,
     DeadLetter,
@@ -61,6 +64,48 @@ class JoinInputs:
 
     lookups: dict[str, LookupTable] = field(default_factory=dict)
     sources: dict[str, pa.Table] = field(default_factory=dict)
+
+    def write(self, directory: Path) -> None:
+        """As Parquet files (and the key types as JSON) in ``directory``, for ``read`` elsewhere
+        (Spark's tasks read them from the run's work directory)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        keys = {}
+        for i, (name, table) in enumerate(sorted(self.lookups.items())):
+            pq.write_table(table.rows, directory / f"lookup-{i}.parquet")
+            keys[name] = {"file": f"lookup-{i}.parquet", "keys": [[k, str(t)] for k, t in table.keys]}
+        sources = {}
+        for i, (name, events) in enumerate(sorted(self.sources.items())):
+            pq.write_table(events, directory / f"source-{i}.parquet")
+            sources[name] = f"source-{i}.parquet"
+        (directory / "joins.json").write_text(json.dumps({"lookups": keys, "sources": sources}))
+
+    @staticmethod
+    def read(directory: Path) -> JoinInputs:
+        """What ``write`` wrote to ``directory``."""
+        index = json.loads((directory / "joins.json").read_text())
+        inputs = JoinInputs()
+        for name, held in index["lookups"].items():
+            keys = tuple((k, dtype_from_string(t)) for k, t in held["keys"])
+            inputs.lookups[name] = LookupTable(keys, pq.read_table(directory / held["file"]))
+        for name, file in index["sources"].items():
+            inputs.sources[name] = pq.read_table(directory / file)
+        return inputs
+
+
+def other_sources(plan: TransformPlan, inputs: JoinInputs) -> tuple[dict[str, EventCounts], list[DeadLetter]]:
+    """The counts and dead letters of a view's interval joins' other sources (``read_other``), for
+    an engine that finds the partners elsewhere (Spark's tasks)."""
+    counts: dict[str, EventCounts] = {}
+    letters: list[DeadLetter] = []
+    for join in plan.interval_joins:
+        read_other(
+            plan,
+            join,
+            inputs.sources[join.source_name],
+            counts.setdefault(join.source_name, EventCounts()),
+            letters,
+        )
+    return counts, letters
 
 
 def join_value(value: Any) -> Any:

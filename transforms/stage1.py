@@ -92,7 +92,7 @@ class _BatchBuilder:
         return pa.RecordBatch.from_pydict(self.columns, schema=self.schema)
 
 
-def _clean_batch(schema: pa.Schema, clean: dict[str, pa.Array]) -> pa.RecordBatch:
+def clean_batch(schema: pa.Schema, clean: dict[str, pa.Array]) -> pa.RecordBatch:
     n = len(clean[TS])
     arrays = []
     for field in schema:
@@ -107,7 +107,7 @@ def _clean_batch(schema: pa.Schema, clean: dict[str, pa.Array]) -> pa.RecordBatc
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def _filtered_batch(schema: pa.Schema, n: int) -> pa.RecordBatch:
+def filtered_batch(schema: pa.Schema, n: int) -> pa.RecordBatch:
     fixed = {KIND: pa.array(np.full(n, FILTERED, dtype=np.int8)), FIRST: pa.array(np.zeros(n, dtype=bool))}
     arrays = [fixed.get(field.name, pa.nulls(n, field.type)) for field in schema]
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
@@ -134,9 +134,9 @@ def prepare_batches(
             continue
         split = split_clean(plan, batch)
         if split is not None:  # clean rows vectorised; the rest (bad rows) row by row
-            yield _clean_batch(schema, split.clean)
+            yield clean_batch(schema, split.clean)
             if split.filtered:
-                yield _filtered_batch(schema, split.filtered)
+                yield filtered_batch(schema, split.filtered)
             batch = split.rest
         added = batch.select(joined).to_pylist() if joined else None
         yield _row_path(plan, preparer, schema, batch.select(raw_names).to_pylist(), added)
@@ -156,9 +156,9 @@ def _prepare_lines(
         typed = typed_batch(fields, texts)
         split = split_clean(plan, typed.batch) if typed.positions else None
         if split is not None:
-            yield _clean_batch(schema, split.clean)
+            yield clean_batch(schema, split.clean)
             if split.filtered:
-                yield _filtered_batch(schema, split.filtered)
+                yield filtered_batch(schema, split.filtered)
             taken = pc.or_(split.clean_mask, split.filtered_mask).to_numpy(zero_copy_only=False)
             left = np.asarray(typed.positions, dtype=np.int64)[~taken].tolist()
             texts = [texts[i] for i in sorted(left + typed.rest)]

@@ -22,7 +22,7 @@ from transforms.plan import FeatureContext, Runner, TransformPlan
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from transforms.joining import JoinInputs
+    from transforms.joining import JoinInputs, LookupTable
 
 
 @dataclass
@@ -52,13 +52,33 @@ class Engine(ABC):
         ``stage1.LINE``), collected; a view with joins reads ``joins``."""
         raise EngineUnavailable(f"the {self.name} engine does not run a bounded table of events")
 
+    def feature_table(
+        self, plan: TransformPlan, events: pa.Table, joins: JoinInputs | None = None
+    ) -> pa.Table | None:
+        """``run_table``'s feature rows as an Arrow table, where the engine holds them so (None:
+        it does not; take ``run_table``'s rows)."""
+        return None
+
+
+def lookup_rows(
+    engine: Engine, plan: TransformPlan, events: pa.Table, joins: JoinInputs | None
+) -> LookupTable:
+    """A view's feature rows over ``events`` as another view's lookups read them, on ``engine``
+    (kept in Arrow where the engine can: ``Engine.feature_table``)."""
+    from transforms.joining import LookupTable
+
+    table = engine.feature_table(plan, events, joins)
+    if table is not None:
+        return LookupTable.of(plan, table)
+    return LookupTable.of(plan, engine.run_table(plan, events, joins).rows)
+
 
 def refuse_joins(engine: str, plan: TransformPlan) -> None:
     """Stop, with one line, an engine that does not run joins yet."""
     if plan.joins:
         raise EngineUnavailable(
             f"view {plan.view!r} has joins, which the {engine} engine does not run yet "
-            "(the reference and embedded engines do)"
+            "(the reference, embedded and Spark engines do)"
         )
 
 

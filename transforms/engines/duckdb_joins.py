@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms.arrow_events import ENGINE_TYPES, time_ms_column
+from transforms.arrow_events import ENGINE_TYPES, split_clean, time_ms_column
 from transforms.dtypes import CoercionError, DType
 from transforms.events import WRONG_TYPE, DeadLetter, EventCounts, EventPreparer
 from transforms.joining import (
@@ -38,7 +38,15 @@ from transforms.joining import (
 )
 from transforms.joins import IntervalJoin, Lookup
 from transforms.plan import EVENT_TIMESTAMP, TransformPlan
-from transforms.stage1 import LINE, outcomes_batch, prepared_schema
+from transforms.stage1 import (
+    FIRST,
+    LINE,
+    clean_batch,
+    filtered_batch,
+    outcomes_batch,
+    prepare_batches,
+    prepared_schema,
+)
 from transforms.timeutil import vectorised_range
 
 
@@ -189,6 +197,25 @@ def _join_text(value: Any) -> str:
     return f"i:{value}" if isinstance(value, int) else f"s:{value}"
 
 
+EVENT = "_event"  # a joined row's raw event (its position in the batch)
+JOIN_TYPES = (pa.string(), pa.int64(), pa.int32())  # columns of interval-join values taken whole
+
+
+def _fields_table(join: IntervalJoin, partners: list[OtherEvent]) -> pa.Table | None:
+    """An interval join's partners' carried fields and time (the fields it adds, in partner order)
+    as Arrow columns; None when a field holds values of more than one type, which only the
+    per-event path carries exactly as they are."""
+    columns = []
+    for i in range(len(join.fields)):
+        values = [fields[i] for _, _, fields in partners]
+        kinds = {type(v) for v in values if v is not None}
+        if len(kinds) > 1 or not kinds <= {str, int, float, bool}:
+            return None
+        columns.append(pa.array(values))
+    columns.append(pa.array([t for _, t, _ in partners], pa.int64()).cast(pa.timestamp("ms", tz="UTC")))
+    return pa.table(columns, names=list(join.added_fields))
+
+
 class JoinedEventStage:
     """Stage 1 of a view with an interval join, whatever its other joins: each event is decoded and
     timed by ``EventPreparer``, DuckDB finds every join's partners (``ASOF`` for lookups, a range
@@ -205,6 +232,7 @@ class JoinedEventStage:
         self.other_letters: list[DeadLetter] = []
         self.keys: dict[int, list[KeyField]] = {}
         self.partners: dict[int, list[OtherEvent]] = {}
+        self.fields: dict[int, pa.Table | None] = {}  # per interval join: its partners' fields, in order
         for j, join in enumerate(plan.joins):
             if isinstance(join, Lookup):
                 self.keys[j] = _register_lookup(con, plan, j, join, inputs)
@@ -224,9 +252,130 @@ class JoinedEventStage:
             for m in range(len(join.on)):
                 columns[f"_k{m}"] = pa.array([_join_text(key[m]) for key, _, _ in taken], pa.string())
             _register(con, f"_mlfs_other{j}", columns)
+            self.fields[j] = _fields_table(join, taken)
 
-    def prepare(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        """Stage 1's output for one batch of raw events."""
+    def prepare(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
+        """Stage 1's output for one batch of raw events: vectorised where ``_vectorised`` can,
+        else event by event."""
+        out = self._vectorised(batch)
+        return out if out is not None else [self._by_event(batch)]
+
+    def _vectorised(self, batch: pa.RecordBatch) -> list[pa.RecordBatch] | None:
+        """A declarative view's batch with a typed time column and join columns of exact types:
+        the joins over whole columns, then ``split_clean``. The events it cannot prove clean (a
+        joined row left to the row path, or no usable time) go through ``_by_event``, so that
+        their joined events are counted and dead-lettered together (None: the whole batch does)."""
+        plan = self.plan
+        names = batch.schema.names
+        if not plan.declarative_events or None in self.fields.values() or plan.timestamp_field not in names:
+            return None
+        time_column = batch.column(plan.timestamp_field)
+        if not pa.types.is_timestamp(time_column.type) or not all(
+            self._exact(batch, j, join) for j, join in enumerate(plan.joins)
+        ):
+            return None
+        raw_ms = time_ms_column(time_column)
+        assert raw_ms is not None
+        low, high = vectorised_range(plan.event_time_range_ms)
+        timed = pc.fill_null(pc.and_(pc.greater_equal(raw_ms, low), pc.less_equal(raw_ms, high)), False)
+        timed_np = timed.to_numpy(zero_copy_only=False)
+        table = pa.Table.from_batches([batch]).filter(timed)
+        table = table.append_column(EVENT, pa.array(np.flatnonzero(timed_np)))
+        times = raw_ms.filter(timed)
+        for j, join in enumerate(plan.joins):
+            table, times = self._join_columns(j, join, table, times)
+        joined = table.drop_columns([EVENT]).combine_chunks()
+        rows = (
+            joined.to_batches()[0]
+            if joined.num_rows
+            else pa.RecordBatch.from_pylist([], schema=joined.schema)
+        )
+        split = split_clean(plan, rows)
+        if split is None:
+            return None
+        event_of = table.column(EVENT).to_numpy()
+        clean = split.clean_mask.to_numpy(zero_copy_only=False)
+        left = ~(clean | split.filtered_mask.to_numpy(zero_copy_only=False))
+        by_event = np.union1d(event_of[left], np.flatnonzero(~timed_np))
+        kept = ~np.isin(event_of[clean], by_event)
+        kept_events = event_of[clean][kept]
+        out = []
+        if kept.any():
+            first = np.zeros(len(kept_events), dtype=bool)
+            first[np.unique(kept_events, return_index=True)[1]] = True
+            rows_batch = clean_batch(
+                self.schema, {k: v.filter(pa.array(kept)) for k, v in split.clean.items()}
+            )
+            out.append(rows_batch.set_column(self.schema.get_field_index(FIRST), FIRST, pa.array(first)))
+        aggregated = len(np.unique(kept_events))
+        filtered = int(timed_np.sum()) - aggregated - int(np.isin(by_event, np.flatnonzero(timed_np)).sum())
+        if filtered:
+            out.append(filtered_batch(self.schema, filtered))
+        if len(by_event):
+            out.append(self._by_event(batch.take(pa.array(by_event))))
+        return out
+
+    def _exact(self, batch: pa.RecordBatch, j: int, join: Lookup | IntervalJoin) -> bool:
+        """Whether the batch's columns of join ``j``'s values hold exactly the types it compares."""
+        names = batch.schema.names
+        wanted: list[tuple[str, tuple[pa.DataType, ...]]]
+        if isinstance(join, Lookup):
+            wanted = [(f, (ENGINE_TYPES[d.name],)) for f, _, d in self.keys[j]]
+        else:
+            wanted = [(f, JOIN_TYPES) for f, _ in join.on]
+        for field, types in wanted:
+            if field not in names:
+                return False
+            kind = batch.schema.field(field).type
+            if kind not in types and not (pa.types.is_large_string(kind) and pa.string() in types):
+                return False
+        return True
+
+    def _join_columns(
+        self, j: int, join: Lookup | IntervalJoin, table: pa.Table, times: pa.Array
+    ) -> tuple[pa.Table, pa.Array]:
+        """Join ``j`` over whole columns (``table``'s rows, at ``times``): the joined rows and times."""
+        probe: dict[str, pa.Array] = {"_i": pa.array(np.arange(table.num_rows, dtype=np.int64)), "_t": times}
+        if isinstance(join, Lookup):
+            for field, column, dtype in self.keys[j]:
+                probe[column] = table.column(field).cast(ENGINE_TYPES[dtype.name])
+            selects = ", ".join(f"l{j}._f{j}_{i}" for i in range(len(join.features)))
+            found = self._query(
+                probe,
+                f"SELECT {selects} FROM _mlfs_probe p {_asof_join(j, join, self.keys[j])} ORDER BY p._i",
+            )
+            table = table.drop_columns([n for n in join.added_fields if n in table.column_names])
+            for name, column in zip(join.added_fields, found.columns, strict=True):
+                table = table.append_column(name, column)
+            return table, times
+        for m, (field, _) in enumerate(join.on):
+            column = table.column(field)
+            tag = "i:" if pa.types.is_integer(column.type) else "s:"
+            probe[f"_k{m}"] = pc.binary_join_element_wise(tag, pc.cast(column, pa.string()), "")
+        on = " AND ".join(f"p._k{m} = b._k{m}" for m in range(len(join.on)))
+        how = "LEFT JOIN" if join.how == "left" else "JOIN"
+        pairs = self._query(
+            probe,
+            f"SELECT p._i, b._b, b._bt FROM _mlfs_probe p {how} _mlfs_other{j} b ON {on} "
+            f"AND b._bt BETWEEN p._t - {join.before_ms} AND p._t + {join.after_ms} ORDER BY p._i, b._b",
+        )
+        rows, partner, partner_ms = (pairs.column(c).combine_chunks() for c in ("_i", "_b", "_bt"))
+        table, times = table.take(rows), times.take(rows)
+        unmatched = pc.add(times, join.after_ms)
+        times = pc.if_else(pc.is_null(partner), unmatched, pc.max_element_wise(times, partner_ms))
+        fields = self.fields[j]
+        assert fields is not None
+        table = table.drop_columns([n for n in join.added_fields if n in table.column_names])
+        for name, column in zip(join.added_fields, fields.take(partner).columns, strict=True):
+            table = table.append_column(name, column)
+        when = pc.cast(times, pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
+        table = table.set_column(
+            table.column_names.index(self.plan.timestamp_field), self.plan.timestamp_field, when
+        )
+        return table, times
+
+    def _by_event(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Stage 1's output for raw events one by one (the reference's per-event code)."""
         raws = batch.column(LINE).to_pylist() if batch.schema.names == [LINE] else batch.to_pylist()
         outcomes: list[Any] = [None] * len(raws)
         events: list[int] = []  # per joined event: the raw event it came from
@@ -334,3 +483,40 @@ class JoinedEventStage:
         finally:
             self.con.unregister("_mlfs_probe")
         return result
+
+
+class JoinedStage1:
+    """Stage 1 of a view with joins over raw event batches, on connection ``con``: its output batches
+    (``transforms.stage1``'s rows, dead letters and filtered markers; a lookup key that does not
+    coerce is a dead-letter row too). The embedded engine runs it in process, Spark in each task."""
+
+    def __init__(self, con: Any, plan: TransformPlan, inputs: JoinInputs) -> None:
+        self.plan = plan
+        self.schema = prepared_schema(plan)
+        self.events: JoinedEventStage | None = None
+        self.lookups: LookupJoiner | None = None
+        if plan.interval_joins:
+            self.events = JoinedEventStage(con, plan, inputs)
+        else:
+            self.lookups = LookupJoiner(con, plan, inputs)
+
+    @property
+    def source_counts(self) -> dict[str, EventCounts]:
+        """The interval joins' other sources' counts."""
+        return self.events.source_counts if self.events else {}
+
+    @property
+    def other_letters(self) -> list[DeadLetter]:
+        """The interval joins' other sources' dead letters."""
+        return self.events.other_letters if self.events else []
+
+    def prepare(self, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
+        if self.events is not None:
+            yield from self.events.prepare(batch)
+            return
+        assert self.lookups is not None
+        letters: list[DeadLetter] = []
+        joined = list(self.lookups.join(iter([batch]), letters))
+        if letters:
+            yield outcomes_batch(self.plan, self.schema, letters)
+        yield from prepare_batches(self.plan, iter(joined), self.lookups.added)

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from transforms.engines.base import Engine, EngineResult
-from transforms.engines.duckdb_joins import JoinedEventStage, LookupJoiner
+from transforms.engines.duckdb_joins import JoinedStage1
 from transforms.engines.duckdb_windows import feature_rows
 from transforms.events import DeadLetter, EventCounts
 from transforms.joining import JoinInputs
@@ -81,6 +81,19 @@ class EmbeddedEngine(Engine):
     ) -> EngineResult:
         return run_embedded(plan, events.to_batches(max_chunksize=BATCH_ROWS), joins=joins)
 
+    def feature_table(
+        self, plan: TransformPlan, events: pa.Table, joins: JoinInputs | None = None
+    ) -> pa.Table | None:
+        if plan.row_stages:  # model stages score rows as dicts
+            return None
+        con = duckdb.connect()
+        try:
+            load_prepared(con, plan, plan.view, events.to_batches(max_chunksize=BATCH_ROWS), joins=joins)
+            table: pa.Table = feature_rows(con, plan, "prepared")
+        finally:
+            con.close()
+        return table
+
 
 ENGINE = EmbeddedEngine()
 
@@ -103,26 +116,14 @@ def load_prepared(
     kept = [f.name for f in schema if f.name in (*plan.key_names, TS) or f.name.startswith("_v")]
     counts = EventCounts()
     letters: list[DeadLetter] = []
-    joiner, stage = None, None
-    if plan.interval_joins:
-        stage = JoinedEventStage(con, plan, joins or JoinInputs())
+    stage = JoinedStage1(con, plan, joins or JoinInputs()) if plan.joins else None
+    if stage is not None:
         letters.extend(stage.other_letters)
         if source_counts is not None:
             source_counts.update(stage.source_counts)
-    elif plan.lookups:
-        joiner = LookupJoiner(con, plan, joins or JoinInputs())
-    joined = joiner.added if joiner else []
 
     def prepared(batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
-        if stage is not None:
-            yield stage.prepare(batch)
-            return
-        raw: Iterator[pa.RecordBatch] = iter([batch])
-        if joiner is not None:
-            refused = len(letters)
-            raw = iter(list(joiner.join(raw, letters)))
-            counts.dead_lettered += len(letters) - refused
-        yield from prepare_batches(plan, raw, joined)
+        return stage.prepare(batch) if stage is not None else prepare_batches(plan, iter([batch]))
 
     failed: list[BaseException] = []
 

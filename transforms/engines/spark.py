@@ -12,15 +12,16 @@ with the same code and the cost per event grows only with the log of a key's eve
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
 from transforms.dtypes import DType
-from transforms.engines.base import Engine, EngineResult, refuse_joins
+from transforms.engines.base import Engine, EngineResult
 from transforms.events import DeadLetter, EventCounts
-from transforms.joining import JoinInputs
+from transforms.joining import JoinInputs, other_sources
 from transforms.plan import EVENT_TIMESTAMP, FeatureContext, TransformPlan
 from transforms.stage1 import (
     DEAD,
@@ -201,11 +202,15 @@ def ship_code_by_value(*functions: Any) -> None:
             cloudpickle.register_pickle_by_value(module)
 
 
-def prepare_parts(plan: TransformPlan, events: Any) -> tuple[Any | None, Any]:
+def prepare_parts(plan: TransformPlan, events: Any, joins: str | None = None) -> tuple[Any | None, Any]:
     """Stage 1 over the raw events DataFrame, in two parts: the rows Spark SQL prepares in the JVM
     (``spark_clean``; None where it cannot) and what Python prepares from the other events (all
     events when the first part is None). Only the Python part holds dead letters. Neither is cached:
-    the JVM part is cheap to recompute from the events."""
+    the JVM part is cheap to recompute from the events.
+
+    A view with joins runs the embedded engine's joined stage 1 (``duckdb_joins.JoinedStage1``) in
+    each task, over ``JoinInputs`` that the driver wrote to the directory ``joins`` (every task reads
+    all of them: the looked-up rows and the other sources' events must fit a task's memory)."""
     from pyspark.sql import functions as F
 
     from transforms.engines.spark_clean import clean_rows
@@ -214,6 +219,11 @@ def prepare_parts(plan: TransformPlan, events: Any) -> tuple[Any | None, Any]:
 
     def stage1(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         return prepare_batches(plan, batches)
+
+    if plan.joins:
+        if joins is None:
+            raise ValueError(f"view {plan.view!r} has joins: give the directory of their inputs")
+        return None, events.mapInArrow(_joined_stage1(plan, joins), prepared_ddl(plan))
 
     fast = clean_rows(plan, events, KIND, FIRST, TS)
     if fast is None:
@@ -230,9 +240,34 @@ def prepare_parts(plan: TransformPlan, events: Any) -> tuple[Any | None, Any]:
     return typed, events.filter(~condition).mapInArrow(stage1, prepared_ddl(plan))
 
 
-def prepare(plan: TransformPlan, events: Any) -> Any:
+def _joined_stage1(plan: TransformPlan, joins: str) -> Any:
+    """The ``mapInArrow`` function of a view with joins: ``JoinedStage1`` over the task's batches."""
+    from pathlib import Path
+
+    schema = prepared_schema(plan)
+
+    def stage1(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import duckdb
+
+        from transforms.engines.duckdb_joins import JoinedStage1
+        from transforms.joining import JoinInputs
+
+        con = duckdb.connect()
+        con.execute("SET threads = 1")  # Spark runs one task per core already
+        try:
+            stage = JoinedStage1(con, plan, JoinInputs.read(Path(joins)))
+            for batch in batches:
+                for out in stage.prepare(batch):
+                    yield out.cast(schema)
+        finally:
+            con.close()
+
+    return stage1
+
+
+def prepare(plan: TransformPlan, events: Any, joins: str | None = None) -> Any:
     """Stage 1 over the raw events DataFrame (not cached): typed rows, dead letters, filtered."""
-    jvm, python = prepare_parts(plan, events)
+    jvm, python = prepare_parts(plan, events, joins)
     return python if jvm is None else jvm.unionByName(python)
 
 
@@ -247,12 +282,13 @@ def tally(prepared: Any, events: int) -> tuple[EventCounts, int | None]:
     return counts, first
 
 
-def run_spark(plan: TransformPlan, events: Any) -> SparkResult:
-    """Compile ``plan`` over the raw events DataFrame ``events``; stage 1 is computed once."""
+def run_spark(plan: TransformPlan, events: Any, joins: str | None = None) -> SparkResult:
+    """Compile ``plan`` over the raw events DataFrame ``events``; stage 1 is computed once. A view
+    with joins reads their inputs from the directory ``joins`` (``JoinInputs.write``)."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    prepared = prepare(plan, events).persist(StorageLevel.MEMORY_AND_DISK)
+    prepared = prepare(plan, events, joins).persist(StorageLevel.MEMORY_AND_DISK)
     # The input is counted apart from stage 1's output, so a lost event unbalances the counts.
     counts, _ = tally(prepared, events.count())
     rows = aggregate_rows(plan, prepared.filter(F.col(KIND) == ROW))
@@ -267,38 +303,65 @@ def run_spark(plan: TransformPlan, events: Any) -> SparkResult:
 
 
 class SparkEngine(Engine):
-    """Spark over a DataFrame of raw events; its result holds DataFrames (``SparkResult``)."""
+    """Spark over a DataFrame of raw events; its result holds DataFrames (``SparkResult``). A view
+    with joins takes the directory of their inputs as option ``joins_dir`` (``JoinInputs.write``)."""
 
     name = "spark"
 
     def run(self, plan: TransformPlan, inputs: Any, ctx: FeatureContext) -> SparkResult:
-        refuse_joins(self.name, plan)
-        return run_spark(plan, inputs)
+        return run_spark(plan, inputs, ctx.options.get("joins_dir"))
 
     def run_table(
         self, plan: TransformPlan, events: pa.Table, joins: JoinInputs | None = None
     ) -> EngineResult:
         """On a local session (``local[2]``), through a Parquet file as a backfill reads history."""
-        refuse_joins(self.name, plan)
-        import tempfile
-        from pathlib import Path
+        with _local_run(plan, events, joins) as (result, inputs):
+            letters = result.dead_letter_records(plan.view)
+            sources: dict[str, EventCounts] = {}
+            if inputs is not None:
+                sources, others = other_sources(plan, inputs)
+                letters += others
+            return EngineResult(
+                rows=result.rows.toArrow().to_pylist(),
+                dead_letters=letters,
+                counts=result.counts,
+                source_counts=sources,
+            )
 
-        import pyarrow.parquet as pq
+    def feature_table(
+        self, plan: TransformPlan, events: pa.Table, joins: JoinInputs | None = None
+    ) -> pa.Table | None:
+        with _local_run(plan, events, joins) as (result, _):
+            table: pa.Table = result.rows.toArrow()
+            return table
 
-        from backfill.spark_session import spark_session
 
-        with tempfile.TemporaryDirectory(prefix="mlfs-spark-") as tmp:
-            path = Path(tmp) / "events.parquet"
-            pq.write_table(events, path)
-            result = run_spark(plan, spark_session("local[2]", "mlfs-verify").read.parquet(str(path)))
-            try:
-                return EngineResult(
-                    rows=result.rows.toArrow().to_pylist(),
-                    dead_letters=result.dead_letter_records(plan.view),
-                    counts=result.counts,
-                )
-            finally:
-                result.release()
+@contextmanager
+def _local_run(
+    plan: TransformPlan, events: pa.Table, joins: JoinInputs | None
+) -> Iterator[tuple[SparkResult, JoinInputs | None]]:
+    """``plan`` over ``events`` on a local session, the events and join inputs in a temporary
+    directory for the run's life."""
+    import tempfile
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from backfill.spark_session import spark_session
+
+    with tempfile.TemporaryDirectory(prefix="mlfs-spark-") as tmp:
+        path = Path(tmp) / "events.parquet"
+        pq.write_table(events, path)
+        joins_dir = None
+        if plan.joins:
+            joins = joins or JoinInputs()
+            joins.write(Path(tmp) / "joins")
+            joins_dir = str(Path(tmp) / "joins")
+        result = run_spark(plan, spark_session("local[2]", "mlfs-verify").read.parquet(str(path)), joins_dir)
+        try:
+            yield result, joins if plan.joins else None
+        finally:
+            result.release()
 
 
 ENGINE = SparkEngine()
