@@ -5,7 +5,10 @@ rows, chained views, keys of the wrong type) and stream-stream interval joins.""
 from __future__ import annotations
 
 import json
+import pickle
 import random
+import subprocess
+import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -348,7 +351,8 @@ def test_interval_join_of_messy_json_lines_then_a_lookup_equals_reference(tmp_pa
     stats = stats_view()
     stats_path = write_events(tied_events(41, keys=4), tmp_path / "stats.parquet")
     view = paired_view(how, "row", lookup=True)
-    events, other = as_lines(payments(42, mixed=True)), as_lines(refunds(43, mixed=True))
+    generated = refunds(43, mixed=True)
+    events, other = as_lines(payments(42, mixed=True)), as_lines(generated)
     expected_inputs = JoinInputs(
         lookups=lookups(stats, stats.run(read_history(stats_path)).rows).lookups, sources={"refunds": other}
     )
@@ -356,6 +360,8 @@ def test_interval_join_of_messy_json_lines_then_a_lookup_equals_reference(tmp_pa
     reasons = {(d.source, d.reason) for d in expected.dead_letters}
     assert {("refunds", "wrong_type"), ("refunds", "bad_time"), (None, "wrong_type")} <= reasons, reasons
     assert any(d.detail == "ValueError: refund boom" for d in expected.dead_letters)
+    without_value = sum(1 for r in generated if r["ref"] is None and r["timestamp"] != "not a time")
+    assert expected.source_counts["refunds"].filtered == without_value > 0
     embedded_inputs = JoinInputs(
         lookups=lookups(stats, stats.run(stats_path, Runner.EMBEDDED).rows).lookups,
         sources={"refunds": other},
@@ -411,3 +417,47 @@ def test_spark_runs_lookups_and_interval_joins_as_the_reference(tmp_path: Path) 
     expected = paired.run(raw_events(events), joins=inputs)
     got = spark_engine.run_table(paired.plan, events, inputs)
     assert_same_joined(paired, expected, got)
+
+
+def join_cases() -> dict[
+    str, tuple[StreamFeatureView, list[Any], StreamFeatureView, list[Any], dict[str, list[Any]]]
+]:
+    """Views with joins over raw events as a Beam pipeline creates them: (view, events, the view it
+    looks up, that view's reference rows, the other sources' raw events)."""
+    stats = stats_view()
+    stats_rows = stats.run(raw_events(pa.Table.from_pylist(tied_events(61, keys=4)))).rows
+    typed = typed_times(tied_events(62, keys=6))
+    refunds_lines = raw_events(as_lines(refunds(64, mixed=True)))
+    return {
+        "lookup": (enriched_view("tumbling", "row"), raw_events(typed), stats, stats_rows, {}),
+        "interval": (
+            paired_view("left", "row", lookup=True),
+            raw_events(as_lines(payments(63, mixed=True))),
+            stats,
+            stats_rows,
+            {"refunds": refunds_lines},
+        ),
+    }
+
+
+@pytest.mark.slow
+def test_beam_runs_lookups_and_interval_joins_as_the_reference(tmp_path: Path) -> None:
+    """Beam takes the looked-up rows and the other source's partners as side inputs."""
+    out = tmp_path / "beam.pkl"
+    job = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("beam_join_job.py")), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert job.returncode == 0, job.stderr[-3000:]
+    got = pickle.loads(out.read_bytes())
+    for name, (view, events, stats, stats_rows, sources) in join_cases().items():
+        inputs = JoinInputs(
+            lookups=lookups(stats, stats_rows).lookups,
+            sources={s: pa.table({LINE: pa.array(raws, pa.binary())}) for s, raws in sources.items()},
+        )
+        expected = view.run(events, joins=inputs)
+        (counts,) = got[f"{name}.counts"]
+        assert_same_result(view, expected, got[f"{name}.rows"], counts, got[f"{name}.dead_letters"])
+        assert dict(got.get(f"{name}.source_counts", [])) == expected.source_counts

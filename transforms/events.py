@@ -103,7 +103,7 @@ class EventCounts:
             self.rows += sum(len(p.rows) for p in prepared)
 
     @staticmethod
-    def of(outcome: PreparedEvent | DeadLetter | None) -> EventCounts:
+    def of(outcome: PreparedEvent | list[PreparedEvent] | DeadLetter | None) -> EventCounts:
         """The counts of one input event whose outcome is ``outcome``."""
         counts = EventCounts(input=1)
         counts.count(outcome)

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from transforms.arrow_events import STORE_TIMESTAMP, arrow_type
 from transforms.dtypes import CoercionError, DType, coerce, dtype_from_string, is_null
 from transforms.events import (
+    LATE,
     WRONG_TYPE,
     DeadLetter,
     EventCounts,
@@ -171,32 +172,44 @@ def read_other(
     classifier = LateClassifier(source_lateness(join.source)) if streaming else None
     taken = []
     for raw in raw_list(events):
-        counts.input += 1
-        first = preparer.decode_and_time(raw)
-        if isinstance(first, DeadLetter):
-            counts.dead_lettered += 1
-            letters.append(replace(first, source=join.source_name))
-            continue
-        event, time_ms = first
-        if classifier is not None:
-            watermark = classifier.late_watermark(time_ms)
-            if watermark is not None:
-                counts.late += 1
-                letters.append(replace(preparer.late(raw, time_ms, watermark), source=join.source_name))
-                continue
-        try:
-            key = join_key(join, event, 1)
-        except CoercionError as err:
-            counts.dead_lettered += 1
-            letter = preparer.dead_letter(raw, WRONG_TYPE, str(err), time_ms)
-            letters.append(replace(letter, source=join.source_name))
-            continue
-        if key is None:
-            counts.filtered += 1
-            continue
-        counts.aggregated += 1
-        taken.append((key, time_ms, tuple(event.get(f) for f in join.fields)))
+        outcome = other_event(preparer, join, raw, classifier)
+        counts.add(other_counts(outcome))
+        if isinstance(outcome, DeadLetter):
+            letters.append(outcome)
+        elif outcome is not None:
+            taken.append(outcome)
     return taken
+
+
+def other_event(
+    preparer: EventPreparer, join: IntervalJoin, raw: Any, classifier: LateClassifier | None = None
+) -> OtherEvent | DeadLetter | None:
+    """One event of an interval join's other source: a partner, a dead letter (on that source) or
+    None (a null join value: it never matches)."""
+    first = preparer.decode_and_time(raw)
+    if isinstance(first, DeadLetter):
+        return replace(first, source=join.source_name)
+    event, time_ms = first
+    if classifier is not None:
+        watermark = classifier.late_watermark(time_ms)
+        if watermark is not None:
+            return replace(preparer.late(raw, time_ms, watermark), source=join.source_name)
+    try:
+        key = join_key(join, event, 1)
+    except CoercionError as err:
+        return replace(preparer.dead_letter(raw, WRONG_TYPE, str(err), time_ms), source=join.source_name)
+    if key is None:
+        return None
+    return key, time_ms, tuple(event.get(f) for f in join.fields)
+
+
+def other_counts(outcome: OtherEvent | DeadLetter | None) -> EventCounts:
+    """The counts of one event of an interval join's other source, by its outcome (``other_event``):
+    a partner is ``aggregated`` (joinable), a null join value ``filtered``."""
+    if isinstance(outcome, DeadLetter):
+        late = outcome.reason == LATE
+        return EventCounts(input=1, late=int(late), dead_lettered=int(not late))
+    return EventCounts(input=1, aggregated=int(outcome is not None), filtered=int(outcome is None))
 
 
 def join_key(join: IntervalJoin, event: dict[str, Any], side: int) -> tuple[Any, ...] | None:
@@ -292,9 +305,16 @@ class _IntervalIndex:
 
 class EventJoiner:
     """A view's joins over its ``JoinInputs``: ``join`` gives an event's joined events; the other
-    sources' events are read once, at construction, with their counts and dead letters."""
+    sources' events are read once, at construction, with their counts and dead letters (or come
+    read, as ``partners`` by source)."""
 
-    def __init__(self, plan: TransformPlan, inputs: JoinInputs, streaming: bool = False) -> None:
+    def __init__(
+        self,
+        plan: TransformPlan,
+        inputs: JoinInputs,
+        streaming: bool = False,
+        partners: dict[str, list[OtherEvent]] | None = None,
+    ) -> None:
         self.plan = plan
         self.preparer = EventPreparer(plan)
         self.indexes: list[_LookupIndex | _IntervalIndex] = []
@@ -305,6 +325,10 @@ class EventJoiner:
                 if join.view not in inputs.lookups:
                     raise KeyError(f"view {plan.view!r} looks up {join.view!r}, whose rows were not given")
                 self.indexes.append(_LookupIndex(join, inputs.lookups[join.view]))
+            elif partners is not None and join.source_name in partners:  # read elsewhere (Beam)
+                index = _IntervalIndex(join)
+                index.build(partners[join.source_name])
+                self.indexes.append(index)
             else:
                 if join.source_name not in inputs.sources:
                     raise KeyError(

@@ -16,11 +16,22 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
-from transforms.engines.base import Engine, refuse_joins
+from transforms.engines.base import Engine
+from transforms.errors import EngineUnavailable
 from transforms.events import DeadLetter, EventCounts, EventPreparer, PreparedEvent, TimedEvent
 from transforms.inference.feature_rows import FeatureRowScorer
 from transforms.inference.scoring import StageScorer, run_stages
 from transforms.inference.stage import Enrich
+from transforms.joining import (
+    EventJoiner,
+    JoinInputs,
+    LookupTable,
+    joined_outcome,
+    other_counts,
+    other_event,
+    other_preparer,
+)
+from transforms.joins import IntervalJoin
 from transforms.plan import FeatureContext, TransformPlan
 
 DEAD = "dead"
@@ -28,11 +39,13 @@ COUNTS = "counts"
 
 
 class BeamResult(NamedTuple):
-    """What the Beam engine returns: PCollections of rows, dead letters and the event counts."""
+    """What the Beam engine returns: PCollections of rows, dead letters and the event counts (and,
+    for a view with interval joins, ``(source, EventCounts)`` of each other source)."""
 
     rows: beam.PCollection
     dead_letters: beam.PCollection
     counts: beam.PCollection
+    source_counts: beam.PCollection | None = None
 
 
 class _StageBatches(ModelHandler):
@@ -157,14 +170,63 @@ class _Transform(beam.DoFn):
         yield self.preparer.transform(*item)
 
 
-def _outcome_rows(outcome: PreparedEvent | DeadLetter | None) -> Iterator[Any]:
+class _JoinAndTransform(beam.DoFn):
+    """Stage 1's joins and transform (``transforms.joining``, the reference's code): the looked-up
+    views' rows and the other sources' partners come as side inputs, Beam's enrichment pattern."""
+
+    def __init__(self, plan: TransformPlan, lookups: dict[str, TransformPlan], sources: list[str]) -> None:
+        self.plan = plan
+        self.lookups = lookups  # name -> the looked-up view's plan (its key and feature types)
+        self.sources = sources
+        self.joiner: EventJoiner | None = None
+
+    def setup(self) -> None:
+        self.preparer = EventPreparer(self.plan)
+
+    def process(self, element: TimedEvent, **side: Any) -> Iterator[Any]:
+        if self.joiner is None:  # the side inputs are the same for every event (bounded input)
+            lookups = {
+                name: LookupTable.of(plan, side[f"lookup{i}"])
+                for i, (name, plan) in enumerate(self.lookups.items())
+            }
+            partners = {name: list(side[f"source{i}"]) for i, name in enumerate(self.sources)}
+            self.joiner = EventJoiner(self.plan, JoinInputs(lookups=lookups), partners=partners)
+        raw, event, time_ms = element
+        joined = self.joiner.join(raw, event, time_ms)
+        if isinstance(joined, DeadLetter):
+            yield joined
+        else:
+            yield joined_outcome(self.preparer.transform_batch([(raw, e, t) for e, t in joined]))
+
+
+class _ReadOther(beam.DoFn):
+    """One event of an interval join's other source: a partner, or its dead letter, and its counts."""
+
+    def __init__(self, plan: TransformPlan, join: IntervalJoin) -> None:
+        self.plan = plan
+        self.join = join
+
+    def setup(self) -> None:
+        self.preparer = other_preparer(self.plan, self.join)
+
+    def process(self, raw: Any) -> Iterator[Any]:
+        outcome = other_event(self.preparer, self.join, raw)
+        yield beam.pvalue.TaggedOutput(COUNTS, (self.join.source_name, other_counts(outcome)))
+        if isinstance(outcome, DeadLetter):
+            yield beam.pvalue.TaggedOutput(DEAD, outcome)
+        elif outcome is not None:
+            yield outcome
+
+
+def _outcome_rows(outcome: PreparedEvent | list[PreparedEvent] | DeadLetter | None) -> Iterator[Any]:
     """An event's outcome as keyed (time, values) rows, its dead letter and its counts."""
     yield beam.pvalue.TaggedOutput(COUNTS, EventCounts.of(outcome))
     if isinstance(outcome, DeadLetter):
         yield beam.pvalue.TaggedOutput(DEAD, outcome)
     elif outcome is not None:
-        for key, values in outcome.rows:
-            yield key, (outcome.time_ms, values)
+        for prepared in outcome if isinstance(outcome, list) else [outcome]:
+            for key, values in prepared.rows:
+                yield key, (prepared.time_ms, values)
 
 
 def _scored_row(result: PredictionResult) -> Iterator[Any]:
@@ -184,16 +246,65 @@ def _sum_counts(parts: Iterable[EventCounts]) -> EventCounts:
 
 
 class FeatureViewTransform(beam.PTransform):
-    """A view's plan applied to a PCollection of raw events (dicts or JSON text)."""
+    """A view's plan applied to a PCollection of raw events (dicts or JSON text). A view with joins
+    takes ``lookups`` (view name -> (its plan, a PCollection of its feature rows as dicts)) and
+    ``sources`` (source name -> a PCollection of its raw events)."""
 
-    def __init__(self, plan: TransformPlan) -> None:
+    def __init__(
+        self,
+        plan: TransformPlan,
+        lookups: dict[str, tuple[TransformPlan, beam.PCollection]] | None = None,
+        sources: dict[str, beam.PCollection] | None = None,
+    ) -> None:
         super().__init__(label=f"mlfs-{plan.view}")
         self.plan = plan
+        self.lookups = lookups or {}
+        self.sources = sources or {}
+        missing = [j.view for j in plan.lookups if j.view not in self.lookups]
+        missing += [j.source_name for j in plan.interval_joins if j.source_name not in self.sources]
+        if missing:
+            raise EngineUnavailable(f"view {plan.view!r} joins {missing[0]!r}: pass its PCollection")
+        if plan.joins and plan.event_stages:
+            raise EngineUnavailable(
+                f"view {plan.view!r} has joins and model stages before aggregation, which the beam "
+                "engine does not run together yet"
+            )
+
+    def _joined(self, timed: beam.PCollection) -> tuple[beam.PCollection, list[Any], Any]:
+        """The joins and transform over the timed events; the other sources' dead letters and
+        counts."""
+        plan = self.plan
+        dead, counts = [], None
+        partners: dict[str, Any] = {}
+        per_source = []
+        for join in plan.interval_joins:
+            name = join.source_name
+            read = self.sources[name] | f"Read-{name}" >> beam.ParDo(_ReadOther(plan, join)).with_outputs(
+                DEAD, COUNTS, main="partners"
+            )
+            partners[name] = beam.pvalue.AsList(read.partners)
+            dead.append(read[DEAD])
+            per_source.append(read[COUNTS])
+        if per_source:
+            counts = (
+                tuple(per_source)
+                | "SourceCounts" >> beam.Flatten()
+                | "BySource" >> beam.CombinePerKey(_sum_counts)  # type: ignore[arg-type]
+            )
+        side = {f"lookup{i}": beam.pvalue.AsList(rows) for i, (_, rows) in enumerate(self.lookups.values())}
+        side.update({f"source{i}": partner for i, partner in enumerate(partners.values())})
+        plans = {name: view_plan for name, (view_plan, _) in self.lookups.items()}
+        fn = _JoinAndTransform(plan, plans, list(partners))
+        return timed | "JoinAndTransform" >> beam.ParDo(fn, **side), dead, counts
 
     def expand(self, events: beam.PCollection) -> BeamResult:
         plan = self.plan
         decoded = events | "Decode" >> beam.ParDo(_Decode(plan)).with_outputs(DEAD, COUNTS, main="timed")
-        if plan.event_stages:
+        other_dead: list[Any] = []
+        source_counts = None
+        if plan.joins:
+            outcomes, other_dead, source_counts = self._joined(decoded.timed)
+        elif plan.event_stages:
             outcomes = (
                 decoded.timed
                 | "EventModels" >> RunInference(_PrepareHandler(plan))
@@ -209,7 +320,7 @@ class FeatureViewTransform(beam.PTransform):
             | "ByKey" >> beam.GroupByKey()
             | "Windows" >> beam.FlatMap(lambda kv: key_rows(plan, kv[0], list(kv[1])))
         )
-        dead = [decoded[DEAD], prepared[DEAD]]
+        dead = [decoded[DEAD], prepared[DEAD], *other_dead]
         counts = [decoded[COUNTS], prepared[COUNTS]]
         if plan.row_stages:
             scored = (
@@ -226,6 +337,7 @@ class FeatureViewTransform(beam.PTransform):
             counts=tuple(counts)
             | "AllCounts" >> beam.Flatten()
             | "Counts" >> beam.CombineGlobally(_sum_counts),
+            source_counts=source_counts,
         )
 
 
@@ -235,8 +347,8 @@ class BeamEngine(Engine):
     name = "beam"
 
     def run(self, plan: TransformPlan, inputs: Any, ctx: FeatureContext) -> BeamResult:
-        refuse_joins(self.name, plan)
-        return inputs | FeatureViewTransform(plan)
+        """Options for a view with joins: ``lookups`` and ``sources`` (``FeatureViewTransform``)."""
+        return inputs | FeatureViewTransform(plan, ctx.options.get("lookups"), ctx.options.get("sources"))
 
 
 ENGINE = BeamEngine()

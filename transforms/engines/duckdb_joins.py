@@ -15,7 +15,7 @@ features are added to the batch, which stage 1 prepares with the fields marked a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -113,23 +113,40 @@ class LookupJoiner:
         self.added = [name for lookup in plan.lookups for name in lookup.added_fields]
         self.sql = f"SELECT {', '.join(selects)} FROM _mlfs_probe p {' '.join(joins)} ORDER BY p._pos"
 
-    def join(self, batches: Iterator[pa.RecordBatch], letters: list[DeadLetter]) -> Iterator[pa.RecordBatch]:
-        """Each batch with the lookups' fields added (``self.added``); the events whose key does not
-        coerce are left out and appended to ``letters``."""
+    def join(
+        self, batches: Iterable[pa.RecordBatch]
+    ) -> Iterator[tuple[pa.RecordBatch, list[DeadLetter], list[pa.RecordBatch]]]:
+        """Each raw batch, the dead letters of its events whose key does not coerce, and the batch
+        with the lookups' fields added (``self.added``) and those events left out. All batches'
+        events are looked up by one ``ASOF`` join (DuckDB sorts the looked-up rows once, not once
+        per batch), so the raw batches are held until it has run."""
+        held: list[tuple[pa.RecordBatch, pa.Array | None, list[DeadLetter]]] = []
+        probes = []
+        offset = 0
         for batch in batches:
+            letters: list[DeadLetter] = []
             probe, dead = self._probe(batch, letters)
-            self.con.register("_mlfs_probe", probe)
-            try:
-                found = self.con.sql(self.sql).to_arrow_table()
-            finally:
-                self.con.unregister("_mlfs_probe")
+            probes.append(probe.set_column(0, "_pos", pc.add(probe.column("_pos"), offset)))
+            held.append((batch, dead, letters))
+            offset += batch.num_rows
+        if not held:
+            return
+        self.con.register("_mlfs_probe", pa.concat_tables(probes))
+        try:
+            found = self.con.sql(self.sql).to_arrow_table()
+        finally:
+            self.con.unregister("_mlfs_probe")
+        offset = 0
+        for batch, dead, letters in held:
+            part = found.slice(offset, batch.num_rows)
+            offset += batch.num_rows
             kept = batch.drop_columns([n for n in self.added if n in batch.schema.names])
             table = pa.Table.from_batches([kept])
             for name in self.added:
-                table = table.append_column(name, found.column(name))
+                table = table.append_column(name, part.column(name))
             if dead is not None:
                 table = table.filter(pc.invert(dead))
-            yield from table.combine_chunks().to_batches()
+            yield batch, letters, table.combine_chunks().to_batches()
 
     def _probe(self, batch: pa.RecordBatch, letters: list[DeadLetter]) -> tuple[pa.Table, pa.Array | None]:
         """The batch's ``_pos``, ``_t`` and key columns, and which rows are dead letters."""
@@ -510,13 +527,14 @@ class JoinedStage1:
         """The interval joins' other sources' dead letters."""
         return self.events.other_letters if self.events else []
 
-    def prepare(self, batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
+    def run(self, batches: Iterable[pa.RecordBatch]) -> Iterator[tuple[int, list[pa.RecordBatch]]]:
+        """For each raw batch: its number of events and stage 1's output batches for them."""
         if self.events is not None:
-            yield from self.events.prepare(batch)
+            for batch in batches:
+                yield batch.num_rows, self.events.prepare(batch)
             return
         assert self.lookups is not None
-        letters: list[DeadLetter] = []
-        joined = list(self.lookups.join(iter([batch]), letters))
-        if letters:
-            yield outcomes_batch(self.plan, self.schema, letters)
-        yield from prepare_batches(self.plan, iter(joined), self.lookups.added)
+        for batch, letters, joined in self.lookups.join(batches):
+            out = [outcomes_batch(self.plan, self.schema, letters)] if letters else []
+            out += prepare_batches(self.plan, iter(joined), self.lookups.added)
+            yield batch.num_rows, out

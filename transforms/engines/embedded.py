@@ -122,16 +122,20 @@ def load_prepared(
         if source_counts is not None:
             source_counts.update(stage.source_counts)
 
-    def prepared(batch: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
-        return stage.prepare(batch) if stage is not None else prepare_batches(plan, iter([batch]))
+    def prepared() -> Iterator[tuple[int, list[pa.RecordBatch]]]:
+        if stage is not None:
+            yield from stage.run(batches)
+            return
+        for batch in batches:
+            yield batch.num_rows, list(prepare_batches(plan, iter([batch])))
 
     failed: list[BaseException] = []
 
     def rows() -> Iterator[pa.RecordBatch]:
         try:
-            for batch in batches:
-                counts.input += batch.num_rows
-                for out in prepared(batch):
+            for events, outs in prepared():
+                counts.input += events
+                for out in outs:
                     tally_batch(counts, out)
                     kinds = out.column(KIND).to_numpy(zero_copy_only=False)
                     if (kinds == DEAD).any():
@@ -140,7 +144,7 @@ def load_prepared(
                     if taken.num_rows:
                         yield taken
                 if tick:
-                    tick(batch.num_rows)
+                    tick(events)
         except BaseException as err:  # DuckDB would report it as its own error
             failed.append(err)
             raise

@@ -256,8 +256,8 @@ def _joined_stage1(plan: TransformPlan, joins: str) -> Any:
         con.execute("SET threads = 1")  # Spark runs one task per core already
         try:
             stage = JoinedStage1(con, plan, JoinInputs.read(Path(joins)))
-            for batch in batches:
-                for out in stage.prepare(batch):
+            for _, outs in stage.run(batches):
+                for out in outs:
                     yield out.cast(schema)
         finally:
             con.close()
