@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument(
         "--with-joins",
         action="store_true",
-        help="add a refunds source and two views with joins (run by the embedded and reference engines)",
+        help="add a refunds source and two views with joins (serve-stream does not run joins yet)",
     )
 
     plan = commands.add_parser("plan", help="show what `apply` would change in the registry")

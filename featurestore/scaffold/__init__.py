@@ -17,7 +17,7 @@ from transforms.errors import MLFSError
 
 TEMPLATES = ("feature_store.yaml", "features.py", "read_features.py", ".mlfsignore")
 EMBEDDING_TEMPLATE = "features_embeddings.py"  # a view with a pretrained text model (opt-in: it loads MiniLM)
-JOINS_TEMPLATE = "features_joins.py"  # views with joins (opt-in until the Flink and Spark engines run joins)
+JOINS_TEMPLATE = "features_joins.py"  # views with joins (opt-in until serve-stream runs joins)
 REFUND_REASONS = ("returned", "duplicate", "fraud")
 REFUND_SCHEMA = pa.schema(
     [
