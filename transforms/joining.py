@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from transforms.arrow_events import STORE_TIMESTAMP, arrow_type
 from transforms.dtypes import CoercionError, DType, coerce, dtype_from_string, is_null
+from transforms.errors import EngineUnavailable
 from transforms.events import (
     LATE,
     WRONG_TYPE,
@@ -65,6 +66,19 @@ class JoinInputs:
 
     lookups: dict[str, LookupTable] = field(default_factory=dict)
     sources: dict[str, pa.Table] = field(default_factory=dict)
+
+    def check(self, plan: TransformPlan, partners: Iterable[str] = ()) -> None:
+        """Refuse, before any work, inputs that lack a looked-up view's rows or a joined source's
+        events (``partners``: sources whose partners come read another way)."""
+        for join in plan.joins:
+            if isinstance(join, Lookup) and join.view not in self.lookups:
+                raise EngineUnavailable(
+                    f"view {plan.view!r} looks up {join.view!r}, whose rows were not given"
+                )
+            if isinstance(join, IntervalJoin) and join.source_name not in (*self.sources, *partners):
+                raise EngineUnavailable(
+                    f"view {plan.view!r} joins source {join.source_name!r}, whose events were not given"
+                )
 
     def write(self, directory: Path) -> None:
         """As Parquet files (and the key types as JSON) in ``directory``, for ``read`` elsewhere
@@ -320,20 +334,15 @@ class EventJoiner:
         self.indexes: list[_LookupIndex | _IntervalIndex] = []
         self.source_counts: dict[str, EventCounts] = {}
         self.dead_letters: list[DeadLetter] = []
+        inputs.check(plan, partners or ())
         for join in plan.joins:
             if isinstance(join, Lookup):
-                if join.view not in inputs.lookups:
-                    raise KeyError(f"view {plan.view!r} looks up {join.view!r}, whose rows were not given")
                 self.indexes.append(_LookupIndex(join, inputs.lookups[join.view]))
             elif partners is not None and join.source_name in partners:  # read elsewhere (Beam)
                 index = _IntervalIndex(join)
                 index.build(partners[join.source_name])
                 self.indexes.append(index)
             else:
-                if join.source_name not in inputs.sources:
-                    raise KeyError(
-                        f"view {plan.view!r} joins source {join.source_name!r}, whose events were not given"
-                    )
                 index = _IntervalIndex(join)
                 index.build(self._read_other(join, index, inputs.sources[join.source_name], streaming))
                 self.indexes.append(index)

@@ -78,7 +78,7 @@ def refuse_joins(engine: str, plan: TransformPlan) -> None:
     if plan.joins:
         raise EngineUnavailable(
             f"view {plan.view!r} has joins, which the {engine} engine does not run yet "
-            "(the reference, embedded and Spark engines do)"
+            "(the reference, embedded, Spark and Beam engines do)"
         )
 
 

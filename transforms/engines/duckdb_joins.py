@@ -71,8 +71,6 @@ def _register_lookup(
 ) -> list[KeyField]:
     """The looked-up view's rows as table ``_mlfs_lookup<j>`` (keys ``_k<j>_<m>``, time ``_t<j>``,
     features ``_f<j>_<i>``); returns the key fields."""
-    if lookup.view not in inputs.lookups:
-        raise KeyError(f"view {plan.view!r} looks up {lookup.view!r}, whose rows were not given")
     table = inputs.lookups[lookup.view]
     key_types = dict(table.keys)
     rows = table.rows
@@ -185,28 +183,38 @@ class LookupJoiner:
 
     def _vectorised(self, batch: pa.RecordBatch) -> dict[str, pa.Array] | None:
         """The probe's time and keys straight from typed columns (None: not vectorisable)."""
-        names = batch.schema.names
-        if self.plan.timestamp_field not in names:
+        times = _typed_times(self.plan, batch)
+        if times is None:
             return None
-        time_column = batch.column(self.plan.timestamp_field)
-        raw_ms = time_ms_column(time_column) if pa.types.is_timestamp(time_column.type) else None
-        if raw_ms is None:
-            return None
-        low, high = vectorised_range(self.plan.event_time_range_ms)
-        timed = pc.and_(pc.greater_equal(raw_ms, low), pc.less_equal(raw_ms, high))
-        out: dict[str, pa.Array] = {"_t": pc.if_else(pc.fill_null(timed, False), raw_ms, None)}
+        raw_ms, timed = times
+        out: dict[str, pa.Array] = {"_t": pc.if_else(timed, raw_ms, None)}
         for lookup in self.keys:
             for field, probe, dtype in lookup:
-                if field not in names:
+                if not _holds(batch, field, (ENGINE_TYPES[dtype.name],)):
                     return None
-                column = batch.column(field)
-                wanted = ENGINE_TYPES[dtype.name]
-                if column.type != wanted and not (
-                    pa.types.is_large_string(column.type) and wanted == pa.string()
-                ):
-                    return None
-                out[probe] = column.cast(wanted)
+                out[probe] = batch.column(field).cast(ENGINE_TYPES[dtype.name])
         return out
+
+
+def _typed_times(plan: TransformPlan, batch: pa.RecordBatch) -> tuple[pa.Array, pa.Array] | None:
+    """A batch's event times in ms and which of them are usable (in the view's range, not null),
+    where its time column is a timestamp (None: the row path times it)."""
+    if plan.timestamp_field not in batch.schema.names:
+        return None
+    column = batch.column(plan.timestamp_field)
+    raw_ms = time_ms_column(column) if pa.types.is_timestamp(column.type) else None
+    if raw_ms is None:
+        return None
+    low, high = vectorised_range(plan.event_time_range_ms)
+    return raw_ms, pc.fill_null(pc.and_(pc.greater_equal(raw_ms, low), pc.less_equal(raw_ms, high)), False)
+
+
+def _holds(batch: pa.RecordBatch, field: str, types: tuple[pa.DataType, ...]) -> bool:
+    """Whether the batch has column ``field`` of one of ``types`` (large strings as strings)."""
+    if field not in batch.schema.names:
+        return False
+    kind = batch.schema.field(field).type
+    return kind in types or (pa.types.is_large_string(kind) and pa.string() in types)
 
 
 def _join_text(value: Any) -> str:
@@ -254,10 +262,6 @@ class JoinedEventStage:
             if isinstance(join, Lookup):
                 self.keys[j] = _register_lookup(con, plan, j, join, inputs)
                 continue
-            if join.source_name not in inputs.sources:
-                raise KeyError(
-                    f"view {plan.view!r} joins source {join.source_name!r}, whose events were not given"
-                )
             counts = self.source_counts.setdefault(join.source_name, EventCounts())
             taken = read_other(plan, join, inputs.sources[join.source_name], counts, self.other_letters)
             taken.sort(key=partner_order)  # a partner's position is its place in the joined order
@@ -283,18 +287,12 @@ class JoinedEventStage:
         joined row left to the row path, or no usable time) go through ``_by_event``, so that
         their joined events are counted and dead-lettered together (None: the whole batch does)."""
         plan = self.plan
-        names = batch.schema.names
-        if not plan.declarative_events or None in self.fields.values() or plan.timestamp_field not in names:
+        if not plan.declarative_events or None in self.fields.values():
             return None
-        time_column = batch.column(plan.timestamp_field)
-        if not pa.types.is_timestamp(time_column.type) or not all(
-            self._exact(batch, j, join) for j, join in enumerate(plan.joins)
-        ):
+        times = _typed_times(plan, batch)
+        if times is None or not all(self._exact(batch, j, join) for j, join in enumerate(plan.joins)):
             return None
-        raw_ms = time_ms_column(time_column)
-        assert raw_ms is not None
-        low, high = vectorised_range(plan.event_time_range_ms)
-        timed = pc.fill_null(pc.and_(pc.greater_equal(raw_ms, low), pc.less_equal(raw_ms, high)), False)
+        raw_ms, timed = times
         timed_np = timed.to_numpy(zero_copy_only=False)
         table = pa.Table.from_batches([batch]).filter(timed)
         table = table.append_column(EVENT, pa.array(np.flatnonzero(timed_np)))
@@ -334,19 +332,9 @@ class JoinedEventStage:
 
     def _exact(self, batch: pa.RecordBatch, j: int, join: Lookup | IntervalJoin) -> bool:
         """Whether the batch's columns of join ``j``'s values hold exactly the types it compares."""
-        names = batch.schema.names
-        wanted: list[tuple[str, tuple[pa.DataType, ...]]]
         if isinstance(join, Lookup):
-            wanted = [(f, (ENGINE_TYPES[d.name],)) for f, _, d in self.keys[j]]
-        else:
-            wanted = [(f, JOIN_TYPES) for f, _ in join.on]
-        for field, types in wanted:
-            if field not in names:
-                return False
-            kind = batch.schema.field(field).type
-            if kind not in types and not (pa.types.is_large_string(kind) and pa.string() in types):
-                return False
-        return True
+            return all(_holds(batch, f, (ENGINE_TYPES[d.name],)) for f, _, d in self.keys[j])
+        return all(_holds(batch, f, JOIN_TYPES) for f, _ in join.on)
 
     def _join_columns(
         self, j: int, join: Lookup | IntervalJoin, table: pa.Table, times: pa.Array
@@ -508,6 +496,7 @@ class JoinedStage1:
     coerce is a dead-letter row too). The embedded engine runs it in process, Spark in each task."""
 
     def __init__(self, con: Any, plan: TransformPlan, inputs: JoinInputs) -> None:
+        inputs.check(plan)
         self.plan = plan
         self.schema = prepared_schema(plan)
         self.events: JoinedEventStage | None = None

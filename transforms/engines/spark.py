@@ -355,6 +355,7 @@ def _local_run(
         joins_dir = None
         if plan.joins:
             joins = joins or JoinInputs()
+            joins.check(plan)
             joins.write(Path(tmp) / "joins")
             joins_dir = str(Path(tmp) / "joins")
         result = run_spark(plan, spark_session("local[2]", "mlfs-verify").read.parquet(str(path)), joins_dir)
