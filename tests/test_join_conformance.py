@@ -326,7 +326,8 @@ def test_interval_join_equals_reference_on_the_embedded_engine(
     with a row it cannot prove clean go event by event); the rest goes event by event."""
     view = paired_view(how, transform, window)
     events = typed_times(payments(31)) if typed_time else pa.Table.from_pylist(payments(31))
-    inputs = JoinInputs(sources={"refunds": pa.Table.from_pylist(refunds(32))})
+    other = typed_times(refunds(32)) if typed_time else pa.Table.from_pylist(refunds(32))
+    inputs = JoinInputs(sources={"refunds": other})
     expected = view.run(raw_events(events), joins=inputs)
     assert any(r["n_refunds"] > 1 for r in expected.rows)  # several partners
     assert any(r["n"] > r["n_refunds"] for r in expected.rows) or how == "inner"

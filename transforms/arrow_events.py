@@ -113,6 +113,29 @@ def _value(
     return None
 
 
+def typed_time_ms(
+    batch: pa.RecordBatch | pa.Table, field: str, time_range_ms: tuple[int, int]
+) -> tuple[pa.Array, pa.Array] | None:
+    """A batch's event times in ms and which of them the row path would accept (not null, in the
+    range; truncating to the millisecond is flooring there, ``vectorised_range``), where column
+    ``field`` is a timestamp (None: the row path times the events)."""
+    if field not in batch.schema.names:
+        return None
+    raw_ms = time_ms_column(batch.column(field))
+    if raw_ms is None:
+        return None
+    low, high = vectorised_range(time_range_ms)
+    return raw_ms, pc.fill_null(pc.and_(pc.greater_equal(raw_ms, low), pc.less_equal(raw_ms, high)), False)
+
+
+def holds(batch: pa.RecordBatch | pa.Table, field: str, types: tuple[pa.DataType, ...]) -> bool:
+    """Whether the batch has column ``field`` of one of ``types`` (large strings as strings)."""
+    if field not in batch.schema.names:
+        return False
+    kind = batch.schema.field(field).type
+    return kind in types or (pa.types.is_large_string(kind) and pa.string() in types)
+
+
 @dataclass
 class VectorisedBatch:
     """What the vectorised stage took from a batch: the clean rows' keys, time (``_ts``) and input
@@ -135,16 +158,11 @@ def split_clean(plan: TransformPlan, batch: pa.RecordBatch) -> VectorisedBatch |
     if not plan.declarative_events:
         return None
     transform = plan.event_transform
-    if plan.timestamp_field not in batch.schema.names:
+    times = typed_time_ms(batch, plan.timestamp_field, plan.event_time_range_ms)
+    if times is None:
         return None
+    raw_ms, timed = times
     columns = dict(zip(batch.schema.names, batch.columns, strict=True))
-    time_column = columns[plan.timestamp_field]
-    raw_ms = time_ms_column(time_column)
-    if raw_ms is None:
-        return None
-    low, high = vectorised_range(plan.event_time_range_ms)
-    in_range = pc.and_(pc.greater_equal(raw_ms, low), pc.less_equal(raw_ms, high))
-    timed = pc.fill_null(pc.and_(pc.is_valid(time_column), in_range), False)
     kept = pa.array(np.ones(batch.num_rows, dtype=bool))
     if isinstance(transform, Select):
         try:

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from transforms.arrow_events import STORE_TIMESTAMP, arrow_type
+from transforms.arrow_events import STORE_TIMESTAMP, arrow_type, holds, python_values, typed_time_ms
 from transforms.dtypes import CoercionError, DType, coerce, dtype_from_string, is_null
 from transforms.errors import EngineUnavailable
 from transforms.events import (
@@ -119,6 +120,7 @@ def other_sources(plan: TransformPlan, inputs: JoinInputs) -> tuple[dict[str, Ev
             inputs.sources[join.source_name],
             counts.setdefault(join.source_name, EventCounts()),
             letters,
+            typed=True,
         )
     return counts, letters
 
@@ -178,13 +180,20 @@ def read_other(
     counts: EventCounts,
     letters: list[DeadLetter],
     streaming: bool = False,
+    typed: bool = False,
 ) -> list[OtherEvent]:
-    """The other source's events an interval join can pair, in arrival order, counting each event's
-    outcome on that source: taken (``aggregated``), a null join value (``filtered``: it never
-    matches), dead-lettered (bad, or a join value of another type), or late (``streaming``)."""
+    """The other source's events an interval join can pair, counting each event's outcome on that
+    source: taken (``aggregated``), a null join value (``filtered``: it never matches),
+    dead-lettered (bad, or a join value of another type), or late (``streaming``). With ``typed``,
+    the events of typed columns are taken whole (``_typed_partners``); the reference reads every
+    event with ``other_event``."""
+    taken: list[OtherEvent] = []
+    whole = _typed_partners(join, events) if typed and not streaming else None
+    if whole is not None:
+        taken, filtered, events = whole
+        counts.add(EventCounts(input=len(taken) + filtered, aggregated=len(taken), filtered=filtered))
     preparer = other_preparer(plan, join)
     classifier = LateClassifier(source_lateness(join.source)) if streaming else None
-    taken = []
     for raw in raw_list(events):
         outcome = other_event(preparer, join, raw, classifier)
         counts.add(other_counts(outcome))
@@ -193,6 +202,35 @@ def read_other(
         elif outcome is not None:
             taken.append(outcome)
     return taken
+
+
+JOIN_COLUMN_TYPES = (pa.string(), pa.int64(), pa.int32())  # columns whose values are join values as they are
+
+
+def _typed_partners(join: IntervalJoin, events: pa.Table) -> tuple[list[OtherEvent], int, pa.Table] | None:
+    """``other_event``'s outcome for the events of a typed time column in the source's range and
+    join columns of string or integer types, taken whole: the partners, how many have a null join
+    value, and the other events (None: the columns are not typed so)."""
+    times = typed_time_ms(events, join.time_field, join.source.event_time_range_ms)
+    if times is None or not all(holds(events, other, JOIN_COLUMN_TYPES) for _, other in join.on):
+        return None
+    raw_ms, timed = times
+    keyed = timed
+    for _, other in join.on:
+        keyed = pc.and_(keyed, pc.is_valid(events.column(other)))
+    keys = [python_values(events.column(other).filter(keyed).combine_chunks()) for _, other in join.on]
+    fields = [
+        python_values(events.column(f).filter(keyed).combine_chunks()) if f in events.schema.names else None
+        for f in join.fields
+    ]
+    n = len(keys[0])
+    at = python_values(raw_ms.filter(keyed).combine_chunks())
+    values = [f if f is not None else [None] * n for f in fields]
+    key_tuples = list(zip(*keys, strict=True))
+    field_tuples = list(zip(*values, strict=True)) if values else [()] * n
+    taken: list[OtherEvent] = list(zip(key_tuples, at, field_tuples, strict=True))
+    filtered = int(pc.sum(timed).as_py() or 0) - n
+    return taken, filtered, events.filter(pc.invert(timed))
 
 
 def other_event(

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms.arrow_events import ENGINE_TYPES, split_clean, time_ms_column
+from transforms.arrow_events import ENGINE_TYPES, holds, split_clean, time_ms_column, typed_time_ms
 from transforms.dtypes import CoercionError, DType
 from transforms.events import WRONG_TYPE, DeadLetter, EventCounts, EventPreparer
 from transforms.joining import (
@@ -47,7 +47,6 @@ from transforms.stage1 import (
     prepare_batches,
     prepared_schema,
 )
-from transforms.timeutil import vectorised_range
 
 
 def _quote(name: str) -> str:
@@ -190,31 +189,14 @@ class LookupJoiner:
         out: dict[str, pa.Array] = {"_t": pc.if_else(timed, raw_ms, None)}
         for lookup in self.keys:
             for field, probe, dtype in lookup:
-                if not _holds(batch, field, (ENGINE_TYPES[dtype.name],)):
+                if not holds(batch, field, (ENGINE_TYPES[dtype.name],)):
                     return None
                 out[probe] = batch.column(field).cast(ENGINE_TYPES[dtype.name])
         return out
 
 
 def _typed_times(plan: TransformPlan, batch: pa.RecordBatch) -> tuple[pa.Array, pa.Array] | None:
-    """A batch's event times in ms and which of them are usable (in the view's range, not null),
-    where its time column is a timestamp (None: the row path times it)."""
-    if plan.timestamp_field not in batch.schema.names:
-        return None
-    column = batch.column(plan.timestamp_field)
-    raw_ms = time_ms_column(column) if pa.types.is_timestamp(column.type) else None
-    if raw_ms is None:
-        return None
-    low, high = vectorised_range(plan.event_time_range_ms)
-    return raw_ms, pc.fill_null(pc.and_(pc.greater_equal(raw_ms, low), pc.less_equal(raw_ms, high)), False)
-
-
-def _holds(batch: pa.RecordBatch, field: str, types: tuple[pa.DataType, ...]) -> bool:
-    """Whether the batch has column ``field`` of one of ``types`` (large strings as strings)."""
-    if field not in batch.schema.names:
-        return False
-    kind = batch.schema.field(field).type
-    return kind in types or (pa.types.is_large_string(kind) and pa.string() in types)
+    return typed_time_ms(batch, plan.timestamp_field, plan.event_time_range_ms)
 
 
 def _join_text(value: Any) -> str:
@@ -263,7 +245,8 @@ class JoinedEventStage:
                 self.keys[j] = _register_lookup(con, plan, j, join, inputs)
                 continue
             counts = self.source_counts.setdefault(join.source_name, EventCounts())
-            taken = read_other(plan, join, inputs.sources[join.source_name], counts, self.other_letters)
+            events = inputs.sources[join.source_name]
+            taken = read_other(plan, join, events, counts, self.other_letters, typed=True)
             taken.sort(key=partner_order)  # a partner's position is its place in the joined order
             self.partners[j] = taken
             columns: dict[str, pa.Array] = {
@@ -333,8 +316,8 @@ class JoinedEventStage:
     def _exact(self, batch: pa.RecordBatch, j: int, join: Lookup | IntervalJoin) -> bool:
         """Whether the batch's columns of join ``j``'s values hold exactly the types it compares."""
         if isinstance(join, Lookup):
-            return all(_holds(batch, f, (ENGINE_TYPES[d.name],)) for f, _, d in self.keys[j])
-        return all(_holds(batch, f, JOIN_TYPES) for f, _ in join.on)
+            return all(holds(batch, f, (ENGINE_TYPES[d.name],)) for f, _, d in self.keys[j])
+        return all(holds(batch, f, JOIN_TYPES) for f, _ in join.on)
 
     def _join_columns(
         self, j: int, join: Lookup | IntervalJoin, table: pa.Table, times: pa.Array
