@@ -26,7 +26,7 @@ from featurestore.online import open_online_writer
 from featurestore.repo import FeatureRepo, lookup_order
 from featurestore.runstatus import BackfillRecord, record_backfill
 from featurestore.view import StreamFeatureView
-from registry.catalog import load_catalog
+from registry.catalog import duration_text, load_catalog
 from transforms.engines.base import BACKFILL_ENGINES, backfill_module
 from transforms.errors import MLFSError
 from transforms.joins import Lookup
@@ -77,8 +77,8 @@ class BackfillPlan:
                 what = (
                     f"looks up {join.view} as of each event (computed with it)"
                     if isinstance(join, Lookup)
-                    else f"joins source {join.source_name} ({join.how}, within {join.before_ms} ms "
-                    f"before and {join.after_ms} ms after)"
+                    else f"joins source {join.source_name} ({join.how}, within "
+                    f"{duration_text(join.before_ms)} before to {duration_text(join.after_ms)} after)"
                 )
                 lines.append(f"  {what}")
         return lines
