@@ -34,6 +34,7 @@ from transforms.events import (
 )
 from transforms.joins import IntervalJoin, Lookup
 from transforms.plan import EVENT_TIMESTAMP, TransformPlan
+from transforms.stage1 import raw_events
 from transforms.timeutil import datetime_to_ms, duration_ms, ms_to_datetime
 
 JoinedEvent = tuple[dict[str, Any], int]  # an event with the fields its joins added, and its time
@@ -164,12 +165,6 @@ def other_preparer(plan: TransformPlan, join: IntervalJoin) -> EventPreparer:
     )
 
 
-def raw_list(events: pa.Table) -> list[Any]:
-    from transforms.stage1 import LINE, holds_lines
-
-    return events.column(LINE).to_pylist() if holds_lines(events.schema) else events.to_pylist()
-
-
 OtherEvent = tuple[tuple[Any, ...], int, tuple[Any, ...]]  # join values, time, the carried fields
 
 
@@ -194,7 +189,7 @@ def read_other(
         counts.add(EventCounts(input=len(taken) + filtered, aggregated=len(taken), filtered=filtered))
     preparer = other_preparer(plan, join)
     classifier = LateClassifier(source_lateness(join.source)) if streaming else None
-    for raw in raw_list(events):
+    for raw in raw_events(events):
         outcome = other_event(preparer, join, raw, classifier)
         counts.add(other_counts(outcome))
         if isinstance(outcome, DeadLetter):

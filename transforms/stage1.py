@@ -38,6 +38,12 @@ def holds_lines(schema: pa.Schema) -> bool:
     return schema.names == [LINE]
 
 
+def raw_events(events: pa.Table) -> list[Any]:
+    """A table of raw events as the reference's per-event code takes them: JSON lines as bytes,
+    else dicts."""
+    return events.column(LINE).to_pylist() if holds_lines(events.schema) else events.to_pylist()
+
+
 def value_column(i: int) -> str:
     return f"_v{i}"
 

@@ -27,7 +27,7 @@ from transforms.events import (
 )
 from transforms.joining import EventJoiner, JoinInputs, joined_outcome
 from transforms.plan import EVENT_TIMESTAMP, FeatureContext, TransformPlan
-from transforms.stage1 import LINE, holds_lines
+from transforms.stage1 import raw_events
 from transforms.timeutil import ms_to_datetime
 from transforms.windows import NEG_INF
 
@@ -153,11 +153,6 @@ class ReferenceEngine(Engine):
         self, plan: TransformPlan, events: pa.Table, joins: JoinInputs | None = None
     ) -> EngineResult:
         return run_reference(plan, raw_events(events), joins=joins)
-
-
-def raw_events(events: pa.Table) -> list[Any]:
-    """A table of raw events as the reference takes them: JSON lines as bytes, else dicts."""
-    return events.column(LINE).to_pylist() if holds_lines(events.schema) else events.to_pylist()
 
 
 ENGINE = ReferenceEngine()
