@@ -182,7 +182,7 @@ class LookupJoiner:
 
     def _vectorised(self, batch: pa.RecordBatch) -> dict[str, pa.Array] | None:
         """The probe's time and keys straight from typed columns (None: not vectorisable)."""
-        times = _typed_times(self.plan, batch)
+        times = typed_time_ms(batch, self.plan.timestamp_field, self.plan.event_time_range_ms)
         if times is None:
             return None
         raw_ms, timed = times
@@ -193,10 +193,6 @@ class LookupJoiner:
                     return None
                 out[probe] = batch.column(field).cast(ENGINE_TYPES[dtype.name])
         return out
-
-
-def _typed_times(plan: TransformPlan, batch: pa.RecordBatch) -> tuple[pa.Array, pa.Array] | None:
-    return typed_time_ms(batch, plan.timestamp_field, plan.event_time_range_ms)
 
 
 def _join_text(value: Any) -> str:
@@ -272,7 +268,7 @@ class JoinedEventStage:
         plan = self.plan
         if not plan.declarative_events or None in self.fields.values():
             return None
-        times = _typed_times(plan, batch)
+        times = typed_time_ms(batch, plan.timestamp_field, plan.event_time_range_ms)
         if times is None or not all(self._exact(batch, j, join) for j, join in enumerate(plan.joins)):
             return None
         raw_ms, timed = times
