@@ -24,8 +24,10 @@ import pyarrow.compute as pc
 
 from transforms.arrow_events import ENGINE_TYPES, holds, split_clean, time_ms_column, typed_time_ms
 from transforms.dtypes import CoercionError, DType
+from transforms.engines.duckdb_windows import quote
 from transforms.events import WRONG_TYPE, DeadLetter, EventCounts, EventPreparer
 from transforms.joining import (
+    JOIN_COLUMN_TYPES,
     JoinedEvent,
     JoinInputs,
     OtherEvent,
@@ -47,11 +49,6 @@ from transforms.stage1 import (
     prepare_batches,
     prepared_schema,
 )
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
 
 KeyField = tuple[str, str, DType]  # the event's field, the probe's column, the key's type
 
@@ -106,7 +103,7 @@ class LookupJoiner:
             keys = _register_lookup(con, plan, j, lookup, inputs)
             self.keys.append(keys)
             joins.append(_asof_join(j, lookup, keys))
-            selects += [f"l{j}._f{j}_{i} AS {_quote(name)}" for i, name in enumerate(lookup.added_fields)]
+            selects += [f"l{j}._f{j}_{i} AS {quote(name)}" for i, name in enumerate(lookup.added_fields)]
         self.added = [name for lookup in plan.lookups for name in lookup.added_fields]
         self.sql = f"SELECT {', '.join(selects)} FROM _mlfs_probe p {' '.join(joins)} ORDER BY p._pos"
 
@@ -201,7 +198,6 @@ def _join_text(value: Any) -> str:
 
 
 EVENT = "_event"  # a joined row's raw event (its position in the batch)
-JOIN_TYPES = (pa.string(), pa.int64(), pa.int32())  # columns of interval-join values taken whole
 
 
 def _fields_table(join: IntervalJoin, partners: list[OtherEvent]) -> pa.Table | None:
@@ -313,7 +309,7 @@ class JoinedEventStage:
         """Whether the batch's columns of join ``j``'s values hold exactly the types it compares."""
         if isinstance(join, Lookup):
             return all(holds(batch, f, (ENGINE_TYPES[d.name],)) for f, _, d in self.keys[j])
-        return all(holds(batch, f, JOIN_TYPES) for f, _ in join.on)
+        return all(holds(batch, f, JOIN_COLUMN_TYPES) for f, _ in join.on)
 
     def _join_columns(
         self, j: int, join: Lookup | IntervalJoin, table: pa.Table, times: pa.Array
