@@ -12,4 +12,4 @@ fi
 bash scripts/kafka_jars.sh >/dev/null
 .venv/bin/ruff check .
 .venv/bin/mypy
-.venv/bin/python -m pytest -n 2 --durations=15 "$@"
+.venv/bin/python -m pytest -n 2 --durations=40 "$@"
