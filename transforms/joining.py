@@ -153,16 +153,16 @@ def source_lateness(source: Any) -> Lateness:
     return Lateness(duration_ms(source.max_out_of_orderness), duration_ms(source.allowed_lateness))
 
 
+def other_plan(plan: TransformPlan, join: IntervalJoin) -> TransformPlan:
+    """``plan`` reading an interval join's other source: its time field and range, no joins."""
+    return replace(
+        plan, timestamp_field=join.time_field, event_time_range_ms=join.source.event_time_range_ms, joins=()
+    )
+
+
 def other_preparer(plan: TransformPlan, join: IntervalJoin) -> EventPreparer:
     """Decodes and times the other source's events by its own time field and range."""
-    return EventPreparer(
-        replace(
-            plan,
-            timestamp_field=join.time_field,
-            event_time_range_ms=join.source.event_time_range_ms,
-            joins=(),
-        )
-    )
+    return EventPreparer(other_plan(plan, join))
 
 
 OtherEvent = tuple[tuple[Any, ...], int, tuple[Any, ...]]  # join values, time, the carried fields
@@ -284,26 +284,39 @@ def joined_fields(join: IntervalJoin, partner: OtherEvent | None) -> dict[str, A
     return dict(zip(join.added_fields, (*partner[2], ms_to_datetime(partner[1])), strict=True))
 
 
-class _LookupIndex:
-    """One ``Lookup``'s rows by key, each key's times sorted."""
+LookupRow = tuple[tuple[Any, ...], int, tuple[Any, ...]]  # a looked-up row's key, time and features
 
-    def __init__(self, lookup: Lookup, table: LookupTable) -> None:
+
+def lookup_rows(lookup: Lookup, table: LookupTable) -> list[LookupRow]:
+    """The rows of ``table`` a ``Lookup`` reads: key (the ``on`` columns), feature time, features."""
+    columns = [key for _, key in lookup.on]
+    data = table.rows.select([*columns, EVENT_TIMESTAMP, *lookup.features]).to_pylist()
+    return [
+        (
+            tuple(row[c] for c in columns),
+            datetime_to_ms(row[EVENT_TIMESTAMP]),
+            tuple(row[f] for f in lookup.features),
+        )
+        for row in data
+    ]
+
+
+class _LookupIndex:
+    """One ``Lookup``'s rows by key, each key's times sorted (``keys``: the looked-up view's key
+    names and types)."""
+
+    def __init__(self, lookup: Lookup, keys: Sequence[tuple[str, DType]], rows: Iterable[LookupRow]) -> None:
         self.lookup = lookup
-        key_types = dict(table.keys)
+        key_types = dict(keys)
         self.fields = [(event_field, key_types[key]) for event_field, key in lookup.on]
-        columns = [key for _, key in lookup.on]
-        by_key: dict[tuple[Any, ...], list[tuple[int, tuple[Any, ...]]]] = {}
-        data = table.rows.select([*columns, EVENT_TIMESTAMP, *lookup.features]).to_pylist()
-        for row in data:
-            key = tuple(row[c] for c in columns)
-            values = tuple(row[f] for f in lookup.features)
-            by_key.setdefault(key, []).append((datetime_to_ms(row[EVENT_TIMESTAMP]), values))
+        by_key: dict[tuple[Any, ...], dict[int, tuple[Any, ...]]] = {}
+        for key, time_ms, values in rows:  # one row per key and time (a row given twice is one)
+            by_key.setdefault(key, {})[time_ms] = values
         self.times: dict[tuple[Any, ...], list[int]] = {}
         self.values: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
         for key, items in by_key.items():
-            items.sort(key=lambda item: item[0])
-            self.times[key] = [t for t, _ in items]
-            self.values[key] = [v for _, v in items]
+            self.times[key] = sorted(items)
+            self.values[key] = [items[t] for t in self.times[key]]
 
     def apply(self, event: dict[str, Any], time_ms: int) -> list[JoinedEvent]:
         key = lookup_key(self.lookup, self.fields, event)
@@ -353,7 +366,7 @@ class _IntervalIndex:
 class EventJoiner:
     """A view's joins over its ``JoinInputs``: ``join`` gives an event's joined events; the other
     sources' events are read once, at construction, with their counts and dead letters (or come
-    read, as ``partners`` by source)."""
+    read, as ``partners`` by source; or the ``indexes`` come built, see ``of_candidates``)."""
 
     def __init__(
         self,
@@ -361,16 +374,21 @@ class EventJoiner:
         inputs: JoinInputs,
         streaming: bool = False,
         partners: dict[str, list[OtherEvent]] | None = None,
+        indexes: list[_LookupIndex | _IntervalIndex] | None = None,
     ) -> None:
         self.plan = plan
         self.preparer = EventPreparer(plan)
         self.indexes: list[_LookupIndex | _IntervalIndex] = []
         self.source_counts: dict[str, EventCounts] = {}
         self.dead_letters: list[DeadLetter] = []
+        if indexes is not None:
+            self.indexes = indexes
+            return
         inputs.check(plan, partners or ())
         for join in plan.joins:
             if isinstance(join, Lookup):
-                self.indexes.append(_LookupIndex(join, inputs.lookups[join.view]))
+                table = inputs.lookups[join.view]
+                self.indexes.append(_LookupIndex(join, table.keys, lookup_rows(join, table)))
             elif partners is not None and join.source_name in partners:  # read elsewhere (Beam)
                 index = _IntervalIndex(join)
                 index.build(partners[join.source_name])
@@ -379,6 +397,28 @@ class EventJoiner:
                 index = _IntervalIndex(join)
                 index.build(self._read_other(join, index, inputs.sources[join.source_name], streaming))
                 self.indexes.append(index)
+
+    @staticmethod
+    def of_candidates(
+        plan: TransformPlan,
+        lookup_keys: dict[str, tuple[tuple[str, DType], ...]],
+        rows: dict[int, list[LookupRow]],
+        partners: dict[int, list[OtherEvent]],
+    ) -> EventJoiner:
+        """A joiner over the rows and partners another engine found for some events (by the
+        position of their join in ``plan.joins``; ``lookup_keys``: each looked-up view's keys). It
+        joins those events exactly as over the whole inputs when their candidates hold, per key,
+        every partner in their range and, for a lookup, the latest row at or before every time it
+        is asked for (the Flink engine's joins find them so)."""
+        indexes: list[_LookupIndex | _IntervalIndex] = []
+        for position, join in enumerate(plan.joins):
+            if isinstance(join, Lookup):
+                indexes.append(_LookupIndex(join, lookup_keys[join.view], rows.get(position, [])))
+            else:
+                index = _IntervalIndex(join)
+                index.build(partners.get(position, []))
+                indexes.append(index)
+        return EventJoiner(plan, JoinInputs(), indexes=indexes)
 
     def _read_other(
         self, join: IntervalJoin, index: _IntervalIndex, events: pa.Table, streaming: bool

@@ -35,8 +35,17 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from transforms.engines.base import Engine, EngineResult, refuse_joins
+from transforms.engines.base import Engine, EngineResult
 from transforms.engines.flink_jar import mlfs_jar
+from transforms.engines.flink_joins import (
+    BOUNDED_LAG_MS,
+    JoinedSource,
+    JoinSides,
+    LookedUp,
+    build_joined_stage1,
+    lookup_row_type,
+    lookup_row_values,
+)
 from transforms.engines.flink_sql import (
     PREPARED,
     feature_rows,
@@ -54,7 +63,8 @@ from transforms.engines.flink_stage1 import (
     table_environment,
 )
 from transforms.events import DeadLetter, EventCounts, Lateness, event_text
-from transforms.joining import JoinInputs
+from transforms.joining import JoinInputs, lookup_rows, source_lateness
+from transforms.joins import Lookup
 from transforms.plan import EVENT_TIMESTAMP, FeatureContext, TransformPlan
 from transforms.usercode import import_root, plan_functions, user_module
 
@@ -280,6 +290,7 @@ class ViewJob:
     outcomes: Callable[[], OutcomeSink]
     rows: Callable[[], RowWriter]
     table: str = PREPARED
+    sides: JoinSides | None = None  # what the view's joins read (``flink_joins``)
 
 
 def build_job(
@@ -299,9 +310,20 @@ def build_job(
     }
     for folder in sorted(roots):
         env.add_python_file(str(folder))
-    prepared = build_stage1(plans, env, raw, lateness, [view.outcomes for view in views], source)
-    for view, stream in zip(views, prepared, strict=True):
-        _build_stage2(view, env, t_env, stream, lateness)
+    plain = [view for view in views if not view.plan.joins]
+    if plain:
+        outcomes = [view.outcomes for view in plain]
+        prepared = build_stage1([view.plan for view in plain], env, raw, lateness, outcomes, source)
+        for view, stream in zip(plain, prepared, strict=True):
+            _build_stage2(view, env, t_env, stream, lateness)
+    for view in views:
+        if view.plan.joins:
+            if view.sides is None:
+                raise ValueError(f"view {view.plan.view!r} has joins: its job needs what they read")
+            stream, stage2_lateness = build_joined_stage1(
+                view.plan, env, raw, lateness, view.outcomes, view.sides, view.table
+            )
+            _build_stage2(view, env, t_env, stream, stage2_lateness)
 
 
 def _build_stage2(view: ViewJob, env: Any, t_env: Any, prepared: Any, lateness: Lateness | None) -> None:
@@ -418,12 +440,15 @@ def run_flink(
     parallelism: int = 2,
     master: str | None = None,
     files: int | None = None,
+    joins: JoinInputs | None = None,
 ) -> EngineResult:
     """Run ``plan`` over finite ``events`` (in arrival order) as a Flink job; the same result type
     as the reference engine. Dicts are sent as JSON text, which is how Flink sources read events;
     with ``files``, the events are split into that many JSON-lines files, read by Flink's file
-    source as ``mlfs serve-stream`` reads a stream directory."""
-    return run_flink_views([plan], events, lateness, parallelism, master, files)[0]
+    source as ``mlfs serve-stream`` reads a stream directory. A view with joins reads ``joins``: the
+    other sources' events (in arrival order, with their own lateness when ``lateness`` is given)
+    and the looked-up views' rows."""
+    return run_flink_views([plan], events, lateness, parallelism, master, files, joins)[0]
 
 
 def run_flink_views(
@@ -433,6 +458,7 @@ def run_flink_views(
     parallelism: int = 2,
     master: str | None = None,
     files: int | None = None,
+    joins: JoinInputs | None = None,
 ) -> list[EngineResult]:
     """``run_flink`` for several views of one source in one job, sharing one stage 1 as
     ``mlfs serve-stream`` does; one result per view."""
@@ -447,15 +473,49 @@ def run_flink_views(
             os.mkdir(directory)
             outcomes = functools.partial(SpoolOutcomes, directory)
             rows = functools.partial(SpoolRows, directory)
-            views.append(ViewJob(plan, outcomes, rows, f"{PREPARED}{v}"))
+            sides = None
+            if plan.joins:
+                inputs = joins or JoinInputs()
+                inputs.check(plan)
+                sides = _bounded_sides(plan, env, inputs, lateness, directory)
+            views.append(ViewJob(plan, outcomes, rows, f"{PREPARED}{v}", sides))
         build_job(views, env, t_env, raw, lateness)
         env.execute(f"mlfs-{'-'.join(plan.view for plan in plans)}")
         for directory in directories:
             # Python workers may close their functions just after the job reports FINISHED.
             _wait_for_spools(directory)
+            for source in Path(directory).glob("source-*"):
+                _wait_for_spools(str(source))
         return [_read_spool(plan, d) for plan, d in zip(plans, directories, strict=True)]
     finally:
         shutil.rmtree(spool, ignore_errors=True)
+
+
+def _bounded_sides(
+    plan: TransformPlan, env: Any, inputs: JoinInputs, lateness: Lateness | None, directory: str
+) -> JoinSides:
+    """What ``plan``'s joins read in a bounded job: the other sources' events from collections
+    (their outcomes spooled under ``directory``/``source-<name>``) and the looked-up rows."""
+    from pyflink.common import Types
+
+    from transforms.engines.reference import raw_events
+
+    sources: dict[str, JoinedSource] = {}
+    lookups: dict[str, LookedUp] = {}
+    for join in plan.joins:
+        if isinstance(join, Lookup):
+            table = inputs.lookups[join.view]
+            values = lookup_row_values(join, lookup_rows(join, table))
+            rows = env.from_collection(values or [("", 0, "[]")][:0], lookup_row_type())
+            lookups[join.view] = LookedUp(rows, table.keys, BOUNDED_LAG_MS)
+        elif join.source_name not in sources:
+            spool = os.path.join(directory, f"source-{join.source_name}")
+            os.mkdir(spool)
+            texts = [_as_text(e) for e in raw_events(inputs.sources[join.source_name])]
+            raw = env.from_collection(texts, Types.STRING())
+            other = None if lateness is None else source_lateness(join.source)
+            sources[join.source_name] = JoinedSource(raw, other, functools.partial(SpoolOutcomes, spool))
+    return JoinSides(sources, lookups)
 
 
 def _bounded_source(env: Any, events: list[Any], files: int | None, directory: str) -> Any:
@@ -483,7 +543,7 @@ def _wait_for_spools(spool: str, timeout_s: float = 60.0) -> None:
     just after the job reports FINISHED)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        names = [n for n in os.listdir(spool) if not n.startswith(".")]
+        names = [n for n in os.listdir(spool) if not n.startswith(".") and not n.startswith("source-")]
         opened = sum(n.startswith("opened-") for n in names)
         if opened and len(names) - opened >= opened:
             return
@@ -504,6 +564,12 @@ def _read_spool(plan: TransformPlan, spool: str) -> EngineResult:
     result = EngineResult()
     rows: dict[tuple[Any, ...], dict[str, Any]] = {}
     for name in sorted(os.listdir(spool)):
+        path = os.path.join(spool, name)
+        if name.startswith("source-") and os.path.isdir(path):  # a joined source's outcomes
+            other = _read_spool(plan, path)
+            result.source_counts[name.removeprefix("source-")] = other.counts
+            result.dead_letters.extend(other.dead_letters)
+            continue
         if name.startswith("opened-"):
             continue
         with open(os.path.join(spool, name), "rb") as f:
@@ -532,7 +598,6 @@ class FlinkEngine(Engine):
     name = "flink"
 
     def run(self, plan: TransformPlan, inputs: Any, ctx: FeatureContext) -> EngineResult:
-        refuse_joins(self.name, plan)
         return run_flink(
             plan,
             inputs,
@@ -540,6 +605,7 @@ class FlinkEngine(Engine):
             parallelism=ctx.options.get("parallelism", 2),
             master=ctx.options.get("master"),
             files=ctx.options.get("files"),
+            joins=ctx.options.get("joins"),
         )
 
     def run_table(
@@ -547,8 +613,7 @@ class FlinkEngine(Engine):
     ) -> EngineResult:
         from transforms.engines.reference import raw_events
 
-        refuse_joins(self.name, plan)
-        return run_flink(plan, raw_events(events))
+        return run_flink(plan, raw_events(events), joins=joins)
 
 
 ENGINE = FlinkEngine()

@@ -23,7 +23,7 @@ the source belong to the source, so each event is decoded and classified once.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -99,8 +99,9 @@ def single_row(plan: TransformPlan) -> bool:
     return plan.one_row_per_event
 
 
-def _row_fields(plan: TransformPlan, v: int) -> list[str]:
-    prefix = f"_r{v}_" if single_row(plan) else f"_a{v}_"
+def _row_fields(plan: TransformPlan, v: int, single: bool | None = None) -> list[str]:
+    """View ``v``'s row columns: plain for a ``single_row`` view (or as ``single`` says), else arrays."""
+    prefix = f"_r{v}_" if (single_row(plan) if single is None else single) else f"_a{v}_"
     return [f"{prefix}{j}" for j in range(len(row_columns(plan)))]
 
 
@@ -127,6 +128,33 @@ def prepare_result_type(plans: Sequence[TransformPlan]) -> Any:
         types = [DataTypes.INT(), DataTypes.INT(), DataTypes.STRING(), *row_types]
         fields += [DataTypes.FIELD(n, t) for n, t in zip(_view_fields(plan, v), types, strict=True)]
     return DataTypes.ROW(fields)
+
+
+class RowMaker:
+    """A view's stage-1 rows of a prepared event (``row_columns``): each row, then its leave
+    marker when the window has them."""
+
+    def __init__(self, plan: TransformPlan) -> None:
+        self.ordered = _ordered(plan)
+        self.offset = marker_offset_ms(plan)
+        self.n_values = len(plan.features) + len(self.ordered)
+
+    def rows(self, prepared: PreparedEvent, time_ms: int) -> list[tuple[Any, ...]]:
+        rows = []
+        for key, values in prepared.rows:
+            engine_values = [engine_value(v) for v in values]
+            encoded = [
+                None if engine_values[i] is None else encode_ordered(time_ms, engine_values[i], dtype)
+                for i, dtype in self.ordered
+            ]
+            rows.append((ROW, *key, time_ms, *engine_values, *encoded))
+            if self.offset is not None and time_ms + self.offset <= LAST_ROW_MS:
+                rows.append((MARKER, *key, time_ms + self.offset, *[None] * self.n_values))
+        return rows
+
+    def heartbeat_ms(self, time_ms: int) -> int:
+        """The time of the heartbeat of an event at ``time_ms`` that gives no row."""
+        return min(time_ms + (self.offset or 0), LAST_ROW_MS)
 
 
 @dataclass
@@ -194,27 +222,13 @@ def _view_preparer(
     """One view's part of ``prepare``: texts (and their shared decoding, on demand) to outcomes.
     A view that ``owns_decoding`` runs its row path over the decoded events themselves (it is the
     last to read them) instead of decoding the texts again."""
-    ordered = _ordered(plan)
-    offset = marker_offset_ms(plan)
     n_keys = len(plan.keys)
-    n_values = len(plan.features) + len(ordered)
     fields = needed_fields(plan) if vectorised else None
     single = single_row(plan)
     preparers: list[EventPreparer] = []  # made on the worker, once
-
-    def event_rows(prepared: PreparedEvent, time_ms: int) -> list[tuple[Any, ...]]:
-        """An event's rows (and their leave markers; SQL adds them for a ``single`` view)."""
-        rows = []
-        for key, values in prepared.rows:
-            engine_values = [engine_value(v) for v in values]
-            encoded = [
-                None if engine_values[i] is None else encode_ordered(time_ms, engine_values[i], dtype)
-                for i, dtype in ordered
-            ]
-            rows.append((ROW, *key, time_ms, *engine_values, *encoded))
-            if offset is not None and time_ms + offset <= LAST_ROW_MS:
-                rows.append((MARKER, *key, time_ms + offset, *[None] * n_values))
-        return rows
+    maker = RowMaker(plan)
+    event_rows = maker.rows
+    ordered = maker.ordered
 
     def prepare(texts: list[str], decode: Callable[[], DecodedLines]) -> ViewOutcomes:
         if not preparers:
@@ -225,7 +239,7 @@ def _view_preparer(
             [None] * n,
             [0] * n,
             [None] * n,
-            [[None] * n for _ in range(n_keys + n_values + 2)],
+            [[None] * n for _ in range(n_keys + maker.n_values + 2)],
         )
         if fields is not None:
             rest = _prepare_vectorised(typed_batch(fields, decode()), n, out)
@@ -259,16 +273,15 @@ def _view_preparer(
         watermark on. Only its kind and time are set; its keys and values stay null (as arrays
         too: SQL's element of a null array is null)."""
         kinds, times = out.rows[0], out.rows[n_keys + 1]
-        shift = offset or 0
         if single:
             for i, time_ms in beats:
                 kinds[i] = HEARTBEAT
-                times[i] = min(time_ms + shift, LAST_ROW_MS)
+                times[i] = maker.heartbeat_ms(time_ms)
         else:
             beat = [HEARTBEAT]  # shared: nothing changes these lists
             for i, time_ms in beats:
                 kinds[i] = beat
-                times[i] = [min(time_ms + shift, LAST_ROW_MS)]
+                times[i] = [maker.heartbeat_ms(time_ms)]
 
     def _prepare_decoded(
         texts: list[str], decoded: DecodedLines
@@ -349,12 +362,13 @@ class OutcomeSink(Protocol):
     def close(self) -> None: ...
 
 
-def prepared_sql(plan: TransformPlan, v: int, classified: str) -> str:
+def prepared_sql(plan: TransformPlan, v: int, classified: str, single: bool | None = None) -> str:
     """View ``v``'s stage-1 output: the rows, markers and heartbeats of the events that are not
-    late, in the order of the events (one unnesting, so nothing reorders them)."""
+    late, in the order of the events (one unnesting, so nothing reorders them); ``single`` as
+    ``_row_fields`` takes it."""
     columns = row_columns(plan)
-    fields = _row_fields(plan, v)
-    if not single_row(plan):
+    fields = _row_fields(plan, v, single)
+    if fields[0].startswith("_a"):
         items = ", ".join(
             f"{quote(f)}[_i] AS {quote(name)}" for f, (name, _) in zip(fields, columns, strict=True)
         )
@@ -402,11 +416,16 @@ def events_sql(plans: Sequence[TransformPlan], raw: str, function: str) -> str:
 def classified_sql(plans: Sequence[TransformPlan], events: str, lateness: Lateness | None) -> str:
     """Each event with its position ``_seq``, the highest event time so far ``_max`` (this event
     included) and whether it is late (``_late``, 0 or 1)."""
+    return classified_columns_sql(["_raw", *_outcome_fields(plans)], events, lateness)
+
+
+def classified_columns_sql(columns: Sequence[str], events: str, lateness: Lateness | None) -> str:
+    """``classified_sql`` over events with ``columns`` (their time is ``_t``)."""
     if lateness is None:  # a bounded replay: nothing is late
         late = "0"
     else:
         late = f"CASE WHEN _t < _max - {lateness.bound_ms} THEN 1 ELSE 0 END"
-    listed = ", ".join(quote(name) for name in ["_raw", *_outcome_fields(plans)])
+    listed = ", ".join(quote(name) for name in columns)
     return (
         f"SELECT {listed}, _max, _seq, {late} AS _late FROM ("
         f"SELECT {listed}, MAX(_t) OVER w AS _max, COUNT(*) OVER w AS _seq FROM {quote(events)} "
@@ -424,10 +443,14 @@ def letters_sql(n_views: int, classified: str) -> str:
     )
 
 
-def counts_sql(n_views: int, classified: str) -> str:
+def counts_sql(n_views: int, classified: str, arrivals: bool = True) -> str:
     """The events so far, the late ones and the highest event time, then each view's outcomes and
-    rows (one global aggregate)."""
+    rows (one global aggregate). Without ``arrivals`` (outcomes decided after stage 1, as a joined
+    view's are), the first three are 0, 0 and null."""
     items = ["COUNT(*) AS `input`", "CAST(SUM(_late) AS BIGINT) AS late", "MAX(_max) AS max_seen"]
+    if not arrivals:
+        items = ["CAST(0 AS BIGINT) AS `input`", "CAST(0 AS BIGINT) AS late"]
+        items.append("CAST(NULL AS BIGINT) AS max_seen")
     for v in range(n_views):
         accepted = f"_late = 0 AND _k{v}"
         items += [
@@ -440,11 +463,14 @@ def counts_sql(n_views: int, classified: str) -> str:
 
 
 def dead_letters_function(
-    plans: Sequence[TransformPlan], lateness: Lateness | None, outcomes: Sequence[Callable[[], OutcomeSink]]
+    plans: Sequence[TransformPlan],
+    lateness: Lateness | None,
+    outcomes: Sequence[Callable[[], OutcomeSink]],
+    source: str | None = None,
 ) -> Any:
     """A Python function over ``letters_sql``'s rows: a late event becomes a late dead letter of
-    every view (against the watermark it missed), the others are ``prepare``'s letters; each goes
-    to its view's outcome sink."""
+    every view (against the watermark it missed; on ``source``, a joined source), the others are
+    ``prepare``'s letters; each goes to its view's outcome sink."""
     from pyflink.datastream.functions import ProcessFunction
 
     class DeadLetters(ProcessFunction):
@@ -458,7 +484,8 @@ def dead_letters_function(
             for preparer, sink, text in zip(self.preparers, self.sinks, texts, strict=True):
                 if late:
                     assert lateness is not None, "nothing is late without lateness"
-                    sink.dead(preparer.late(raw, time_ms, lateness.watermark(max_seen)), True, seq)
+                    letter = preparer.late(raw, time_ms, lateness.watermark(max_seen))
+                    sink.dead(letter if source is None else replace(letter, source=source), True, seq)
                 elif text is not None:
                     sink.dead(DeadLetter.from_json(text), False, seq)
 
