@@ -73,15 +73,6 @@ def lookup_rows(
     return LookupTable.of(plan, engine.run_table(plan, events, joins).rows)
 
 
-def refuse_joins(engine: str, plan: TransformPlan) -> None:
-    """Stop, with one line, an engine that does not run joins yet."""
-    if plan.joins:
-        raise EngineUnavailable(
-            f"view {plan.view!r} has joins, which the {engine} engine does not run yet "
-            "(the reference, embedded, Spark and Beam engines do)"
-        )
-
-
 @dataclass(frozen=True)
 class EngineEntry:
     """Where an engine lives and what it serves, known without importing it (Spark and Flink are

@@ -278,8 +278,9 @@ def finish_function(
     plan: TransformPlan, lookup_keys: dict[str, tuple[tuple[str, DType], ...]]
 ) -> Callable[..., Any]:
     """Each event with its candidates (``_items``: one JSON line each, ``[join, key, time,
-    values]``, and a partner's ``_seq`` on its source) to its outcome: the reference's joins (``EventJoiner.of_candidates``) and per-event
-    stage, as kind, number of rows, dead letter and the rows (arrays of ``row_columns``)."""
+    values]`` and a partner's ``_seq`` on its source) to its outcome: the reference's joins
+    (``EventJoiner.of_candidates``) and per-event stage, as kind, number of rows, dead letter and
+    the rows (arrays of ``row_columns``)."""
     maker = RowMaker(plan)
     n_columns = len(row_columns(plan))
     n_keys = len(plan.keys)
