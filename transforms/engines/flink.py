@@ -38,7 +38,6 @@ import pyarrow as pa
 from transforms.engines.base import Engine, EngineResult
 from transforms.engines.flink_jar import mlfs_jar
 from transforms.engines.flink_joins import (
-    BOUNDED_LAG_MS,
     JoinedSource,
     JoinSides,
     LookedUp,
@@ -47,6 +46,7 @@ from transforms.engines.flink_joins import (
     lookup_row_values,
 )
 from transforms.engines.flink_sql import (
+    BOUNDED_REPLAY_LAG_MS,
     PREPARED,
     feature_rows,
     interval,
@@ -67,8 +67,6 @@ from transforms.joining import JoinInputs, lookup_rows, source_lateness
 from transforms.joins import Lookup
 from transforms.plan import EVENT_TIMESTAMP, FeatureContext, TransformPlan
 from transforms.usercode import import_root, plan_functions, user_module
-
-BOUNDED_REPLAY_LAG_MS = 500 * 86_400_000  # without lateness, hold the watermark back 500 days
 
 
 class SpoolOutcomes:
@@ -507,7 +505,7 @@ def _bounded_sides(
             table = inputs.lookups[join.view]
             values = lookup_row_values(join, lookup_rows(join, table))
             rows = env.from_collection(values or [("", 0, "[]")][:0], lookup_row_type())
-            lookups[join.view] = LookedUp(rows, table.keys, BOUNDED_LAG_MS)
+            lookups[join.view] = LookedUp(rows, table.keys, BOUNDED_REPLAY_LAG_MS)
         elif join.source_name not in sources:
             spool = os.path.join(directory, f"source-{join.source_name}")
             os.mkdir(spool)

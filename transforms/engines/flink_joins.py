@@ -33,12 +33,14 @@ from typing import Any
 import numpy as np
 
 from transforms.dtypes import CoercionError, DType
-from transforms.engines.flink_sql import interval, quote
+from transforms.engines.flink_sql import BOUNDED_REPLAY_LAG_MS, interval, quote
 from transforms.engines.flink_stage1 import (
+    COUNTS_SETTINGS,
     DEAD,
     FILTERED,
     HEARTBEAT,
     OK,
+    STAGE1_SETTINGS,
     OutcomeSink,
     RowMaker,
     classified_columns_sql,
@@ -67,21 +69,10 @@ from transforms.plan import TransformPlan
 from transforms.timeutil import datetime_to_ms, ms_to_datetime
 
 PENDING = 3  # an event of the view's own source that passed stage 1: its joins decide its outcome
-BOUNDED_LAG_MS = 500 * 86_400_000  # a bounded replay: the watermark waits for the end of the input
 _OBJECT = np.dtype(object)
-# Stage 1 of a joined view runs at parallelism 1: lateness follows arrival order, and its window
-# emits events in time order, which stage 2's watermark relies on.
-JOIN_SETTINGS = {
-    "table.exec.resource.default-parallelism": "1",
-    "python.fn-execution.bundle.time": "100",
-    "python.fn-execution.arrow.batch.size": "5000",
-}
-COUNTS_SETTINGS = {
-    "table.exec.resource.default-parallelism": "1",
-    "table.exec.mini-batch.enabled": "true",
-    "table.exec.mini-batch.allow-latency": "1 s",
-    "table.exec.mini-batch.size": "1000000",
-}
+# Stage 1 of a joined view runs with stage 1's settings, at parallelism 1: lateness follows arrival
+# order, and its window emits events in time order, which stage 2's watermark relies on.
+JOIN_SETTINGS = STAGE1_SETTINGS
 
 
 def key_text(key: tuple[Any, ...] | None) -> str | None:
@@ -444,7 +435,7 @@ def build_joined_stage1(
             f"WHERE _late = 0 AND _k0 = {PENDING}"
         )
     )
-    own_lag = BOUNDED_LAG_MS if lateness is None else lateness.bound_ms + 1
+    own_lag = BOUNDED_REPLAY_LAG_MS if lateness is None else lateness.bound_ms + 1
     own_columns = [("_seq", DataTypes.BIGINT()), ("_t", DataTypes.BIGINT()), ("_raw", DataTypes.STRING())]
     own_columns += [(c, DataTypes.STRING()) for c in key_columns]
     shifts, total = join_shifts(plan)
@@ -519,7 +510,7 @@ def _other_source(
     partners = t_env.to_data_stream(
         t_env.sql_query(f"SELECT _seq, _t, _j, _f FROM {quote(name + '_all')} WHERE _late = 0 AND _k0 = {OK}")
     )
-    lag = BOUNDED_LAG_MS if source.lateness is None else source.lateness.bound_ms + 1
+    lag = BOUNDED_REPLAY_LAG_MS if source.lateness is None else source.lateness.bound_ms + 1
     columns = [("_seq", DataTypes.BIGINT()), ("_t", DataTypes.BIGINT())]
     columns += [("_j", DataTypes.STRING()), ("_f", DataTypes.STRING())]
     t_env.create_temporary_view(f"{name}_partners", _timed(t_env, partners, columns, "_t", lag))

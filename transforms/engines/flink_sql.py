@@ -53,6 +53,9 @@ def marker_offset_ms(plan: TransformPlan) -> int | None:
     return plan.window.leave_offset_ms()
 
 
+BOUNDED_REPLAY_LAG_MS = 500 * 86_400_000  # without lateness, hold the watermark back 500 days
+
+
 def watermark_lag_ms(plan: TransformPlan, out_of_orderness_ms: int) -> int:
     """Flink's watermark lag over ``prepared``: the markers run ``size`` ahead of the events, so the
     lag adds ``size`` to keep the watermark at (latest event time - out-of-orderness)."""
