@@ -504,7 +504,7 @@ def _bounded_sides(
         if isinstance(join, Lookup):
             table = inputs.lookups[join.view]
             values = lookup_row_values(join, lookup_rows(join, table))
-            rows = env.from_collection(values or [("", 0, "[]")][:0], lookup_row_type())
+            rows = env.from_collection(values, lookup_row_type())
             lookups[join.view] = LookedUp(rows, table.keys, BOUNDED_REPLAY_LAG_MS)
         elif join.source_name not in sources:
             spool = os.path.join(directory, f"source-{join.source_name}")

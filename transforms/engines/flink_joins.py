@@ -106,7 +106,7 @@ def values_text(values: tuple[Any, ...]) -> str:
 @dataclass(frozen=True)
 class LookedUp:
     """A looked-up view as a joined view's stage 1 reads it: its rows (a DataStream of
-    ``LOOKUP_ROW``: key text, feature time, features as JSON text), its keys, and how far its
+    ``lookup_row_type``: key text, feature time, features as JSON text), its keys, and how far its
     watermark trails its rows (None: the stream carries its own watermarks)."""
 
     rows: Any
