@@ -62,6 +62,7 @@ from transforms.engines.flink_stage1 import (
     prepared_columns,
     table_environment,
 )
+from transforms.errors import EngineUnavailable
 from transforms.events import DeadLetter, EventCounts, Lateness, event_text
 from transforms.joining import JoinInputs, lookup_rows, source_lateness
 from transforms.joins import Lookup
@@ -502,6 +503,11 @@ def _bounded_sides(
     lookups: dict[str, LookedUp] = {}
     for join in plan.joins:
         if isinstance(join, Lookup):
+            if join.view in lookups:  # its rows carry one lookup's features and key order
+                raise EngineUnavailable(
+                    f"view {plan.view!r} looks up {join.view!r} twice, "
+                    "which the Flink engine does not run yet"
+                )
             table = inputs.lookups[join.view]
             values = lookup_row_values(join, lookup_rows(join, table))
             rows = env.from_collection(values, lookup_row_type())
