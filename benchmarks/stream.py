@@ -1,6 +1,7 @@
 """Benchmark `mlfs serve-stream`: sustained events per second and freshness on the example views.
 
     python benchmarks/stream.py [--events N] [--users K] [--probes P] [--parallelism 2] [--online redis]
+    python benchmarks/stream.py --joins [--events N] [--users K] [--parallelism 2]
 
 1. Throughput: N payment events are written to the example repository's stream directory before
    the job starts; the figures are events per second from the first event counted by every view's
@@ -17,6 +18,14 @@
 
 The reference run in the same process is DuckDB computing the continuous view's rows from the same
 events (the work the streaming job must at least do), to put the job's rate in proportion.
+
+With ``--joins`` it measures instead what a view with joins costs (issue 25): the same payments (and
+refunds of about 5% of them, up to 36 hours later) streamed by three jobs, one after another:
+``user_payment_stats_7d`` alone (a single-source view), ``user_refunds_30d`` (payments joined with
+refunds within a day) and ``user_amount_vs_habit_7d`` (a lookup of ``user_payment_stats_7d``, which
+its job streams too). Each figure is events per second from the first event counted until every
+event's outcome is counted (a joined event waits for the other sides' watermarks; a last file of
+events days later moves them) and the sinks have stopped writing.
 """
 
 from __future__ import annotations
@@ -61,6 +70,7 @@ def drop(directory: Path, name: str, lines: list[str]) -> float:
 
 
 REDIS_ENV = "MLFS_BENCH_REDIS"
+FLUSHED = 20  # payments at each of the last two times of --joins
 
 
 def session_cpu_seconds(session: int) -> float:
@@ -130,6 +140,108 @@ def duckdb_seconds(events: list[dict[str, object]]) -> float:
     return time.perf_counter() - started
 
 
+def refund(rng: random.Random, paid: dict[str, object]) -> dict[str, object]:
+    when = datetime.fromisoformat(str(paid["timestamp"])) + timedelta(minutes=rng.randrange(1, 36 * 60))
+    return {
+        "refund_id": f"r{rng.getrandbits(48)}",
+        "payment_id": paid["payment_id"],
+        "amount": paid["amount"],
+        "reason": rng.choice(["fraud", "returned"]),
+        "timestamp": when.isoformat(),
+    }
+
+
+def joined_job_seconds(
+    base: Path, name: str, views: list[str], payments: list[str], refunds: list[str], parallelism: int
+) -> tuple[float, int]:
+    """Stream ``payments`` and ``refunds`` (already in time order) with ``serve-stream VIEWS`` on a
+    fresh example repository; (seconds from the first event counted until every outcome is counted
+    and the sinks stopped writing, rows written)."""
+    from featurestore.cli import main as mlfs
+    from featurestore.repo import load_repo
+    from featurestore.stream.metrics import ViewMetrics
+    from featurestore.stream.sinks import read_status
+
+    repo_path = base / name
+    assert mlfs(["init", str(repo_path), "--events", "200", "--with-joins"]) == 0
+    assert mlfs(["apply", "--repo", str(repo_path)]) == 0
+    for source, lines in (("payments", payments), ("refunds", refunds)):
+        directory = repo_path / "data" / "stream" / source
+        for old in directory.iterdir():
+            old.unlink()
+        drop(directory, "bulk.jsonl", lines)
+    status_dir = load_repo(repo_path).settings.work_path / "stream" / "status"
+    command = [sys.executable, "-m", "featurestore.cli", "serve-stream", "--repo", str(repo_path), *views]
+    command += ["--parallelism", str(parallelism), "--no-metrics", "--for", "100000"]
+    job = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        first = None
+        while True:
+            metrics = [ViewMetrics(v, read_status(status_dir, v), 0) for v in views]
+            if first is None and min(m.status.counts.input for m in metrics) > 0:
+                first = time.monotonic()
+            # The last payments wait for later ones (their own source's watermark) on a joined view.
+            if min(m.status.counts.input - m.waiting for m in metrics) >= len(payments) - FLUSHED:
+                break
+            if job.poll() is not None:
+                raise SystemExit(f"the streaming job exited with {job.returncode}")
+            time.sleep(0.2)
+        # A joined view's last rows come a few seconds after its counts (through the joins' window,
+        # stage 2 and the sinks): the sinks have stopped once they wrote nothing for 10 s.
+        rows, last_change = -1, time.monotonic()
+        while time.monotonic() - last_change < 10.0:
+            time.sleep(0.1)
+            if (now := sum(read_status(status_dir, v).sink.rows_out for v in views)) != rows:
+                rows, last_change = now, time.monotonic()
+        assert first is not None
+        return last_change - first, rows
+    finally:
+        subprocess.run(["pkill", "-KILL", "-g", str(job.pid)], check=False)
+
+
+def joins_main(args: argparse.Namespace) -> None:
+    rng = random.Random(7)
+    base = Path(tempfile.mkdtemp(prefix="mlfs-bench-stream-joins-"))
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    events = [
+        payment(rng, start + timedelta(milliseconds=i * 500), f"u{rng.randrange(args.users):06d}")
+        for i in range(args.events)
+    ]
+    refunds = sorted(
+        (refund(rng, e) for e in events if rng.random() < 0.05), key=lambda r: str(r["timestamp"])
+    )
+    end = start + timedelta(milliseconds=500 * args.events)
+    # Move every watermark past the rest (several at each time: each parallel join instance's).
+    later = [end + timedelta(days=days) for days in (3, 6) for _ in range(FLUSHED)]
+    events += [payment(rng, when, "u-flush") for when in later]
+    refunds.append(
+        {"refund_id": "flush", "payment_id": "-", "timestamp": (end + timedelta(days=8)).isoformat()}
+    )
+    payments = [json.dumps(e) for e in events]
+    refund_lines = [json.dumps(r) for r in refunds]
+    print(
+        f"{args.events:,} payments, {len(refunds) - 1:,} refunds, {args.users:,} users, "
+        f"parallelism {args.parallelism}, SQLite online store",
+        flush=True,
+    )
+    jobs = [
+        ("single-source view", ["user_payment_stats_7d"]),
+        ("interval join (payments with refunds within a day)", ["user_refunds_30d"]),
+        ("lookup of user_payment_stats_7d (with that view)", ["user_amount_vs_habit_7d"]),
+    ]
+    baseline = None
+    for n, (what, views) in enumerate(jobs):
+        seconds, rows = joined_job_seconds(base, f"repo{n}", views, payments, refund_lines, args.parallelism)
+        baseline = baseline or seconds
+        print(
+            f"{views[0]} ({what}): {args.events / seconds:,.0f} events/s, {seconds:.1f} s, "
+            f"{rows:,} rows written; {seconds / baseline:.2f}x the single-source view",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
@@ -149,7 +261,11 @@ def main() -> None:
         default="sqlite",
         help="online store: the example's SQLite file, or a private redis-server started here",
     )
+    parser.add_argument("--joins", action="store_true", help="measure views with joins (see above)")
     args = parser.parse_args()
+    if args.joins:
+        joins_main(args)
+        return
     flink_config = dict(entry.split("=", 1) for entry in args.flink_config)
 
     from featurestore.config import feast_store

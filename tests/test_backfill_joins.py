@@ -93,19 +93,20 @@ def test_feast_reads_joined_views_online_and_point_in_time(backfilled: Path) -> 
             assert same_features({f: normalise(record[f]) for f in features}, want), (name, record)
 
 
-def test_serve_stream_refuses_views_with_joins_in_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Until Flink runs joins, before any work."""
+def test_serve_stream_streams_the_views_a_named_view_looks_up_first(tmp_path: Path) -> None:
+    """One job runs the whole graph: a named view's looked-up views join it, ahead of it."""
+    from featurestore.repo import load_repo
+    from featurestore.stream.service import stream_views
+
     repo = example_repo(tmp_path / "repo", events=200, with_joins=True)
-    assert main(["apply", "--repo", str(repo)]) == 0
-    capsys.readouterr()
-    assert main(["serve-stream", "--repo", str(repo)]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert (
-        len(err) == 1
-        and "view 'user_amount_vs_habit_7d' has joins, which serve-stream does not run yet" in err[0]
-    )
+    said: list[str] = []
+    views = stream_views(load_repo(repo), ["user_amount_vs_habit_7d", "user_refunds_30d"], said.append)
+    assert [v.name for v in views] == ["user_payment_stats_7d", "user_amount_vs_habit_7d", "user_refunds_30d"]
+    assert said == ["also streaming user_payment_stats_7d: looked up by the views named"]
+    everything = stream_views(load_repo(repo), [], said.append)
+    names = [v.name for v in everything]
+    assert names.index("user_payment_stats_7d") < names.index("user_amount_vs_habit_7d")
+    assert len(said) == 1
 
 
 def test_verify_runs_a_joined_view_with_what_each_engine_computes_of_the_view_it_looks_up(

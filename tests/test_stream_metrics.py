@@ -37,6 +37,23 @@ def test_prometheus_text_and_status_line(tmp_path: Path) -> None:
     assert metrics.line().startswith("v: 20 events in, 4 rows out (3 online), 2 dead-lettered, 2 late")
 
 
+def test_a_joined_view_shows_its_other_source_and_the_events_waiting_for_their_joins(tmp_path: Path) -> None:
+    directory = tmp_path / "status"
+    directory.mkdir()
+    own = {"input": 10, "aggregated": 4, "filtered": 2, "dead_lettered": 1, "late": 0, "rows": 4}
+    (directory / "v.stage1.0.json").write_text(json.dumps({"counts": own, "max_event_ms": 1}))
+    other = {"input": 7, "aggregated": 5, "filtered": 0, "dead_lettered": 1, "late": 1, "rows": 0}
+    (directory / "v.source.refunds.json").write_text(json.dumps({"counts": other, "max_event_ms": 1}))
+    [metrics] = collect(directory, {"v": 0})
+    assert metrics.waiting == 3
+    assert "1 dead-lettered, 0 late, 2 filtered, 3 waiting for joins;" in metrics.line()
+    assert metrics.line().endswith("; from refunds: 7 events in, 1 dead-lettered, 1 late")
+    text = prometheus_text([metrics])
+    assert 'mlfs_joined_events_in_total{view="v",source="refunds"} 7' in text
+    assert 'mlfs_joined_events_late_total{view="v",source="refunds"} 1' in text
+    assert 'mlfs_events_waiting{view="v"} 3.000' in text
+
+
 def test_metrics_endpoint(tmp_path: Path) -> None:
     write_status(tmp_path / "status")
     server = serve_metrics("127.0.0.1", 0, lambda: collect(tmp_path / "status", {"v": 0}))

@@ -11,7 +11,7 @@ from repo_helpers import example_repo
 from featurestore.repo import load_repo
 from featurestore.stream.service import lineage_key, lineage_of, remember_lineage
 from featurestore.stream.sinks import LiveOutcomes, StoreRows, read_status
-from transforms.events import DeadLetter
+from transforms.events import DeadLetter, EventCounts
 
 
 def letter(n: int) -> DeadLetter:
@@ -40,6 +40,42 @@ def test_a_restarted_sink_skips_the_letters_its_lineage_wrote(tmp_path: Path) ->
     fresh.dead(letter(5), False, 5)
     fresh.close()
     assert len(list((letters / "v").glob("stream-bbb-*.jsonl"))) == 1
+
+
+def test_a_joined_view_s_parts_keep_their_own_letters_and_counts(tmp_path: Path) -> None:
+    """A view with joins has three writers: its source's stage 1, its joins (letters in event-time
+    order, so a restart skips each seq it wrote, not all below the highest) and its other source
+    (counted apart)."""
+    letters, status = tmp_path / "dead", tmp_path / "status"
+    own = LiveOutcomes("v", str(letters), str(status), "aaa")
+    own.dead(letter(4), False, 4)
+    own.update(EventCounts(input=10, filtered=1, dead_lettered=1), 5)
+    joins = LiveOutcomes("v", str(letters), str(status), "aaa", "joins", ordered=False)
+    for seq in (9, 2):
+        joins.dead(letter(seq), False, seq)
+    joins.update(EventCounts(aggregated=6, filtered=1, dead_lettered=2), None)
+    other = LiveOutcomes("v", str(letters), str(status), "aaa", "source-refunds")
+    other.dead(letter(2), True, 2)  # the other source's seq 2: another event
+    other.update(EventCounts(input=3, aggregated=2, late=1), 8)
+    for part in (own, joins, other):
+        part.close()
+
+    # Restored before all of them: the joins' replay brings 2, 5 and 9 again.
+    again = LiveOutcomes("v", str(letters), str(status), "aaa", "joins", ordered=False)
+    for seq in (9, 5, 2):
+        again.dead(letter(seq), False, seq)
+    again.close()
+    written = {f.name.split("-aaa-")[0] for f in (letters / "v").glob("*.jsonl")}
+    assert sorted(written) == ["stream", "stream-joins", "stream-source-refunds"]
+    joined = sorted(
+        json.loads(line)["seq"]
+        for f in (letters / "v").glob("stream-joins-*")
+        for line in f.read_text().splitlines()
+    )
+    assert joined == [2, 5, 9]
+    got = read_status(status, "v")
+    assert got.counts == EventCounts(input=10, aggregated=6, filtered=2, dead_lettered=3)
+    assert got.source_counts == {"refunds": EventCounts(input=3, aggregated=2, late=1)}
 
 
 def test_a_job_carries_on_the_lineage_of_what_it_restores(tmp_path: Path) -> None:

@@ -290,15 +290,19 @@ LookupRow = tuple[tuple[Any, ...], int, tuple[Any, ...]]  # a looked-up row's ke
 def lookup_rows(lookup: Lookup, table: LookupTable) -> list[LookupRow]:
     """The rows of ``table`` a ``Lookup`` reads: key (the ``on`` columns), feature time, features."""
     columns = [key for _, key in lookup.on]
-    data = table.rows.select([*columns, EVENT_TIMESTAMP, *lookup.features]).to_pylist()
     return [
-        (
-            tuple(row[c] for c in columns),
-            datetime_to_ms(row[EVENT_TIMESTAMP]),
-            tuple(row[f] for f in lookup.features),
-        )
-        for row in data
+        lookup_row(lookup, row)
+        for row in table.rows.select([*columns, EVENT_TIMESTAMP, *lookup.features]).to_pylist()
     ]
+
+
+def lookup_row(lookup: Lookup, row: dict[str, Any]) -> LookupRow:
+    """A looked-up view's feature row as a ``Lookup`` reads it."""
+    return (
+        tuple(row[key] for _, key in lookup.on),
+        datetime_to_ms(row[EVENT_TIMESTAMP]),
+        tuple(row[f] for f in lookup.features),
+    )
 
 
 class _LookupIndex:

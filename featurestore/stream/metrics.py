@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from featurestore.stream.sinks import StreamStatus, read_status
+from transforms.events import EventCounts
 
 
 @dataclass
@@ -33,11 +34,23 @@ class ViewMetrics:
         c, sink = self.status.counts, self.status.sink
         freshness = "-" if sink.freshness_ms is None else f"{sink.freshness_ms / 1000:.1f}s"
         lag = self.watermark_lag_s
+        waiting = f", {self.waiting} waiting for joins" if self.waiting else ""
+        joined = "".join(
+            f"; from {source}: {j.input} events in, {j.dead_lettered} dead-lettered, {j.late} late"
+            for source, j in sorted(self.status.source_counts.items())
+        )
         return (
             f"{self.view}: {c.input} events in, {sink.rows_out} rows out ({sink.online_written} online), "
-            f"{c.dead_lettered} dead-lettered, {c.late} late, {c.filtered} filtered; "
-            f"watermark lag {'-' if lag is None else f'{lag:.1f}s'}, freshness {freshness}"
+            f"{c.dead_lettered} dead-lettered, {c.late} late, {c.filtered} filtered{waiting}; "
+            f"watermark lag {'-' if lag is None else f'{lag:.1f}s'}, freshness {freshness}{joined}"
         )
+
+    @property
+    def waiting(self) -> int:
+        """Events a view with joins has read whose joins have not yet been decided (they wait for
+        the other sides' watermarks); always 0 for a view without joins."""
+        c = self.status.counts
+        return max(0, c.input - c.aggregated - c.filtered - c.dead_lettered - c.late)
 
 
 def collect(status_dir: Path, views: dict[str, int]) -> list[ViewMetrics]:
@@ -61,13 +74,28 @@ _COUNTERS = [
 ]
 
 
+_JOINED_COUNTERS: list[tuple[str, str, Callable[[EventCounts], int]]] = [
+    ("events_in", "Events read from an interval join's other source", lambda c: c.input),
+    ("events_dead_lettered", "Bad events of an interval join's other source", lambda c: c.dead_lettered),
+    ("events_late", "Events of an interval join's other source beyond its lateness", lambda c: c.late),
+]
+
+
 def prometheus_text(metrics: list[ViewMetrics]) -> str:
     """The Prometheus text exposition of ``metrics``."""
     lines = []
     for name, help_text, count in _COUNTERS:
         lines += [f"# HELP mlfs_{name}_total {help_text}.", f"# TYPE mlfs_{name}_total counter"]
         lines += [f'mlfs_{name}_total{{view="{m.view}"}} {count(m)}' for m in metrics]
+    for name, help_text, joined_count in _JOINED_COUNTERS:
+        lines += [f"# HELP mlfs_joined_{name}_total {help_text}.", f"# TYPE mlfs_joined_{name}_total counter"]
+        lines += [
+            f'mlfs_joined_{name}_total{{view="{m.view}",source="{source}"}} {joined_count(counts)}'
+            for m in metrics
+            for source, counts in sorted(m.status.source_counts.items())
+        ]
     gauges: list[tuple[str, str, Callable[[ViewMetrics], float | None]]] = [
+        ("events_waiting", "Events waiting for their joins", lambda m: m.waiting),
         ("watermark_lag_seconds", "Wall clock minus the watermark", lambda m: m.watermark_lag_s),
         (
             "freshness_seconds",

@@ -28,13 +28,14 @@ from typing import Any
 
 from featurestore.definitions import FileStreamSource, KafkaStreamSource, StreamSource
 from featurestore.offline.parquet import COMPACT_MIN_FILES, ParquetOfflineStore
-from featurestore.repo import FeatureRepo
+from featurestore.repo import FeatureRepo, lookup_order
 from featurestore.runstatus import StreamJobRecord, read_json, write_json
 from featurestore.stream.metrics import ViewMetrics, collect, serve_metrics
 from featurestore.stream.sinks import LiveOutcomes, StoreRows, clear_status
 from featurestore.view import StreamFeatureView
 from transforms.errors import MLFSError
 from transforms.events import Lateness
+from transforms.joins import Lookup
 
 
 @dataclass
@@ -126,6 +127,11 @@ def job_shape(groups: list[list[StreamFeatureView]]) -> str:
     parts = [SHAPE_FORMAT]
     for group in groups:
         plans = [view.plan for view in group]
+        if any(plan.joins for plan in plans):  # a joined view: a stage 1 of its own
+            for view, plan in zip(group, plans, strict=True):
+                parts.append(json.dumps([join.spec() for join in plan.joins], sort_keys=True, default=str))
+                parts += [prepared_sql(plan, 0, "finished", single=False), stage2_sql(plan, view.name)]
+            continue
         # Without the lateness bound, which is a literal in the query and no part of the state.
         parts += [str(prepare_result_type(plans)), classified_sql(plans, "events", None)]
         parts += [counts_sql(len(plans), "classified"), letters_sql(len(plans), "classified")]
@@ -246,27 +252,41 @@ def _open_source(env: Any, source: StreamSource, repo_path: Path, options: Strea
     return stream.disable_chaining()
 
 
+def stream_views(
+    repo: FeatureRepo, names: list[str], report: Callable[[str], None]
+) -> list[StreamFeatureView]:
+    """The views a job streams: ``names`` (every view when none) and the views they look up,
+    directly or through others, each after the views it looks up (the whole graph runs in one job)."""
+    selected = [view.name for view in select_views(repo, names)]
+    ordered = lookup_order(repo, selected)
+    added = [name for name in ordered if name not in selected]
+    if added:
+        report(f"also streaming {', '.join(added)}: looked up by the views named")
+    return [repo.views[name] for name in ordered]
+
+
+def read_sources(view: StreamFeatureView) -> list[StreamSource]:
+    """The sources a view reads: its own, then each interval join's other source."""
+    return [view.source, *(join.source for join in view.plan.interval_joins)]
+
+
 def serve_stream(
     repo: FeatureRepo, options: StreamOptions, report: Callable[[str], None] = print
 ) -> list[ViewMetrics]:
     """Run the streaming job until ``options.duration_s`` passes or Ctrl-C; returns the last status."""
-    from transforms.engines.flink import ViewJob, build_job, flink_environment
+    from transforms.engines.flink import flink_environment
 
     settings = repo.settings
-    views = select_views(repo, options.views)
+    views = stream_views(repo, options.views, report)
     for view in views:
-        if not isinstance(view.source, FileStreamSource | KafkaStreamSource):
-            raise MLFSError(
-                f"view {view.name!r}: source {view.source.name!r} is {view.source.kind}; "
-                "serve-stream reads file and Kafka sources"
-            )
-        if isinstance(view.source, KafkaStreamSource):
-            _check_kafka(view.source, options.jars)  # before a Flink environment is started
-        if view.plan.joins:
-            raise MLFSError(
-                f"view {view.name!r} has joins, which serve-stream does not run yet; "
-                "name the views to stream (`mlfs serve-stream VIEW ...`) to leave it out"
-            )
+        for source in read_sources(view):
+            if not isinstance(source, FileStreamSource | KafkaStreamSource):
+                raise MLFSError(
+                    f"view {view.name!r}: source {source.name!r} is {source.kind}; "
+                    "serve-stream reads file and Kafka sources"
+                )
+            if isinstance(source, KafkaStreamSource):
+                _check_kafka(source, options.jars)  # before a Flink environment is started
     stream_dir = settings.work_path / "stream"
     status_dir = stream_dir / "status"
     checkpoint_dir = (options.checkpoint_dir or stream_dir / "checkpoints").resolve()
@@ -292,8 +312,10 @@ def serve_stream(
     rest = f"http://{options.master or '127.0.0.1:' + config['rest.port']}"
     by_source: dict[str, list[StreamFeatureView]] = {}
     for view in views:
-        by_source.setdefault(view.source.name, []).append(view)
-    shape = job_shape(list(by_source.values()))
+        if not view.plan.joins:
+            by_source.setdefault(view.source.name, []).append(view)
+    joined = [view for view in views if view.plan.joins]  # each after the views it looks up
+    shape = job_shape([*by_source.values(), *([view] for view in joined)])
     if restore is not None:
         check_shape(checkpoint_dir, restore, shape)
         config["execution.state-recovery.path"] = restore.as_uri()
@@ -304,28 +326,11 @@ def serve_stream(
         env.add_python_file(str(settings.repo_path))
         if options.jars:
             env.add_jars(*(jar.resolve().as_uri() for jar in options.jars))
-        for number, source_views in enumerate(by_source.values()):
-            source = source_views[0].source
-            jobs = [
-                ViewJob(
-                    view.plan,
-                    functools.partial(
-                        LiveOutcomes, view.name, str(settings.dead_letter_path), str(status_dir), lineage
-                    ),
-                    functools.partial(
-                        StoreRows,
-                        view,
-                        str(settings.repo_path),
-                        str(status_dir),
-                        str(settings.dead_letter_path),
-                        lineage,
-                    ),
-                    table=f"prepared_{view.name}",
-                )
-                for view in source_views
-            ]
-            raw = _open_source(env, source, settings.repo_path, options)
-            build_job(jobs, env, t_env, raw, lateness_of(source), f"stage1_{number}")
+        graph = JobGraph(repo, env, t_env, options, str(status_dir), lineage)
+        for source_views in by_source.values():
+            graph.add_plain(source_views)
+        for view in joined:
+            graph.add_joined(view)
         bounds = {v.name: lateness_of(v.source).max_out_of_orderness_ms for v in views}
         job = StreamJobRecord(settings.work_path, [v.name for v in views], options.master or "local")
         try:
@@ -390,6 +395,89 @@ def serve_stream(
         for metrics in final:
             report(metrics.line())
         return final
+
+
+class JobGraph:
+    """Adds views to a streaming job: each source read once, the plain views of a source sharing
+    one stage 1, a view with joins wired to its other sources' streams and to the stage-2 rows of
+    the views it looks up (added before it)."""
+
+    def __init__(
+        self, repo: FeatureRepo, env: Any, t_env: Any, options: StreamOptions, status_dir: str, lineage: str
+    ) -> None:
+        self.repo, self.env, self.t_env, self.options = repo, env, t_env, options
+        self.status_dir, self.lineage = status_dir, lineage
+        self.raws: dict[str, Any] = {}
+        self.results: dict[str, Any] = {}  # each view's stage-2 results, which lookups of it read
+
+    def add_plain(self, views: list[StreamFeatureView]) -> None:
+        """Views without joins, all of one source."""
+        from transforms.engines.flink import build_job
+
+        source = views[0].source
+        jobs = [self._job(view) for view in views]
+        stage1 = f"stage1_{len(self.raws)}"
+        self.results |= build_job(jobs, self.env, self.t_env, self._raw(source), lateness_of(source), stage1)
+
+    def add_joined(self, view: StreamFeatureView) -> None:
+        """A view with joins, once the views it looks up are in."""
+        from transforms.engines.flink import build_job, looked_up_rows
+        from transforms.engines.flink_joins import JoinedSource, JoinSides
+
+        plan = view.plan
+        sides = JoinSides(
+            sources={
+                join.source_name: JoinedSource(
+                    self._raw(join.source),
+                    lateness_of(join.source),
+                    self._outcomes(view, f"source-{join.source_name}"),
+                )
+                for join in plan.interval_joins
+            },
+            lookups={
+                position: looked_up_rows(
+                    self.repo.views[join.view].plan,
+                    join,
+                    self.env,
+                    self.results[join.view],
+                    f"{view.name}_{position}",
+                )
+                for position, join in enumerate(plan.joins)
+                if isinstance(join, Lookup)
+            },
+            finished=self._outcomes(view, "joins", ordered=False),
+        )
+        raw = self._raw(view.source)
+        self.results |= build_job(
+            [self._job(view, sides)], self.env, self.t_env, raw, lateness_of(view.source)
+        )
+
+    def _raw(self, source: StreamSource) -> Any:
+        if source.name not in self.raws:
+            self.raws[source.name] = _open_source(
+                self.env, source, self.repo.settings.repo_path, self.options
+            )
+        return self.raws[source.name]
+
+    def _outcomes(self, view: StreamFeatureView, part: str = "stage1", ordered: bool = True) -> Any:
+        letters = str(self.repo.settings.dead_letter_path)
+        return functools.partial(
+            LiveOutcomes, view.name, letters, self.status_dir, self.lineage, part, ordered
+        )
+
+    def _job(self, view: StreamFeatureView, sides: Any = None) -> Any:
+        from transforms.engines.flink import ViewJob
+
+        settings = self.repo.settings
+        rows = functools.partial(
+            StoreRows,
+            view,
+            str(settings.repo_path),
+            self.status_dir,
+            str(settings.dead_letter_path),
+            self.lineage,
+        )
+        return ViewJob(view.plan, self._outcomes(view), rows, f"prepared_{view.name}", sides)
 
 
 class Compactor:

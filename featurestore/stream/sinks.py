@@ -13,7 +13,7 @@ import json
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -65,35 +65,80 @@ class LiveOutcomes:
     Each letter carries ``seq``, its event's position in the source, which Flink's checkpoints
     keep. A job restored from a checkpoint (or restarted by Flink) replays the events after it, so
     letters written since would come again: the files of one ``lineage`` (the runs that carry on
-    from one fresh start) are written by one instance at a time, in ``seq`` order, so a new
-    instance skips the letters up to the highest ``seq`` they hold."""
+    from one fresh start) and ``part`` are written by one instance at a time, in ``seq`` order, so
+    a new instance skips the letters up to the highest ``seq`` they hold; with ``ordered=False``
+    (letters in event-time order: a joined view's joins) it skips every ``seq`` they hold.
 
-    def __init__(self, view: str, dead_letter_dir: str, status_dir: str, lineage: str = "") -> None:
+    ``part`` names what writes: ``stage1`` (a view's own source), ``joins`` (a joined view's joins,
+    whose counts add to stage 1's) or ``source-<name>`` (an interval join's other source, counted
+    on its own)."""
+
+    def __init__(
+        self,
+        view: str,
+        dead_letter_dir: str,
+        status_dir: str,
+        lineage: str = "",
+        part: str = "stage1",
+        ordered: bool = True,
+    ) -> None:
         self.view = view
         self.status_dir = Path(status_dir)
-        prefix = f"stream-{lineage}" if lineage else "stream"
+        self.part = part
+        name = "stream" if part == "stage1" else f"stream-{part}"
+        prefix = f"{name}-{lineage}" if lineage else name
         self._letters = DeadLetterLog(dead_letter_dir, view, prefix)
-        self._written = highest_seq(self._letters.directory, prefix) if lineage else 0
+        self._ordered = ordered
+        self._written = 0
+        self._seen: set[int] = set()
+        if lineage and ordered:
+            self._written = highest_seq(self._letters.directory, prefix)
+        elif lineage:
+            self._seen = written_seqs(self._letters.directory, prefix)
 
     def dead(self, letter: DeadLetter, late: bool, seq: int) -> None:
-        if seq <= self._written:
+        if seq <= self._written or seq in self._seen:
             return  # written before a restart, and replayed since
+        if not self._ordered:
+            self._seen.add(seq)
         self._letters.append({"seq": seq, **json.loads(letter.to_json())})
 
     def update(self, counts: EventCounts, max_event_ms: int | None) -> None:
         self.status_dir.mkdir(parents=True, exist_ok=True)
         status = {"counts": asdict(counts), "max_event_ms": max_event_ms}
-        # Stage 1 runs as one instance: a restarted one replaces its predecessor's status.
-        write_json(self.status_dir / f"{self.view}.stage1.0.json", status)
+        # Each part runs as one instance: a restarted one replaces its predecessor's status.
+        write_json(self.status_dir / status_file_name(self.view, self.part), status)
 
     def close(self) -> None:
         self._letters.close()
+
+
+def status_file_name(view: str, part: str) -> str:
+    """The counts file of a view's ``LiveOutcomes`` part: ``<view>.stage1.<n>.json`` for the counts
+    that add up to the view's, ``<view>.source.<name>.json`` for a joined source's."""
+    if part.startswith("source-"):
+        return f"{view}.source.{part.removeprefix('source-')}.json"
+    return f"{view}.stage1.{'0' if part == 'stage1' else part}.json"
 
 
 def highest_seq(directory: Path, prefix: str) -> int:
     """The highest ``seq`` among the dead letters of the files ``<prefix>-*.jsonl`` (their writers
     append in ``seq`` order; a last line cut off by a crash is skipped)."""
     return max((_last_seq(path) for path in directory.glob(f"{prefix}-*.jsonl")), default=0)
+
+
+def written_seqs(directory: Path, prefix: str) -> set[int]:
+    """Every ``seq`` among the dead letters of the files ``<prefix>-*.jsonl`` (a line cut off by a
+    crash is skipped)."""
+    seen: set[int] = set()
+    for path in directory.glob(f"{prefix}-*.jsonl"):
+        with path.open() as f:
+            for line in f:
+                try:
+                    seen.add(int(json.loads(line)["seq"]))
+                except (ValueError, KeyError, TypeError):
+                    continue
+    return seen
 
 
 def _last_seq(path: Path, tail_bytes: int = 1 << 16) -> int:
@@ -208,6 +253,7 @@ class StreamStatus:
     counts: EventCounts
     sink: SinkStatus
     max_event_ms: int | None = None  # the latest event time seen (the watermark's base)
+    source_counts: dict[str, EventCounts] = field(default_factory=dict)  # joined sources, by name
 
 
 def read_status(status_dir: Path, view: str) -> StreamStatus:
@@ -222,6 +268,11 @@ def read_status(status_dir: Path, view: str) -> StreamStatus:
             seen = data.get("max_event_ms")
             if seen is not None and (status.max_event_ms is None or seen > status.max_event_ms):
                 status.max_event_ms = seen
+    for path in status_dir.glob(f"{view}.source.*.json"):
+        data = read_json(path)
+        if data:
+            name = path.name.removeprefix(f"{view}.source.").removesuffix(".json")
+            status.source_counts[name] = EventCounts(**data["counts"])
     sink = status.sink
     for path in status_dir.glob(f"{view}.sink.*.json"):
         data = read_json(path)
@@ -246,5 +297,5 @@ def clear_status(status_dir: Path, keep_counts: bool = False) -> None:
     while the restored job starts."""
     if status_dir.is_dir():
         for path in status_dir.glob("*.json"):
-            if not (keep_counts and ".stage1." in path.name):
+            if not (keep_counts and (".stage1." in path.name or ".source." in path.name)):
                 os.unlink(path)

@@ -62,9 +62,8 @@ from transforms.engines.flink_stage1 import (
     prepared_columns,
     table_environment,
 )
-from transforms.errors import EngineUnavailable
 from transforms.events import DeadLetter, EventCounts, Lateness, event_text
-from transforms.joining import JoinInputs, lookup_rows, source_lateness
+from transforms.joining import JoinInputs, lookup_row, lookup_rows, source_lateness
 from transforms.joins import Lookup
 from transforms.plan import EVENT_TIMESTAMP, FeatureContext, TransformPlan
 from transforms.usercode import import_root, plan_functions, user_module
@@ -299,9 +298,10 @@ def build_job(
     raw: Any,
     lateness: Lateness | None,
     source: str = "source",
-) -> None:
+) -> dict[str, Any]:
     """Add one stage 1 for ``views`` (the views of one source, read from ``raw``), then each view's
-    stage 2 and sinks, to ``env``."""
+    stage 2 and sinks, to ``env``; returns each view's stage-2 results (``stage2_results``), by
+    view name."""
     # The workers import the user code's modules (event transform, model stages) from shipped copies.
     plans = [view.plan for view in views]
     roots = {
@@ -309,12 +309,13 @@ def build_job(
     }
     for folder in sorted(roots):
         env.add_python_file(str(folder))
+    results: dict[str, Any] = {}
     plain = [view for view in views if not view.plan.joins]
     if plain:
         outcomes = [view.outcomes for view in plain]
         prepared = build_stage1([view.plan for view in plain], env, raw, lateness, outcomes, source)
         for view, stream in zip(plain, prepared, strict=True):
-            _build_stage2(view, env, t_env, stream, lateness)
+            results[view.plan.view] = _build_stage2(view, env, t_env, stream, lateness)
     for view in views:
         if view.plan.joins:
             if view.sides is None:
@@ -322,16 +323,73 @@ def build_job(
             stream, stage2_lateness = build_joined_stage1(
                 view.plan, env, raw, lateness, view.outcomes, view.sides, view.table
             )
-            _build_stage2(view, env, t_env, stream, stage2_lateness)
+            results[view.plan.view] = _build_stage2(view, env, t_env, stream, stage2_lateness)
+    return results
 
 
-def _build_stage2(view: ViewJob, env: Any, t_env: Any, prepared: Any, lateness: Lateness | None) -> None:
-    """A view's stage 2 over its ``prepared`` rows, and its row sink."""
+def _build_stage2(view: ViewJob, env: Any, t_env: Any, prepared: Any, lateness: Lateness | None) -> Any:
+    """A view's stage 2 over its ``prepared`` rows, and its row sink; returns stage 2's results."""
     plan = view.plan
     results = stage2_results(plan, t_env, prepared, lateness, view.table)
     # Rows wait at most this long in the sink: the row stages' max wait, or 100 ms.
     flush_ms = plan.row_stages[0].batching.max_wait_ms if plan.row_stages else 100
     add_row_sink(plan, env, results, view.rows, view.table, flush_ms)
+    return results
+
+
+def looked_up_rows(plan: TransformPlan, lookup: Lookup, env: Any, results: Any, name: str) -> LookedUp:
+    """A view's stage-2 ``results`` in the same job as one ``Lookup`` of it reads them: each
+    feature row (after the view's row stages; a row they cannot score is no row) as its key, time
+    and features (``lookup_row_type``), carrying the results' watermarks."""
+    from pyflink.table import DataTypes
+    from pyflink.table.udf import ScalarFunction, udf
+
+    class LookupRows(ScalarFunction):
+        def open(self, function_context: Any) -> None:
+            self.scorer = None
+            if plan.row_stages:
+                from transforms.inference.feature_rows import FeatureRowScorer
+
+                self.scorer = FeatureRowScorer(plan)
+
+        def eval(self, *columns: Any) -> Any:
+            import pandas as pd
+
+            rows: list[Any] = feature_rows(plan, decode_columns(columns, kinds))
+            if self.scorer is not None:
+                rows = self.scorer.score_each(rows)
+            found = [
+                None if isinstance(row, DeadLetter) else lookup_row_values(lookup, [lookup_row(lookup, row)])
+                for row in rows
+            ]
+            return pd.DataFrame(
+                {
+                    "_j": [f[0][0] if f else None for f in found],
+                    "_ts": [f[0][1] if f else 0 for f in found],
+                    "_f": [f[0][2] if f else None for f in found],
+                }
+            )
+
+    row_env = table_environment(env, {"table.exec.resource.default-parallelism": str(env.get_parallelism())})
+    table = _with_watermarks(row_env, results, len(plan.keys))
+    expressions, kinds = sink_columns(row_env.from_data_stream(results))
+    function = f"{name}_lookup_rows"
+    result_type = DataTypes.ROW(
+        [
+            DataTypes.FIELD("_j", DataTypes.STRING()),
+            DataTypes.FIELD("_ts", DataTypes.BIGINT()),
+            DataTypes.FIELD("_f", DataTypes.STRING()),
+        ]
+    )
+    row_env.create_temporary_function(
+        function, udf(LookupRows(), result_type=result_type, func_type="pandas")
+    )
+    row_env.create_temporary_view(f"{name}_looked_up", table)
+    rows = row_env.sql_query(
+        f"SELECT r._j AS _j, r._ts AS _ts, r._f AS _f FROM (SELECT {function}({', '.join(expressions)}) AS r "
+        f"FROM {quote(name + '_looked_up')}) WHERE r._j IS NOT NULL"
+    )
+    return LookedUp(row_env.to_data_stream(rows), tuple(plan.keys), None)
 
 
 def stage2_results(
@@ -411,6 +469,29 @@ def add_row_sink(
     statements = sink_env.create_statement_set()
     statements.add_insert(TableDescriptor.for_connector("blackhole").build(), written)
     statements.attach_as_datastream()
+
+
+def _with_watermarks(t_env: Any, results: Any, time_column: int) -> Any:
+    """Stage 2's ``results`` as a table that keeps their watermarks (Flink drops a stream's
+    watermarks where it becomes a table, unless the table declares them), with event time
+    ``_rt`` from column ``time_column`` (``_ts``, epoch ms, or a hopping window's ``_end``)."""
+    from pyflink.table import Schema
+    from pyflink.table.types import BigIntType
+
+    plain = t_env.from_data_stream(results).get_resolved_schema()
+    name = plain.get_column_names()[time_column]
+    if isinstance(plain.get_column_data_types()[time_column], BigIntType):
+        rowtime = f"TO_TIMESTAMP_LTZ({quote(name)}, 3)"
+    else:
+        rowtime = f"CAST({quote(name)} AS TIMESTAMP_LTZ(3))"
+    schema = (
+        Schema.new_builder()
+        .from_resolved_schema(plain)
+        .column_by_expression("_rt", rowtime)
+        .watermark("_rt", "SOURCE_WATERMARK()")
+        .build()
+    )
+    return t_env.from_data_stream(results, schema)
 
 
 def file_source(directory: str, poll_ms: int | None = None) -> Any:
@@ -500,18 +581,13 @@ def _bounded_sides(
     from transforms.engines.reference import raw_events
 
     sources: dict[str, JoinedSource] = {}
-    lookups: dict[str, LookedUp] = {}
-    for join in plan.joins:
+    lookups: dict[int, LookedUp] = {}
+    for position, join in enumerate(plan.joins):
         if isinstance(join, Lookup):
-            if join.view in lookups:  # its rows carry one lookup's features and key order
-                raise EngineUnavailable(
-                    f"view {plan.view!r} looks up {join.view!r} twice, "
-                    "which the Flink engine does not run yet"
-                )
             table = inputs.lookups[join.view]
             values = lookup_row_values(join, lookup_rows(join, table))
             rows = env.from_collection(values, lookup_row_type())
-            lookups[join.view] = LookedUp(rows, table.keys, BOUNDED_REPLAY_LAG_MS)
+            lookups[position] = LookedUp(rows, table.keys, BOUNDED_REPLAY_LAG_MS)
         elif join.source_name not in sources:
             spool = os.path.join(directory, f"source-{join.source_name}")
             os.mkdir(spool)

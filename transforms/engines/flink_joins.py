@@ -70,9 +70,15 @@ from transforms.timeutil import datetime_to_ms, ms_to_datetime
 
 PENDING = 3  # an event of the view's own source that passed stage 1: its joins decide its outcome
 _OBJECT = np.dtype(object)
-# Stage 1 of a joined view runs with stage 1's settings, at parallelism 1: lateness follows arrival
-# order, and its window emits events in time order, which stage 2's watermark relies on.
-JOIN_SETTINGS = STAGE1_SETTINGS
+
+
+def join_settings(env: Any) -> dict[str, str]:
+    """The table settings of a joined view's stage 1: stage 1's, at the job's parallelism. Lateness
+    is still decided at parallelism 1 (an ``OVER`` in arrival order with no key is a single
+    operator); Flink's joins (keyed by the join values) and the gathering window and the joining
+    function (keyed by event) run in parallel. Each instance of the window emits its events in
+    time order, which each channel of stage 2's watermark relies on."""
+    return {**STAGE1_SETTINGS, "table.exec.resource.default-parallelism": str(env.get_parallelism())}
 
 
 def key_text(key: tuple[Any, ...] | None) -> str | None:
@@ -116,11 +122,13 @@ class LookedUp:
 
 @dataclass(frozen=True)
 class JoinSides:
-    """What a view's joins read in a Flink job: its interval joins' other sources and its looked-up
-    views, by name."""
+    """What a view's joins read in a Flink job: its interval joins' other sources (by name), the
+    rows of each lookup (by its position in the view's joins: two lookups of one view read
+    different features), and where the outcomes of the joins go (None: the view's own sink)."""
 
     sources: dict[str, JoinedSource]
-    lookups: dict[str, LookedUp]
+    lookups: dict[int, LookedUp]
+    finished: Callable[[], OutcomeSink] | None = None
 
 
 @dataclass(frozen=True)
@@ -417,9 +425,13 @@ def build_joined_stage1(
     from pyflink.table import DataTypes
     from pyflink.table.udf import udf
 
-    t_env = table_environment(env, JOIN_SETTINGS)
+    t_env = table_environment(env, join_settings(env))
     sources, lookups = sides.sources, sides.lookups
-    lookup_keys = {view: looked.keys for view, looked in lookups.items()}
+    lookup_keys = {
+        join.view: lookups[position].keys
+        for position, join in enumerate(plan.joins)
+        if isinstance(join, Lookup)
+    }
     own = f"{name}_own"
     t_env.create_temporary_function(
         f"{own}_decode",
@@ -456,7 +468,7 @@ def build_joined_stage1(
             )
             candidates.append(t_env.sql_query(found))
             continue
-        looked = lookups[join.view]
+        looked = lookups[position]
         row_columns_ = [("_j", DataTypes.STRING()), ("_ts", DataTypes.BIGINT()), ("_f", DataTypes.STRING())]
         t_env.create_temporary_view(
             f"{side}_r", _timed(t_env, looked.rows, row_columns_, "_ts", looked.lag_ms)
@@ -484,7 +496,7 @@ def build_joined_stage1(
                 )
             )
     gathered = _gather(t_env, clean, own_columns[:3], own_lag, candidates, total, name)
-    finished = _finish(plan, env, gathered, lookup_keys, outcomes, name)
+    finished = _finish(plan, env, gathered, lookup_keys, sides.finished or outcomes, name)
     stage2_lateness = None if lateness is None else Lateness(total, 0)
     return finished, stage2_lateness
 
@@ -561,7 +573,7 @@ def _finish(
     to ``outcomes``; returns the prepared rows."""
     from pyflink.table.udf import udf
 
-    t_env = table_environment(env, JOIN_SETTINGS)
+    t_env = table_environment(env, join_settings(env))
     function = f"{name}_finish"
     t_env.create_temporary_function(
         function,
