@@ -20,6 +20,7 @@ import pytest
 from conftest import AS_OF
 from repo_helpers import example_repo
 from test_backfill_e2e import latest
+from test_stream_recovery import completed_checkpoint_since
 from test_stream_service import (
     STARTUP_S,
     assert_same_outcome,
@@ -246,11 +247,7 @@ def test_kill_and_restart_of_a_job_with_joins_gives_the_uninterrupted_result(tmp
     drop(repo, (pay_dir, ref_dir), 0, pay[0], ref[0])
     wait_for(lambda: seen(repo, len(pay[0]), len(ref[0])), STARTUP_S, "files 0")
     after = time.time()
-    wait_for(
-        lambda: any(m.stat().st_mtime > after for m in checkpoints.glob("*/chk-*/_metadata")),
-        120,
-        "a checkpoint with files 0",
-    )
+    wait_for(lambda: completed_checkpoint_since(checkpoints, after), 120, "a checkpoint with files 0")
     drop(repo, (pay_dir, ref_dir), 1, pay[1], ref[1])
     time.sleep(random.uniform(0.5, 3.0))
     os.killpg(job.pid, signal.SIGKILL)  # the CLI, its JVM and the Python workers
@@ -260,9 +257,7 @@ def test_kill_and_restart_of_a_job_with_joins_gives_the_uninterrupted_result(tmp
     wait_for(lambda: seen(repo, len(pay[0]) + len(pay[1]), len(ref[0]) + len(ref[1])), STARTUP_S, "files 1")
     restarted = time.time()
     wait_for(
-        lambda: any(m.stat().st_mtime > restarted for m in checkpoints.glob("*/chk-*/_metadata")),
-        120,
-        "a checkpoint after the restart",
+        lambda: completed_checkpoint_since(checkpoints, restarted), 120, "a checkpoint after the restart"
     )
     drop(repo, (pay_dir, ref_dir), 2, pay[2], ref[2])
     wait_for(lambda: seen(repo, sum(map(len, pay)), sum(map(len, ref))), 120, "files 2")

@@ -13,6 +13,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -128,17 +129,20 @@ def highest_seq(directory: Path, prefix: str) -> int:
 
 
 def written_seqs(directory: Path, prefix: str) -> set[int]:
-    """Every ``seq`` among the dead letters of the files ``<prefix>-*.jsonl`` (a line cut off by a
-    crash is skipped)."""
-    seen: set[int] = set()
+    """Every ``seq`` among the dead letters of the files ``<prefix>-*.jsonl``."""
+    return {seq for seq in _letter_fields(directory, prefix, "seq") if isinstance(seq, int)}
+
+
+def _letter_fields(directory: Path, prefix: str, name: str) -> Iterator[Any]:
+    """Field ``name`` of each dead letter in the files ``<prefix>-*.jsonl`` (a line cut off by a
+    crash, or without the field, is skipped)."""
     for path in directory.glob(f"{prefix}-*.jsonl"):
         with path.open() as f:
             for line in f:
                 try:
-                    seen.add(int(json.loads(line)["seq"]))
+                    yield json.loads(line)[name]
                 except (ValueError, KeyError, TypeError):
                     continue
-    return seen
 
 
 def _last_seq(path: Path, tail_bytes: int = 1 << 16) -> int:
@@ -164,18 +168,9 @@ def _row_identity(raw: str) -> bytes:
 
 
 def dead_rows(directory: Path, prefix: str) -> set[bytes]:
-    """The identities of the feature rows dead-lettered in the files ``<prefix>-*.jsonl`` (a line
-    cut off by a crash is skipped). Kept as 12-byte digests: a model that fails every row can
-    leave many letters."""
-    seen: set[bytes] = set()
-    for path in directory.glob(f"{prefix}-*.jsonl"):
-        with path.open() as f:
-            for line in f:
-                try:
-                    seen.add(_row_identity(json.loads(line)["raw"]))
-                except (ValueError, KeyError, TypeError):
-                    continue
-    return seen
+    """The identities of the feature rows dead-lettered in the files ``<prefix>-*.jsonl``. Kept
+    as 12-byte digests: a model that fails every row can leave many letters."""
+    return {_row_identity(raw) for raw in _letter_fields(directory, prefix, "raw") if isinstance(raw, str)}
 
 
 class StoreRows:
