@@ -43,8 +43,10 @@ def make_view(
     name: str = "test_view",
     source: FileStreamSource = EVENTS,
     joins: tuple[Any, ...] = (),
+    enrich_events: Any = None,
 ) -> StreamFeatureView:
-    """A one-entity view (key ``user_id``) over the ``events`` source (or ``source``), built in code."""
+    """A one-entity view (key ``user_id``) over the ``events`` source (or ``source``), built in code
+    (``enrich_events``: its model stages before aggregation)."""
     schema = [Field("user_id", String)] + [Field(n, t) for n, (t, _) in features.items()]
 
     def view_function(ctx: Any, inputs: Any) -> Any:
@@ -53,6 +55,7 @@ def make_view(
             joins=joins,
             window=window,
             event_transform=transform,
+            enrich_events=enrich_events,
             aggregator=Aggregations(**{n: agg for n, (_, agg) in features.items()}),
         ).run(inputs)
 

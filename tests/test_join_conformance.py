@@ -108,6 +108,48 @@ def enriched_view(
     )
 
 
+class HalfSum:
+    """A model without weights: half the sum of its inputs (a Beam ``ModelHandler``, as MLFS's
+    model stages take)."""
+
+    def load_model(self) -> float:
+        return 0.5
+
+    def run_inference(self, batch: Any, model: float, inference_args: Any = None) -> Any:
+        from apache_beam.ml.inference.base import PredictionResult
+
+        return [PredictionResult(x, model * sum(x)) for x in batch]
+
+
+def score_inputs(row: dict[str, Any]) -> list[float]:
+    if row.get("b_n") is None:
+        raise ValueError("nothing looked up for this event")  # a dead letter of the model stage
+    return [float(row["b_n"]), float(row.get("b_sum_v") or 0.0), float(row.get("gap") or 0.0)]
+
+
+def scored_view() -> StreamFeatureView:
+    """A lookup, a row transform, then a model stage over the looked-up values, before the window."""
+    from transforms.inference import Batching, Enrich, Model
+
+    lookup = Lookup("stats", features=["n", "sum_v", "latest_ts"], on={"user_id": "user_id"}, prefix="b_")
+    stage = Enrich(
+        "half", Model("half", HalfSum()), inputs=score_inputs, outputs="score", batching=Batching(4)
+    )
+    features = {
+        "n": (Int64, Count()),
+        "score_sum": (Float64, Sum("score")),
+        "score_max": (Float64, Max("score")),
+    }
+    return make_view(
+        features,
+        window=Sliding(timedelta(seconds=4)),
+        transform=with_gap,
+        name="scored",
+        joins=(lookup,),
+        enrich_events=stage,
+    )
+
+
 def lookups(view: StreamFeatureView, rows: Any) -> JoinInputs:
     return JoinInputs(lookups={view.name: LookupTable.of(view.plan, rows)})
 
@@ -135,6 +177,20 @@ def test_lookup_equals_reference_on_the_embedded_engine(
     embedded_stats = stats.run(stats_path, Runner.EMBEDDED)
     got = enriched.run(path, Runner.EMBEDDED, joins=lookups(stats, embedded_stats.rows))
     assert_same_result(enriched, expected, got.rows, got.counts, got.dead_letters)
+
+
+def test_a_model_stage_scores_the_looked_up_values_on_the_embedded_engine(tmp_path: Path) -> None:
+    """Joins, then the transform and a model stage in batches: events that found nothing to look up
+    fail the stage (dead letters), the others are scored."""
+    stats, scored = stats_view(), scored_view()
+    stats_path = write_events(tied_events(111, keys=4), tmp_path / "stats.parquet")
+    path = write_events(tied_events(11, keys=6), tmp_path / "events.parquet")
+    stats_rows = stats.run(read_history(stats_path)).rows
+    expected = scored.run(read_history(path), joins=lookups(stats, stats_rows))
+    assert any("nothing looked up" in letter.detail for letter in expected.dead_letters)
+    assert any(row["score_sum"] for row in expected.rows)
+    got = scored.run(path, Runner.EMBEDDED, joins=lookups(stats, stats.run(stats_path, Runner.EMBEDDED).rows))
+    assert_same_result(scored, expected, got.rows, got.counts, got.dead_letters)
 
 
 def test_inclusive_and_exclusive_lookups_differ_only_at_tied_times(tmp_path: Path) -> None:
@@ -433,6 +489,7 @@ def join_cases() -> dict[
     refunds_lines = raw_events(as_lines(refunds(64, mixed=True)))
     return {
         "lookup": (enriched_view("tumbling", "row"), raw_events(typed), stats, stats_rows, {}),
+        "scored lookup": (scored_view(), raw_events(typed), stats, stats_rows, {}),
         "interval": (
             paired_view("left", "row", lookup=True),
             raw_events(as_lines(payments(63, mixed=True))),

@@ -36,6 +36,8 @@ from transforms.plan import FeatureContext, TransformPlan
 
 DEAD = "dead"
 COUNTS = "counts"
+DECIDED = "decided"  # an event's outcome decided by its joins (a dead letter)
+JoinedItem = tuple[Any, list[tuple[dict[str, Any], int]]]  # an event's raw form and joined events
 
 
 class BeamResult(NamedTuple):
@@ -76,10 +78,14 @@ class _PrepareHandler(_StageBatches):
         return EventPreparer(self.plan)
 
     def run_inference(
-        self, batch: Sequence[TimedEvent], model: EventPreparer, inference_args: Any = None
+        self, batch: Sequence[Any], model: EventPreparer, inference_args: Any = None
     ) -> Iterable[PredictionResult]:
-        for item, outcome in zip(batch, model.transform_batch(list(batch)), strict=True):
+        for item, outcome in zip(batch, self.outcomes(model, list(batch)), strict=True):
             yield PredictionResult(item, outcome)
+
+    def outcomes(self, model: EventPreparer, batch: list[Any]) -> list[Any]:
+        """Each example's outcome (examples: ``TimedEvent``s)."""
+        return list(model.transform_batch(batch))
 
     def get_metrics_namespace(self) -> str:
         return f"mlfs-{self.plan.view}-events"
@@ -170,18 +176,16 @@ class _Transform(beam.DoFn):
         yield self.preparer.transform(*item)
 
 
-class _JoinAndTransform(beam.DoFn):
-    """Stage 1's joins and transform (``transforms.joining``, the reference's code): the looked-up
-    views' rows and the other sources' partners come as side inputs, Beam's enrichment pattern."""
+class _Join(beam.DoFn):
+    """Stage 1's joins (``transforms.joining``, the reference's code): the looked-up views' rows and
+    the other sources' partners come as side inputs, Beam's enrichment pattern. Each event becomes
+    ``(raw, joined events)``, or its dead letter (an outcome, tagged ``DECIDED``)."""
 
     def __init__(self, plan: TransformPlan, lookups: dict[str, TransformPlan], sources: list[str]) -> None:
         self.plan = plan
         self.lookups = lookups  # name -> the looked-up view's plan (its key and feature types)
         self.sources = sources
         self.joiner: EventJoiner | None = None
-
-    def setup(self) -> None:
-        self.preparer = EventPreparer(self.plan)
 
     def process(self, element: TimedEvent, **side: Any) -> Iterator[Any]:
         if self.joiner is None:  # the side inputs are the same for every event (bounded input)
@@ -194,9 +198,38 @@ class _JoinAndTransform(beam.DoFn):
         raw, event, time_ms = element
         joined = self.joiner.join(raw, event, time_ms)
         if isinstance(joined, DeadLetter):
-            yield joined
+            yield beam.pvalue.TaggedOutput(DECIDED, joined)
         else:
-            yield joined_outcome(self.preparer.transform_batch([(raw, e, t) for e, t in joined]))
+            yield raw, joined
+
+
+class _TransformJoined(beam.DoFn):
+    """An event's joined events through the transform: its outcome."""
+
+    def __init__(self, plan: TransformPlan) -> None:
+        self.plan = plan
+
+    def setup(self) -> None:
+        self.preparer = EventPreparer(self.plan)
+
+    def process(self, item: JoinedItem) -> Iterator[Any]:
+        yield _joined_outcomes(self.preparer, [item])[0]
+
+
+class _JoinedPrepareHandler(_PrepareHandler):
+    """``_PrepareHandler`` over events' joined events (``(raw, joined events)``): a batch's joined
+    events go through the transform and model stages together, each event's outcome is theirs."""
+
+    def outcomes(self, model: EventPreparer, batch: list[Any]) -> list[Any]:
+        return _joined_outcomes(model, batch)
+
+
+def _joined_outcomes(
+    preparer: EventPreparer, items: Sequence[JoinedItem]
+) -> list[PreparedEvent | list[PreparedEvent] | DeadLetter | None]:
+    """Each event's outcome from its joined events, prepared as one batch."""
+    done = iter(preparer.transform_batch([(raw, e, t) for raw, joined in items for e, t in joined]))
+    return [joined_outcome([next(done) for _ in joined]) for _, joined in items]
 
 
 class _ReadOther(beam.DoFn):
@@ -264,11 +297,6 @@ class FeatureViewTransform(beam.PTransform):
         missing += [j.source_name for j in plan.interval_joins if j.source_name not in self.sources]
         if missing:
             raise EngineUnavailable(f"view {plan.view!r} joins {missing[0]!r}: pass its PCollection")
-        if plan.joins and plan.event_stages:
-            raise EngineUnavailable(
-                f"view {plan.view!r} has joins and model stages before aggregation, which the beam "
-                "engine does not run together yet"
-            )
 
     def _joined(self, timed: beam.PCollection) -> tuple[beam.PCollection, list[Any], Any]:
         """The joins and transform over the timed events; the other sources' dead letters and
@@ -294,8 +322,18 @@ class FeatureViewTransform(beam.PTransform):
         side = {f"lookup{i}": beam.pvalue.AsList(rows) for i, (_, rows) in enumerate(self.lookups.values())}
         side.update({f"source{i}": partner for i, partner in enumerate(partners.values())})
         plans = {name: view_plan for name, (view_plan, _) in self.lookups.items()}
-        fn = _JoinAndTransform(plan, plans, list(partners))
-        return timed | "JoinAndTransform" >> beam.ParDo(fn, **side), dead, counts
+        fn = _Join(plan, plans, list(partners))
+        joined = timed | "Join" >> beam.ParDo(fn, **side).with_outputs(DECIDED, main="joined")
+        if plan.event_stages:
+            transformed = (
+                joined.joined
+                | "EventModels" >> RunInference(_JoinedPrepareHandler(plan))
+                | "Outcome" >> beam.Map(lambda result: result.inference)
+            )
+        else:
+            transformed = joined.joined | "Transform" >> beam.ParDo(_TransformJoined(plan))
+        outcomes = (joined[DECIDED], transformed) | "Outcomes" >> beam.Flatten()
+        return outcomes, dead, counts
 
     def expand(self, events: beam.PCollection) -> BeamResult:
         plan = self.plan
