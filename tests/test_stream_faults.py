@@ -19,6 +19,7 @@ from test_stream_service import (
     assert_same_outcome,
     drop_file,
     empty_stream_repo,
+    flink_log_dir,
     log_of,
     no_leftover_jobs,
     payments,
@@ -69,6 +70,13 @@ def flink_state(log: Path) -> str:
                 answers.append(json.dumps(json.load(answer))[:3000])
         except OSError as err:
             answers.append(f"{path}: {err}")
+    warnings = [
+        line[:300]
+        for path in sorted(flink_log_dir(log).glob("*.log"))
+        for line in path.read_text(errors="replace").splitlines()
+        if " WARN " in line or " ERROR " in line
+    ]
+    answers.append("the JVM's last warnings: " + " / ".join(warnings[-15:]))
     return " | ".join(answers)
 
 

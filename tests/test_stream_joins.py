@@ -20,6 +20,7 @@ import pytest
 from conftest import AS_OF
 from repo_helpers import example_repo
 from test_backfill_e2e import latest
+from test_backfill_joins import assert_point_in_time_reads
 from test_stream_recovery import completed_checkpoint_since
 from test_stream_service import (
     STARTUP_S,
@@ -35,6 +36,7 @@ from test_stream_service import (
 )
 
 from featurestore.cli import main
+from featurestore.config import feast_store
 from featurestore.offline.parquet import ParquetOfflineStore
 from featurestore.repo import load_repo
 from featurestore.stream.service import lateness_of
@@ -64,7 +66,7 @@ CUTOFF = AS_OF + timedelta(days=60)  # rows before it are compared
 def refunds_of(rng: random.Random, lines: list[str]) -> list[str]:
     """Refunds of about a third of ``lines``' payments (some twice, some before their payment so
     they pair with nothing, a few amounts null), in time order with disorder under the source's 5 s."""
-    refunds = []
+    refunds: list[dict[str, Any]] = []
     for line in lines:
         payment = json.loads(line)
         for _ in range(rng.choice([0, 0, 1, 1, 2])):
@@ -125,8 +127,8 @@ def joined_repo(path: Path) -> tuple[Path, Path, Path]:
     return repo, directories[0], directories[1]
 
 
-def reference(repo_path: Path, pay: list[str], ref: list[str]) -> dict[str, Any]:
-    """What the stream must have written, by the reference engine over the same arrivals."""
+def reference_results(repo_path: Path, pay: list[str], ref: list[str]) -> tuple[dict[str, Any], JoinInputs]:
+    """Each view's reference result over the arrivals, and what the join views read."""
     repo = load_repo(repo_path)
     stats = repo.views[STATS]
     lateness = lateness_of(stats.source)
@@ -139,6 +141,13 @@ def reference(repo_path: Path, pay: list[str], ref: list[str]) -> dict[str, Any]
     for name in (HABIT, REFUNDED):
         view = repo.views[name]
         results[name] = run_reference(view.plan, pay, lateness=lateness_of(view.source), joins=inputs)
+    return results, inputs
+
+
+def reference(repo_path: Path, pay: list[str], ref: list[str]) -> dict[str, Any]:
+    """What the stream must have written, by the reference engine over the same arrivals."""
+    repo = load_repo(repo_path)
+    results, inputs = reference_results(repo_path, pay, ref)
     outcome: dict[str, Any] = {}
     for name, result in results.items():
         view = repo.views[name]
@@ -201,9 +210,9 @@ def streamed(repo_path: Path) -> dict[str, Any]:
     return outcome
 
 
-def start(repo: Path, log: Path, parallelism: int = 1) -> Any:
+def start(repo: Path, log: Path) -> Any:
     """``serve-stream`` of the two join views (the job adds the view they look up)."""
-    flags = ["--checkpoint-interval", "1", "--no-metrics", "--parallelism", str(parallelism)]
+    flags = ["--checkpoint-interval", "1", "--no-metrics", "--parallelism", "2"]
     job = serve_stream(repo, log, HABIT, REFUNDED, *flags)
     wait_for(lambda: "streaming " in log.read_text() or job.poll() is not None, STARTUP_S, "the job to start")
     assert job.poll() is None, log.read_text()[-3000:]
@@ -222,26 +231,11 @@ def drop(repo: Path, directories: tuple[Path, Path], number: int, pay: list[str]
     drop_file(directories[1], f"{number}.jsonl", ref)
 
 
-def test_stream_with_a_lookup_and_an_interval_join_equals_reference(tmp_path: Path) -> None:
+def test_a_job_with_joins_killed_and_restarted_gives_the_reference_result(tmp_path: Path) -> None:
+    """One job lifecycle (a run of its own would only repeat it): the join views at parallelism 2,
+    killed with ``kill -9`` after a checkpoint, restarted, then fed to the end."""
     repo, pay_dir, ref_dir = joined_repo(tmp_path / "repo")
     pay, ref = arrivals(3)
-    job = start(repo, tmp_path / "stream.log", parallelism=2)
-    n_pay = n_ref = 0
-    for number, (p, r) in enumerate(zip(pay, ref, strict=True)):
-        drop(repo, (pay_dir, ref_dir), number, p, r)
-        n_pay, n_ref = n_pay + len(p), n_ref + len(r)
-        wait_for(lambda a=n_pay, b=n_ref: seen(repo, a, b), STARTUP_S, f"files {number}")
-    stop_when_quiet(job, load_repo(repo).settings.work_path / "stream" / "status", VIEWS)
-    expected = reference(repo, [line for f in pay for line in f], [line for f in ref for line in f])
-    counts, joined = expected[f"{REFUNDED} counts"]
-    assert counts.late == 1 and joined["refunds"].late == 1 and joined["refunds"].dead_lettered == 1
-    assert any(source == "refunds" for source, _, _ in expected[f"{REFUNDED} dead letters"])
-    assert_same_outcome(streamed(repo), expected)
-
-
-def test_kill_and_restart_of_a_job_with_joins_gives_the_uninterrupted_result(tmp_path: Path) -> None:
-    repo, pay_dir, ref_dir = joined_repo(tmp_path / "repo")
-    pay, ref = arrivals(5)
     checkpoints = load_repo(repo).settings.work_path / "stream" / "checkpoints"
     job = start(repo, tmp_path / "run0.log")
     drop(repo, (pay_dir, ref_dir), 0, pay[0], ref[0])
@@ -263,5 +257,15 @@ def test_kill_and_restart_of_a_job_with_joins_gives_the_uninterrupted_result(tmp
     wait_for(lambda: seen(repo, sum(map(len, pay)), sum(map(len, ref))), 120, "files 2")
     output = stop_when_quiet(job, load_repo(repo).settings.work_path / "stream" / "status", VIEWS)
     assert "restoring from" in output
-    expected = reference(repo, [line for f in pay for line in f], [line for f in ref for line in f])
+    arrived = [line for f in pay for line in f], [line for f in ref for line in f]
+    expected = reference(repo, *arrived)
+    counts, joined = expected[f"{REFUNDED} counts"]
+    assert counts.late == 1 and joined["refunds"].late == 1 and joined["refunds"].dead_lettered == 1
+    assert any(source == "refunds" for source, _, _ in expected[f"{REFUNDED} dead letters"])
     assert_same_outcome(streamed(repo), expected)
+    results, _ = reference_results(repo, *arrived)
+    loaded = load_repo(repo)
+    for name in (HABIT, REFUNDED):
+        rows = sorted((r for r in results[name].rows if _compared(r)), key=lambda r: r[EVENT_TIMESTAMP])
+        features = [f.name for f in loaded.views[name].feature_fields]
+        assert_point_in_time_reads(feast_store(loaded.settings), name, features, rows)

@@ -119,6 +119,8 @@ def serve_stream(
     # A PyFlink job run earlier in this test process (loopback mode) leaves PYFLINK_GATEWAY_DISABLED
     # set, which would stop the child from starting its own Flink gateway.
     env = {k: v for k, v in (env or os.environ).items() if not k.startswith("PYFLINK_")}
+    # The JVM's log beside ``log`` (the shared default is overwritten by every later job).
+    env["FLINK_LOG_DIR"] = str(flink_log_dir(log))
     with log.open("w") as out:
         job = subprocess.Popen(
             command, env=env, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True
@@ -126,6 +128,11 @@ def serve_stream(
     _LOGS[job.pid] = log
     _JOBS.append(job)
     return job
+
+
+def flink_log_dir(log: Path) -> Path:
+    """Where the Flink JVM of the ``serve-stream`` whose output is ``log`` writes its log."""
+    return log.with_name(f"{log.stem}-flink")
 
 
 _LOGS: dict[int, Path] = {}
