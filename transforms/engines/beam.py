@@ -145,14 +145,18 @@ class EnrichHandler(_StageBatches):
             yield PredictionResult(example, outcome)
 
 
-class _Decode(beam.DoFn):
-    """Decode and time each raw event; the others are dead letters."""
+class _PreparerFn(beam.DoFn):
+    """A step of stage 1 over the view's ``EventPreparer`` (made on the worker)."""
 
     def __init__(self, plan: TransformPlan) -> None:
         self.plan = plan
 
     def setup(self) -> None:
         self.preparer = EventPreparer(self.plan)
+
+
+class _Decode(_PreparerFn):
+    """Decode and time each raw event; the others are dead letters."""
 
     def process(self, raw: Any) -> Iterator[Any]:
         first = self.preparer.decode_and_time(raw)
@@ -163,14 +167,8 @@ class _Decode(beam.DoFn):
             yield (raw, *first)
 
 
-class _Transform(beam.DoFn):
+class _Transform(_PreparerFn):
     """Stage 1's transform for views without model stages before aggregation."""
-
-    def __init__(self, plan: TransformPlan) -> None:
-        self.plan = plan
-
-    def setup(self) -> None:
-        self.preparer = EventPreparer(self.plan)
 
     def process(self, item: TimedEvent) -> Iterator[Any]:
         yield self.preparer.transform(*item)
@@ -203,14 +201,8 @@ class _Join(beam.DoFn):
             yield raw, joined
 
 
-class _TransformJoined(beam.DoFn):
+class _TransformJoined(_PreparerFn):
     """An event's joined events through the transform: its outcome."""
-
-    def __init__(self, plan: TransformPlan) -> None:
-        self.plan = plan
-
-    def setup(self) -> None:
-        self.preparer = EventPreparer(self.plan)
 
     def process(self, item: JoinedItem) -> Iterator[Any]:
         yield _joined_outcomes(self.preparer, [item])[0]
