@@ -42,6 +42,7 @@ from transforms.engines.flink_joins import (
     JoinSides,
     LookedUp,
     build_joined_stage1,
+    lookup_row_text,
     lookup_row_type,
     lookup_row_values,
 )
@@ -358,21 +359,22 @@ def looked_up_rows(plan: TransformPlan, lookup: Lookup, env: Any, results: Any, 
             rows: list[Any] = feature_rows(plan, decode_columns(columns, kinds))
             if self.scorer is not None:
                 rows = self.scorer.score_each(rows)
-            found = [
-                None if isinstance(row, DeadLetter) else lookup_row_values(lookup, [lookup_row(lookup, row)])
+            texts = [
+                None if isinstance(row, DeadLetter) else lookup_row_text(lookup_row(lookup, row))
                 for row in rows
             ]
             return pd.DataFrame(
                 {
-                    "_j": [f[0][0] if f else None for f in found],
-                    "_ts": [f[0][1] if f else 0 for f in found],
-                    "_f": [f[0][2] if f else None for f in found],
+                    "_j": [t[0] if t else None for t in texts],  # no row: filtered out below
+                    "_ts": [t[1] if t else 0 for t in texts],
+                    "_f": [t[2] if t else None for t in texts],
                 }
             )
 
     row_env = table_environment(env, {"table.exec.resource.default-parallelism": str(env.get_parallelism())})
-    table = _with_watermarks(row_env, results, len(plan.keys))
-    expressions, kinds = sink_columns(row_env.from_data_stream(results))
+    plain = row_env.from_data_stream(results)
+    expressions, kinds = sink_columns(plain)
+    table = _with_watermarks(row_env, results, plain.get_resolved_schema(), len(plan.keys))
     function = f"{name}_lookup_rows"
     result_type = DataTypes.ROW(
         [
@@ -471,14 +473,14 @@ def add_row_sink(
     statements.attach_as_datastream()
 
 
-def _with_watermarks(t_env: Any, results: Any, time_column: int) -> Any:
-    """Stage 2's ``results`` as a table that keeps their watermarks (Flink drops a stream's
-    watermarks where it becomes a table, unless the table declares them), with event time
-    ``_rt`` from column ``time_column`` (``_ts``, epoch ms, or a hopping window's ``_end``)."""
+def _with_watermarks(t_env: Any, results: Any, plain: Any, time_column: int) -> Any:
+    """Stage 2's ``results`` (of resolved schema ``plain``) as a table that keeps their watermarks
+    (Flink drops a stream's watermarks where it becomes a table, unless the table declares them),
+    with event time ``_rt`` from column ``time_column`` (``_ts``, epoch ms, or a hopping window's
+    ``_end``)."""
     from pyflink.table import Schema
     from pyflink.table.types import BigIntType
 
-    plain = t_env.from_data_stream(results).get_resolved_schema()
     name = plain.get_column_names()[time_column]
     if isinstance(plain.get_column_data_types()[time_column], BigIntType):
         rowtime = f"TO_TIMESTAMP_LTZ({quote(name)}, 3)"
@@ -585,7 +587,7 @@ def _bounded_sides(
     for position, join in enumerate(plan.joins):
         if isinstance(join, Lookup):
             table = inputs.lookups[join.view]
-            values = lookup_row_values(join, lookup_rows(join, table))
+            values = lookup_row_values(lookup_rows(join, table))
             rows = env.from_collection(values, lookup_row_type())
             lookups[position] = LookedUp(rows, table.keys, BOUNDED_REPLAY_LAG_MS)
         elif join.source_name not in sources:

@@ -147,14 +147,17 @@ def lookup_row_type() -> Any:
     return Types.ROW_NAMED(["_j", "_ts", "_f"], [Types.STRING(), Types.LONG(), Types.STRING()])
 
 
-def lookup_row_values(lookup: Lookup, rows: list[LookupRow]) -> list[tuple[str, int, str]]:
+def lookup_row_values(rows: list[LookupRow]) -> list[tuple[str, int, str]]:
     """A looked-up view's rows as ``LookedUp.rows`` carries them."""
-    found = []
-    for key, time_ms, values in rows:
-        text = key_text(key)
-        if text is not None and None not in key:
-            found.append((text, time_ms, values_text(values)))
-    return found
+    return [text for row in rows if (text := lookup_row_text(row)) is not None]
+
+
+def lookup_row_text(row: LookupRow) -> tuple[str, int, str] | None:
+    """One looked-up row as ``LookedUp.rows`` carries it: key text, time, features as JSON text
+    (None: a key with a null, which no event looks up)."""
+    key, time_ms, values = row
+    text = key_text(key)
+    return None if text is None or None in key else (text, time_ms, values_text(values))
 
 
 def _own_fields(plan: TransformPlan) -> list[str]:
