@@ -270,6 +270,17 @@ def _sum_counts(parts: Iterable[EventCounts]) -> EventCounts:
     return total
 
 
+def _transformed(
+    items: beam.PCollection, plan: TransformPlan, handler: type[_PrepareHandler], fn: type[_PreparerFn]
+) -> beam.PCollection:
+    """Stage 1's transform over ``items``, to each item's outcome: in ``RunInference`` batches
+    through ``handler`` when the view has model stages before aggregation, else by ``fn``."""
+    if plan.event_stages:
+        scored = items | "EventModels" >> RunInference(handler(plan))
+        return scored | "Outcome" >> beam.Map(lambda result: result.inference)
+    return items | "Transform" >> beam.ParDo(fn(plan))
+
+
 class FeatureViewTransform(beam.PTransform):
     """A view's plan applied to a PCollection of raw events (dicts or JSON text). A view with joins
     takes ``lookups`` (view name -> (its plan, a PCollection of its feature rows as dicts)) and
@@ -316,14 +327,7 @@ class FeatureViewTransform(beam.PTransform):
         plans = {name: view_plan for name, (view_plan, _) in self.lookups.items()}
         fn = _Join(plan, plans, list(partners))
         joined = timed | "Join" >> beam.ParDo(fn, **side).with_outputs(DECIDED, main="joined")
-        if plan.event_stages:
-            transformed = (
-                joined.joined
-                | "EventModels" >> RunInference(_JoinedPrepareHandler(plan))
-                | "Outcome" >> beam.Map(lambda result: result.inference)
-            )
-        else:
-            transformed = joined.joined | "Transform" >> beam.ParDo(_TransformJoined(plan))
+        transformed = _transformed(joined.joined, plan, _JoinedPrepareHandler, _TransformJoined)
         outcomes = (joined[DECIDED], transformed) | "Outcomes" >> beam.Flatten()
         return outcomes, dead, counts
 
@@ -334,14 +338,8 @@ class FeatureViewTransform(beam.PTransform):
         source_counts = None
         if plan.joins:
             outcomes, other_dead, source_counts = self._joined(decoded.timed)
-        elif plan.event_stages:
-            outcomes = (
-                decoded.timed
-                | "EventModels" >> RunInference(_PrepareHandler(plan))
-                | "Outcome" >> beam.Map(lambda result: result.inference)
-            )
         else:
-            outcomes = decoded.timed | "Transform" >> beam.ParDo(_Transform(plan))
+            outcomes = _transformed(decoded.timed, plan, _PrepareHandler, _Transform)
         prepared = outcomes | "Rows" >> beam.FlatMap(_outcome_rows).with_outputs(DEAD, COUNTS, main="rows")
         from transforms.engines.reference import key_rows
 
