@@ -39,11 +39,10 @@ from featurestore.cli import main
 from featurestore.config import feast_store
 from featurestore.offline.parquet import ParquetOfflineStore
 from featurestore.repo import load_repo
-from featurestore.stream.service import lateness_of
 from featurestore.stream.sinks import read_status
 from transforms.engines.reference import run_reference
 from transforms.events import raw_text
-from transforms.joining import JoinInputs, LookupTable
+from transforms.joining import JoinInputs, LookupTable, source_lateness
 from transforms.plan import EVENT_TIMESTAMP
 from transforms.stage1 import LINE
 
@@ -131,7 +130,7 @@ def reference_results(repo_path: Path, pay: list[str], ref: list[str]) -> tuple[
     """Each view's reference result over the arrivals, and what the join views read."""
     repo = load_repo(repo_path)
     stats = repo.views[STATS]
-    lateness = lateness_of(stats.source)
+    lateness = source_lateness(stats.source)
     stats_result = run_reference(stats.plan, pay, lateness=lateness)
     inputs = JoinInputs(
         lookups={STATS: LookupTable.of(stats.plan, stats_result.rows)},
@@ -140,7 +139,7 @@ def reference_results(repo_path: Path, pay: list[str], ref: list[str]) -> tuple[
     results = {STATS: stats_result}
     for name in (HABIT, REFUNDED):
         view = repo.views[name]
-        results[name] = run_reference(view.plan, pay, lateness=lateness_of(view.source), joins=inputs)
+        results[name] = run_reference(view.plan, pay, lateness=source_lateness(view.source), joins=inputs)
     return results, inputs
 
 
@@ -168,7 +167,7 @@ def reference(repo_path: Path, pay: list[str], ref: list[str]) -> dict[str, Any]
         # passes them): they are counted in, their outcomes are not yet.
         view = repo.views[name]
         settled = run_reference(
-            view.plan, pay[:-LAST], lateness=lateness_of(view.source), joins=inputs
+            view.plan, pay[:-LAST], lateness=source_lateness(view.source), joins=inputs
         ).counts
         settled.input += LAST
         outcome[f"{name} counts"] = (settled, results[name].source_counts)

@@ -26,13 +26,13 @@ from featurestore.cli import main
 from featurestore.config import feast_store
 from featurestore.offline.parquet import ParquetOfflineStore
 from featurestore.repo import load_repo
-from featurestore.stream.service import lateness_of
 from featurestore.stream.sinks import read_status
 from registry.status import view_status
 from transforms.compare import same_value
 from transforms.engines.reference import run_reference
 from transforms.errors import MLFSError
 from transforms.events import DeadLetter, EventPreparer, raw_text
+from transforms.joining import source_lateness
 from transforms.plan import EVENT_TIMESTAMP
 from transforms.timeutil import ms_to_datetime
 from transforms.windows import Sliding
@@ -326,7 +326,7 @@ def reference_outcome(repo_path: Path, views: list[tuple[str, str]], arrivals: l
     result: dict[str, Any] = {}
     for name, key in views:
         view = repo.views[name]
-        lateness = lateness_of(view.source)
+        lateness = source_lateness(view.source)
         expected = run_reference(view.plan, arrivals, lateness=lateness)
         watermark = max(time_ms for _, time_ms in times) - lateness.max_out_of_orderness_ms - 1
         # Rows are emitted once the watermark reaches them (a hopping window: its last millisecond).

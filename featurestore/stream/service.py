@@ -34,7 +34,7 @@ from featurestore.stream.metrics import ViewMetrics, collect, serve_metrics
 from featurestore.stream.sinks import LiveOutcomes, StoreRows, clear_status
 from featurestore.view import StreamFeatureView
 from transforms.errors import MLFSError
-from transforms.events import Lateness
+from transforms.joining import source_lateness
 from transforms.joins import Lookup
 
 
@@ -64,13 +64,6 @@ def select_views(repo: FeatureRepo, names: list[str]) -> list[StreamFeatureView]
     if not names:
         return list(repo.views.values())
     return [repo.view(name) for name in names]
-
-
-def lateness_of(source: StreamSource) -> Lateness:
-    return Lateness(
-        int(source.max_out_of_orderness.total_seconds() * 1000),
-        int(source.allowed_lateness.total_seconds() * 1000),
-    )
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
@@ -331,7 +324,7 @@ def serve_stream(
             graph.add_plain(source_views)
         for view in joined:
             graph.add_joined(view)
-        bounds = {v.name: lateness_of(v.source).max_out_of_orderness_ms for v in views}
+        bounds = {v.name: source_lateness(v.source).max_out_of_orderness_ms for v in views}
         job = StreamJobRecord(settings.work_path, [v.name for v in views], options.master or "local")
         try:
             client = env.execute_async(f"mlfs-stream-{settings.project}")
@@ -417,7 +410,9 @@ class JobGraph:
         source = views[0].source
         jobs = [self._job(view) for view in views]
         stage1 = f"stage1_{len(self.raws)}"
-        self.results |= build_job(jobs, self.env, self.t_env, self._raw(source), lateness_of(source), stage1)
+        self.results |= build_job(
+            jobs, self.env, self.t_env, self._raw(source), source_lateness(source), stage1
+        )
 
     def add_joined(self, view: StreamFeatureView) -> None:
         """A view with joins, once the views it looks up are in."""
@@ -429,7 +424,7 @@ class JobGraph:
             sources={
                 join.source_name: JoinedSource(
                     self._raw(join.source),
-                    lateness_of(join.source),
+                    source_lateness(join.source),
                     self._outcomes(view, f"source-{join.source_name}"),
                 )
                 for join in plan.interval_joins
@@ -449,7 +444,7 @@ class JobGraph:
         )
         raw = self._raw(view.source)
         self.results |= build_job(
-            [self._job(view, sides)], self.env, self.t_env, raw, lateness_of(view.source)
+            [self._job(view, sides)], self.env, self.t_env, raw, source_lateness(view.source)
         )
 
     def _raw(self, source: StreamSource) -> Any:
