@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from backfill.history import arrow_batches
+from backfill.history import history_batches
 from backfill.report import ViewReport
 from backfill.work import (
     DAY_MS,
@@ -69,8 +69,9 @@ def backfill_view(job: ViewBackfill) -> ViewReport:
     con.execute(f"SET temp_directory = '{_sql_text(str(work / 'spill'))}'")
     con.execute("SET preserve_insertion_order = false")
     sources: dict[str, EventCounts] = {}
+    batches, whole_rows = history_batches(view, job.files)
     counts, letters = load_prepared(
-        con, view.plan, view.name, arrow_batches(job.files), end_ms, job.tick, job.join_inputs(), sources
+        con, view.plan, view.name, batches, end_ms, job.tick, job.join_inputs(), sources, whole_rows
     )
     if not manifest.prepared:
         write_dead_letters(job.dead_letter_file(end), letters)

@@ -10,10 +10,12 @@ the reference.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -23,7 +25,8 @@ from featurestore.view import StreamFeatureView
 from transforms.dtypes import DType, UnixTimestamp, holds_values_of
 from transforms.errors import MLFSError
 from transforms.expressions import Select
-from transforms.stage1 import BATCH_ROWS, LINE
+from transforms.json_batches import needed_fields
+from transforms.stage1 import BATCH_ROWS, LINE, ROW_ID, WholeRows
 
 PARQUET = (".parquet",)
 JSON_LINES = (".jsonl", ".ndjson")
@@ -81,6 +84,67 @@ def arrow_batches(files: list[Path], batch_rows: int = BATCH_ROWS) -> Iterator[p
                 lines = []
     if lines:
         yield pa.record_batch([pa.array(lines, pa.binary())], schema=schema)
+
+
+class ParquetHistory:
+    """A Parquet history read with only ``columns`` (what a declarative view reads: decoding the
+    rest costs more than the view), each row numbered (``ROW_ID``, in the order ``arrow_batches``
+    reads them), so that the few events stage 1 takes row by row are read whole by ``whole_rows``:
+    a dead letter carries the whole raw event."""
+
+    def __init__(self, files: list[Path], columns: list[str]) -> None:
+        self.dataset = ds.dataset([str(f) for f in files], format="parquet")
+        names = self.dataset.schema.names
+        self.columns = [c for c in columns if c in names]
+        self.groups: list[tuple[Any, int]] = []  # (fragment, row group) in reading order
+        self.starts: list[int] = []  # the first row number of each
+        row = 0
+        for fragment in self.dataset.get_fragments():
+            for group in fragment.row_groups:
+                self.groups.append((fragment, group.id))
+                self.starts.append(row)
+                row += group.num_rows
+        self._cached: tuple[int, pa.Table] | None = None
+
+    def batches(self, batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+        row = 0
+        for batch in self.dataset.to_batches(columns=self.columns, batch_size=batch_rows):
+            ids = pa.array(np.arange(row, row + batch.num_rows, dtype=np.int64))
+            row += batch.num_rows
+            yield pa.RecordBatch.from_arrays([*batch.columns, ids], names=[*batch.schema.names, ROW_ID])
+
+    def whole_rows(self, ids: list[int]) -> list[dict[str, Any]]:
+        """The events numbered ``ids`` (ascending) with every column, read a row group at a time."""
+        rows: list[dict[str, Any]] = []
+        i = 0
+        while i < len(ids):
+            index = bisect_right(self.starts, ids[i]) - 1
+            end = self.starts[index + 1] if index + 1 < len(self.starts) else ids[-1] + 1
+            j = bisect_right(ids, end - 1, lo=i)
+            local = [row - self.starts[index] for row in ids[i:j]]
+            rows.extend(self._group(index).take(local).to_pylist())
+            i = j
+        return rows
+
+    def _group(self, index: int) -> pa.Table:
+        if self._cached is None or self._cached[0] != index:
+            fragment, group = self.groups[index]
+            table = fragment.subset(row_group_ids=[group]).to_table(schema=self.dataset.schema)
+            self._cached = (index, table)
+        return self._cached[1]
+
+
+def history_batches(
+    view: StreamFeatureView, files: list[Path]
+) -> tuple[Iterator[pa.RecordBatch], WholeRows | None]:
+    """Stage 1's input batches of a view's history: a Parquet history of a declarative view without
+    joins read with only the columns it reads (``ParquetHistory``, with its ``whole_rows``), any
+    other as ``arrow_batches``."""
+    fields = needed_fields(view.plan)
+    if fields is None or view.plan.joins or is_json_lines(files):
+        return arrow_batches(files), None
+    history = ParquetHistory(files, fields)
+    return history.batches(), history.whole_rows
 
 
 def count_events(files: list[Path]) -> int | None:

@@ -183,8 +183,11 @@ def split_clean(plan: TransformPlan, batch: pa.RecordBatch) -> VectorisedBatch |
     clean = pc.and_(pc.fill_null(clean, False), kept)
     filtered = pc.and_(timed, pc.invert(kept))
     n = pc.sum(clean).as_py() or 0
-    picked = {name: column.filter(clean) for name, column in columns.items()}
-    time_ms = raw_ms.filter(clean)
+    if n == batch.num_rows:  # the usual batch: nothing to filter out
+        picked, time_ms = columns, raw_ms
+    else:
+        picked = {name: column.filter(clean) for name, column in columns.items()}
+        time_ms = raw_ms.filter(clean)
     out: dict[str, pa.Array] = {"_ts": time_ms}
     for name, _ in plan.keys:
         out[name] = (
@@ -201,5 +204,5 @@ def split_clean(plan: TransformPlan, batch: pa.RecordBatch) -> VectorisedBatch |
         if value is None:
             return None
         out[f"_v{i}"] = value
-    rest = batch.filter(pc.invert(pc.or_(clean, filtered)))
+    rest = batch.slice(0, 0) if n == batch.num_rows else batch.filter(pc.invert(pc.or_(clean, filtered)))
     return VectorisedBatch(out, pc.sum(filtered).as_py() or 0, rest, clean, filtered)

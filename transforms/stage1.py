@@ -10,7 +10,7 @@ first row, so the four event counts are tallies of (kind, first).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,7 @@ KIND = "_kind"  # 0: a row, 1: a dead letter, 2: a filtered event
 FIRST = "_first"  # the first row of an aggregated event (counts events, not rows)
 TS = "_ts"
 LINE = "_line"  # the one column of a batch of raw JSON lines (bytes)
+ROW_ID = "_row_id"  # a pruned batch's row numbers in its history (``backfill.history.ParquetHistory``)
 ROW, DEAD, FILTERED = 0, 1, 2
 DEAD_COLUMNS = ("_reason", "_detail", "_raw", "_event_ms")
 BATCH_ROWS = 131_072  # raw events per batch handed to stage 1
@@ -119,18 +120,26 @@ def filtered_batch(schema: pa.Schema, n: int) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
+WholeRows = Callable[[list[int]], list[dict[str, Any]]]
+
+
 def prepare_batches(
-    plan: TransformPlan, batches: Iterator[pa.RecordBatch], joined: Sequence[str] = ()
+    plan: TransformPlan,
+    batches: Iterator[pa.RecordBatch],
+    joined: Sequence[str] = (),
+    whole_rows: WholeRows | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Stage 1 for the backfill engines: raw event batches (columns, or JSON lines as ``LINE``) to
     typed rows, dead letters and filtered markers. ``joined`` names the columns a batch holds
     besides the raw event: the fields its lookups added (``duckdb_joins``), which the event sees
-    and its dead letter's raw input does not."""
+    and its dead letter's raw input does not. A batch of only the columns the view reads carries
+    ``ROW_ID``, and the events the vectorised path leaves to the row path are read whole by
+    ``whole_rows`` (their dead letters carry the whole raw event)."""
     preparer = EventPreparer(plan)
     schema = prepared_schema(plan)
     fields = needed_fields(plan)
     for batch in batches:
-        raw_names = [name for name in batch.schema.names if name not in joined]
+        raw_names = [name for name in batch.schema.names if name not in joined and name != ROW_ID]
         if raw_names == [LINE]:
             lines = batch.column(LINE).to_pylist()
             if joined:
@@ -145,7 +154,13 @@ def prepare_batches(
                 yield filtered_batch(schema, split.filtered)
             batch = split.rest
         added = batch.select(joined).to_pylist() if joined else None
-        yield _row_path(plan, preparer, schema, batch.select(raw_names).to_pylist(), added)
+        if ROW_ID in batch.schema.names:
+            if whole_rows is None:
+                raise ValueError(f"a batch with {ROW_ID} needs whole_rows to read its events whole")
+            raws = whole_rows(batch.column(ROW_ID).to_pylist()) if batch.num_rows else []
+        else:
+            raws = batch.select(raw_names).to_pylist()
+        yield _row_path(plan, preparer, schema, raws, added)
 
 
 def _prepare_lines(

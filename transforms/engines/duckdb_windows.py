@@ -190,8 +190,7 @@ def feature_rows_sql(plan: TransformPlan, rows: str, range_frames: bool = False)
         rows = f"""(SELECT {key_list}, _b AS {TS}, {", ".join([*values, *counts])} FROM (
         SELECT {key_list}, _b, {merged}
         FROM (SELECT *, {_aligned(plan)} - {window.hop_ms} AS _b FROM {rows}) GROUP BY {key_list}, _b))"""
-    hop = window.hop_ms if isinstance(window, Sliding) else None
-    single_hop = partials and low is not None and -low == hop  # tumbling: a window is one hop
+    single_hop = _one_hop(plan)
     if single_hop:
         rank_columns = ""  # a hop's partial is its value
     sql = f"""
@@ -210,7 +209,7 @@ marks AS (
     range_frames = range_frames and low is not None
     # Continuous and lifetime values change only at the events' own times and where they leave,
     # and a time's last row holds every event at that time in its frame: no marks to make.
-    peers = hop is None
+    peers = not (isinstance(window, Sliding) and window.hop_ms is not None)
     if peers:
         body = f"SELECT {key_list}, {TS}, 0 AS _m, {carried} FROM ev" + "".join(
             f"""
@@ -370,6 +369,14 @@ def _finished(plan: TransformPlan, values: list[str], counts: list[str]) -> str:
     )
 
 
+def _one_hop(plan: TransformPlan) -> bool:
+    """Tumbling: each window is one hop, merged per hop first (``per_hop``), whose partial is its value."""
+    window = plan.window
+    low, _ = window.frame()
+    hop = window.hop_ms if isinstance(window, Sliding) else None
+    return bool(per_hop(plan)) and low is not None and -low == hop
+
+
 def _single_hop(plan: TransformPlan, values: list[str], counts: list[str], low: int) -> str:
     """The rest of the query where each window is one hop (tumbling) and ``ev`` holds one partial
     per key and hop, at the hop's start: the value at a mark is the partial of the hop its frame
@@ -488,7 +495,7 @@ def feature_rows(
         con.register("_mlfs_rows", rows)
         source = "_mlfs_rows"
     try:
-        few = _few_rows_per_key(con, plan, str(source))
+        few = not _one_hop(plan) and _few_rows_per_key(con, plan, str(source))
         scales = None if few or not RUNNING_TOTALS else running_total_scales(con, plan, str(source))
         if scales is not None:
             sql = _running_totals_sql(plan, str(source), scales)

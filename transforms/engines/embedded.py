@@ -8,8 +8,10 @@ vectorised), loaded into a DuckDB table; stage 2 is the window kernel
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from queue import Full, Queue
+from typing import Any, TypeVar
 
 import duckdb
 import numpy as np
@@ -30,11 +32,14 @@ from transforms.stage1 import (
     KIND,
     ROW,
     TS,
+    WholeRows,
     prepare_batches,
     prepared_schema,
     tally_batch,
 )
 from transforms.timeutil import MAX_TIME_MS, ms_to_datetime
+
+T = TypeVar("T")
 
 
 def run_embedded(
@@ -107,11 +112,13 @@ def load_prepared(
     tick: Callable[[int], None] | None = None,
     joins: JoinInputs | None = None,
     source_counts: dict[str, EventCounts] | None = None,
+    whole_rows: WholeRows | None = None,
 ) -> tuple[EventCounts, list[DeadLetter]]:
     """Stage 1 over raw event batches into ``con``'s table ``prepared`` (keys, ``_ts``, ``_v<i>``;
     only rows before ``end_ms``, all a range ending there depends on); returns the counts and the
     dead letters. A view's joins read ``joins`` (``duckdb_joins``); an interval join's other
-    sources' counts go to ``source_counts``, their dead letters with the view's."""
+    sources' counts go to ``source_counts``, their dead letters with the view's. Batches of only
+    the columns the view reads come with ``whole_rows`` (``transforms.stage1.prepare_batches``)."""
     schema = prepared_schema(plan)
     kept = [f.name for f in schema if f.name in (*plan.key_names, TS) or f.name.startswith("_v")]
     counts = EventCounts()
@@ -127,24 +134,28 @@ def load_prepared(
             yield from stage.run(batches)
             return
         for batch in batches:
-            yield batch.num_rows, list(prepare_batches(plan, iter([batch])))
+            yield batch.num_rows, list(prepare_batches(plan, iter([batch]), whole_rows=whole_rows))
+
+    def produced() -> Iterator[pa.RecordBatch]:
+        for events, outs in prepared():
+            counts.input += events
+            for out in outs:
+                tally_batch(counts, out)
+                kinds = out.column(KIND).to_numpy(zero_copy_only=False)
+                if (kinds == DEAD).any():
+                    letters.extend(_dead_letters(view, out.filter(pa.array(kinds == DEAD))))
+                wanted = (kinds == ROW) & _before(out, end_ms)
+                taken = (out if wanted.all() else out.filter(pa.array(wanted))).select(kept)
+                if taken.num_rows:
+                    yield taken
+            if tick:
+                tick(events)
 
     failed: list[BaseException] = []
 
     def rows() -> Iterator[pa.RecordBatch]:
         try:
-            for events, outs in prepared():
-                counts.input += events
-                for out in outs:
-                    tally_batch(counts, out)
-                    kinds = out.column(KIND).to_numpy(zero_copy_only=False)
-                    if (kinds == DEAD).any():
-                        letters.extend(_dead_letters(view, out.filter(pa.array(kinds == DEAD))))
-                    taken = out.filter(pa.array((kinds == ROW) & _before(out, end_ms))).select(kept)
-                    if taken.num_rows:
-                        yield taken
-                if tick:
-                    tick(events)
+            yield from made_ahead(produced())
         except BaseException as err:  # DuckDB would report it as its own error
             failed.append(err)
             raise
@@ -161,6 +172,47 @@ def load_prepared(
     finally:
         con.unregister("_mlfs_rows")
     return counts, letters
+
+
+def made_ahead(items: Iterator[T], depth: int = 4) -> Iterator[T]:
+    """``items`` made on a thread, up to ``depth`` ahead, so stage 1's Python runs while DuckDB
+    loads the batches before (its load does not hold the GIL). The thread's error is raised here;
+    closing this generator stops the thread."""
+    made: Queue[tuple[bool, Any]] = Queue(depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(entry: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                made.put(entry, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
+    def make() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((True, end))
+        except BaseException as err:
+            put((False, err))
+
+    thread = threading.Thread(target=make, name="mlfs-stage1", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = made.get()
+            if not ok:
+                raise item
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _before(batch: pa.RecordBatch, end_ms: int) -> np.ndarray:
