@@ -182,14 +182,14 @@ def _position(texts: list[str], raw: str) -> int:
     return texts.index(raw) + 1  # 1-based, as Flink's ``seq``
 
 
-def streamed(repo_path: Path) -> dict[str, Any]:
-    """What the job wrote for ``VIEWS``: offline rows before ``CUTOFF``, online values of their
+def streamed(repo_path: Path, views: list[str] = VIEWS) -> dict[str, Any]:
+    """What the job wrote for ``views``: offline rows before ``CUTOFF``, online values of their
     keys (stock Feast), dead letters (each once, by source and position) and counts."""
     repo = load_repo(repo_path)
     offline = ParquetOfflineStore(repo.settings.offline_path)
     status_dir = repo.settings.work_path / "stream" / "status"
     outcome: dict[str, Any] = {}
-    for name in VIEWS:
+    for name in views:
         view = repo.views[name]
         rows = offline.read(view).drop_columns(["created_timestamp"]).to_pylist()
         rows = [r for r in rows if _compared(r)]

