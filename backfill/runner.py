@@ -13,20 +13,18 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 from backfill.history import check_history, count_events, history_files, history_path
 from backfill.joins import JoinReader
 from backfill.report import ViewReport
 from backfill.spark_session import DEFAULT_MASTER
 from backfill.work import CHUNK_ROWS, ViewBackfill
-from featurestore.config import feast_store
 from featurestore.offline.parquet import ParquetOfflineStore
 from featurestore.online import open_online_writer
 from featurestore.repo import FeatureRepo, lookup_order
 from featurestore.runstatus import BackfillRecord, record_backfill
 from featurestore.view import StreamFeatureView
-from registry.catalog import duration_text, load_catalog
+from registry.catalog import duration_text, read_catalog
 from transforms.engines.base import BACKFILL_ENGINES, backfill_module
 from transforms.errors import MLFSError
 from transforms.joins import Lookup
@@ -139,8 +137,8 @@ def plan_backfill(
     return plan
 
 
-def _check_applied(store: Any, views: list[StreamFeatureView]) -> None:
-    held = {r.name: r.spec_hash for r in load_catalog(store).list_views()}
+def _check_applied(repo: FeatureRepo, views: list[StreamFeatureView]) -> None:
+    held = {r.name: r.spec_hash for r in read_catalog(repo.settings).list_views()}
     for view in views:
         if view.name not in held:
             raise MLFSError(f"view {view.name!r} is not registered; run `mlfs apply` first")
@@ -156,10 +154,9 @@ def run_backfill(
 ) -> list[ViewReport]:
     """Execute ``plan``; ``progress(view, total, unit)`` returns a tick callback (the engine's
     ``PROGRESS_UNIT``: events, or Spark's chunks). ``restart`` discards an interrupted run's progress."""
-    store = feast_store(repo.settings)
-    _check_applied(store, plan.views)
+    _check_applied(repo, plan.views)
     offline = ParquetOfflineStore(repo.settings.offline_path)
-    writer = open_online_writer(repo.settings, store)
+    writer = open_online_writer(repo.settings)
     engine = backfill_module(plan.engine)
     joins = JoinReader(repo, plan.engine)
     reports = []

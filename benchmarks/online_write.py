@@ -109,10 +109,10 @@ def make_repo(base: Path, redis: bool) -> Any:
 def engine_floor(repo: Any, rows: list[list[dict[str, Any]]], contended: bool) -> None:
     """The SQLite upserts alone, parameters built beforehand, both ways of sending them."""
     from featurestore.config import feast_store
-    from featurestore.online.sqlite_writer import SqliteOnlineWriter
+    from featurestore.online.sqlite_writer import SqliteOnlineWriter, SqliteTarget
 
     view = repo.views[VIEW]
-    writer = SqliteOnlineWriter(feast_store(repo.settings).config)
+    writer = SqliteOnlineWriter(SqliteTarget.of_feast(feast_store(repo.settings).config))
     writer.write(view, rows[0])  # adds the writer's own column
     table = writer.table(view)
     keys = [writer.keys.serialize(view, batch) for batch in rows]

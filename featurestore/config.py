@@ -38,6 +38,8 @@ class RepoSettings:
     dead_letter_path: Path
     work_path: Path
     mlfs: dict[str, Any] = field(default_factory=dict)
+    registry_options: dict[str, Any] = field(default_factory=dict)  # the ``registry`` mapping as written
+    entity_key_version: int = 3  # Feast's ``entity_key_serialization_version``
 
     @property
     def online_type(self) -> str:
@@ -48,6 +50,14 @@ class RepoSettings:
         """The registry file (a file registry only)."""
         if self.registry_type != "file":
             raise ConfigError(f"the {self.registry_type} registry has no file")
+        return Path(self.registry)
+
+    @property
+    def registry_file(self) -> Path | None:
+        """The registry as a local file MLFS reads itself (``registry.read_catalog``), else None
+        (a SQL registry, or a file in an object store, which Feast reads)."""
+        if self.registry_type != "file" or "://" in str(self.registry_options.get("path", "")):
+            return None
         return Path(self.registry)
 
     @property
@@ -112,6 +122,7 @@ def load_settings(repo_path: str | Path) -> RepoSettings:
     if not isinstance(raw, dict) or not isinstance(raw.get("project"), str):
         raise ConfigError(f"{config_file}: needs a 'project' name")
     registry = raw.get("registry", "data/registry.db")
+    registry_options = dict(registry) if isinstance(registry, dict) else {"path": registry}
     registry_type = "file"
     if isinstance(registry, dict):
         registry_type = str(registry.get("registry_type", "file"))
@@ -142,7 +153,17 @@ def load_settings(repo_path: str | Path) -> RepoSettings:
         dead_letter_path=_resolve(repo, str(mlfs.get("dead_letter_path", "data/dead_letter"))),
         work_path=_resolve(repo, str(mlfs.get("work_path", "data/work"))),
         mlfs=dict(mlfs),
+        registry_options=registry_options,
+        entity_key_version=_key_version(config_file, raw.get("entity_key_serialization_version", 3)),
     )
+
+
+def _key_version(config_file: Path, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(
+            f"{config_file}: entity_key_serialization_version must be an integer, not {value!r}"
+        )
+    return value
 
 
 def feast_store(settings: RepoSettings) -> Any:

@@ -14,10 +14,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from featurestore.feast_protos import feast_proto
 from registry.feast_objects import TAG_HISTORY, TAG_KIND, TAG_MANAGED, TAG_SPEC, TAG_SPEC_HASH
 from transforms.errors import MLFSError
+
+if TYPE_CHECKING:
+    from featurestore.config import RepoSettings
 
 KINDS = ("views", "features", "sources", "entities", "models")
 TAG_MODEL = "mlfs.model"  # on a feature service that records an `mlfs train` model set
@@ -601,12 +605,29 @@ class Catalog:
 def load_catalog(store: Any) -> Catalog:
     """Read the MLFS objects of ``store``'s project from its registry (file or SQL): the stored
     protos and JSON tags only, so nothing registered is imported or run."""
+    registry = store.registry
+    registry.refresh(store.project)
+    return catalog_of(registry.proto(), store.project)
+
+
+def read_catalog(settings: RepoSettings) -> Catalog:
+    """``load_catalog`` of the repository's registry; a local registry file is read here, without
+    importing Feast (``featurestore.feast_protos``), which takes seconds."""
+    path = settings.registry_file
+    if path is None:
+        from featurestore.config import feast_store
+
+        return load_catalog(feast_store(settings))
+    registry = feast_proto("core.Registry_pb2").Registry()
+    if path.is_file():
+        registry.ParseFromString(path.read_bytes())
+    return catalog_of(registry, settings.project)
+
+
+def catalog_of(proto: Any, project: str) -> Catalog:
+    """The MLFS objects of ``project`` in a Feast ``Registry`` message."""
     import time
 
-    registry = store.registry
-    project = store.project
-    registry.refresh(project)
-    proto = registry.proto()
     views: dict[str, ViewRecord] = {}
     for fv in proto.feature_views:
         tags = fv.spec.tags

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from registry.catalog import KINDS, Catalog, ViewRecord, load_catalog
+from registry.catalog import KINDS, Catalog, ViewRecord, read_catalog
 from transforms.errors import MLFSError
 
 
@@ -216,7 +216,7 @@ def _lineage(catalog: Catalog, args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from featurestore.config import feast_store, load_settings
+    from featurestore.config import load_settings
 
     settings = load_settings(args.repo)
     if args.lookup == "serve":
@@ -224,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
 
         serve(settings, args.host, args.port, args.refresh)
         return 0
-    catalog = load_catalog(feast_store(settings))
+    catalog = read_catalog(settings)
     if args.lookup == "list":
         return _list(catalog, args)
     if args.lookup == "show":

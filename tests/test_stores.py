@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -12,12 +14,15 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 import redis
+import yaml
 from conftest import AS_OF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from repo_helpers import example_repo
+from test_backfill_e2e import latest, reference_rows, same_features
 
-from featurestore.config import feast_store, load_settings
+from featurestore.cli import main
+from featurestore.config import ConfigError, feast_store, load_settings
 from featurestore.offline.parquet import ParquetOfflineStore
 from featurestore.online import open_online_writer
 from featurestore.repo import load_repo
@@ -90,12 +95,16 @@ def test_sqlite_bulk_writes_are_feasts_layout(tmp_path: Path) -> None:
     import sqlite3
 
     from featurestore.online.feast_writer import FeastOnlineWriter
-    from featurestore.online.sqlite_writer import SqliteOnlineWriter
+    from featurestore.online.sqlite_writer import SqliteOnlineWriter, SqliteTarget
 
     tables = []
     whole = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
     rows = [row("u1", whole, 2, 1.25, 0), row("u2", whole + timedelta(microseconds=1500), 1, -0.5, 1)]
-    for name, make in (("bulk", lambda s: SqliteOnlineWriter(s.config)), ("feast", FeastOnlineWriter)):
+
+    def bulk_writer(store: Any) -> Any:
+        return SqliteOnlineWriter(SqliteTarget.of_feast(store.config))
+
+    for name, make in (("bulk", bulk_writer), ("feast", FeastOnlineWriter)):
         repo = load_repo(example_repo(tmp_path / name, events=300))
         apply_repo(repo)
         store = feast_store(repo.settings)
@@ -114,7 +123,7 @@ def test_sqlite_bulk_writes_are_feasts_layout(tmp_path: Path) -> None:
     assert tables[0] == tables[1] and len(tables[0]) == 6
 
     # Feast's writer held u1 at a whole second: a bulk row a microsecond older is skipped, a newer taken
-    bulk = SqliteOnlineWriter(store.config)
+    bulk = SqliteOnlineWriter(SqliteTarget.of_feast(store.config))
     stats = bulk.write(repo.views[VIEW], [row("u1", whole - timedelta(microseconds=1), 9, 9.0, 9)])
     assert (stats.written, stats.skipped_older) == (0, 1)
     stats = bulk.write(repo.views[VIEW], [row("u2", whole + timedelta(microseconds=1501), 7, 7.0, 7)])
@@ -134,12 +143,12 @@ def test_sqlite_writers_of_one_process_take_turns(tmp_path: Path) -> None:
     file instead of SQLite's sleeping busy handler; what they write is still newer-wins per key."""
     import threading
 
-    from featurestore.online.sqlite_writer import SqliteOnlineWriter
+    from featurestore.online.sqlite_writer import SqliteOnlineWriter, SqliteTarget
 
     repo = load_repo(example_repo(tmp_path / "repo", events=300))
     apply_repo(repo)
     store = feast_store(repo.settings)
-    writers = [SqliteOnlineWriter(store.config) for _ in range(4)]
+    writers = [SqliteOnlineWriter(SqliteTarget.of_feast(store.config)) for _ in range(4)]
     assert len({id(w.lock) for w in writers}) == 1
     start = datetime(2026, 5, 1, tzinfo=UTC)
 
@@ -161,7 +170,7 @@ def test_sqlite_writers_of_one_process_take_turns(tmp_path: Path) -> None:
 def test_sqlite_batches_go_in_several_multi_row_statements(tmp_path: Path) -> None:
     """A batch larger than one statement is split into statements of power-of-two sizes; every
     row is written, newer-wins per key as one row at a time would be."""
-    from featurestore.online.sqlite_writer import SqliteOnlineWriter, statement_sizes
+    from featurestore.online.sqlite_writer import SqliteOnlineWriter, SqliteTarget, statement_sizes
 
     for rows, largest in ((0, 8), (7, 8), (8, 8), (159, 8), (1000, 256)):
         sizes = statement_sizes(rows, largest)
@@ -171,7 +180,7 @@ def test_sqlite_batches_go_in_several_multi_row_statements(tmp_path: Path) -> No
     repo = load_repo(example_repo(tmp_path / "repo", events=300))
     apply_repo(repo)
     store = feast_store(repo.settings)
-    writer = SqliteOnlineWriter(store.config)
+    writer = SqliteOnlineWriter(SqliteTarget.of_feast(store.config))
     assert writer.rows_per_statement == 256  # SQLite's limit of 32766 variables allows it
     writer.rows_per_statement = 8
     view, start = repo.views[VIEW], datetime(2026, 5, 1, tzinfo=UTC)
@@ -414,6 +423,7 @@ def test_settings_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.
     assert "s3cret" not in (repo / "feature_store.yaml").read_text()
 
 
+HOURS_8 = timedelta(hours=8)
 SCALAR_VALUES = {
     "Int32": st.integers(-(2**31), 2**31 - 1),
     "Int64": st.integers(-(2**63), 2**63 - 1),
@@ -422,6 +432,11 @@ SCALAR_VALUES = {
     "String": st.text(),
     "Bool": st.booleans(),
     "Bytes": st.binary(),
+    "UnixTimestamp": st.datetimes(
+        min_value=datetime(1, 1, 2),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.sampled_from([None, UTC, timezone(timedelta(hours=5, minutes=30)), timezone(-HOURS_8)]),
+    ),
 }
 
 
@@ -457,7 +472,8 @@ def test_value_blobs_leave_odd_values_to_protobuf(data: st.DataObject) -> None:
     from featurestore.online.base import value_blobs, value_protos
     from transforms.dtypes import SCALARS
 
-    name = data.draw(st.sampled_from(["Int32", "Int64", "Float32", "Float64", "String", "Bool"]))
+    names = ["Int32", "Int64", "Float32", "Float64", "String", "Bool", "UnixTimestamp"]
+    name = data.draw(st.sampled_from(names))
     text = st.text(st.characters(exclude_categories=()))  # lone surrogates too
     odd = st.integers(-(2**70), 2**70) | st.floats() | st.booleans() | text | st.none()
     values = data.draw(st.lists(odd, max_size=4))
@@ -592,3 +608,58 @@ def test_entity_keys_are_feasts(data: st.DataObject) -> None:
     ]
     assert EntityKeys(3).serialize(view, rows) == want
     assert EntityKeys(3)._direct(view, [tuple(r[n] for n in names) for r in rows]) == want
+
+
+def test_the_backfill_reads_the_registry_and_writes_sqlite_without_importing_feast(tmp_path: Path) -> None:
+    """``mlfs backfill`` on a file registry and the SQLite store reads the registry and writes the
+    store without ``import feast`` (seconds of it); what it reads is what Feast reads, and Feast
+    imports normally in the same process after."""
+    repo = example_repo(tmp_path / "repo", events=300)
+    assert main(["apply", "--repo", str(repo)]) == 0
+    script = f"""
+import sys
+from featurestore.cli import main
+assert main(["backfill", "--repo", {str(repo)!r}, "--end", {AS_OF.isoformat()!r}]) == 0
+assert "feast.feature_store" not in sys.modules and "feast" not in sys.modules, sorted(sys.modules)
+from feast import FeatureStore
+from featurestore.config import load_settings
+from featurestore.online.sqlite_writer import SqliteTarget
+from registry.catalog import load_catalog, read_catalog
+settings = load_settings({str(repo)!r})
+store = FeatureStore(repo_path={str(repo)!r})
+ours, feasts = read_catalog(settings), load_catalog(store)
+assert [v.name for v in ours.list_views()] == [v.name for v in feasts.list_views()]
+assert [v.spec_hash for v in ours.list_views()] == [v.spec_hash for v in feasts.list_views()]
+assert ours.sources == feasts.sources and ours.entities == feasts.entities
+assert SqliteTarget.of_settings(settings) == SqliteTarget.of_feast(store.config)
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+    expected = latest(reference_rows(load_repo(repo), VIEW), "user_id")
+    store = feast_store(load_settings(repo))
+    for user in sorted(expected)[:5]:
+        got = dict(
+            zip(["payment_count_7d", "amount_sum_7d", "fail_count_7d"], online(store, user), strict=True)
+        )
+        assert same_features(got, {k: expected[user][k] for k in got}), (user, got)
+
+
+def test_a_store_layout_mlfs_does_not_write_itself_goes_through_feast(tmp_path: Path) -> None:
+    from featurestore.online.sqlite_writer import SqliteTarget
+
+    repo = example_repo(tmp_path / "repo", events=100)
+    config_file = repo / "feature_store.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    config["entity_key_serialization_version"] = 3
+    config["online_store"]["path"] = str(tmp_path / "elsewhere.db")
+    config_file.write_text(yaml.safe_dump(config))
+    target = SqliteTarget.of_settings(load_settings(repo))
+    assert target == SqliteTarget(config["project"], tmp_path / "elsewhere.db", 3)
+    config["online_store"]["vector_enabled"] = True
+    config_file.write_text(yaml.safe_dump(config))
+    assert SqliteTarget.of_settings(load_settings(repo)) is None
+    config["entity_key_serialization_version"] = "three"
+    config_file.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match="entity_key_serialization_version must be an integer"):
+        load_settings(repo)

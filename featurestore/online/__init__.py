@@ -9,7 +9,8 @@ from featurestore.online.base import OnlineWriter, WriteStats, latest_per_key
 
 
 def open_online_writer(settings: RepoSettings, store: Any | None = None) -> OnlineWriter:
-    """The writer for the repository's configured online store."""
+    """The writer for the repository's configured online store (Feast's own writer, from ``store``
+    or a new Feast store, only for layouts MLFS does not write itself)."""
     if settings.online_type == "redis":
         from featurestore.online.redis_writer import RedisOnlineWriter, redis_client
 
@@ -20,12 +21,12 @@ def open_online_writer(settings: RepoSettings, store: Any | None = None) -> Onli
             key_ttl_seconds=online.get("key_ttl_seconds"),
         )
     from featurestore.online.feast_writer import FeastOnlineWriter
-    from featurestore.online.sqlite_writer import SqliteOnlineWriter, bulk_writable
+    from featurestore.online.sqlite_writer import SqliteOnlineWriter, SqliteTarget
 
-    store = store if store is not None else feast_store(settings)
-    if settings.online_type == "sqlite" and bulk_writable(store.config):
-        return SqliteOnlineWriter(store.config)
-    return FeastOnlineWriter(store)
+    target = SqliteTarget.of_settings(settings)
+    if target is not None:
+        return SqliteOnlineWriter(target)
+    return FeastOnlineWriter(store if store is not None else feast_store(settings))
 
 
 __all__ = ["OnlineWriter", "WriteStats", "latest_per_key", "open_online_writer"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from featurestore.view import StreamFeatureView
@@ -124,6 +125,7 @@ def _encode_string(value: Any) -> bytes:
 # Each plain scalar type's ``Value`` field written directly (field number and wire type as in
 # Feast's Value.proto): a serialised proto per value costs more than the rest of a write.
 _FLOAT64, _FLOAT32 = struct.Struct("<d"), struct.Struct("<f")
+_TIMESTAMP = _encode_int(b"\x40", 64)
 _ENCODERS: dict[str, Callable[[Any], bytes]] = {
     "String": _encode_string,
     "Int32": _encode_int(b"\x18", 32),
@@ -131,7 +133,17 @@ _ENCODERS: dict[str, Callable[[Any], bytes]] = {
     "Float64": lambda v: b"\x29" + _FLOAT64.pack(_number(v)),
     "Float32": lambda v: b"\x35" + _FLOAT32.pack(_number(v)),
     "Bool": lambda v: b"\x38\x01" if v is True else b"\x38\x00" if v is False else _not_encoded(),
+    "UnixTimestamp": lambda v: _TIMESTAMP(_epoch_seconds(v)),
 }
+
+
+def _epoch_seconds(value: Any) -> int:
+    """A datetime as Feast's ``unix_timestamp_val`` holds it: whole seconds (a naive one is UTC)."""
+    if not isinstance(value, datetime):
+        raise TypeError("left to protobuf")
+    if value.utcoffset() is None:
+        value = value.replace(tzinfo=UTC)
+    return int(value.timestamp())
 
 
 def _number(value: Any) -> float:
@@ -166,16 +178,19 @@ def feature_value_protos(view: StreamFeatureView, rows: Sequence[dict[str, Any]]
 
 # The types whose ``value_text`` (Feast's ``extract_text_and_num``) is the value itself, as text.
 _TEXT_IS_STR = {"Int32", "Int64", "Float64", "String", "Bool"}
+_NO_TEXT = {"UnixTimestamp", "Bytes"}  # and lists: Feast keeps no text for them
 
 
 def value_texts(dtype: DType, values: list[Any]) -> list[str | None]:
     """The ``value_text`` Feast's SQL online stores keep beside each ``Value`` of a column."""
-    from feast.infra.online_stores.helpers import extract_text_and_num
-
     if dtype.element is None and dtype.name in _TEXT_IS_STR:
         text = (lambda v: str(float(v))) if dtype.name == "Float64" else str
         # Null and NaN are an empty ``Value``, whose text is null.
         return [None if v is None or v != v else text(v) for v in values]
+    if dtype.element is not None or dtype.name in _NO_TEXT:
+        return [None] * len(values)
+    from feast.infra.online_stores.helpers import extract_text_and_num
+
     return [extract_text_and_num(proto, False)[0] for proto in value_protos(dtype, values)]
 
 

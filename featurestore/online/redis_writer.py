@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote
 
+import mmh3
 import redis
 
 from featurestore.online.base import (
@@ -126,6 +128,11 @@ def store_error(client: redis.Redis, err: Exception) -> MLFSError:
     return MLFSError(f"online store redis at {where}: {type(err).__name__}: {err}")
 
 
+def field_id(name: str) -> bytes:
+    """Feast's Redis hash field of ``view:feature`` (its ``_mmh3``: murmur3 32-bit, little-endian)."""
+    return struct.pack("<I", mmh3.hash(name, signed=False))
+
+
 class RedisOnlineWriter:
     """Writes the latest row per key of a view to Redis, newer-wins, in Feast's layout."""
 
@@ -141,7 +148,6 @@ class RedisOnlineWriter:
         self.keys = EntityKeys(3)
 
     def write(self, view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> WriteStats:
-        from feast.infra.online_stores.helpers import _mmh3
         from google.protobuf.timestamp_pb2 import Timestamp
 
         latest = latest_per_key(view, rows)
@@ -151,7 +157,7 @@ class RedisOnlineWriter:
             name: value_blobs(dtype, [row[name] for row in latest])
             for name, dtype in view.plan.output_features
         }
-        field_ids = {name: _mmh3(f"{view.name}:{name}") for name, _ in view.plan.output_features}
+        field_ids = {name: field_id(f"{view.name}:{name}") for name, _ in view.plan.output_features}
         ts_field = f"_ts:{view.name}"
         project = self.project.encode("utf-8")
         pipe = self.client.pipeline(transaction=False)

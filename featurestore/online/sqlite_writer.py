@@ -15,10 +15,11 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from featurestore.online.base import (
     EntityKeys,
@@ -31,6 +32,9 @@ from featurestore.online.base import (
 from featurestore.view import StreamFeatureView
 from transforms.errors import MLFSError
 from transforms.plan import EVENT_TIMESTAMP
+
+if TYPE_CHECKING:
+    from featurestore.config import RepoSettings
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 BUSY_TIMEOUT_S = 120.0
@@ -66,15 +70,38 @@ def statement_sizes(rows: int, largest: int) -> list[int]:
     return sizes
 
 
-def bulk_writable(config: Any) -> bool:
-    """Whether Feast's SQLite layout for ``config`` is the plain one this writer fills (no vector or
-    numeric-value columns, unversioned tables)."""
-    online = config.online_store
-    return (
-        not getattr(online, "vector_enabled", False)
-        and not getattr(online, "enable_openai_compatible_store", False)
-        and not getattr(config.registry, "enable_online_feature_view_versioning", False)
-    )
+@dataclass(frozen=True)
+class SqliteTarget:
+    """What this writer needs of a repository's Feast SQLite online store: the project, the database
+    file and the entity key serialisation version."""
+
+    project: str
+    path: Path
+    key_version: int
+
+    @classmethod
+    def of_settings(cls, settings: RepoSettings) -> SqliteTarget | None:
+        """The repository's store read from ``feature_store.yaml`` alone (no Feast import); None where
+        Feast's layout is not the plain one this writer fills (vector or numeric-value columns,
+        versioned tables)."""
+        online = settings.online_store
+        if (
+            online.get("vector_enabled")
+            or online.get("enable_openai_compatible_store")
+            or settings.registry_options.get("enable_online_feature_view_versioning")
+        ):
+            return None
+        path = Path(str(online.get("path", "data/online_store.db")))
+        path = path if path.is_absolute() else settings.repo_path / path
+        return cls(settings.project, path, settings.entity_key_version)
+
+    @classmethod
+    def of_feast(cls, config: Any) -> SqliteTarget:
+        """The same from Feast's ``RepoConfig``."""
+        path = Path(config.online_store.path)
+        if config.repo_path and not path.is_absolute():
+            path = Path(config.repo_path) / path
+        return cls(config.project, path, config.entity_key_serialization_version)
 
 
 def _feast_seconds(value: datetime) -> int:
@@ -92,15 +119,10 @@ def _epoch_us(value: datetime) -> int:
 class SqliteOnlineWriter:
     """Newer-wins bulk writes of a view's latest rows into Feast's SQLite online store."""
 
-    def __init__(self, config: Any) -> None:
-        from feast.infra.online_stores.helpers import compute_table_id
-
-        self.project = config.project
-        self.keys = EntityKeys(config.entity_key_serialization_version)
-        self._table_id = compute_table_id
-        path = Path(config.online_store.path)
-        if config.repo_path and not path.is_absolute():
-            path = Path(config.repo_path) / path
+    def __init__(self, target: SqliteTarget) -> None:
+        self.project = target.project
+        self.keys = EntityKeys(target.key_version)
+        path = target.path
         self.conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
         self.lock = _write_lock(path)
         retry_while_locked(lambda: self.conn.execute("PRAGMA journal_mode=WAL"))
@@ -143,7 +165,8 @@ class SqliteOnlineWriter:
 
     def table(self, view: StreamFeatureView) -> str:
         """The view's online table, quoted for SQL."""
-        return '"' + self._table_id(self.project, view).replace('"', '""') + '"'
+        # Feast's ``compute_table_id`` of an unversioned table (``SqliteTarget.of_settings``).
+        return '"' + f"{self.project}_{view.name}".replace('"', '""') + '"'
 
     def upsert(self, table: str, data: Sequence[tuple[Any, ...]]) -> None:
         """Newer-wins upserts of ``data`` (entity key, feature name, value, value text, event and
