@@ -38,7 +38,6 @@ from backfill.work import (
     lookback_ms,
     newest_per_key,
     open_run,
-    row_dicts,
     volume_chunks,
 )
 from featurestore.deadletter import write_dead_letters
@@ -121,7 +120,7 @@ def backfill_view(job: ViewBackfill) -> ViewReport:
     report.counts.rows_dead_lettered = sum(manifest.rows_dead_lettered.values())
     if view.online and latest:
         newest = newest_per_key(pa.concat_tables(latest), list(plan.key_names))
-        online = job.writer.write(view, row_dicts(newest))
+        online = job.writer.write_table(view, newest)
         report.online_written, report.online_skipped = online.written, online.skipped_older
     shutil.rmtree(work, ignore_errors=True)
     return report

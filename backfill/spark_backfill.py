@@ -44,7 +44,6 @@ from backfill.work import (
     lookback_ms,
     newest_per_key,
     open_run,
-    row_dicts,
     volume_chunks,
 )
 from featurestore.deadletter import write_dead_letters
@@ -196,9 +195,9 @@ def backfill_view(job: ViewBackfill) -> ViewReport:
     report.counts.rows_dead_lettered = sum(manifest.rows_dead_lettered.values())
     if view.online:
         latest = _latest_rows(view, staged_dirs)
-        log.info("%s: %d latest rows in %.1fs", view.name, len(latest), time.monotonic() - clock)
+        log.info("%s: %d latest rows in %.1fs", view.name, latest.num_rows, time.monotonic() - clock)
         clock = time.monotonic()
-        stats_online = job.writer.write(view, latest)
+        stats_online = job.writer.write_table(view, latest)
         log.info("%s: online write in %.1fs", view.name, time.monotonic() - clock)
         report.online_written = stats_online.written
         report.online_skipped = stats_online.skipped_older
@@ -206,7 +205,7 @@ def backfill_view(job: ViewBackfill) -> ViewReport:
     return report
 
 
-def _latest_rows(view: StreamFeatureView, staged_dirs: list[Path]) -> list[dict[str, Any]]:
+def _latest_rows(view: StreamFeatureView, staged_dirs: list[Path]) -> pa.Table:
     """The newest row of each key among the run's staged chunks, read with Arrow batch by batch
     (feature rows are unique per key and time, so the newest is one row)."""
     keys = list(view.plan.key_names)
@@ -223,9 +222,9 @@ def _latest_rows(view: StreamFeatureView, staged_dirs: list[Path]) -> list[dict[
                     ]
                     held = candidates[0].num_rows
     if not candidates:
-        return []
+        return pa.table({})
     latest = newest_per_key(pa.concat_tables(candidates, promote_options="permissive"), keys)
-    return row_dicts(latest.drop_columns([CREATED_TIMESTAMP]))
+    return latest.drop_columns([CREATED_TIMESTAMP])
 
 
 def history_frame(spark: Any, files: list[Path]) -> Any:

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -185,19 +184,3 @@ def newest_per_key(table: pa.Table, keys: list[str]) -> pa.Table:
         join_type="left semi",
     )
     return table.take(kept.column("_row"))
-
-
-def row_dicts(table: pa.Table) -> list[dict[str, Any]]:
-    """``table.to_pylist()`` with UTC timestamps made in one step (Arrow's per-value pytz
-    conversion costs more than an online write of the rows)."""
-    zoned = [i for i, f in enumerate(table.schema) if pa.types.is_timestamp(f.type) and f.type.tz is not None]
-    for i in zoned:
-        field = table.schema.field(i)
-        table = table.set_column(i, field.name, table.column(i).cast(pa.timestamp(field.type.unit)))
-    rows = table.to_pylist()
-    names = [table.schema.field(i).name for i in zoned]
-    for row in rows:
-        for name in names:
-            if row[name] is not None:
-                row[name] = row[name].replace(tzinfo=UTC)
-    return rows

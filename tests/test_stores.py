@@ -663,3 +663,57 @@ def test_a_store_layout_mlfs_does_not_write_itself_goes_through_feast(tmp_path: 
     config_file.write_text(yaml.safe_dump(config))
     with pytest.raises(ConfigError, match="entity_key_serialization_version must be an integer"):
         load_settings(repo)
+
+
+COLUMNS = "entity_key, feature_name, value, value_text, event_ts, mlfs_event_us"
+
+
+def test_a_table_of_latest_rows_is_written_as_its_rows_would_be(tmp_path: Path) -> None:
+    """``write_table`` (a backfill's newest rows, by columns) fills exactly the rows ``write`` of the
+    same rows as dicts does: zoned timestamps, nulls, and timestamp features included."""
+    import sqlite3
+
+    import pyarrow as pa
+
+    from featurestore.online.base import row_dicts
+    from featurestore.online.sqlite_writer import SqliteOnlineWriter, SqliteTarget
+
+    when = datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    stats = [row("u1", when, 2, 1.25, 0), row("u2", when - timedelta(days=400), 1, -0.5, 1)]
+    stats.append({**row("u3", when, 0, 0.0, 0), "amount_sum_7d": None})
+    moon = datetime(1969, 7, 20, 20, 17, 40, 500000, tzinfo=UTC)
+    fails = [
+        {
+            "user_id": "u1",
+            "latest_payment_fail": when,
+            "latest_payment_fail_ach_nsf": None,
+            EVENT_TIMESTAMP: when,
+        },
+        {
+            "user_id": "u2",
+            "latest_payment_fail": moon,
+            "latest_payment_fail_ach_nsf": when,
+            EVENT_TIMESTAMP: moon,
+        },
+    ]
+    dumps = []
+    for how in ("rows", "table"):
+        repo = load_repo(example_repo(tmp_path / how, events=100))
+        apply_repo(repo)
+        writer = SqliteOnlineWriter(SqliteTarget.of_settings(repo.settings))  # type: ignore[arg-type]
+        for name, rows in ((VIEW, stats), ("user_last_payment_fail", fails)):
+            view = repo.views[name]
+            names = [*view.plan.key_names, *(n for n, _ in view.plan.output_features), EVENT_TIMESTAMP]
+            table = pa.Table.from_pylist(rows).select(names)
+            assert row_dicts(table) == rows
+            done = writer.write(view, rows) if how == "rows" else writer.write_table(view, table)
+            assert (done.written, done.skipped_older) == (len(rows), 0)
+        writer.close()
+        with sqlite3.connect(tmp_path / how / "data" / "online_store.db") as conn:
+            dumps.append(
+                [
+                    sorted(conn.execute(f'SELECT {COLUMNS} FROM "{repo.settings.project}_{name}"'))
+                    for name in (VIEW, "user_last_payment_fail")
+                ]
+            )
+    assert dumps[0] == dumps[1] and len(dumps[0][0]) == 9 and len(dumps[0][1]) == 4

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import pyarrow as pa
+
 from featurestore.view import StreamFeatureView
 from transforms.dtypes import DType
 from transforms.plan import EVENT_TIMESTAMP
@@ -27,7 +29,29 @@ class OnlineWriter(Protocol):
 
     def write(self, view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> WriteStats: ...
 
+    def write_table(self, view: StreamFeatureView, table: pa.Table) -> WriteStats:
+        """``write`` of a table with one row per key (a backfill's newest rows), by columns where
+        the writer can."""
+        ...
+
     def close(self) -> None: ...
+
+
+def column_values(column: pa.ChunkedArray | pa.Array) -> list[Any]:
+    """``column.to_pylist()``, with zoned timestamps made UTC datetimes in one step (Arrow's
+    per-value time zone conversion costs more than an online write of the values)."""
+    kind = column.type
+    if not (pa.types.is_timestamp(kind) and kind.tz is not None):
+        return column.to_pylist()
+    values = column.cast(pa.timestamp(kind.unit)).to_pylist()
+    return [None if v is None else v.replace(tzinfo=UTC) for v in values]
+
+
+def row_dicts(table: pa.Table) -> list[dict[str, Any]]:
+    """``table.to_pylist()`` by ``column_values``."""
+    columns = [column_values(c) for c in table.columns]
+    names = table.column_names
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
 
 
 def latest_per_key(view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -224,15 +248,21 @@ class EntityKeys:
 
     def serialize(self, view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> list[bytes]:
         names = view.plan.key_names
-        wanted = [(view.name, tuple(row[k] for k in names)) for row in rows]
+        return self.serialize_keys(view, [tuple(row[k] for k in names) for row in rows])
+
+    def serialize_keys(self, view: StreamFeatureView, keys: list[tuple[Any, ...]]) -> list[bytes]:
+        """``serialize`` of key tuples (in ``view.plan.key_names`` order)."""
+        wanted = [(view.name, key) for key in keys]
         missing = [i for i, key in enumerate(wanted) if key not in self._known]
         if missing and len(self._known) + len(missing) > self.limit:
             self._known.clear()
             missing = list(range(len(wanted)))
         if missing:
-            encoded = self._direct(view, [wanted[i][1] for i in missing])
+            encoded = self._direct(view, [keys[i] for i in missing])
             if encoded is None:
-                encoded = self._through_feast(view, [rows[i] for i in missing])
+                names = view.plan.key_names
+                rows = [dict(zip(names, keys[i], strict=True)) for i in missing]
+                encoded = self._through_feast(view, rows)
             for i, data in zip(missing, encoded, strict=True):
                 self._known[wanted[i]] = data
         return [self._known[key] for key in wanted]

@@ -11,12 +11,15 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import pyarrow as pa
+
 from featurestore.online.base import (
     WriteStats,
     entity_key_protos,
     feature_value_protos,
     latest_per_key,
     retry_while_locked,
+    row_dicts,
 )
 from featurestore.view import StreamFeatureView
 from transforms.plan import EVENT_TIMESTAMP
@@ -65,6 +68,9 @@ class FeastOnlineWriter:
         if data:
             self.provider.online_write_batch(self.store.config, table, data, progress=None)
         return WriteStats(written=len(data), skipped_older=len(latest) - len(data))
+
+    def write_table(self, view: StreamFeatureView, table: pa.Table) -> WriteStats:
+        return self.write(view, row_dicts(table))
 
     def close(self) -> None:
         return None

@@ -16,12 +16,14 @@ from typing import Any
 from urllib.parse import unquote
 
 import mmh3
+import pyarrow as pa
 import redis
 
 from featurestore.online.base import (
     EntityKeys,
     WriteStats,
     latest_per_key,
+    row_dicts,
     value_blobs,
 )
 from featurestore.view import StreamFeatureView
@@ -181,6 +183,9 @@ class RedisOnlineWriter:
         script_results = results[0::2] if self.key_ttl_seconds else results
         written = sum(1 for r in script_results if r == 1)
         return WriteStats(written=written, skipped_older=len(latest) - written)
+
+    def write_table(self, view: StreamFeatureView, table: pa.Table) -> WriteStats:
+        return self.write(view, row_dicts(table))
 
     def close(self) -> None:
         self.client.close()

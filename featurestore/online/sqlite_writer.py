@@ -21,9 +21,12 @@ from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+
 from featurestore.online.base import (
     EntityKeys,
     WriteStats,
+    column_values,
     latest_per_key,
     retry_while_locked,
     value_blobs,
@@ -133,23 +136,55 @@ class SqliteOnlineWriter:
 
     def write(self, view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> WriteStats:
         latest = latest_per_key(view, rows)
-        if not latest:
+        names = view.plan.key_names
+        times = [row[EVENT_TIMESTAMP] for row in latest]
+        return self._write(
+            view,
+            [tuple(row[k] for k in names) for row in latest],
+            ([_feast_seconds(t) for t in times], [_epoch_us(t) for t in times]),
+            {name: [row[name] for row in latest] for name, _ in view.plan.output_features},
+        )
+
+    def write_table(self, view: StreamFeatureView, table: pa.Table) -> WriteStats:
+        if not table.num_rows:
+            return WriteStats()
+        keys = [column_values(table.column(k)) for k in view.plan.key_names]
+        times = table.column(EVENT_TIMESTAMP)
+        utc = times.cast(pa.timestamp(times.type.unit))  # naive UTC, as ``_feast_seconds`` makes them
+        return self._write(
+            view,
+            list(zip(*keys, strict=True)),
+            (
+                [int(t.timestamp()) for t in utc.to_pylist()],
+                utc.cast(pa.timestamp("us"), safe=False).cast(pa.int64()).to_pylist(),
+            ),
+            {name: column_values(table.column(name)) for name, _ in view.plan.output_features},
+        )
+
+    def _write(
+        self,
+        view: StreamFeatureView,
+        key_values: list[tuple[Any, ...]],
+        times: tuple[list[int], list[int]],
+        features: dict[str, list[Any]],
+    ) -> WriteStats:
+        """The upsert of one row per key: its key values, event time (Feast's whole seconds and
+        epoch microseconds) and feature values."""
+        if not key_values:
             return WriteStats()
         table = self.table(view)
         if table not in self.ready_tables:
             retry_while_locked(lambda: self._add_exact_column(table))
             self.ready_tables.add(table)
-        keys = self.keys.serialize(view, latest)
+        keys = self.keys.serialize_keys(view, key_values)
         now = _feast_seconds(datetime.now(UTC))
-        times = [row[EVENT_TIMESTAMP] for row in latest]
-        seconds, exact = [_feast_seconds(t) for t in times], [_epoch_us(t) for t in times]
+        seconds, exact = times
         data: list[tuple[Any, ...]] = []
         for name, dtype in view.plan.output_features:
-            values = [row[name] for row in latest]
+            values = features[name]
             texts, blobs = value_texts(dtype, values), value_blobs(dtype, values)
             names, nows = [name] * len(keys), [now] * len(keys)
             data += zip(keys, names, blobs, texts, seconds, nows, exact, strict=True)
-        features = max(1, len(view.plan.output_features))
         changed = 0
 
         def upsert() -> None:
@@ -160,8 +195,8 @@ class SqliteOnlineWriter:
             changed = self.conn.total_changes - before
 
         retry_while_locked(upsert)
-        written = changed // features
-        return WriteStats(written=written, skipped_older=len(latest) - written)
+        written = changed // max(1, len(view.plan.output_features))
+        return WriteStats(written=written, skipped_older=len(key_values) - written)
 
     def table(self, view: StreamFeatureView) -> str:
         """The view's online table, quoted for SQL."""
