@@ -143,3 +143,31 @@ def test_an_error_while_reading_events_reaches_the_caller_as_itself() -> None:
 
     with pytest.raises(OSError, match="went away"):
         load_prepared(duckdb.connect(), conformance_view("continuous").plan, "v", batches())
+
+
+@pytest.mark.parametrize("hot", [False, True])
+def test_an_integer_sum_past_its_type_is_a_definition_error_naming_the_view_and_feature(
+    hot: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Sum declared Int64 whose window total passes 2**63 - 1 is the view's error on the reference
+    and the embedded engine alike (frames, or running totals for a hot key), not an engine's own."""
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+
+    from featurestore import Count, Int64, Sum
+    from transforms.engines.embedded import ENGINE
+    from transforms.errors import DefinitionError
+
+    if hot:
+        monkeypatch.setattr(duckdb_windows, "RANGE_ROWS_PER_KEY", 0)
+    view = make_view({"total": (Int64, Sum("i")), "n": (Int64, Count())}, name="big_sums")
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    events = [{"user_id": "u1", "i": 2**62, "timestamp": start + timedelta(seconds=k)} for k in range(3)]
+    wanted = (
+        r"view 'big_sums': a value of feature 'total' \(sum\(i\), Int64\) does not fit its type .*Float64$"
+    )
+    with pytest.raises(DefinitionError, match=wanted):
+        view.run(events)
+    with pytest.raises(DefinitionError, match=wanted):
+        ENGINE.run_table(view.plan, pa.Table.from_pylist(events))

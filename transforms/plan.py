@@ -91,6 +91,20 @@ class TransformPlan:
     event_time_range_ms: tuple[int, int] = EVENT_TIME_RANGE_MS  # outside it: bad_time
     joins: tuple[Join, ...] = ()  # DESIGN §2b, applied in order before the event transform
 
+    def out_of_range(self, features: list[FeatureSpec], detail: str) -> DefinitionError:
+        """The error of feature values that do not fit their declared type (an integer sum past
+        its type's range): the view's definition must declare a wider type."""
+        names = ", ".join(f"{f.name!r} ({f.aggregation.describe()}, {f.dtype})" for f in features)
+        wider = "Float64" if all(f.dtype.name == "Int64" for f in features) else "Int64 or Float64"
+        return DefinitionError(
+            self.view, f"a value of feature {names} does not fit its type ({detail}); declare it {wider}"
+        )
+
+    def integer_features(self) -> list[FeatureSpec]:
+        """The features whose values may pass their integer type's range (sums)."""
+        integers = ("Int32", "Int64")
+        return [f for f in self.features if f.dtype.name in integers and f.aggregation.kind == "sum"]
+
     @property
     def lookups(self) -> tuple[Lookup, ...]:
         return tuple(j for j in self.joins if isinstance(j, Lookup))

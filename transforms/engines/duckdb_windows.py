@@ -38,6 +38,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -503,7 +504,12 @@ def feature_rows(
             sql = feature_rows_sql(plan, str(source), few)
         if order_by:
             sql = f"SELECT * FROM ({sql}) ORDER BY {', '.join(order_by)}"
-        table = _utc(con.sql(sql).to_arrow_table())
+        try:
+            table = _utc(con.sql(sql).to_arrow_table())
+        except (duckdb.ConversionException, duckdb.OutOfRangeException) as err:
+            if not plan.integer_features():
+                raise
+            raise plan.out_of_range(plan.integer_features(), str(err).splitlines()[0]) from None
         if any(isinstance(f.aggregation, Variance) for f in plan.features):
             table = _exact_variances(plan, lambda: con.sql(f"SELECT * FROM {source}").to_arrow_table(), table)
     finally:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from transforms.dtypes import feature_value
+from transforms.dtypes import CoercionError, feature_value
 from transforms.engines.base import Engine, EngineResult
 from transforms.events import (
     DeadLetter,
@@ -128,7 +128,10 @@ def key_rows(plan: TransformPlan, key: Key, events: list[tuple[int, Values]]) ->
                     accs[i] = agg.add(accs[i], value, ts)
         row: dict[str, Any] = dict(zip(plan.key_names, key, strict=True))
         for i, feature in enumerate(plan.features):
-            row[feature.name] = feature_value(aggs[i].result(accs[i]), feature.dtype)
+            try:
+                row[feature.name] = feature_value(aggs[i].result(accs[i]), feature.dtype)
+            except CoercionError as err:
+                raise plan.out_of_range([feature], f"{err} at key {key!r}, {ms_to_datetime(t)}") from None
         row[EVENT_TIMESTAMP] = ms_to_datetime(t)
         rows.append(row)
     return rows
