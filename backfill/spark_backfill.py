@@ -57,6 +57,7 @@ from transforms.engines.spark import (
     TS,
     aggregate_rows,
     dead_letter_records,
+    definition_errors,
     prepare_parts,
     prepared_ddl,
     score_rows,
@@ -77,6 +78,11 @@ PROGRESS_UNIT = "chunks"  # what ``ViewBackfill.tick`` counts
 
 def backfill_view(job: ViewBackfill) -> ViewReport:
     """Backfill one view on Spark (see the module docstring); returns what it did."""
+    with definition_errors():
+        return _backfill_view(job)
+
+
+def _backfill_view(job: ViewBackfill) -> ViewReport:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 

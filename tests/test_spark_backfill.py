@@ -282,3 +282,41 @@ def test_history_outside_the_years_or_far_apart_costs_nothing(
         for line in p.read_text().splitlines()
     ]
     assert [d.reason for d in letters if "year-1" in d.raw] == ["bad_time"]
+
+
+BIG_SUMS = """
+
+@stream_feature_view(
+    entities=[user], source=payments,
+    schema=[Field(name="user_id", dtype=String), Field(name="big_total_7d", dtype=Int64)],
+)
+def user_big_total_7d(ctx, inputs):
+    return UnifiedTransformer(
+        ctx,
+        event_transform=Select(user_id=col("user_id"), big=col("big")),
+        window=Sliding(size=timedelta(days=7)),
+        aggregator=Aggregations(big_total_7d=Sum("big")),
+    ).run(inputs)
+"""
+
+
+@pytest.mark.parametrize("engine", ["spark", "embedded", "reference"])
+def test_an_integer_sum_past_int64_is_a_one_line_error_naming_the_view(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], engine: str
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    repo = example_repo(tmp_path / "repo", events=200)
+    features = repo / "features.py"
+    features.write_text(features.read_text() + BIG_SUMS)
+    history = repo / "data" / "history" / "payments.parquet"
+    table = pq.read_table(history)
+    pq.write_table(table.append_column("big", pa.array([2**62] * table.num_rows, pa.int64())), history)
+    assert main(["apply", "--repo", str(repo)]) == 0
+    capsys.readouterr()
+    view = "user_big_total_7d"
+    assert main(["backfill", view, "--engine", engine, "--end", AS_OF.isoformat(), "--repo", str(repo)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "view 'user_big_total_7d': a value of feature 'big_total_7d' (sum(big), Int64) does not fit" in err

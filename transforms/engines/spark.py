@@ -11,6 +11,7 @@ with the same code and the cost per event grows only with the log of a key's eve
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import pyarrow as pa
 
 from transforms.dtypes import DType
 from transforms.engines.base import Engine, EngineResult
+from transforms.errors import MLFSError
 from transforms.events import DeadLetter, EventCounts
 from transforms.joining import JoinInputs, other_sources
 from transforms.plan import EVENT_TIMESTAMP, FeatureContext, TransformPlan
@@ -334,6 +336,24 @@ class SparkEngine(Engine):
         with _local_run(plan, events, joins) as (result, _):
             table: pa.Table = result.rows.toArrow()
             return table
+
+
+_DEFINITION_ERROR = re.compile(r"DefinitionError: (.+)")
+
+
+@contextmanager
+def definition_errors() -> Iterator[None]:
+    """A view's definition error raised in a Spark task (an integer sum past its type, found by the
+    window kernel) raised on the driver as itself: one line, not Spark's task failure."""
+    try:
+        yield
+    except Exception as err:
+        if type(err).__name__ not in ("PythonException", "Py4JJavaError"):
+            raise
+        found = _DEFINITION_ERROR.findall(str(err))
+        if not found:
+            raise
+        raise MLFSError(found[-1].strip()) from None
 
 
 @contextmanager
