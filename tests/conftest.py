@@ -151,11 +151,17 @@ def at(hours: float = 0, minutes: float = 0, seconds: float = 0) -> datetime:
 # that the two xdist workers start them early and finish together, instead of one worker running a
 # four-minute test alone at the end.
 LONGEST_FIRST = (
+    "test_stream_joins",
     "test_stream_recovery",
     "test_spark_backfill",
+    "test_stream_faults",
     "test_stream_kafka",
     "test_stream_service",
+    "test_hostile_history",
     "test_flink_cluster",
+    "test_flink_conformance",
+    "test_training",
+    "test_inference_engines",
     "test_backfill_e2e",
     "test_embeddings",
     "test_spark_expressions",

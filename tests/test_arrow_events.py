@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from transforms.arrow_events import python_values, split_clean
 from transforms.events import DeadLetter, EventPreparer
-from transforms.stage1 import FILTERED, FIRST, KIND, ROW, TS, prepare_batches
+from transforms.stage1 import DEAD, FILTERED, FIRST, KIND, ROW, TS, prepare_batches
 from transforms.timeutil import datetime_to_ms
 
 
@@ -55,6 +55,24 @@ def test_vectorised_rows_equal_row_path(tmp_path: Path, window: str, transform: 
         key=repr,
     )
     assert got == row_path(view, batch.to_pylist())
+    # Dead letters too, those the columns decide (no time, a null key) among them.
+    letters = sorted(
+        (r["_reason"], r["_detail"], r["_raw"], r["_event_ms"])
+        for b in produced
+        for r in b
+        if r[KIND] == DEAD
+    )
+    assert letters == row_path_letters(view, batch.to_pylist())
+    assert {"missing_key", "missing_time"} <= {reason for reason, *_ in letters}
+
+
+def row_path_letters(view: Any, raw_rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    preparer = EventPreparer(view.plan)
+    letters = [p for p in (preparer.prepare(raw) for raw in raw_rows) if isinstance(p, DeadLetter)]
+    return sorted(
+        (d.reason, d.detail, d.raw, None if d.event_time is None else datetime_to_ms(d.event_time))
+        for d in letters
+    )
 
 
 def test_untyped_time_or_a_transform_take_the_row_path(tmp_path: Path) -> None:

@@ -149,6 +149,62 @@ class VectorisedBatch:
     filtered_mask: pa.Array
 
 
+@dataclass
+class MissingFields:
+    """Events the row path would dead-letter for a missing time or key, found by columns: their
+    positions in the batch, each one's first missing key (None: no time) and its time in ms."""
+
+    mask: np.ndarray
+    positions: list[int]
+    keys: list[str | None]
+    times: list[int | None]
+
+
+def missing_fields(plan: TransformPlan, batch: pa.RecordBatch) -> MissingFields | None:
+    """The events without a time (``missing_time``), and the timed events the transform keeps whose
+    key is null (``missing_key``, naming the first such key in the view's key order), as the row
+    path decides them (``EventPreparer``); None where the batch cannot be read so."""
+    if not plan.declarative_events:
+        return None
+    n = batch.num_rows
+    field = plan.timestamp_field
+    if field in batch.schema.names:
+        times = typed_time_ms(batch, field, plan.event_time_range_ms)
+        if times is None:
+            return None
+        raw_ms, timed = times
+        no_time = pc.is_null(batch.column(field)).to_numpy(zero_copy_only=False)
+    else:
+        raw_ms, timed = pa.nulls(n, pa.int64()), pa.array(np.zeros(n, dtype=bool))
+        no_time = np.ones(n, dtype=bool)
+    columns = dict(zip(batch.schema.names, batch.columns, strict=True))
+    kept = pa.array(np.ones(n, dtype=bool))
+    if isinstance(plan.event_transform, Select):
+        try:
+            kept, columns = plan.event_transform.arrow(batch)
+        except NotVectorisable:
+            return None
+    reached = pc.fill_null(pc.and_(timed, kept), False).to_numpy(zero_copy_only=False)
+    missing_key: list[str | None] = [None] * n
+    keyless = np.zeros(n, dtype=bool)
+    for name, _ in plan.keys:
+        column = columns.get(name)
+        null = np.ones(n, dtype=bool) if column is None else pc.is_null(column).to_numpy(zero_copy_only=False)
+        first = reached & null & ~keyless
+        for i in np.flatnonzero(first):
+            missing_key[i] = name
+        keyless |= first
+    mask = no_time | keyless
+    positions = np.flatnonzero(mask).tolist()
+    time_values = raw_ms.to_pylist()
+    return MissingFields(
+        mask,
+        positions,
+        [missing_key[i] for i in positions],
+        [None if no_time[i] else time_values[i] for i in positions],
+    )
+
+
 def split_clean(plan: TransformPlan, batch: pa.RecordBatch) -> VectorisedBatch | None:
     """The rows this stage can prepare exactly as the row path would, prepared, and the others.
 

@@ -273,6 +273,12 @@ class EventPreparer:
             event_time=None if time_ms is None else ms_to_datetime(time_ms),
         )
 
+    def missing_time(self, raw: Any) -> DeadLetter:
+        return self.dead_letter(raw, MISSING_TIME, f"no value for {self.plan.timestamp_field!r}")
+
+    def missing_key(self, raw: Any, name: str, time_ms: int) -> DeadLetter:
+        return self.dead_letter(raw, MISSING_KEY, f"no value for key {name!r}", time_ms)
+
     def decode_and_time(self, raw: Any) -> tuple[dict[str, Any], int] | DeadLetter:
         """First half of preparation (all a streaming source needs for watermarks)."""
         try:
@@ -282,7 +288,7 @@ class EventPreparer:
         try:
             time_ms = self.event_time(event)
         except KeyError:
-            return self.dead_letter(raw, MISSING_TIME, f"no value for {self.plan.timestamp_field!r}")
+            return self.missing_time(raw)
         except Exception as err:
             return self.dead_letter(raw, BAD_TIME, _describe(err))
         return event, time_ms
@@ -422,7 +428,7 @@ class EventPreparer:
         for name, key_dtype in self.plan.keys:
             value = row.get(name)
             if value is None:
-                return self.dead_letter(raw, MISSING_KEY, f"no value for key {name!r}", time_ms)
+                return self.missing_key(raw, name, time_ms)
             try:
                 key.append(coerce(value, key_dtype))
             except CoercionError as err:

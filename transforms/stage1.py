@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms.arrow_events import ENGINE_TYPES, split_clean
+from transforms.arrow_events import ENGINE_TYPES, missing_fields, split_clean
 from transforms.dtypes import DType
 from transforms.events import DeadLetter, EventCounts, EventPreparer, PreparedEvent, event_text
 from transforms.json_batches import needed_fields, typed_batch
@@ -153,14 +153,29 @@ def prepare_batches(
             if split.filtered:
                 yield filtered_batch(schema, split.filtered)
             batch = split.rest
+            if not joined:
+                missing = missing_fields(plan, batch)
+                if missing is not None and missing.positions:
+                    raws = _raw_rows(batch.take(pa.array(missing.positions)), raw_names, whole_rows)
+                    letters = [
+                        preparer.missing_time(raw) if key is None else preparer.missing_key(raw, key, ms or 0)
+                        for raw, key, ms in zip(raws, missing.keys, missing.times, strict=True)
+                    ]
+                    yield outcomes_batch(plan, schema, letters)
+                    batch = batch.filter(pa.array(~missing.mask))
         added = batch.select(joined).to_pylist() if joined else None
-        if ROW_ID in batch.schema.names:
-            if whole_rows is None:
-                raise ValueError(f"a batch with {ROW_ID} needs whole_rows to read its events whole")
-            raws = whole_rows(batch.column(ROW_ID).to_pylist()) if batch.num_rows else []
-        else:
-            raws = batch.select(raw_names).to_pylist()
-        yield _row_path(plan, preparer, schema, raws, added)
+        yield _row_path(plan, preparer, schema, _raw_rows(batch, raw_names, whole_rows), added)
+
+
+def _raw_rows(
+    batch: pa.RecordBatch, raw_names: list[str], whole_rows: WholeRows | None
+) -> list[dict[str, Any]]:
+    """The raw events of a batch as dicts, read whole where the batch holds only some columns."""
+    if ROW_ID not in batch.schema.names:
+        return batch.select(raw_names).to_pylist()
+    if whole_rows is None:
+        raise ValueError(f"a batch with {ROW_ID} needs whole_rows to read its events whole")
+    return whole_rows(batch.column(ROW_ID).to_pylist()) if batch.num_rows else []
 
 
 def _prepare_lines(
