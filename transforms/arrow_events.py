@@ -149,6 +149,28 @@ class VectorisedBatch:
     filtered_mask: pa.Array
 
 
+def _transformed(
+    plan: TransformPlan, batch: pa.RecordBatch
+) -> tuple[pa.Array, pa.Array, pa.Array, dict[str, pa.Array]] | None:
+    """A declarative view's events by columns: their times in ms, which are usable
+    (``typed_time_ms``), which the transform keeps, and the transform's output columns; None where
+    the batch cannot be read so (a Python transform, an untyped time, an inexact expression)."""
+    if not plan.declarative_events:
+        return None
+    times = typed_time_ms(batch, plan.timestamp_field, plan.event_time_range_ms)
+    if times is None:
+        return None
+    raw_ms, timed = times
+    columns = dict(zip(batch.schema.names, batch.columns, strict=True))
+    kept = pa.array(np.ones(batch.num_rows, dtype=bool))
+    if isinstance(plan.event_transform, Select):
+        try:
+            kept, columns = plan.event_transform.arrow(batch)
+        except NotVectorisable:
+            return None
+    return raw_ms, timed, kept, columns
+
+
 @dataclass
 class MissingFields:
     """Events the row path would dead-letter for a missing time or key, found by columns: their
@@ -164,26 +186,12 @@ def missing_fields(plan: TransformPlan, batch: pa.RecordBatch) -> MissingFields 
     """The events without a time (``missing_time``), and the timed events the transform keeps whose
     key is null (``missing_key``, naming the first such key in the view's key order), as the row
     path decides them (``EventPreparer``); None where the batch cannot be read so."""
-    if not plan.declarative_events:
+    transformed = _transformed(plan, batch)
+    if transformed is None:
         return None
+    raw_ms, timed, kept, columns = transformed
     n = batch.num_rows
-    field = plan.timestamp_field
-    if field in batch.schema.names:
-        times = typed_time_ms(batch, field, plan.event_time_range_ms)
-        if times is None:
-            return None
-        raw_ms, timed = times
-        no_time = pc.is_null(batch.column(field)).to_numpy(zero_copy_only=False)
-    else:
-        raw_ms, timed = pa.nulls(n, pa.int64()), pa.array(np.zeros(n, dtype=bool))
-        no_time = np.ones(n, dtype=bool)
-    columns = dict(zip(batch.schema.names, batch.columns, strict=True))
-    kept = pa.array(np.ones(n, dtype=bool))
-    if isinstance(plan.event_transform, Select):
-        try:
-            kept, columns = plan.event_transform.arrow(batch)
-        except NotVectorisable:
-            return None
+    no_time = pc.is_null(batch.column(plan.timestamp_field)).to_numpy(zero_copy_only=False)
     reached = pc.fill_null(pc.and_(timed, kept), False).to_numpy(zero_copy_only=False)
     missing_key: list[str | None] = [None] * n
     keyless = np.zeros(n, dtype=bool)
@@ -211,20 +219,10 @@ def split_clean(plan: TransformPlan, batch: pa.RecordBatch) -> VectorisedBatch |
     None when the batch cannot be vectorised at all (a Python event transform, column types that
     do not map one-to-one, or an expression the Arrow kernels would evaluate differently).
     """
-    if not plan.declarative_events:
+    transformed = _transformed(plan, batch)
+    if transformed is None:
         return None
-    transform = plan.event_transform
-    times = typed_time_ms(batch, plan.timestamp_field, plan.event_time_range_ms)
-    if times is None:
-        return None
-    raw_ms, timed = times
-    columns = dict(zip(batch.schema.names, batch.columns, strict=True))
-    kept = pa.array(np.ones(batch.num_rows, dtype=bool))
-    if isinstance(transform, Select):
-        try:
-            kept, columns = transform.arrow(batch)
-        except NotVectorisable:
-            return None
+    raw_ms, timed, kept, columns = transformed
     clean = timed
     for name, dtype in plan.keys:
         column = columns.get(name)
