@@ -155,7 +155,7 @@ class SqliteOnlineWriter:
             view,
             list(zip(*keys, strict=True)),
             (
-                [int(t.timestamp()) for t in utc.to_pylist()],
+                [_feast_seconds(t) for t in utc.to_pylist()],
                 utc.cast(pa.timestamp("us"), safe=False).cast(pa.int64()).to_pylist(),
             ),
             {name: column_values(table.column(name)) for name, _ in view.plan.output_features},

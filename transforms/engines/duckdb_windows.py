@@ -153,9 +153,8 @@ def _finish(agg: Aggregation, dtype: DType, value: str) -> str:
 
 def _aligned(plan: TransformPlan) -> str:
     """``Window.aligned`` in SQL (floor division: times before 1970 are negative)."""
-    window = plan.window
-    if isinstance(window, Sliding) and window.hop_ms is not None:
-        hop = window.hop_ms
+    hop = hop_ms(plan)
+    if hop is not None:
         return f"({TS} - ((({TS} % {hop}) + {hop}) % {hop}) + {hop})"
     return TS
 
@@ -210,7 +209,7 @@ marks AS (
     range_frames = range_frames and low is not None
     # Continuous and lifetime values change only at the events' own times and where they leave,
     # and a time's last row holds every event at that time in its frame: no marks to make.
-    peers = not (isinstance(window, Sliding) and window.hop_ms is not None)
+    peers = hop_ms(plan) is None
     if peers:
         body = f"SELECT {key_list}, {TS}, 0 AS _m, {carried} FROM ev" + "".join(
             f"""
@@ -284,8 +283,7 @@ def running_total_scales(con: Any, plan: TransformPlan, source: str) -> dict[str
     ``2**scale`` are integers whose totals fit a HUGEINT. Integer totals never drift, so the value
     is the exact sum, rounded once (the float contract forbids running float totals); None where
     they do not fit."""
-    window = plan.window
-    if isinstance(window, Sliding) and window.hop_ms is not None:
+    if hop_ms(plan) is not None:
         return None
     if not all(isinstance(f.aggregation, (Count, Sum, Mean)) for f in plan.features):
         return None
@@ -372,10 +370,8 @@ def _finished(plan: TransformPlan, values: list[str], counts: list[str]) -> str:
 
 def _one_hop(plan: TransformPlan) -> bool:
     """Tumbling: each window is one hop, merged per hop first (``per_hop``), whose partial is its value."""
-    window = plan.window
-    low, _ = window.frame()
-    hop = window.hop_ms if isinstance(window, Sliding) else None
-    return bool(per_hop(plan)) and low is not None and -low == hop
+    low, _ = plan.window.frame()
+    return per_hop(plan) and low is not None and -low == hop_ms(plan)
 
 
 def _single_hop(plan: TransformPlan, values: list[str], counts: list[str], low: int) -> str:
@@ -394,13 +390,17 @@ SELECT {", ".join(keys)}, {_finished(plan, values, counts)}, epoch_ms({TS}) AS {
 FROM valued"""
 
 
+def hop_ms(plan: TransformPlan) -> int | None:
+    """The window's hop (hopping and tumbling windows), else None (continuous, lifetime)."""
+    window = plan.window
+    return window.hop_ms if isinstance(window, Sliding) else None
+
+
 def per_hop(plan: TransformPlan) -> bool:
     """Whether the kernel first merges each key's events per hop (``_partial``): for hopping and
     tumbling windows whose aggregations all merge exactly in SQL, so a window's cost follows its
     hops, not its events."""
-    window = plan.window
-    hopping = isinstance(window, Sliding) and window.hop_ms is not None
-    return hopping and all(isinstance(f.aggregation, MERGEABLE) for f in plan.features)
+    return hop_ms(plan) is not None and all(isinstance(f.aggregation, MERGEABLE) for f in plan.features)
 
 
 def _variance_columns(plan: TransformPlan) -> list[str]:
