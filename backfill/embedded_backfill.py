@@ -30,7 +30,6 @@ import pyarrow.compute as pc
 from backfill.history import history_batches
 from backfill.report import ViewReport
 from backfill.work import (
-    DAY_MS,
     MANIFEST,
     Chunk,
     ViewBackfill,
@@ -43,12 +42,12 @@ from backfill.work import (
 from featurestore.deadletter import write_dead_letters
 from featurestore.offline.parquet import ParquetOfflineStore, arrow_schema, day_slices, partition_order_sql
 from featurestore.view import StreamFeatureView
-from transforms.engines.duckdb_windows import feature_rows
-from transforms.engines.embedded import load_prepared
+from transforms.engines.duckdb_windows import feature_rows, reads_once
+from transforms.engines.embedded import PreparedStream
 from transforms.events import DeadLetter, EventCounts
 from transforms.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 from transforms.stage1 import TS
-from transforms.timeutil import datetime_to_ms
+from transforms.timeutil import DAY_MS, datetime_to_ms, ms_to_datetime
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +66,21 @@ def backfill_view(job: ViewBackfill) -> ViewReport:
     con = duckdb.connect()
     con.execute(f"SET temp_directory = '{_sql_text(str(work / 'spill'))}'")
     con.execute("SET preserve_insertion_order = false")
-    sources: dict[str, EventCounts] = {}
     batches, whole_rows = history_batches(view, job.files)
-    counts, letters = load_prepared(
-        con, view.plan, view.name, batches, end_ms, job.tick, job.join_inputs(), sources, whole_rows
-    )
+    stream = PreparedStream(plan, view.name, batches, end_ms, job.tick, job.join_inputs(), whole_rows)
+    # A view whose kernel reads its rows once and whose rows fit one chunk never stores them.
+    streamed = reads_once(plan) and _at_most_one_row_each(view) and job.events_at_most(job.chunk_rows)
+    reach = lookback_ms(view)
+    if streamed:
+        whole = Chunk(-1, job.start or ms_to_datetime(0), end)
+        with stream.registered(con) as source:
+            streamed_rows = _chunk_rows(con, view, whole, reach, source)
+        day_counts = dict(stream.day_rows)
+    else:
+        with stream.registered(con) as source:
+            con.execute(f"CREATE TABLE prepared AS SELECT * FROM {source}")
+        day_counts = dict(con.sql(f"SELECT {TS} // {DAY_MS}, count(*) FROM prepared GROUP BY 1").fetchall())
+    counts, letters, sources = stream.counts, stream.letters, stream.source_counts
     if not manifest.prepared:
         write_dead_letters(job.dead_letter_file(end), letters)
         manifest.prepared = True
@@ -80,8 +89,6 @@ def backfill_view(job: ViewBackfill) -> ViewReport:
     log.info("%s: stage 1 in %.1fs", view.name, time.monotonic() - clock)
 
     report = ViewReport(view.name, EventCounts(**manifest.counts), end=end, source_counts=sources)
-    day_counts = dict(con.sql(f"SELECT {TS} // {DAY_MS}, count(*) FROM prepared GROUP BY 1").fetchall())
-    reach = lookback_ms(view)
     latest: list[pa.Table] = []
     for chunk in volume_chunks(day_counts, end, job.start, job.chunk_rows):
         done = chunk.index in manifest.chunks_done
@@ -97,7 +104,7 @@ def backfill_view(job: ViewBackfill) -> ViewReport:
                 manifest.save(work / MANIFEST)
                 report.chunks_empty += 1
             continue
-        table = _chunk_rows(con, view, chunk, reach)
+        table = _inside(streamed_rows, chunk) if streamed else _chunk_rows(con, view, chunk, reach)
         if plan.row_stages:
             table, dead = _score(view, table)
             if not done:
@@ -130,17 +137,29 @@ def _sql_text(text: str) -> str:
     return text.replace("'", "''")
 
 
-def _chunk_rows(con: Any, view: StreamFeatureView, chunk: Chunk, reach: int | None) -> pa.Table:
-    """The chunk's feature rows, computed from the rows its values depend on."""
+def _chunk_rows(
+    con: Any, view: StreamFeatureView, chunk: Chunk, reach: int | None, rows: str = "prepared"
+) -> pa.Table:
+    """The chunk's feature rows, computed from the rows of table ``rows`` its values depend on."""
     c0, c1 = datetime_to_ms(chunk.start), datetime_to_ms(chunk.end)
     where = f"{TS} < {c1}" + ("" if reach is None else f" AND {TS} >= {c0 - reach}")
-    source = f"(SELECT * FROM prepared WHERE {where})"
-    table = feature_rows(con, view.plan, source, partition_order_sql(view))
+    source = f"(SELECT * FROM {rows} WHERE {where})"
+    return _inside(feature_rows(con, view.plan, source, partition_order_sql(view)), chunk)
+
+
+def _inside(table: pa.Table, chunk: Chunk) -> pa.Table:
+    """The feature rows of ``table`` timed inside ``chunk``."""
     ts = table.column(EVENT_TIMESTAMP)
     inside = pc.and_(
         pc.greater_equal(ts, pa.scalar(chunk.start, ts.type)), pc.less(ts, pa.scalar(chunk.end, ts.type))
     )
     return table.filter(inside)
+
+
+def _at_most_one_row_each(view: StreamFeatureView) -> bool:
+    """Whether stage 1 makes at most one row per event (no Python transform, no join), so the
+    history's size bounds the rows."""
+    return view.plan.declarative_events and not view.plan.joins
 
 
 def _score(view: StreamFeatureView, table: pa.Table) -> tuple[pa.Table, list[DeadLetter]]:

@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from backfill.history import count_events
 from featurestore.offline.parquet import ParquetOfflineStore
 from featurestore.online.base import OnlineWriter
 from featurestore.view import StreamFeatureView
 from transforms.joining import JoinInputs
 from transforms.plan import EVENT_TIMESTAMP, spec_hash
-from transforms.timeutil import datetime_to_ms, ms_to_datetime
+from transforms.timeutil import DAY_MS, datetime_to_ms, ms_to_datetime
 
-DAY_MS = 86_400_000
 MANIFEST = "manifest.json"
 CHUNK_ROWS = 20_000_000  # stage-1 rows whose feature rows one chunk computes at most (by default)
 log = logging.getLogger(__name__)
@@ -51,6 +51,11 @@ class ViewBackfill:
     # the looked-up views' rows on its own session.
     join_inputs: Callable[[], JoinInputs | None] = lambda: None
     join_files: list[Path] = field(default_factory=list)  # the histories behind ``joins``
+
+    def events_at_most(self, n: int) -> bool:
+        """Whether the history holds at most ``n`` events (JSON lines are not counted ahead: no)."""
+        total = count_events(self.files)
+        return total is not None and total <= n
 
 
 @dataclass

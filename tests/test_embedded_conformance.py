@@ -135,7 +135,8 @@ def test_an_error_while_reading_events_reaches_the_caller_as_itself() -> None:
     import duckdb
     import pyarrow as pa
 
-    from transforms.engines.embedded import load_prepared
+    from transforms.engines.duckdb_windows import reads_once
+    from transforms.engines.embedded import PreparedStream, load_prepared, streamed_features
 
     def batches() -> Any:
         yield pa.record_batch({"timestamp": pa.array([1], pa.int64())})
@@ -143,6 +144,10 @@ def test_an_error_while_reading_events_reaches_the_caller_as_itself() -> None:
 
     with pytest.raises(OSError, match="went away"):
         load_prepared(duckdb.connect(), conformance_view("continuous").plan, "v", batches())
+    plan = conformance_view("tumbling", "none", MERGED_PER_HOP).plan
+    assert reads_once(plan)  # its rows go from stage 1 into the kernel's one query
+    with pytest.raises(OSError, match="went away"):
+        streamed_features(duckdb.connect(), plan, PreparedStream(plan, "v", batches()))
 
 
 @pytest.mark.parametrize("hot", [False, True])

@@ -14,6 +14,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The event times a datetime can hold: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z.
 MIN_TIME_MS = -62_135_596_800_000
 MAX_TIME_MS = 253_402_300_799_999
+DAY_MS = 86_400_000  # a UTC day: offline partitions and backfill chunks are days
 # The event times a view accepts unless its source says otherwise (``event_time_range``):
 # 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z. An event outside them (a history row dated
 # year 1, say) is a ``bad_time`` dead letter.

@@ -374,6 +374,12 @@ def _one_hop(plan: TransformPlan) -> bool:
     return per_hop(plan) and low is not None and -low == hop_ms(plan)
 
 
+def reads_once(plan: TransformPlan) -> bool:
+    """Whether ``feature_rows`` reads its rows once (tumbling windows without variances), so they
+    can come as a stream, never stored."""
+    return _one_hop(plan) and not _variance_columns(plan)
+
+
 def _single_hop(plan: TransformPlan, values: list[str], counts: list[str], low: int) -> str:
     """The rest of the query where each window is one hop (tumbling) and ``ev`` holds one partial
     per key and hop, at the hop's start: the value at a mark is the partial of the hop its frame

@@ -9,7 +9,9 @@ vectorised), loaded into a DuckDB table; stage 2 is the window kernel
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from queue import Full, Queue
 from typing import Any, TypeVar
 
@@ -21,7 +23,7 @@ import pyarrow.dataset as ds
 
 from transforms.engines.base import Engine, EngineResult
 from transforms.engines.duckdb_joins import JoinedStage1
-from transforms.engines.duckdb_windows import feature_rows
+from transforms.engines.duckdb_windows import feature_rows, reads_once
 from transforms.events import DeadLetter, EventCounts
 from transforms.joining import JoinInputs
 from transforms.plan import FeatureContext, TransformPlan
@@ -37,7 +39,7 @@ from transforms.stage1 import (
     prepared_schema,
     tally_batch,
 )
-from transforms.timeutil import MAX_TIME_MS, ms_to_datetime
+from transforms.timeutil import DAY_MS, MAX_TIME_MS, ms_to_datetime
 
 T = TypeVar("T")
 
@@ -47,14 +49,12 @@ def run_embedded(
 ) -> EngineResult:
     """``plan`` over raw event batches: feature rows (dicts), dead letters and counts."""
     con = duckdb.connect()
-    sources: dict[str, EventCounts] = {}
+    stream = PreparedStream(plan, view or plan.view, batches, joins=joins)
     try:
-        counts, letters = load_prepared(
-            con, plan, view or plan.view, batches, joins=joins, source_counts=sources
-        )
-        rows = feature_rows(con, plan, "prepared").to_pylist()
+        rows = streamed_features(con, plan, stream).to_pylist()
     finally:
         con.close()
+    counts, letters, sources = stream.counts, stream.letters, stream.source_counts
     result = EngineResult(rows=rows, dead_letters=letters, counts=counts, source_counts=sources)
     if plan.row_stages:
         from transforms.inference.feature_rows import FeatureRowScorer
@@ -92,9 +92,9 @@ class EmbeddedEngine(Engine):
         if plan.row_stages:  # model stages score rows as dicts
             return None
         con = duckdb.connect()
+        stream = PreparedStream(plan, plan.view, events.to_batches(max_chunksize=BATCH_ROWS), joins=joins)
         try:
-            load_prepared(con, plan, plan.view, events.to_batches(max_chunksize=BATCH_ROWS), joins=joins)
-            table: pa.Table = feature_rows(con, plan, "prepared")
+            table = streamed_features(con, plan, stream)
         finally:
             con.close()
         return table
@@ -114,64 +114,115 @@ def load_prepared(
     source_counts: dict[str, EventCounts] | None = None,
     whole_rows: WholeRows | None = None,
 ) -> tuple[EventCounts, list[DeadLetter]]:
-    """Stage 1 over raw event batches into ``con``'s table ``prepared`` (keys, ``_ts``, ``_v<i>``;
-    only rows before ``end_ms``, all a range ending there depends on); returns the counts and the
-    dead letters. A view's joins read ``joins`` (``duckdb_joins``); an interval join's other
-    sources' counts go to ``source_counts``, their dead letters with the view's. Batches of only
-    the columns the view reads come with ``whole_rows`` (``transforms.stage1.prepare_batches``)."""
-    schema = prepared_schema(plan)
-    kept = [f.name for f in schema if f.name in (*plan.key_names, TS) or f.name.startswith("_v")]
-    counts = EventCounts()
-    letters: list[DeadLetter] = []
-    stage = JoinedStage1(con, plan, joins or JoinInputs()) if plan.joins else None
-    if stage is not None:
-        letters.extend(stage.other_letters)
-        if source_counts is not None:
-            source_counts.update(stage.source_counts)
+    """Stage 1 over raw event batches into ``con``'s table ``prepared`` (``PreparedStream``);
+    returns the counts and the dead letters."""
+    stream = PreparedStream(plan, view, batches, end_ms, tick, joins, whole_rows)
+    with stream.registered(con) as rows:
+        con.execute(f"CREATE TABLE prepared AS SELECT * FROM {rows}")
+    if source_counts is not None:
+        source_counts.update(stream.source_counts)
+    return stream.counts, stream.letters
 
-    def prepared() -> Iterator[tuple[int, list[pa.RecordBatch]]]:
-        if stage is not None:
-            yield from stage.run(batches)
+
+def streamed_features(con: Any, plan: TransformPlan, stream: PreparedStream) -> pa.Table:
+    """The window kernel over stage 1's rows: read as they are made where the kernel reads them
+    once (``reads_once``), else stored first as table ``prepared``."""
+    with stream.registered(con) as source:
+        if not reads_once(plan):
+            con.execute(f"CREATE TABLE prepared AS SELECT * FROM {source}")
+            source = "prepared"
+        table: pa.Table = feature_rows(con, plan, source)
+    return table
+
+
+class PreparedStream:
+    """Stage 1 over raw event batches as one stream of Arrow batches of typed rows (keys, ``_ts``,
+    ``_v<i>``; only rows before ``end_ms``, all a range ending there depends on), read by one DuckDB
+    statement as stage 1 makes them (on a thread, ``made_ahead``). Once read, it holds the counts,
+    the dead letters and the rows per UTC day (``day_rows``). A view's joins read ``joins``
+    (``duckdb_joins``); an interval join's other sources' counts go to ``source_counts``, their dead
+    letters with the view's. Batches of only the columns the view reads come with ``whole_rows``
+    (``transforms.stage1.prepare_batches``)."""
+
+    NAME = "_mlfs_rows"
+
+    def __init__(
+        self,
+        plan: TransformPlan,
+        view: str,
+        batches: Iterable[pa.RecordBatch],
+        end_ms: int = MAX_TIME_MS + 1,
+        tick: Callable[[int], None] | None = None,
+        joins: JoinInputs | None = None,
+        whole_rows: WholeRows | None = None,
+    ) -> None:
+        self.plan, self.view, self.batches, self.end_ms, self.tick = plan, view, batches, end_ms, tick
+        self.whole_rows = whole_rows
+        self.counts = EventCounts()
+        self.letters: list[DeadLetter] = []
+        self.source_counts: dict[str, EventCounts] = {}
+        self.day_rows: Counter[int] = Counter()
+        self.read = False  # whether the statement read the stream to its end
+        self.joins = joins or JoinInputs()
+        self.stage: JoinedStage1 | None = None
+        self.kept = [
+            f.name
+            for f in prepared_schema(plan)
+            if f.name in (*plan.key_names, TS) or f.name.startswith("_v")
+        ]
+
+    @contextmanager
+    def registered(self, con: Any) -> Iterator[str]:
+        """The stream registered in ``con`` under the name yielded, for one statement to read."""
+        failed: list[BaseException] = []
+
+        def rows() -> Iterator[pa.RecordBatch]:
+            try:
+                yield from made_ahead(self._produced())
+            except BaseException as err:  # DuckDB would report it as its own error
+                failed.append(err)
+                raise
+
+        schema = prepared_schema(self.plan).empty_table().select(self.kept).schema
+        if self.plan.joins:
+            self.stage = JoinedStage1(con, self.plan, self.joins)
+            self.letters.extend(self.stage.other_letters)
+            self.source_counts.update(self.stage.source_counts)
+        con.register(self.NAME, pa.RecordBatchReader.from_batches(schema, rows()))
+        try:
+            yield self.NAME
+        except duckdb.Error:
+            if failed:
+                raise failed[0] from None
+            raise
+        finally:
+            con.unregister(self.NAME)
+        if not self.read:  # the counts and dead letters would be short
+            raise RuntimeError("stage 1's rows were not read to their end")
+
+    def _prepared(self) -> Iterator[tuple[int, list[pa.RecordBatch]]]:
+        if self.stage is not None:
+            yield from self.stage.run(self.batches)
             return
-        for batch in batches:
-            yield batch.num_rows, list(prepare_batches(plan, iter([batch]), whole_rows=whole_rows))
+        for batch in self.batches:
+            yield batch.num_rows, list(prepare_batches(self.plan, iter([batch]), whole_rows=self.whole_rows))
 
-    def produced() -> Iterator[pa.RecordBatch]:
-        for events, outs in prepared():
-            counts.input += events
+    def _produced(self) -> Iterator[pa.RecordBatch]:
+        for events, outs in self._prepared():
+            self.counts.input += events
             for out in outs:
-                tally_batch(counts, out)
+                tally_batch(self.counts, out)
                 kinds = out.column(KIND).to_numpy(zero_copy_only=False)
                 if (kinds == DEAD).any():
-                    letters.extend(_dead_letters(view, out.filter(pa.array(kinds == DEAD))))
-                wanted = (kinds == ROW) & _before(out, end_ms)
-                taken = (out if wanted.all() else out.filter(pa.array(wanted))).select(kept)
+                    self.letters.extend(_dead_letters(self.view, out.filter(pa.array(kinds == DEAD))))
+                wanted = (kinds == ROW) & _before(out, self.end_ms)
+                taken = (out if wanted.all() else out.filter(pa.array(wanted))).select(self.kept)
                 if taken.num_rows:
+                    self.day_rows.update(_days(taken.column(TS)))
                     yield taken
-            if tick:
-                tick(events)
-
-    failed: list[BaseException] = []
-
-    def rows() -> Iterator[pa.RecordBatch]:
-        try:
-            yield from made_ahead(produced())
-        except BaseException as err:  # DuckDB would report it as its own error
-            failed.append(err)
-            raise
-
-    # One statement over a stream of batches: DuckDB loads them as stage 1 makes them.
-    reader = pa.RecordBatchReader.from_batches(schema.empty_table().select(kept).schema, rows())
-    con.register("_mlfs_rows", reader)
-    try:
-        con.execute("CREATE TABLE prepared AS SELECT * FROM _mlfs_rows")
-    except duckdb.Error:
-        if failed:
-            raise failed[0] from None
-        raise
-    finally:
-        con.unregister("_mlfs_rows")
-    return counts, letters
+            if self.tick:
+                self.tick(events)
+        self.read = True
 
 
 def made_ahead(items: Iterator[T], depth: int = 4) -> Iterator[T]:
@@ -213,6 +264,17 @@ def made_ahead(items: Iterator[T], depth: int = 4) -> Iterator[T]:
     finally:
         stop.set()
         thread.join()
+
+
+def _days(times: pa.Array) -> dict[int, int]:
+    """How many of ``times`` (epoch ms, not null) fall on each UTC day (days since 1970)."""
+    days = times.to_numpy(zero_copy_only=False) // DAY_MS
+    first = int(days.min())
+    if int(days.max()) - first < 1 << 16:
+        counted = np.bincount(days - first)
+        return {first + int(d): int(counted[d]) for d in np.flatnonzero(counted)}
+    found = pc.value_counts(pa.array(days)).to_pylist()
+    return {int(v["values"]): int(v["counts"]) for v in found}
 
 
 def _before(batch: pa.RecordBatch, end_ms: int) -> np.ndarray:
