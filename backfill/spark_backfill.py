@@ -23,20 +23,22 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from datetime import date, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from backfill.history import is_json_lines
 from backfill.report import ViewReport
 from backfill.spark_session import spark_session
 from backfill.work import (
-    DAY_MS,
     MANIFEST,
     ViewBackfill,
     chunks,
@@ -58,6 +60,7 @@ from transforms.engines.spark import (
     aggregate_rows,
     dead_letter_records,
     definition_errors,
+    kernel_partitions,
     prepare_parts,
     prepared_ddl,
     score_rows,
@@ -71,6 +74,8 @@ from transforms.stage1 import LINE
 from transforms.timeutil import datetime_to_ms, ms_to_datetime
 
 ROWS_PER_TASK = 2_000_000
+LATEST = "latest"  # a chunk's folder of each task's newest row per key
+FOLD_ROWS = 1 << 20  # a task's candidate newest rows held before they are folded
 log = logging.getLogger(__name__)
 
 PROGRESS_UNIT = "chunks"  # what ``ViewBackfill.tick`` counts
@@ -114,16 +119,12 @@ def _backfill_view(job: ViewBackfill) -> ViewReport:
 
     if not manifest.prepared:
         python.write.mode("overwrite").parquet(str(prepared_path))
-        counts, first = tally(stage1(), events.count())
+        counts, first, day_rows = tally(stage1(), events.count())
         dead = persisted().filter(F.col(KIND) == DEAD).select(*DEAD_COLUMNS)
         write_dead_letters(job.dead_letter_file(end), dead_letter_records(view.name, dead) + other_letters)
         manifest.prepared = True
         manifest.counts = asdict(counts)
         manifest.first_ms = first
-        days = stage1().filter(F.col(KIND) == ROW).select(F.floor(F.col(TS) / DAY_MS).alias("d"))
-        day_rows = {
-            int(r["d"]): int(r["n"]) for r in days.groupBy("d").agg(F.count("*").alias("n")).collect()
-        }
         manifest.row_days = sorted(day_rows)
         manifest.day_rows = {str(d): n for d, n in day_rows.items()}
         manifest.save(work / MANIFEST)
@@ -169,22 +170,30 @@ def _backfill_view(job: ViewBackfill) -> ViewReport:
         needed = rows.filter(F.col(TS) < c1)
         if reach is not None:
             needed = needed.filter(F.col(TS) >= c0 - reach)
-        features = aggregate_rows(view.plan, needed, _partitions(spark, manifest.counts["rows"])).filter(
-            (F.col(EVENT_TIMESTAMP) >= F.timestamp_millis(F.lit(c0)))
-            & (F.col(EVENT_TIMESTAMP) < F.timestamp_millis(F.lit(c1)))
-        )
-        scored = None
-        if view.plan.row_stages:
+        partitions = _partitions(spark, manifest.counts["rows"])
+        schema = arrow_schema(view)
+        keys = list(view.plan.key_names) if view.online else None
+        shutil.rmtree(staged, ignore_errors=True)
+        if view.plan.row_stages:  # the model stages score the rows on Spark's workers first
+            features = aggregate_rows(view.plan, needed, partitions).filter(
+                (F.col(EVENT_TIMESTAMP) >= F.timestamp_millis(F.lit(c0)))
+                & (F.col(EVENT_TIMESTAMP) < F.timestamp_millis(F.lit(c1)))
+            )
             scored = score_rows(view.plan, features).persist(StorageLevel.MEMORY_AND_DISK)
             features, dead_rows = split_scored(scored)
             letters = dead_letter_records(view.name, dead_rows)
             path = job.dead_letter_file(end)
             write_dead_letters(path.with_name(f"{path.stem}-rows-{chunk.index}.jsonl"), letters)
             manifest.rows_dead_lettered[str(chunk.index)] = len(letters)
-        shutil.rmtree(staged, ignore_errors=True)
-        days = _day_files(features.withColumn(CREATED_TIMESTAMP, F.lit(created)), arrow_schema(view), staged)
-        if scored is not None:
+            stamped = features.withColumn(CREATED_TIMESTAMP, F.lit(created))
+            written = stamped.mapInArrow(
+                partial(_write_batches, schema=schema, directory=staged, keys=keys), FILES_DDL
+            )
+            days = _files_by_day(written)
             scored.unpersist()
+        else:  # each task writes the rows its kernel made, none cross back into the JVM
+            write = _chunk_writer(schema, staged, keys, created, c0, c1)
+            days = _files_by_day(kernel_partitions(view.plan, needed, write, FILES_DDL, partitions))
         log.info("%s: chunk %d computed in %.1fs", view.name, chunk.index, time.monotonic() - clock)
         clock = time.monotonic()
         if view.offline:
@@ -212,25 +221,14 @@ def _backfill_view(job: ViewBackfill) -> ViewReport:
 
 
 def _latest_rows(view: StreamFeatureView, staged_dirs: list[Path]) -> pa.Table:
-    """The newest row of each key among the run's staged chunks, read with Arrow batch by batch
-    (feature rows are unique per key and time, so the newest is one row)."""
+    """The newest row of each key among the run's chunks, from each task's newest rows of its keys
+    (``_write_days``; feature rows are unique per key and time, so the newest is one row)."""
     keys = list(view.plan.key_names)
-    candidates: list[pa.Table] = []
-    held = 0
-    for directory in staged_dirs:
-        for file in sorted(directory.rglob("part-*.parquet")) if directory.is_dir() else []:
-            for batch in pq.ParquetFile(file).iter_batches(batch_size=1 << 20):
-                candidates.append(newest_per_key(pa.Table.from_batches([batch]), keys))
-                held += candidates[-1].num_rows
-                if held > 1 << 22:  # fold the candidates so far, to keep memory near one row per key
-                    candidates = [
-                        newest_per_key(pa.concat_tables(candidates, promote_options="permissive"), keys)
-                    ]
-                    held = candidates[0].num_rows
-    if not candidates:
+    files = [f for d in staged_dirs if d.is_dir() for f in sorted((d / LATEST).glob("part-*.parquet"))]
+    if not files:
         return pa.table({})
-    latest = newest_per_key(pa.concat_tables(candidates, promote_options="permissive"), keys)
-    return latest.drop_columns([CREATED_TIMESTAMP])
+    latest = pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
+    return newest_per_key(latest, keys).drop_columns([CREATED_TIMESTAMP])
 
 
 def history_frame(spark: Any, files: list[Path]) -> Any:
@@ -251,43 +249,86 @@ def _partitions(spark: Any, rows: int) -> int:
     return max(spark.sparkContext.defaultParallelism, -(-rows // ROWS_PER_TASK))
 
 
-def _day_files(frame: Any, schema: pa.Schema, directory: Path) -> dict[date, list[Path]]:
-    """Each Spark task writes its rows of ``frame`` as one Parquet file per UTC day under
-    ``directory`` (``<day>/part-<partition>.parquet``, so a retried task replaces its own files):
-    the offline store rewrites each partition from its day's files, with no staged copy between.
-    Returns the files by day."""
+FILES_DDL = "day string, path string, rows long"  # what ``_write_days`` returns per file
+
+
+def _chunk_writer(
+    schema: pa.Schema, directory: Path, keys: list[str] | None, created: datetime, c0: int, c1: int
+) -> Callable[[pa.Table], Iterator[pa.RecordBatch]]:
+    """What a Spark task does with the feature rows its kernel made for a chunk ``[c0, c1)`` (ms):
+    keeps the chunk's, stamps them ``created`` and writes them (``_write_days``)."""
+    created_type = schema.field(CREATED_TIMESTAMP).type
+    created_us = pa.scalar(created, created_type).cast(pa.int64()).as_py()
+
+    def write(table: pa.Table) -> Iterator[pa.RecordBatch]:
+        ts = table.column(EVENT_TIMESTAMP).cast(pa.int64())
+        table = table.filter(pc.and_(pc.greater_equal(ts, c0 * 1000), pc.less(ts, c1 * 1000)))
+        stamps = pa.array(np.full(table.num_rows, created_us, np.int64)).cast(created_type)
+        return _write_days([table.append_column(CREATED_TIMESTAMP, stamps)], schema, directory, keys)
+
+    return write
+
+
+def _write_batches(
+    batches: Iterator[pa.RecordBatch], schema: pa.Schema, directory: Path, keys: list[str] | None
+) -> Iterator[pa.RecordBatch]:
+    """``_write_days`` over a Spark task's Arrow batches."""
+    return _write_days((pa.Table.from_batches([b]) for b in batches), schema, directory, keys)
+
+
+def _write_days(
+    tables: Iterable[pa.Table], schema: pa.Schema, directory: Path, keys: list[str] | None
+) -> Iterator[pa.RecordBatch]:
+    """In a Spark task: its feature rows (``tables``) as one Parquet file per UTC day under
+    ``directory`` (``<day>/part-<partition>.parquet``, so a retried task replaces its own files),
+    which become the offline partitions' files as they are; one row (``FILES_DDL``) per file. With
+    ``keys``, also the newest row of each key among the task's rows (``LATEST``), of which
+    ``_latest_rows`` takes the newest for the online store."""
     from pyspark import TaskContext
 
-    target = str(directory)
+    from featurestore.offline.parquet import day_slices
 
-    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from featurestore.offline.parquet import day_slices
+    context = TaskContext.get()
+    task = context.partitionId() if context is not None else 0
+    writers: dict[date, tuple[pq.ParquetWriter, Path]] = {}
+    rows: dict[date, int] = {}
+    candidates: list[pa.Table] = []  # rows that may be their key's newest
+    held = 0
+    try:
+        for table in tables:
+            table = table.select(schema.names).cast(schema)
+            if keys is not None and table.num_rows:
+                candidates.append(table)
+                held += table.num_rows
+                if held > FOLD_ROWS:  # keep memory near one row per key
+                    candidates = [newest_per_key(pa.concat_tables(candidates), keys)]
+                    held = candidates[0].num_rows
+            for day, part in day_slices(table):
+                if day not in writers:
+                    folder = directory / day.isoformat()
+                    folder.mkdir(parents=True, exist_ok=True)
+                    tmp = folder / f".part-{task}.parquet.tmp"
+                    writers[day] = (pq.ParquetWriter(tmp, schema), tmp)
+                writers[day][0].write_table(part)
+                rows[day] = rows.get(day, 0) + part.num_rows
+    finally:
+        for writer, _ in writers.values():
+            writer.close()
+    if candidates and keys is not None:
+        newest = newest_per_key(pa.concat_tables(candidates), keys)
+        folder = directory / LATEST
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(newest, folder / f".part-{task}.parquet.tmp")
+        os.replace(folder / f".part-{task}.parquet.tmp", folder / f"part-{task}.parquet")
+    for day, (_, tmp) in writers.items():
+        final = tmp.with_name(f"part-{task}.parquet")
+        os.replace(tmp, final)
+        yield pa.RecordBatch.from_pylist([{"day": day.isoformat(), "path": str(final), "rows": rows[day]}])
 
-        context = TaskContext.get()
-        task = context.partitionId() if context is not None else 0
-        writers: dict[date, tuple[pq.ParquetWriter, Path]] = {}
-        rows: dict[date, int] = {}
-        try:
-            for batch in batches:
-                for day, part in day_slices(pa.Table.from_batches([batch]).select(schema.names).cast(schema)):
-                    if day not in writers:
-                        folder = Path(target) / day.isoformat()
-                        folder.mkdir(parents=True, exist_ok=True)
-                        tmp = folder / f".part-{task}.parquet.tmp"
-                        writers[day] = (pq.ParquetWriter(tmp, schema), tmp)
-                    writers[day][0].write_table(part)
-                    rows[day] = rows.get(day, 0) + part.num_rows
-        finally:
-            for writer, _ in writers.values():
-                writer.close()
-        for day, (_, tmp) in writers.items():
-            final = tmp.with_name(f"part-{task}.parquet")
-            os.replace(tmp, final)
-            yield pa.RecordBatch.from_pylist(
-                [{"day": day.isoformat(), "path": str(final), "rows": rows[day]}]
-            )
 
+def _files_by_day(written: Any) -> dict[date, list[Path]]:
+    """The files a ``FILES_DDL`` frame of ``_write_days`` rows names, by day (runs its job)."""
     days: dict[date, list[Path]] = {}
-    for row in frame.mapInArrow(write, "day string, path string, rows long").collect():
+    for row in written.collect():
         days.setdefault(date.fromisoformat(row["day"]), []).append(Path(row["path"]))
     return days

@@ -133,9 +133,13 @@ def test_killed_backfill_resumes_to_identical_output(
     assert not any(work.iterdir())  # a finished run leaves no work behind
 
 
-@pytest.mark.parametrize("engine", ["spark", "embedded"])
-def test_overlapping_ranges_leave_exactly_the_reference_rows(tmp_path: Path, engine: str) -> None:
-    repo_path = applied(tmp_path / "repo", chunk_rows=200)
+@pytest.mark.parametrize(("engine", "chunk_rows"), [("spark", 200), ("embedded", 200), ("embedded", None)])
+def test_overlapping_ranges_leave_exactly_the_reference_rows(
+    tmp_path: Path, engine: str, chunk_rows: int | None
+) -> None:
+    """Chunks of a few days, and (embedded, default chunk size) one chunk: the tumbling view's rows
+    then go from stage 1 straight into the window kernel, never stored."""
+    repo_path = applied(tmp_path / "repo", chunk_rows=chunk_rows)
     first = (AS_OF - timedelta(days=20), AS_OF - timedelta(days=8))
     second = (AS_OF - timedelta(days=12), AS_OF - timedelta(days=1))
     for start, end in (first, second):
@@ -247,6 +251,94 @@ def test_standalone_cluster_gives_the_reference_rows(tmp_path: Path, standalone_
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert_reference_output(cluster)
     shutil.rmtree(tmp_path / "cluster" / "data" / "offline")
+
+
+SCORED_VIEW = """
+from datetime import timedelta
+
+from apache_beam.ml.inference.sklearn_inference import SklearnModelHandlerNumpy
+from features import payments, user
+
+from featurestore import (
+    Aggregations, Count, Enrich, Field, Float64, Int64, Model, Sliding, String, Sum, UnifiedTransformer,
+    stream_feature_view,
+)
+
+label = Model("label", SklearnModelHandlerNumpy(model_uri={uri!r}), version="1")
+
+
+def label_inputs(row):
+    if row["n_7d"] == 3:
+        raise ValueError("three payments: no label")  # a feature row the model stage dead-letters
+    return [float(row["n_7d"]), (row["amount_7d"] or 0.0) / 100]
+
+
+@stream_feature_view(
+    entities=[user],
+    source=payments,
+    ttl=timedelta(days=30),
+    schema=[
+        Field(name="user_id", dtype=String),
+        Field(name="n_7d", dtype=Int64),
+        Field(name="amount_7d", dtype=Float64),
+        Field(name="label", dtype=Int64),
+    ],
+)
+def user_label_7d(ctx, inputs):
+    return UnifiedTransformer(
+        ctx,
+        window=Sliding(size=timedelta(days=7)),
+        aggregator=Aggregations(n_7d=Count(), amount_7d=Sum("amount")),
+        enrich_rows=Enrich("label", label, inputs=label_inputs, outputs="label", record_model=False),
+    ).run(inputs)
+"""
+
+
+@pytest.mark.parametrize("engine", ["spark", "embedded"])
+def test_a_view_scored_after_aggregation_backfills_the_reference_rows(tmp_path: Path, engine: str) -> None:
+    """A model stage on the feature rows: the scored rows offline and online, and the rows it
+    refuses dead-lettered, as the reference engine gives them."""
+    from inference_models import train_sklearn
+
+    repo_path = example_repo(tmp_path / "repo", events=400)
+    model = train_sklearn(tmp_path / "label.pkl", seed=5)
+    (repo_path / "scored.py").write_text(SCORED_VIEW.format(uri=str(model)))
+    assert main(["apply", "--repo", str(repo_path)]) == 0
+    args = ["backfill", "user_label_7d", "--end", AS_OF.isoformat(), "--engine", engine]
+    assert main([*args, "--repo", str(repo_path)]) == 0
+    repo = load_repo(repo_path)
+    view = repo.views["user_label_7d"]
+    reference = view.run(read_history(history_path(repo, view)))
+    assert reference.counts.rows_dead_lettered > 0 and {r["label"] for r in reference.rows} == {0, 1}
+    expected = [r for r in reference.rows if r[EVENT_TIMESTAMP] < AS_OF]
+    table = ParquetOfflineStore(repo.settings.offline_path).read(view)
+    stored = [{k: v for k, v in r.items() if k != CREATED_TIMESTAMP} for r in table.to_pylist()]
+    assert_same_rows(view, expected, stored)
+    want = latest(expected, "user_id")
+    got = (
+        feast_store(repo.settings)
+        .get_online_features(
+            features=[f"user_label_7d:{f}" for f in ("n_7d", "label")],
+            entity_rows=[{"user_id": u} for u in sorted(want)],
+        )
+        .to_dict()
+    )
+    assert [(n, lab) for n, lab in zip(got["n_7d"], got["label"], strict=True)] == [
+        (want[u]["n_7d"], want[u]["label"]) for u in sorted(want)
+    ]
+    letters = [
+        DeadLetter.from_json(line)
+        for p in (repo_path / "data" / "dead_letter").rglob("*.jsonl")
+        for line in p.read_text().splitlines()
+    ]
+    refused = [d for d in reference.dead_letters if d.reason.startswith("inference")]
+    assert refused and sorted(
+        (d.reason, d.raw) for d in letters if d.reason.startswith("inference")
+    ) == sorted((d.reason, d.raw) for d in refused if ms_of(d) < AS_OF)
+
+
+def ms_of(letter: DeadLetter) -> Any:
+    return letter.event_time
 
 
 def test_history_outside_the_years_or_far_apart_costs_nothing(

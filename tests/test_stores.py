@@ -6,11 +6,13 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import redis
@@ -228,32 +230,62 @@ def test_redis_layout_is_feasts(tmp_path: Path, redis_port: int, monkeypatch: py
     assert value.double_val == 1.25
 
 
-def test_offline_partitions_are_idempotent(tmp_path: Path) -> None:
+def write_offline(
+    store: ParquetOfflineStore,
+    view: Any,
+    rows: list[dict[str, Any]],
+    created: datetime,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    how: str = "rows",
+) -> Any:
+    """``store.write``, or (``how="files"``) ``write_day_files`` from two files per day, as Spark's
+    tasks write them; the files are moved in, none is left where it was written."""
+    if how == "rows":
+        return store.write(view, rows, created, start, end)
+    from featurestore.offline.parquet import arrow_schema
+
+    staged = store.root.parent / f"staged-{uuid.uuid4().hex[:6]}"
+    days: dict[Any, list[Path]] = {}
+    for day in sorted({r[EVENT_TIMESTAMP].date() for r in rows}):
+        of_day = [{**r, CREATED_TIMESTAMP: created} for r in rows if r[EVENT_TIMESTAMP].date() == day]
+        for part, half in enumerate((of_day[::2], of_day[1::2])):
+            path = staged / day.isoformat() / f"part-{part}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.Table.from_pylist(half, schema=arrow_schema(view)), path)
+            days.setdefault(day, []).append(path)
+    stats = store.write_day_files(view, days, start, end)
+    assert not any(p.exists() for paths in days.values() for p in paths)
+    return stats
+
+
+@pytest.mark.parametrize("how", ["rows", "files"])
+def test_offline_partitions_are_idempotent(tmp_path: Path, how: str) -> None:
     repo = load_repo(example_repo(tmp_path / "repo", events=300))
     view = repo.views[VIEW]
     store = ParquetOfflineStore(tmp_path / "offline")
     day1, day2 = datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC)
     rows = [row("a", day1 + timedelta(hours=h), h, float(h), 0) for h in range(0, 48, 6)]
     first = datetime(2026, 4, 1, tzinfo=UTC)
-    assert store.write(view, rows, first).partitions == 2
+    assert write_offline(store, view, rows, first, how=how).partitions == 2
     assert store.partitions(VIEW) == [day1.date(), day2.date()]
-    assert store.write(view, rows, first + timedelta(days=1)).rows == len(rows)
-    table = store.read(view)
+    assert write_offline(store, view, rows, first + timedelta(days=1), how=how).rows == len(rows)
+    table = store.read_written(view)
     assert table.num_rows == len(rows)  # a re-run replaced, never appended
 
     # an overlapping range [day1 12:00, day2 12:00) replaces only the rows inside it
     start, end = day1 + timedelta(hours=12), day2 + timedelta(hours=12)
     newer = [row("a", day1 + timedelta(hours=18), 100, 1.0, 1)]
-    store.write(view, newer, first + timedelta(days=2), start, end)
-    got = {(r[EVENT_TIMESTAMP], r["payment_count_7d"]) for r in store.read(view).to_pylist()}
+    write_offline(store, view, newer, first + timedelta(days=2), start, end, how)
+    got = [(r[EVENT_TIMESTAMP], r["payment_count_7d"]) for r in store.read_written(view).to_pylist()]
     expected = {
         (r[EVENT_TIMESTAMP], r["payment_count_7d"]) for r in rows if not start <= r[EVENT_TIMESTAMP] < end
     }
     expected.add((day1 + timedelta(hours=18), 100))
-    assert got == expected
+    assert sorted(got) == sorted(expected)  # each row once
 
     files = sorted((tmp_path / "offline" / VIEW).rglob("*.parquet"))
-    assert [f.parent.name for f in files] == ["date=2026-03-01", "date=2026-03-02"]
+    assert {f.parent.name for f in files} == {"date=2026-03-01", "date=2026-03-02"}
     assert pq.read_schema(files[0]).names == [
         "user_id",
         "payment_count_7d",

@@ -1,6 +1,7 @@
 """The offline store: every emitted row as Parquet, partitioned by view and UTC date.
 
-Layout: ``<root>/<view>/date=YYYY-MM-DD/data.parquet`` with the join keys, the features,
+Layout: ``<root>/<view>/date=YYYY-MM-DD/data.parquet`` (or the ``data-*.parquet`` files a Spark
+backfill's tasks wrote, moved in whole) with the join keys, the features,
 ``event_timestamp`` (the feature time) and ``created_timestamp``, the two columns Feast's
 point-in-time join uses; a Feast ``FileSource`` on ``<root>/<view>`` reads it.
 
@@ -25,6 +26,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -45,6 +47,7 @@ from transforms.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 
 PARTITION_PREFIX = "date="
 DATA_FILE = "data.parquet"
+DATA_PREFIX = "data-"  # files a backfill moved in whole (``write_day_files``)
 LOCK_FILE = ".lock"  # hidden: readers take only *.parquet files, and Arrow datasets skip dot files
 STREAM_PREFIX = "stream-"
 COMPACT_PREFIX = "compact-"
@@ -242,16 +245,41 @@ class ParquetOfflineStore:
         end: datetime | None,
     ) -> OfflineWriteStats:
         """Like ``write``, from Parquet files that each hold one UTC day's rows (with
-        ``created_timestamp``), as Spark's workers write them: each partition is rewritten from its
-        day's files."""
-        schema = arrow_schema(view)
+        ``created_timestamp``), as Spark's workers write them: the files become the partitions'
+        data as they are (moved, not rewritten); rows of an old partition outside ``[start, end)``
+        stay, in a file of their own. A reader sees each partition's new files before its old ones
+        go, and keeps the newest created row of a key and time, as it does for a rewrite."""
+        with self.view_lock(view.name):
+            schema = arrow_schema(view)
+            batch = uuid.uuid4().hex[:8]
 
-        def day_table(day: date) -> pa.Table:
-            if day not in days:
-                return schema.empty_table()
-            return pa.concat_tables([pq.read_table(f, schema=schema) for f in days[day]])
+            def commit(day: date) -> int:
+                files = self._partition_files(view.name, day)
+                kept = self._kept(files, schema, day, start, end)
+                directory = self._partition_dir(view.name, day)
+                new = days.get(day, [])
+                if new or kept.num_rows:
+                    directory.mkdir(parents=True, exist_ok=True)
+                if kept.num_rows:
+                    tmp = directory / f".{batch}-kept.parquet.tmp"
+                    pq.write_table(kept, tmp)
+                    os.replace(tmp, directory / f"{DATA_PREFIX}{batch}-kept.parquet")
+                rows = 0
+                for i, file in enumerate(new):
+                    rows += pq.ParquetFile(file).metadata.num_rows
+                    tmp = directory / f".{batch}-{i}.parquet.tmp"
+                    shutil.move(file, tmp)  # a rename where both are on one file system
+                    os.replace(tmp, directory / f"{DATA_PREFIX}{batch}-{i}.parquet")
+                for old in files:
+                    old.unlink(missing_ok=True)  # a compaction may have removed a merged input
+                with contextlib.suppress(OSError):  # gone, or holding files that landed meanwhile
+                    directory.rmdir()
+                return rows
 
-        return self.replace(view, set(days), day_table, start, end)
+            touched = self._touched(view.name, set(days), start, end)
+            with ThreadPoolExecutor(max_workers=min(WRITE_THREADS, os.cpu_count() or 1)) as pool:
+                written = list(pool.map(commit, sorted(touched)))
+            return OfflineWriteStats(rows=sum(written), partitions=len(written))
 
     def replace(
         self,
@@ -268,27 +296,44 @@ class ParquetOfflineStore:
         holds compactions off until it is done."""
         with self.view_lock(view.name):
             schema = arrow_schema(view)
-            touched = set(new_days)
-            for day in self.partitions(view.name):
-                if (start is None or _day_start(day) + timedelta(days=1) > start) and (
-                    end is None or _day_start(day) < end
-                ):
-                    touched.add(day)
 
             def rewrite(day: date) -> int:
                 # Only the files read here are replaced: a streaming job's or a compaction's file that
                 # lands meanwhile stays, and readers keep the newest created row of a key and time.
                 files = self._partition_files(view.name, day)
-                kept = self._outside(self._read_files(files, schema), start, end)
+                kept = self._kept(files, schema, day, start, end)
                 new = day_rows(day)
                 table = pa.concat_tables([kept, new]) if kept.num_rows else new
                 self._replace_partition(view, day, table, files, ordered and not kept.num_rows)
                 return new.num_rows
 
+            touched = self._touched(view.name, new_days, start, end)
             # Arrow reads, sorts and writes without the GIL: a few days at a time use every core.
             with ThreadPoolExecutor(max_workers=min(WRITE_THREADS, os.cpu_count() or 1)) as pool:
                 written = list(pool.map(rewrite, sorted(touched)))
             return OfflineWriteStats(rows=sum(written), partitions=len(written))
+
+    def _touched(
+        self, view: str, new_days: set[date], start: datetime | None, end: datetime | None
+    ) -> set[date]:
+        """The partitions a write of ``[start, end)`` with rows on ``new_days`` rewrites."""
+        touched = set(new_days)
+        for day in self.partitions(view):
+            if (start is None or _day_start(day) + timedelta(days=1) > start) and (
+                end is None or _day_start(day) < end
+            ):
+                touched.add(day)
+        return touched
+
+    def _kept(
+        self, files: list[Path], schema: pa.Schema, day: date, start: datetime | None, end: datetime | None
+    ) -> pa.Table:
+        """The rows of a partition's ``files`` outside ``[start, end)`` (none to read where the
+        range holds the whole day)."""
+        first = _day_start(day)
+        if (start is None or start <= first) and (end is None or end >= first + timedelta(days=1)):
+            return schema.empty_table()
+        return self._outside(self._read_files(files, schema), start, end)
 
     def current_files(self, view: str) -> list[Path]:
         """A view's data files less the inputs of merges whose merged file is in place (they stay a

@@ -12,7 +12,7 @@ with the same code and the cost per event grows only with the log of a key's eve
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +37,7 @@ from transforms.stage1 import (
     prepared_schema,
     value_column,
 )
-from transforms.timeutil import datetime_to_ms, ms_to_datetime
+from transforms.timeutil import DAY_MS, datetime_to_ms, ms_to_datetime
 from transforms.usercode import plan_functions, user_module
 
 
@@ -83,17 +83,40 @@ def aggregate_rows(plan: TransformPlan, rows: Any, partitions: int | None = None
     (``duckdb_windows``) over its keys: the cost per event grows with the log of a key's events per
     window, as on one machine. (Spark's own ``RANGE`` frames recompute each frame: 1M events over 20
     keys took 611 s on them and 9 s here; docs/benchmarks.md.)"""
-    from pyspark.sql import types as T
     from pyspark.sql.pandas.types import to_arrow_schema
 
+    schema = feature_schema(plan, rows)
+    arrow_schema = to_arrow_schema(schema)
+
+    def cast(table: pa.Table) -> Iterator[pa.RecordBatch]:
+        yield from table.cast(arrow_schema).to_batches()
+
+    return kernel_partitions(plan, rows, cast, schema, partitions)
+
+
+def feature_schema(plan: TransformPlan, rows: Any) -> Any:
+    """The Spark schema of ``aggregate_rows``' output over stage 1's ``rows``."""
+    from pyspark.sql import types as T
+
+    fields = [rows.schema[k] for k in plan.key_names]
+    fields += [T.StructField(f.name, spark_type(f.dtype), True) for f in plan.features]
+    fields.append(T.StructField(EVENT_TIMESTAMP, T.TimestampType(), True))
+    return T.StructType(fields)
+
+
+def kernel_partitions(
+    plan: TransformPlan,
+    rows: Any,
+    then: Callable[[pa.Table], Iterator[pa.RecordBatch]],
+    schema: Any,
+    partitions: int | None = None,
+) -> Any:
+    """Stage 1's ``rows`` shuffled by key into ``partitions``, the window kernel over each
+    partition's rows, and ``then`` over its feature rows, in the same Python worker (so a backfill
+    writes them where they are made, not through the JVM): a DataFrame of ``schema``."""
     keys = list(plan.key_names)
     values = [value_column(i) for i in range(len(plan.features))]
     rows = rows.select(*keys, TS, *values)
-    fields = [rows.schema[k] for k in keys]
-    fields += [T.StructField(f.name, spark_type(f.dtype), True) for f in plan.features]
-    fields.append(T.StructField(EVENT_TIMESTAMP, T.TimestampType(), True))
-    schema = T.StructType(fields)
-    arrow_schema = to_arrow_schema(schema)
 
     def kernel(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import duckdb
@@ -109,7 +132,7 @@ def aggregate_rows(plan: TransformPlan, rows: Any, partitions: int | None = None
             table = feature_rows(con, plan, pa.Table.from_batches(held))
         finally:
             con.close()
-        yield from table.cast(arrow_schema).to_batches()
+        yield from then(table)
 
     shuffled = rows.repartition(partitions, *keys) if partitions else rows.repartition(*keys)
     return shuffled.mapInArrow(kernel, schema)
@@ -273,15 +296,25 @@ def prepare(plan: TransformPlan, events: Any, joins: str | None = None) -> Any:
     return python if jvm is None else jvm.unionByName(python)
 
 
-def tally(prepared: Any, events: int) -> tuple[EventCounts, int | None]:
-    """The event counts of stage 1's output for ``events`` input events, and the first row's time."""
+def tally(prepared: Any, events: int) -> tuple[EventCounts, int | None, dict[int, int]]:
+    """The event counts of stage 1's output for ``events`` input events, the first row's time, and
+    the rows per UTC day (days since 1970), in one pass."""
     from pyspark.sql import functions as F
 
-    groups = prepared.groupBy(KIND, FIRST).agg(F.count(F.lit(1)).alias("n"), F.min(TS).alias("t")).collect()
+    day = F.when(F.col(KIND) == ROW, F.floor(F.col(TS) / DAY_MS)).alias("_day")
+    groups = (
+        prepared.groupBy(KIND, FIRST, day).agg(F.count(F.lit(1)).alias("n"), F.min(TS).alias("t")).collect()
+    )
     first = min((r["t"] for r in groups if r[KIND] == ROW and r["t"] is not None), default=None)
     counts = EventCounts(input=events)
-    add_tallies(counts, {(r[KIND], bool(r[FIRST])): r["n"] for r in groups})
-    return counts, first
+    tallies: dict[tuple[int, bool], int] = {}
+    day_rows: dict[int, int] = {}
+    for r in groups:
+        tallies[(r[KIND], bool(r[FIRST]))] = tallies.get((r[KIND], bool(r[FIRST])), 0) + r["n"]
+        if r[KIND] == ROW:
+            day_rows[int(r["_day"])] = day_rows.get(int(r["_day"]), 0) + r["n"]
+    add_tallies(counts, tallies)
+    return counts, first, day_rows
 
 
 def run_spark(plan: TransformPlan, events: Any, joins: str | None = None) -> SparkResult:
@@ -292,7 +325,7 @@ def run_spark(plan: TransformPlan, events: Any, joins: str | None = None) -> Spa
 
     prepared = prepare(plan, events, joins).persist(StorageLevel.MEMORY_AND_DISK)
     # The input is counted apart from stage 1's output, so a lost event unbalances the counts.
-    counts, _ = tally(prepared, events.count())
+    counts, _, _ = tally(prepared, events.count())
     rows = aggregate_rows(plan, prepared.filter(F.col(KIND) == ROW))
     dead = prepared.filter(F.col(KIND) == DEAD).select(*DEAD_COLUMNS)
     scored = None
