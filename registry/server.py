@@ -44,6 +44,7 @@ class CatalogHolder:
         self._reloading = threading.Lock()
         self.reload()
         self._checked = time.monotonic()
+        self.failure: str | None = None  # why the last look at the registry failed (None: it answered)
 
     def _registry_version(self) -> Any:
         if self.settings.registry_type == "file":
@@ -64,6 +65,11 @@ class CatalogHolder:
             version = self._registry_version()
             if version != self._version:
                 self.reload(version)
+            self.failure = None
+        except Exception as err:  # the registry's store is away: keep serving the catalog held
+            self.failure = (
+                f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+            )
         finally:
             self._checked = time.monotonic()
             self._checking.release()
@@ -91,6 +97,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         401: "no bearer token",
         403: "the token is not valid, or the server is read-only",
         404: "no such object",
+        503: "not ready: the registry's store did not answer",
     }
     return {code: {"model": ErrorBody, "description": descriptions[code]} for code in codes}
 
@@ -143,6 +150,21 @@ def create_app(settings: RepoSettings, refresh_s: float = DEFAULT_REFRESH_S) -> 
         unknown = sorted(set(request.query_params) - set(allowed))
         if unknown:
             raise RegistryLookupError(f"unknown parameter(s): {', '.join(unknown)}", 400)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        """Liveness: the server answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses=_errors(503))
+    def readyz() -> JSONResponse:
+        """Readiness: a catalog is loaded and the registry's store answered the last look (made at
+        most every refresh interval; a failed look keeps the catalog held, and is 503)."""
+        catalog = holder.get()
+        body = {"project": catalog.project, "views": len(catalog.views), "loaded_at": catalog.loaded_at}
+        if holder.failure is not None:
+            return JSONResponse({"error": f"registry not reachable: {holder.failure}"}, status_code=503)
+        return JSONResponse({"status": "ready", **body})
 
     @app.get("/api/health")
     def health() -> dict[str, Any]:

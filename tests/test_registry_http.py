@@ -165,6 +165,39 @@ def test_a_server_without_a_token_is_read_only(repo: Path) -> None:
         stop(proc)
 
 
+def test_health_and_readiness_follow_the_registry(tmp_path: Path) -> None:
+    """``/healthz`` answers while the process does; ``/readyz`` is 503 with the cause while the
+    registry cannot be read (the catalog held is still served) and 200 once it can again."""
+    repo = tmp_path / "repo"
+    assert main(["init", str(repo), "--as-of", AS_OF.isoformat(), "--events", "100"]) == 0
+    assert main(["apply", "--repo", str(repo)]) == 0
+    registry = repo / "data" / "registry.db"
+    assert registry.is_file()
+    good = registry.read_bytes()
+    proc, url = start_server(repo, None)
+    try:
+        assert requests.get(f"{url}/healthz", timeout=10).json() == {"status": "ok"}
+        ready = requests.get(f"{url}/readyz", timeout=10)
+        assert ready.status_code == 200 and ready.json()["status"] == "ready" and ready.json()["views"] == 3
+
+        registry.write_bytes(b"not a registry")
+        deadline = time.monotonic() + 30
+        while (answer := requests.get(f"{url}/readyz", timeout=10)).status_code == 200:
+            assert time.monotonic() < deadline, "readiness never noticed the unreadable registry"
+            time.sleep(0.2)
+        assert answer.status_code == 503 and answer.json()["error"].startswith("registry not reachable: ")
+        assert requests.get(f"{url}/api/views", timeout=10).json()["total"] == 3  # the catalog held
+        assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
+
+        registry.write_bytes(good)
+        deadline = time.monotonic() + 30
+        while requests.get(f"{url}/readyz", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, "readiness did not come back with the registry"
+            time.sleep(0.2)
+    finally:
+        stop(proc)
+
+
 def png_size(path: Path) -> tuple[int, int]:
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"

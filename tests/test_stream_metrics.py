@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from featurestore.stream.metrics import collect, prometheus_text, serve_metrics
+from featurestore.stream.metrics import JobHealth, collect, prometheus_text, serve_metrics
 
 
 def write_status(directory: Path) -> None:
@@ -55,12 +55,27 @@ def test_a_joined_view_shows_its_other_source_and_the_events_waiting_for_their_j
 
 
 def test_metrics_endpoint(tmp_path: Path) -> None:
+    """``/metrics`` has the views' figures and the job's state and restarts; ``/healthz`` is 200
+    while the job runs and 503 with the state when it does not."""
     write_status(tmp_path / "status")
-    server = serve_metrics("127.0.0.1", 0, lambda: collect(tmp_path / "status", {"v": 0}))
+    health = JobHealth("RUNNING", restarts=2)
+    server = serve_metrics("127.0.0.1", 0, lambda: collect(tmp_path / "status", {"v": 0}), lambda: health)
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}"
         with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
-            assert 'mlfs_online_writes_total{view="v"} 3' in response.read().decode()
+            text = response.read().decode()
+        assert 'mlfs_online_writes_total{view="v"} 3' in text
+        for line in ("mlfs_job_running 1", 'mlfs_job_state{state="RUNNING"} 1', "mlfs_job_restarts_total 2"):
+            assert line in text.splitlines()
+        with urllib.request.urlopen(f"{base}/healthz", timeout=5) as response:
+            assert response.status == 200 and response.read().decode() == "running, 2 restart(s)\n"
+
+        health.state = "RESTARTING"
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{base}/healthz", timeout=5)
+        assert err.value.code == 503 and err.value.read().decode() == "restarting, 2 restart(s)\n"
+        with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
+            assert "mlfs_job_running 0" in response.read().decode().splitlines()
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(f"{base}/other", timeout=5)
         assert err.value.code == 404

@@ -204,6 +204,13 @@ def test_stream_to_redis_and_offline_equals_reference(tmp_path: Path) -> None:
             scraped = response.read().decode()
         assert f'mlfs_events_in_total{{view="user_payment_stats_7d"}} {len(first)}' in scraped
         assert 'mlfs_watermark_lag_seconds{view="user_last_payment_fail"}' in scraped
+        assert {
+            "mlfs_job_running 1",
+            'mlfs_job_state{state="RUNNING"} 1',
+            "mlfs_job_restarts_total 0",
+        } <= set(scraped.splitlines())
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=10) as response:
+            assert response.status == 200
         running = view_status(repo.settings, "user_payment_stats_7d")["stream"]
         assert running["state"] == "running" and running["counts"]["input"] >= len(first)
         drop_file(stream_dir, "b.jsonl", second)

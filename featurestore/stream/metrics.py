@@ -53,6 +53,19 @@ class ViewMetrics:
         return max(0, c.input - c.aggregated - c.filtered - c.dead_lettered - c.late)
 
 
+@dataclass
+class JobHealth:
+    """The streaming job as ``serve-stream`` last saw it: Flink's state of the job, and how many
+    times it restarted from a checkpoint after a failure."""
+
+    state: str = "CREATED"
+    restarts: int = 0
+
+    @property
+    def running(self) -> bool:
+        return self.state == "RUNNING"
+
+
 def collect(status_dir: Path, views: dict[str, int]) -> list[ViewMetrics]:
     """Metrics of ``views`` (name -> the source's max out-of-orderness in ms)."""
     return [ViewMetrics(name, read_status(status_dir, name), ooo) for name, ooo in views.items()]
@@ -81,9 +94,21 @@ _JOINED_COUNTERS: list[tuple[str, str, Callable[[EventCounts], int]]] = [
 ]
 
 
-def prometheus_text(metrics: list[ViewMetrics]) -> str:
-    """The Prometheus text exposition of ``metrics``."""
+def prometheus_text(metrics: list[ViewMetrics], job: JobHealth | None = None) -> str:
+    """The Prometheus text exposition of ``metrics`` (and of the job's state and restarts)."""
     lines = []
+    if job is not None:
+        lines += [
+            "# HELP mlfs_job_running Whether the streaming job is running (1) or not (0).",
+            "# TYPE mlfs_job_running gauge",
+            f"mlfs_job_running {int(job.running)}",
+            "# HELP mlfs_job_state The streaming job's state (Flink's name for it) as a label, always 1.",
+            "# TYPE mlfs_job_state gauge",
+            f'mlfs_job_state{{state="{job.state}"}} 1',
+            "# HELP mlfs_job_restarts_total Restarts of the job from its last checkpoint after a failure.",
+            "# TYPE mlfs_job_restarts_total counter",
+            f"mlfs_job_restarts_total {job.restarts}",
+        ]
     for name, help_text, count in _COUNTERS:
         lines += [f"# HELP mlfs_{name}_total {help_text}.", f"# TYPE mlfs_{name}_total counter"]
         lines += [f'mlfs_{name}_total{{view="{m.view}"}} {count(m)}' for m in metrics]
@@ -112,17 +137,30 @@ def prometheus_text(metrics: list[ViewMetrics]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def serve_metrics(host: str, port: int, source: Callable[[], list[ViewMetrics]]) -> ThreadingHTTPServer:
-    """Serve ``/metrics`` on ``host:port`` from a daemon thread (port 0 picks a free one)."""
+def serve_metrics(
+    host: str, port: int, source: Callable[[], list[ViewMetrics]], job: Callable[[], JobHealth] | None = None
+) -> ThreadingHTTPServer:
+    """Serve ``/metrics`` on ``host:port`` from a daemon thread (port 0 picks a free one), and
+    ``/healthz``: 200 while the job runs, 503 with its state otherwise."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path.split("?")[0] != "/metrics":
-                self.send_error(404, "only /metrics is served here")
-                return
-            body = prometheus_text(source()).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            path = self.path.split("?")[0]
+            if path == "/metrics":
+                self._answer(
+                    200, prometheus_text(source(), job() if job else None), "text/plain; version=0.0.4"
+                )
+            elif path == "/healthz":
+                health = job() if job else JobHealth("RUNNING")
+                code = 200 if health.running else 503
+                self._answer(code, f"{health.state.lower()}, {health.restarts} restart(s)\n", "text/plain")
+            else:
+                self.send_error(404, "only /metrics and /healthz are served here")
+
+        def _answer(self, code: int, text: str, kind: str) -> None:
+            body = text.encode()
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

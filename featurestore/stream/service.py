@@ -30,7 +30,7 @@ from featurestore.definitions import FileStreamSource, KafkaStreamSource, Stream
 from featurestore.offline.parquet import COMPACT_MIN_FILES, ParquetOfflineStore
 from featurestore.repo import FeatureRepo, lookup_order
 from featurestore.runstatus import StreamJobRecord, read_json, write_json
-from featurestore.stream.metrics import ViewMetrics, collect, serve_metrics
+from featurestore.stream.metrics import JobHealth, ViewMetrics, collect, serve_metrics
 from featurestore.stream.sinks import LiveOutcomes, StoreRows, clear_status
 from featurestore.view import StreamFeatureView
 from transforms.errors import MLFSError
@@ -341,8 +341,11 @@ def serve_stream(
             f"Flink's REST API on {rest}"
         )
         server = None
+        health = JobHealth(job_status(client))
         if options.metrics_port is not None:
-            server = serve_metrics("127.0.0.1", options.metrics_port, lambda: collect(status_dir, bounds))
+            server = serve_metrics(
+                "127.0.0.1", options.metrics_port, lambda: collect(status_dir, bounds), lambda: health
+            )
             report(f"metrics on http://127.0.0.1:{server.server_address[1]}/metrics")
         started = time.monotonic()
         last_report = started
@@ -357,10 +360,12 @@ def serve_stream(
             if options.compact_every_s is not None:
                 compactor.run_every(options.compact_every_s)
             status = job_status(client)
+            health.state = status
             if status in ("FAILED", "CANCELED", "FINISHED"):
                 job.write(state=status.lower())
                 raise MLFSError(f"the streaming job stopped ({status}){job_failure(client)}")
             for cause in failures.new():
+                health.restarts = failures.seen
                 job.write(restarts=failures.seen)
                 if failures.seen <= options.max_restarts:
                     report(
@@ -374,6 +379,7 @@ def serve_stream(
         if stop.requested:
             report("stopping (Ctrl-C)")
         job.write(state="stopping")
+        health.state = "STOPPING"
         compactor.wait()
         savepoint = _stop_with_savepoint(client, checkpoint_dir / "savepoints", job)
         remember_lineage(checkpoint_dir, lineage_key(savepoint), lineage)
