@@ -6,6 +6,8 @@ import os
 import sys
 from typing import Any
 
+from transforms.enginelogs import jvm_output, verbose
+
 DEFAULT_MASTER = "local[*]"
 
 
@@ -13,9 +15,10 @@ def spark_session(master: str | None = None, app_name: str = "mlfs-backfill") ->
     """A Spark session on ``master`` (default ``local[*]``), UTC, with this interpreter on workers."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
-    session = (
+    builder = (
         SparkSession.builder.master(master or DEFAULT_MASTER)
         .appName(app_name)
         .config("spark.sql.session.timeZone", "UTC")
@@ -25,7 +28,13 @@ def spark_session(master: str | None = None, app_name: str = "mlfs-backfill") ->
         .config("spark.sql.shuffle.partitions", "8")
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
         .config("spark.driver.memory", os.environ.get("MLFS_SPARK_DRIVER_MEMORY", "4g"))
-        .getOrCreate()
     )
-    session.sparkContext.setLogLevel("ERROR")
+    if SparkContext._active_spark_context is not None:  # the JVM runs: its output goes where it went
+        session = builder.getOrCreate()
+        return session
+    with jvm_output("spark") as log:
+        session = builder.getOrCreate()
+        # Warnings and errors, where they go: the log file, or the terminal of `mlfs -v`; a library
+        # caller's terminal gets errors only.
+        session.sparkContext.setLogLevel("WARN" if log is not None or verbose() else "ERROR")
     return session

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from transforms.errors import MLFSError
 
@@ -43,6 +43,12 @@ def _repo_option(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mlfs", description="Define features once; run them on every engine.")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show the engines' own logs (Spark's, Flink's) here, not only in <work>/logs",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     init = commands.add_parser("init", help="create an example feature repository with data")
@@ -186,6 +192,13 @@ def _plan(args: argparse.Namespace, apply: bool) -> int:
     return 0
 
 
+def _engine_logs(repo: Any) -> None:
+    """The engines this command starts log to ``<work>/logs`` (``transforms.enginelogs``)."""
+    from transforms.enginelogs import LOG_DIR_ENV
+
+    os.environ.setdefault(LOG_DIR_ENV, str(repo.settings.work_path / "logs"))
+
+
 def _progress_factory() -> Callable[[str, int | None, str], Callable[[int], None]]:
     from tqdm import tqdm
 
@@ -201,6 +214,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from featurestore.repo import load_repo
 
     repo = load_repo(args.repo)
+    _engine_logs(repo)
     plan = plan_backfill(
         repo, args.views, args.start, args.end, args.engine, args.spark_master, args.chunk_days
     )
@@ -231,6 +245,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from featurestore.training import train_per_key
 
     repo = load_repo(args.repo)
+    _engine_logs(repo)
     report = train_per_key(
         repo,
         args.name,
@@ -263,6 +278,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.sample < 1:
         raise MLFSError("--sample must be at least 1")
     repo = load_repo(args.repo)
+    _engine_logs(repo)
     view = repo.view(args.view)
     sample = load_sample(repo, view, args.events, args.sample)
     runs = verify_view(repo, view, sample, engines, lambda line: print(line, file=sys.stderr, flush=True))
@@ -363,9 +379,17 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from transforms import enginelogs
+
     args = build_parser().parse_args(argv)
+    environment = {name: os.environ.get(name) for name in (enginelogs.VERBOSE_ENV, enginelogs.LOG_DIR_ENV)}
+    if args.verbose:
+        os.environ[enginelogs.VERBOSE_ENV] = "1"
+    logs_before = len(enginelogs.written())
+    code = 1
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        return code
     except MLFSError as err:
         print(f"mlfs: error: {err}", file=sys.stderr)
         return 1
@@ -380,6 +404,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        for path in enginelogs.written()[logs_before:]:  # the engines' own logs, where they went
+            print(f"engine log: {path}", file=sys.stdout if code == 0 else sys.stderr)
+        for name, value in environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 if __name__ == "__main__":

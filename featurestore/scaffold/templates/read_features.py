@@ -1,9 +1,26 @@
 """Read the features MLFS wrote with the stock Feast SDK: `python read_features.py`."""
 
+import atexit
+import os
+import sys
+import warnings
 from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 from feast import FeatureStore
+
+# Feast's file offline store (ibis over DuckDB) calls a DuckDB method DuckDB has deprecated, and at
+# exit DuckDB's bindings list the objects ibis still holds: neither says anything about the features.
+warnings.filterwarnings("ignore", message="fetch_arrow_table", category=DeprecationWarning)
+
+
+def _quiet_teardown() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # after the script: only the interpreter's teardown
+
+
+atexit.register(_quiet_teardown)
 
 store = FeatureStore(repo_path=".")
 features = [

@@ -1,0 +1,62 @@
+"""What a user sees: the quickstart's commands print MLFS's own lines only (no Python warning, Java
+log line, progress bar left behind or DuckDB's exit report), and the engines' logs go to a file
+the command names, or to the terminal with ``mlfs -v``."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import AS_OF
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+MLFS = str(BIN / "mlfs")
+# What engines and libraries print on their own: warnings, log4j lines, the JVM's notes, tqdm
+# bars, nanobind's leak report at exit, tracebacks.
+NOISE = re.compile(
+    r"Warning|WARN|log4j|setLogLevel|NativeCodeLoader|jdk\.incubator|nanobind|leaked|Traceback|it/s\]"
+)
+
+
+def run(args: list[str], cwd: Path) -> str:
+    done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+def noise(output: str) -> list[str]:
+    return [line for line in output.splitlines() if NOISE.search(line)]
+
+
+def test_the_quickstart_prints_only_its_own_lines(tmp_path: Path) -> None:
+    init = [MLFS, "init", "repo", "--as-of", AS_OF.isoformat(), "--events", "2000"]
+    output = run([*init, "--with-embeddings", "--with-joins"], tmp_path)
+    repo = tmp_path / "repo"
+    for command in (["apply"], ["backfill"], ["registry", "list"]):
+        output += run([MLFS, *command], repo)
+    output += run([str(BIN / "python"), "read_features.py"], repo)
+    assert "Backfilled 6 view(s)" in output and "Point-in-time features" in output
+    assert not noise(output), "\n".join(noise(output))
+    assert "engine log:" not in output  # the embedded engine starts no JVM
+
+
+def test_spark_logs_go_to_the_file_the_backfill_names_and_to_the_terminal_with_v(tmp_path: Path) -> None:
+    run([MLFS, "init", "repo", "--as-of", AS_OF.isoformat(), "--events", "300"], tmp_path)
+    repo = tmp_path / "repo"
+    run([MLFS, "apply"], repo)
+    backfill = ["backfill", "merchant_amount_1h", "--engine", "spark"]
+    output = run([MLFS, *backfill], repo)
+    assert not noise(output), "\n".join(noise(output))
+    (named,) = re.findall(r"^engine log: (.+)$", output, re.MULTILINE)
+    log = Path(named)
+    assert log.parent == repo / "data" / "work" / "logs" and "log4j" in log.read_text()
+
+    loud = subprocess.run([MLFS, "-v", *backfill], cwd=repo, capture_output=True, text=True, timeout=600)
+    assert loud.returncode == 0, loud.stderr
+    assert "log4j" in loud.stderr and "engine log:" not in loud.stdout
+    assert sorted((repo / "data" / "work" / "logs").iterdir()) == [log]  # -v wrote no new log
