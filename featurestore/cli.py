@@ -138,6 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _repo_option(verify)
 
+    consistency = commands.add_parser(
+        "consistency", help="compare a sample of a view's keys online with the offline store"
+    )
+    consistency.add_argument("view")
+    consistency.add_argument(
+        "--sample", type=int, default=100, metavar="N", help="keys to compare (default: 100)"
+    )
+    consistency.add_argument("--seed", type=int, default=0, help="which keys the sample takes (default: 0)")
+    _repo_option(consistency)
+
     train = commands.add_parser("train", help="train one model per key over a view's offline rows (Spark)")
     train.add_argument("name", help="the model set's name (its directory and registry entry)")
     train.add_argument("--view", required=True, help="the view whose offline rows to train on")
@@ -286,6 +296,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if any(run.problems for run in runs) else 0
 
 
+def cmd_consistency(args: argparse.Namespace) -> int:
+    from featurestore.consistency import check_consistency
+    from featurestore.repo import load_repo
+
+    report = check_consistency(load_repo(args.repo), args.view, args.sample, args.seed)
+    print(report.summary())
+    for mismatch in report.mismatches:
+        print(mismatch.line())
+    return 1 if report.mismatches else 0
+
+
 def _port(flag: int | None, configured: object) -> int:
     port = flag if flag is not None else int(str(configured))
     if not 0 <= port <= 65535:
@@ -373,6 +394,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "backfill": cmd_backfill,
     "serve-stream": cmd_serve_stream,
     "verify": cmd_verify,
+    "consistency": cmd_consistency,
     "train": cmd_train,
     "registry": lambda a: _registry(a),
 }
