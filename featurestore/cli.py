@@ -314,16 +314,14 @@ def _port(flag: int | None, configured: object) -> int:
     return port
 
 
-def _compact_every(value: object) -> float | None:
-    """``mlfs.flink.compact_every_s``: seconds between offline compactions (0: never)."""
-    from featurestore.stream.service import StreamOptions
-
+def _every(name: str, value: object, default: float) -> float | None:
+    """An ``mlfs.flink`` interval ``name`` in seconds (0: never, None)."""
     if value is None:
-        return StreamOptions.compact_every_s
+        return default
     try:
         seconds = float(str(value))
     except ValueError:
-        raise MLFSError(f"mlfs.flink.compact_every_s must be a number of seconds, got {value!r}") from None
+        raise MLFSError(f"{name} must be a number of seconds, got {value!r}") from None
     return seconds or None
 
 
@@ -358,8 +356,10 @@ def cmd_serve_stream(args: argparse.Namespace) -> int:
         duration_s=args.duration,
         parallelism=args.parallelism or int(flink.get("parallelism", 2)),
         poll_ms=int(flink.get("poll_interval_ms", 1000)),
-        compact_every_s=_compact_every(flink.get("compact_every_s")),
+        compact_every_s=_every("mlfs.flink.compact_every_s", flink.get("compact_every_s"), 300.0),
         compact_min_files=flink.get("compact_min_files", StreamOptions.compact_min_files),
+        consistency_every_s=_every("mlfs.flink.consistency_every_s", flink.get("consistency_every_s"), 300.0),
+        consistency_sample=_whole("mlfs.flink.consistency_sample", flink.get("consistency_sample", 20)),
         fresh=args.fresh,
         metrics_port=None if args.no_metrics else _port(args.metrics_port, flink.get("metrics_port", 9464)),
         flink_config={str(k): str(v) for k, v in (flink.get("config") or {}).items()},

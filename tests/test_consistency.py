@@ -82,3 +82,27 @@ def test_planted_faults_are_found_with_their_causes(
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"{view.name}: {report.sampled} key(s) sampled, {len(causes)} mismatch(es)")
     assert "  u0001: value differs (amount_sum_7d: online " in "\n".join(out)
+
+
+def test_serve_stream_samples_the_same_figure_for_its_metrics(backfilled: Path) -> None:
+    """``serve-stream``'s sampler: each view's mismatch ratio, on a new seed each round, exported
+    as ``mlfs_consistency_mismatch_ratio``."""
+    from featurestore.stream.metrics import JobHealth, prometheus_text
+    from featurestore.stream.service import ConsistencySampler
+
+    repo = load_repo(backfilled)
+    views = [repo.views[name] for name in VIEWS]
+    sampler = ConsistencySampler(repo, views, sample=1000)
+    sampler.sample_views()
+    assert sampler.ratios == dict.fromkeys(VIEWS, 0.0)
+
+    view = repo.views["merchant_amount_1h"]
+    offline = ParquetOfflineStore(repo.settings.offline_path)
+    last = offline.partitions(view.name)[-1]  # where the merchants' latest rows are
+    shutil.rmtree(offline.view_path(view.name) / f"{PARTITION_PREFIX}{last.isoformat()}")
+    sampler.sample_views()
+    assert sampler.rounds == 2 and 0 < sampler.ratios["merchant_amount_1h"] <= 1
+    text = prometheus_text([], JobHealth("RUNNING", consistency=sampler.ratios))
+    ratio = sampler.ratios["merchant_amount_1h"]
+    assert f'mlfs_consistency_mismatch_ratio{{view="merchant_amount_1h"}} {ratio:.4f}' in text.splitlines()
+    assert 'mlfs_consistency_mismatch_ratio{view="user_payment_stats_7d"} 0.0000' in text.splitlines()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -60,6 +60,7 @@ class JobHealth:
 
     state: str = "CREATED"
     restarts: int = 0
+    consistency: dict[str, float] = field(default_factory=dict)  # view -> sampled mismatch ratio
 
     @property
     def running(self) -> bool:
@@ -108,6 +109,12 @@ def prometheus_text(metrics: list[ViewMetrics], job: JobHealth | None = None) ->
             "# HELP mlfs_job_restarts_total Restarts of the job from its last checkpoint after a failure.",
             "# TYPE mlfs_job_restarts_total counter",
             f"mlfs_job_restarts_total {job.restarts}",
+            "# HELP mlfs_consistency_mismatch_ratio Sampled keys whose online row differs from offline.",
+            "# TYPE mlfs_consistency_mismatch_ratio gauge",
+            *(
+                f'mlfs_consistency_mismatch_ratio{{view="{v}"}} {r:.4f}'
+                for v, r in sorted(job.consistency.items())
+            ),
         ]
     for name, help_text, count in _COUNTERS:
         lines += [f"# HELP mlfs_{name}_total {help_text}.", f"# TYPE mlfs_{name}_total counter"]

@@ -53,6 +53,8 @@ class StreamOptions:
     report_every_s: float = 5.0
     compact_every_s: float | None = 300.0  # how often the offline store's streamed files are merged
     compact_min_files: int = COMPACT_MIN_FILES  # merge a partition's files once it has this many
+    consistency_every_s: float | None = 300.0  # how often online = offline is sampled (None: never)
+    consistency_sample: int = 20  # keys per view per sample
     metrics_port: int | None = 9464  # None: no Prometheus endpoint
     max_restarts: int = 10  # restarts after failures before the job fails (and serve-stream with it)
     restart_delay_s: float = 5.0  # between a failure and the restart
@@ -351,6 +353,7 @@ def serve_stream(
         last_report = started
         offline_views = [v for v in views if v.offline]
         compactor = Compactor(settings.offline_path, offline_views, options.compact_min_files, report)
+        sampler = ConsistencySampler(repo, [v for v in offline_views if v.online], options.consistency_sample)
         failures = JobFailures(rest, str(client.get_job_id()))
         while not stop.requested and (
             options.duration_s is None or time.monotonic() - started < options.duration_s
@@ -359,6 +362,9 @@ def serve_stream(
             job.beat()
             if options.compact_every_s is not None:
                 compactor.run_every(options.compact_every_s)
+            if options.consistency_every_s is not None:
+                sampler.run_every(options.consistency_every_s)
+                health.consistency = dict(sampler.ratios)
             status = job_status(client)
             health.state = status
             if status in ("FAILED", "CANCELED", "FINISHED"):
@@ -479,6 +485,44 @@ class JobGraph:
             self.lineage,
         )
         return ViewJob(view.plan, self._outcomes(view), rows, f"prepared_{view.name}", sides)
+
+
+class ConsistencySampler:
+    """Samples online = offline (``featurestore.consistency``) for each view now and then, in a
+    thread of its own; ``ratios`` holds each view's latest mismatch ratio (a view without offline
+    rows yet has none)."""
+
+    def __init__(self, repo: FeatureRepo, views: list[StreamFeatureView], sample: int) -> None:
+        self.repo, self.views, self.sample = repo, views, sample
+        self.ratios: dict[str, float] = {}
+        self.last: float | None = None
+        self.thread: threading.Thread | None = None
+        self.rounds = 0  # a new seed each time: over time every key is looked at
+
+    def run_every(self, seconds: float) -> None:
+        """Start a round if ``seconds`` have passed since the last one started and it ended."""
+        busy = self.thread is not None and self.thread.is_alive()
+        if busy or (self.last is not None and time.monotonic() - self.last < seconds):
+            return
+        self.last = time.monotonic()
+        self.thread = threading.Thread(target=self.sample_views, name="mlfs-consistency", daemon=True)
+        self.thread.start()
+
+    def sample_views(self) -> None:
+        from featurestore.config import feast_store
+        from featurestore.consistency import check_consistency
+
+        self.rounds += 1
+        try:
+            store = feast_store(self.repo.settings)
+            for view in self.views:
+                try:
+                    report = check_consistency(self.repo, view.name, self.sample, self.rounds, store)
+                except MLFSError:  # no offline rows yet
+                    continue
+                self.ratios[view.name] = report.rate
+        except Exception:  # a store away: the job's own restarts report it; the next round tries again
+            return
 
 
 class Compactor:
