@@ -692,7 +692,10 @@ def job_status(client: Any) -> str:
     """The job's status; ``FAILED`` once the cluster no longer knows it (a local mini-cluster lets a
     failed job go)."""
     try:
-        return str(client.get_job_status().result())
+        status = client.get_job_status().result()
+        return str(
+            getattr(status, "name", status)
+        )  # PyFlink's JobStatus enum: RUNNING, not JobStatus.RUNNING
     except Exception:  # py4j wraps the Java failure
         return "FAILED"
 
