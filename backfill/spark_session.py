@@ -12,15 +12,19 @@ DEFAULT_MASTER = "local[*]"
 
 
 def spark_session(master: str | None = None, app_name: str = "mlfs-backfill") -> Any:
-    """A Spark session on ``master`` (default ``local[*]``), UTC, with this interpreter on workers."""
+    """A Spark session on ``master`` (default: spark-submit's master when run under it, else
+    ``local[*]``), UTC, with this interpreter on workers."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
+    builder = SparkSession.builder
+    # Under spark-submit (a SparkApplication, a spark-submit Job) the master is spark-submit's.
+    if master is not None or not os.environ.get("PYSPARK_GATEWAY_PORT"):
+        builder = builder.master(master or DEFAULT_MASTER)
     builder = (
-        SparkSession.builder.master(master or DEFAULT_MASTER)
-        .appName(app_name)
+        builder.appName(app_name)
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")

@@ -112,6 +112,50 @@ def _read_config(config_file: Path) -> Any:
     return _parse(config_file, os.path.expandvars(text)) or {}
 
 
+# Every key of feature_store.yaml's ``mlfs:`` section (a section maps to its keys); an unknown key is
+# refused at once, so a misspelt setting is not silently ignored.
+MLFS_KEYS: dict[str, Any] = {
+    "offline_path": None,
+    "dead_letter_path": None,
+    "work_path": None,
+    "repo_id": None,
+    "backfill": {"engine": None, "chunk_rows": None},
+    "spark": {"master": None},
+    "flink": {
+        "master": None,
+        "parallelism": None,
+        "checkpoint_interval_s": None,
+        "poll_interval_ms": None,
+        "compact_every_s": None,
+        "compact_min_files": None,
+        "consistency_every_s": None,
+        "consistency_sample": None,
+        "metrics_port": None,
+        "max_restarts": None,
+        "restart_delay_s": None,
+        "jars": None,
+        "config": "any",  # Flink's own configuration entries
+    },
+}
+
+
+def unknown_mlfs_key(
+    section: dict[str, Any], known: dict[str, Any] = MLFS_KEYS, where: str = "mlfs"
+) -> str | None:
+    """The first key of ``section`` (``feature_store.yaml``'s ``mlfs:``) that MLFS does not read, as
+    a dotted name with the known ones, or None."""
+    for key, value in section.items():
+        if key not in known:
+            return f"{where}.{key} (known: {', '.join(sorted(known))})"
+        if isinstance(known[key], dict):
+            if not isinstance(value, dict):
+                return f"{where}.{key} must be a mapping"
+            found = unknown_mlfs_key(value, known[key], f"{where}.{key}")
+            if found:
+                return found
+    return None
+
+
 def load_settings(repo_path: str | Path) -> RepoSettings:
     """Read ``feature_store.yaml`` in ``repo_path`` (``ConfigError`` with the reason if unusable)."""
     repo = Path(repo_path).resolve()
@@ -143,6 +187,9 @@ def load_settings(repo_path: str | Path) -> RepoSettings:
     mlfs = raw.get("mlfs") or {}
     if not isinstance(mlfs, dict):
         raise ConfigError(f"{config_file}: the 'mlfs' section must be a mapping")
+    unknown = unknown_mlfs_key(mlfs)
+    if unknown:
+        raise ConfigError(f"{config_file}: unknown setting {unknown}")
     return RepoSettings(
         repo_path=repo,
         project=raw["project"],

@@ -6,14 +6,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${1:-.venv/kafka-jars}
+python=${PYTHON:-.venv/bin/python}  # the image build (deploy/image) runs it with the system's
 package=shigawire-apache-flink-libraries==2.0.0.post1
 mkdir -p "$dir"
 if [ ! -s "$dir/flink-connector-kafka.jar" ] || [ ! -s "$dir/kafka-clients.jar" ]; then
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
-  .venv/bin/pip download -q --disable-pip-version-check --no-deps -d "$tmp" "$package" 2>&1 \
+  "$python" -m pip download -q --disable-pip-version-check --no-deps -d "$tmp" "$package" 2>&1 \
     | grep -v "WARNING: Location" || true
-  .venv/bin/python - "$tmp" "$dir" <<'PY'
+  "$python" - "$tmp" "$dir" <<'PY'
 import sys, zipfile
 from pathlib import Path
 

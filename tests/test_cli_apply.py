@@ -223,6 +223,20 @@ def test_bad_stream_settings_are_one_line(
     assert err.strip().splitlines() == [f"mlfs: error: mlfs.flink.{message}"]
 
 
+@pytest.mark.parametrize("command", [["apply"], ["backfill"], ["serve-stream", "--for", "1"]])
+def test_a_misspelt_setting_is_refused_naming_it(
+    repo: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    config = repo / "feature_store.yaml"
+    config.write_text(config.read_text().replace("mlfs:\n", "mlfs:\n  flink:\n    compact_evry_s: 5\n", 1))
+    capsys.readouterr()
+    code, _, err = run(capsys, *command, "--repo", str(repo))
+    assert code == 1
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"mlfs: error: {config}: unknown setting mlfs.flink.compact_evry_s (known: ")
+    assert "compact_every_s" in line
+
+
 COMPOUND_VIEW = """
 
 @stream_feature_view(
