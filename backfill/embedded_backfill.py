@@ -77,8 +77,7 @@ def backfill_view(job: ViewBackfill) -> ViewReport:
             streamed_rows = _chunk_rows(con, view, whole, reach, source)
         day_counts = dict(stream.day_rows)
     else:
-        with stream.registered(con) as source:
-            con.execute(f"CREATE TABLE prepared AS SELECT * FROM {source}")
+        stream.store(con)
         day_counts = dict(con.sql(f"SELECT {TS} // {DAY_MS}, count(*) FROM prepared GROUP BY 1").fetchall())
     counts, letters, sources = stream.counts, stream.letters, stream.source_counts
     if not manifest.prepared:

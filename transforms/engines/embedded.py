@@ -117,8 +117,7 @@ def load_prepared(
     """Stage 1 over raw event batches into ``con``'s table ``prepared`` (``PreparedStream``);
     returns the counts and the dead letters."""
     stream = PreparedStream(plan, view, batches, end_ms, tick, joins, whole_rows)
-    with stream.registered(con) as rows:
-        con.execute(f"CREATE TABLE prepared AS SELECT * FROM {rows}")
+    stream.store(con)
     if source_counts is not None:
         source_counts.update(stream.source_counts)
     return stream.counts, stream.letters
@@ -127,10 +126,10 @@ def load_prepared(
 def streamed_features(con: Any, plan: TransformPlan, stream: PreparedStream) -> pa.Table:
     """The window kernel over stage 1's rows: read as they are made where the kernel reads them
     once (``reads_once``), else stored first as table ``prepared``."""
+    if not reads_once(plan):
+        stream.store(con)
+        return feature_rows(con, plan, PreparedStream.TABLE)
     with stream.registered(con) as source:
-        if not reads_once(plan):
-            con.execute(f"CREATE TABLE prepared AS SELECT * FROM {source}")
-            source = "prepared"
         table: pa.Table = feature_rows(con, plan, source)
     return table
 
@@ -145,6 +144,7 @@ class PreparedStream:
     (``transforms.stage1.prepare_batches``)."""
 
     NAME = "_mlfs_rows"
+    TABLE = "prepared"  # where ``store`` puts the rows
 
     def __init__(
         self,
@@ -199,6 +199,11 @@ class PreparedStream:
             con.unregister(self.NAME)
         if not self.read:  # the counts and dead letters would be short
             raise RuntimeError("stage 1's rows were not read to their end")
+
+    def store(self, con: Any) -> None:
+        """Read the stream into ``con``'s table ``prepared`` (``TABLE``)."""
+        with self.registered(con) as rows:
+            con.execute(f"CREATE TABLE {self.TABLE} AS SELECT * FROM {rows}")
 
     def _prepared(self) -> Iterator[tuple[int, list[pa.RecordBatch]]]:
         if self.stage is not None:
