@@ -347,6 +347,7 @@ def cmd_serve_stream(args: argparse.Namespace) -> int:
     from featurestore.stream.service import StreamOptions, connector_jars, serve_stream
 
     repo = load_repo(args.repo)
+    _engine_logs(repo)
     flink = repo.settings.mlfs.get("flink") or {}
     options = StreamOptions(
         views=list(args.views),

@@ -45,18 +45,36 @@ def test_the_quickstart_prints_only_its_own_lines(tmp_path: Path) -> None:
     assert "engine log:" not in output  # the embedded engine starts no JVM
 
 
-def test_spark_logs_go_to_the_file_the_backfill_names_and_to_the_terminal_with_v(tmp_path: Path) -> None:
+def test_spark_logs_go_to_the_file_the_backfill_names(tmp_path: Path) -> None:
     run([MLFS, "init", "repo", "--as-of", AS_OF.isoformat(), "--events", "300"], tmp_path)
     repo = tmp_path / "repo"
     run([MLFS, "apply"], repo)
-    backfill = ["backfill", "merchant_amount_1h", "--engine", "spark"]
-    output = run([MLFS, *backfill], repo)
+    output = run([MLFS, "backfill", "merchant_amount_1h", "--engine", "spark"], repo)
     assert not noise(output), "\n".join(noise(output))
     (named,) = re.findall(r"^engine log: (.+)$", output, re.MULTILINE)
     log = Path(named)
     assert log.parent == repo / "data" / "work" / "logs" and "log4j" in log.read_text()
 
-    loud = subprocess.run([MLFS, "-v", *backfill], cwd=repo, capture_output=True, text=True, timeout=600)
-    assert loud.returncode == 0, loud.stderr
-    assert "log4j" in loud.stderr and "engine log:" not in loud.stdout
-    assert sorted((repo / "data" / "work" / "logs").iterdir()) == [log]  # -v wrote no new log
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_process_started_while_jvm_output_holds_writes_to_the_log_or_with_v_here(
+    tmp_path: Path, verbose: bool, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``mlfs -v`` changes: the JVM's output (here a child process's) stays on the terminal."""
+    from transforms import enginelogs
+
+    monkeypatch.setenv(enginelogs.LOG_DIR_ENV, str(tmp_path / "logs"))
+    if verbose:
+        monkeypatch.setenv(enginelogs.VERBOSE_ENV, "1")
+    with enginelogs.jvm_output("spark") as log:
+        child = subprocess.Popen(["sh", "-c", "sleep 0.2; echo from the engine; echo on stderr >&2"])
+    print("from mlfs")
+    child.wait()
+    out, err = capfd.readouterr()
+    assert "from mlfs" in out
+    if verbose:
+        assert log is None and "from the engine" in out and "on stderr" in err
+        assert not (tmp_path / "logs").exists()
+    else:
+        assert log is not None and log.read_text() == "from the engine\non stderr\n"
+        assert "engine" not in out + err and log in enginelogs.written()

@@ -90,7 +90,7 @@ def _kill_after_two_chunks(repo: Path, engine: str) -> int:
     """Start a backfill of ``repo`` and kill -9 it once two chunks are recorded; its exit status."""
     work = repo / "data" / "work" / "backfill" / VIEW
     proc = subprocess.Popen(
-        [MLFS, *backfill_args(repo, "--chunk-days", "3", engine=engine)],
+        [MLFS, *backfill_args(repo, "--chunk-days", "7", engine=engine)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group: the Spark JVM dies with it
@@ -123,7 +123,7 @@ def test_killed_backfill_resumes_to_identical_output(
     work = killed / "data" / "work" / "backfill" / VIEW
 
     capsys.readouterr()
-    args = backfill_args(killed, "--chunk-days", "3", engine=engine)
+    args = backfill_args(killed, "--chunk-days", "7", engine=engine)
     resumed = [a for a in args if a not in ("--end", AS_OF.isoformat())]
     assert main(resumed) == 0  # without --end: the interrupted run's end is kept
     out = capsys.readouterr().out
@@ -143,7 +143,7 @@ def test_overlapping_ranges_leave_exactly_the_reference_rows(
     first = (AS_OF - timedelta(days=20), AS_OF - timedelta(days=8))
     second = (AS_OF - timedelta(days=12), AS_OF - timedelta(days=1))
     for start, end in (first, second):
-        args = ["backfill", "--start", start.isoformat(), "--end", end.isoformat(), "--chunk-days", "3"]
+        args = ["backfill", "--start", start.isoformat(), "--end", end.isoformat(), "--chunk-days", "5"]
         args += ["--engine", engine]
         assert main([*args, "--repo", str(repo_path)]) == 0
     repo = load_repo(repo_path)

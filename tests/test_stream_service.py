@@ -217,7 +217,11 @@ def test_stream_to_redis_and_offline_equals_reference(tmp_path: Path) -> None:
         wait_for(lambda: seen(len(first) + len(second)), 120, "the second file")
         drop_file(stream_dir, "c.jsonl", third)
         wait_for(lambda: seen(len(first) + len(second) + len(third)), 120, "the third file")
-        stop_when_quiet(job, status_dir, [name for name, _ in VIEWS])
+        output = stop_when_quiet(job, status_dir, [name for name, _ in VIEWS])
+        # Flink's own log goes to the file the command names, under the work path, not to its output.
+        (named,) = [line.split(": ", 1)[1] for line in output.splitlines() if line.startswith("engine log: ")]
+        assert Path(named).parent == repo.settings.work_path / "logs" and " INFO " in Path(named).read_text()
+        assert not [line for line in output.splitlines() if " INFO " in line or " WARN " in line]
         stopped = view_status(repo.settings, "user_payment_stats_7d")
         assert stopped["stream"]["state"] == "stopped" and stopped["stream"]["job_id"]
         assert stopped["last_online_write"] and stopped["dead_letters"]["stream"] == 3  # 2 bad, 1 late

@@ -10,6 +10,7 @@ A JVM started while ``jvm_output`` holds writes to the log for the whole of its 
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -66,3 +67,23 @@ def jvm_output(engine: str) -> Iterator[Path | None]:
         for fd in (log, *saved):
             os.close(fd)
     _written.append(path)
+
+
+def flink_logs() -> None:
+    """Before PyFlink starts its JVM (the gateway, and a local mini-cluster in it): its log file
+    (``FLINK_LOG_DIR``, named by ``FLINK_IDENT_STRING``) goes under ``log_dir``, not into the
+    PyFlink package's own folder. Nothing where the JVM runs already or the terminal is asked for."""
+    directory = log_dir()
+    if directory is None:
+        return
+    from pyflink import java_gateway
+
+    if getattr(java_gateway, "_gateway", None) is not None:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    ident = f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    os.environ["FLINK_LOG_DIR"] = str(directory)
+    os.environ["FLINK_IDENT_STRING"] = ident
+    path = directory / f"flink-{ident}-python-{socket.gethostname()}.log"
+    if path not in _written:
+        _written.append(path)

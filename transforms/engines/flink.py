@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
+from transforms.enginelogs import flink_logs
 from transforms.engines.base import Engine, EngineResult
 from transforms.engines.flink_jar import mlfs_jar
 from transforms.engines.flink_joins import (
@@ -236,6 +237,7 @@ def flink_environment(
     from pyflink.common import Configuration
     from pyflink.datastream import StreamExecutionEnvironment
 
+    flink_logs()  # before the JVM starts
     config = Configuration()
     config.set_string("python.executable", sys.executable)
     config.set_string("python.client.executable", sys.executable)
