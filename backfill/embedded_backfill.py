@@ -47,7 +47,7 @@ from transforms.engines.embedded import PreparedStream
 from transforms.events import DeadLetter, EventCounts
 from transforms.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 from transforms.stage1 import TS
-from transforms.timeutil import DAY_MS, datetime_to_ms, ms_to_datetime
+from transforms.timeutil import DAY_MS, MIN_TIME_MS, datetime_to_ms, ms_to_datetime
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +72,14 @@ def backfill_view(job: ViewBackfill) -> ViewReport:
     streamed = reads_once(plan) and _at_most_one_row_each(view) and job.events_at_most(job.chunk_rows)
     reach = lookback_ms(view)
     if streamed:
-        whole = Chunk(-1, job.start or ms_to_datetime(0), end)
+        whole = Chunk(-1, job.start or ms_to_datetime(MIN_TIME_MS), end)
         with stream.registered(con) as source:
             streamed_rows = _chunk_rows(con, view, whole, reach, source)
         day_counts = dict(stream.day_rows)
     else:
         stream.store(con)
-        day_counts = dict(con.sql(f"SELECT {TS} // {DAY_MS}, count(*) FROM prepared GROUP BY 1").fetchall())
+        days = f"SELECT {TS} // {DAY_MS}, count(*) FROM {PreparedStream.TABLE} GROUP BY 1"
+        day_counts = dict(con.sql(days).fetchall())
     counts, letters, sources = stream.counts, stream.letters, stream.source_counts
     if not manifest.prepared:
         write_dead_letters(job.dead_letter_file(end), letters)
@@ -137,7 +138,7 @@ def _sql_text(text: str) -> str:
 
 
 def _chunk_rows(
-    con: Any, view: StreamFeatureView, chunk: Chunk, reach: int | None, rows: str = "prepared"
+    con: Any, view: StreamFeatureView, chunk: Chunk, reach: int | None, rows: str = PreparedStream.TABLE
 ) -> pa.Table:
     """The chunk's feature rows, computed from the rows of table ``rows`` its values depend on."""
     c0, c1 = datetime_to_ms(chunk.start), datetime_to_ms(chunk.end)

@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-v",
         "--verbose",
         action="store_true",
-        help="show the engines' own logs (Spark's, Flink's) here, not only in <work>/logs",
+        help="show the engines' own logs (Spark's and Flink's warnings) here instead of in <work>/logs",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -159,6 +159,7 @@ LONGEST_FIRST = (
     "test_stream_service",
     "test_hostile_history",
     "test_flink_cluster",
+    "test_quiet_output",
     "test_flink_conformance",
     "test_training",
     "test_inference_engines",

@@ -4,6 +4,7 @@ the command names, or to the terminal with ``mlfs -v``."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -78,3 +79,27 @@ def test_a_process_started_while_jvm_output_holds_writes_to_the_log_or_with_v_he
     else:
         assert log is not None and log.read_text() == "from the engine\non stderr\n"
         assert "engine" not in out + err and log in enginelogs.written()
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_flinks_log_goes_under_the_work_path_or_with_v_to_the_terminal(tmp_path: Path, verbose: bool) -> None:
+    """What PyFlink's JVM is told before it starts (in a process of its own: a JVM starts once)."""
+    env = {
+        **os.environ,
+        "MLFS_ENGINE_LOG_DIR": str(tmp_path / "logs"),
+        "MLFS_VERBOSE": "1" if verbose else "",
+    }
+    for name in ("FLINK_LOG_DIR", "FLINK_IDENT_STRING", "LOG4J_PROPERTIES"):
+        env.pop(name, None)
+    script = (
+        "import os; from transforms import enginelogs; enginelogs.flink_logs(); "
+        "print(os.environ.get('FLINK_LOG_DIR')); print(os.environ.get('LOG4J_PROPERTIES')); "
+        "print(*enginelogs.written())"
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    log_dir, log4j, written = done.stdout.splitlines()
+    if verbose:
+        assert log_dir == "None" and "CONSOLE" in Path(log4j).read_text() and not written
+    else:
+        assert log_dir == str(tmp_path / "logs") and log4j == "None"
+        assert Path(written).parent == tmp_path / "logs" and Path(written).name.startswith("flink-")

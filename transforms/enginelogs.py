@@ -1,6 +1,6 @@
 """Where the engines' own output goes: the JVMs of Spark and Flink (and the Python workers they
 start) log to a file under the repository's work path, so a command prints only MLFS's lines;
-``mlfs -v`` leaves that output on the terminal.
+``mlfs -v`` puts their warnings on the terminal instead.
 
 The ``mlfs`` command says where (``MLFS_ENGINE_LOG_DIR``, set from the repository's settings, or
 ``MLFS_VERBOSE``); a library caller that sets neither keeps the engines' output on its terminal.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -69,16 +70,32 @@ def jvm_output(engine: str) -> Iterator[Path | None]:
     _written.append(path)
 
 
+_FLINK_CONSOLE = """rootLogger.level = WARN
+rootLogger.appenderRef.console.ref = ConsoleAppender
+appender.console.name = ConsoleAppender
+appender.console.type = CONSOLE
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{yyyy-MM-dd HH:mm:ss,SSS} %-5p %-60c %x - %m%n
+"""
+
+
 def flink_logs() -> None:
     """Before PyFlink starts its JVM (the gateway, and a local mini-cluster in it): its log file
     (``FLINK_LOG_DIR``, named by ``FLINK_IDENT_STRING``) goes under ``log_dir``, not into the
-    PyFlink package's own folder. Nothing where the JVM runs already or the terminal is asked for."""
-    directory = log_dir()
-    if directory is None:
-        return
+    PyFlink package's own folder; with ``mlfs -v`` its warnings go to the terminal instead
+    (``LOG4J_PROPERTIES``: a console configuration). Nothing where the JVM runs already."""
     from pyflink import java_gateway
 
     if getattr(java_gateway, "_gateway", None) is not None:
+        return
+    if verbose():
+        handle, name = tempfile.mkstemp(prefix="mlfs-flink-log4j-", suffix=".properties")
+        with os.fdopen(handle, "w") as file:
+            file.write(_FLINK_CONSOLE)
+        os.environ["LOG4J_PROPERTIES"] = name
+        return
+    directory = log_dir()
+    if directory is None:
         return
     directory.mkdir(parents=True, exist_ok=True)
     ident = f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
