@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from transforms.enginelogs import jvm_output, verbose
+from transforms.py4j_errors import share_py4j_errors
 
 DEFAULT_MASTER = "local[*]"
 
@@ -35,10 +36,11 @@ def spark_session(master: str | None = None, app_name: str = "mlfs-backfill") ->
     )
     if SparkContext._active_spark_context is not None:  # the JVM runs: its output goes where it went
         session = builder.getOrCreate()
-        return session
-    with jvm_output("spark") as log:
-        session = builder.getOrCreate()
-        # Warnings and errors, where they go: the log file, or the terminal of `mlfs -v`; a library
-        # caller's terminal gets errors only.
-        session.sparkContext.setLogLevel("WARN" if log is not None or verbose() else "ERROR")
+    else:
+        with jvm_output("spark") as log:
+            session = builder.getOrCreate()
+            # Warnings and errors, where they go: the log file, or the terminal of `mlfs -v`; a library
+            # caller's terminal gets errors only.
+            session.sparkContext.setLogLevel("WARN" if log is not None or verbose() else "ERROR")
+    share_py4j_errors()
     return session

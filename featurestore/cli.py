@@ -428,8 +428,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     finally:
-        for path in enginelogs.written()[logs_before:]:  # the engines' own logs, where they went
-            print(f"engine log: {path}", file=sys.stdout if code == 0 else sys.stderr)
+        if code == 0:  # the engines' own logs, where they went (beside the output; errors stay one line)
+            for path in enginelogs.written()[logs_before:]:
+                print(f"engine log: {path}", file=sys.stderr)
         for name, value in environment.items():
             if value is None:
                 os.environ.pop(name, None)

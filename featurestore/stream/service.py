@@ -369,6 +369,7 @@ def serve_stream(
             health.state = status
             if status in ("FAILED", "CANCELED", "FINISHED"):
                 job.write(state=status.lower())
+                sampler.wait()
                 raise MLFSError(f"the streaming job stopped ({status}){job_failure(client)}")
             for cause in failures.new():
                 health.restarts = failures.seen
@@ -387,6 +388,7 @@ def serve_stream(
         job.write(state="stopping")
         health.state = "STOPPING"
         compactor.wait()
+        sampler.wait()
         savepoint = _stop_with_savepoint(client, checkpoint_dir / "savepoints", job)
         remember_lineage(checkpoint_dir, lineage_key(savepoint), lineage)
         remember_shape(checkpoint_dir, lineage_key(savepoint), shape)
@@ -495,18 +497,23 @@ class ConsistencySampler:
     def __init__(self, repo: FeatureRepo, views: list[StreamFeatureView], sample: int) -> None:
         self.repo, self.views, self.sample = repo, views, sample
         self.ratios: dict[str, float] = {}
-        self.last: float | None = None
+        self.last = time.monotonic()  # the first round waits an interval: the job has rows by then
         self.thread: threading.Thread | None = None
         self.rounds = 0  # a new seed each time: over time every key is looked at
 
     def run_every(self, seconds: float) -> None:
         """Start a round if ``seconds`` have passed since the last one started and it ended."""
-        busy = self.thread is not None and self.thread.is_alive()
-        if busy or (self.last is not None and time.monotonic() - self.last < seconds):
+        if time.monotonic() - self.last < seconds or (self.thread is not None and self.thread.is_alive()):
             return
         self.last = time.monotonic()
         self.thread = threading.Thread(target=self.sample_views, name="mlfs-consistency", daemon=True)
         self.thread.start()
+
+    def wait(self) -> None:
+        """Until a round under way has ended (a thread inside DuckDB or Arrow must not be cut off
+        when the process exits: that aborts it)."""
+        if self.thread is not None:
+            self.thread.join()
 
     def sample_views(self) -> None:
         from featurestore.config import feast_store

@@ -68,6 +68,7 @@ from transforms.events import DeadLetter, EventCounts, Lateness, event_text
 from transforms.joining import JoinInputs, lookup_row, lookup_rows, source_lateness
 from transforms.joins import Lookup
 from transforms.plan import EVENT_TIMESTAMP, FeatureContext, TransformPlan
+from transforms.py4j_errors import share_py4j_errors
 from transforms.usercode import import_root, plan_functions, user_module
 
 
@@ -239,6 +240,7 @@ def flink_environment(
 
     flink_logs()  # before the JVM starts
     config = Configuration()
+    share_py4j_errors()  # after: Spark's error converter must not see Flink's errors, nor Flink's Spark's
     config.set_string("python.executable", sys.executable)
     config.set_string("python.client.executable", sys.executable)
     config.set_string("table.local-time-zone", "UTC")
