@@ -489,24 +489,23 @@ class JobGraph:
         return ViewJob(view.plan, self._outcomes(view), rows, f"prepared_{view.name}", sides)
 
 
-class ConsistencySampler:
-    """Samples online = offline (``featurestore.consistency``) for each view now and then, in a
-    thread of its own; ``ratios`` holds each view's latest mismatch ratio (a view without offline
-    rows yet has none)."""
+class _Periodic:
+    """Work done now and then on a thread of its own (the job's heartbeat must go on meanwhile):
+    ``run_every`` starts ``work`` once ``seconds`` have passed since it last started and it ended."""
 
-    def __init__(self, repo: FeatureRepo, views: list[StreamFeatureView], sample: int) -> None:
-        self.repo, self.views, self.sample = repo, views, sample
-        self.ratios: dict[str, float] = {}
-        self.last = time.monotonic()  # the first round waits an interval: the job has rows by then
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.last = time.monotonic()  # the first round waits an interval
         self.thread: threading.Thread | None = None
-        self.rounds = 0  # a new seed each time: over time every key is looked at
+
+    def work(self) -> None:
+        raise NotImplementedError
 
     def run_every(self, seconds: float) -> None:
-        """Start a round if ``seconds`` have passed since the last one started and it ended."""
         if time.monotonic() - self.last < seconds or (self.thread is not None and self.thread.is_alive()):
             return
         self.last = time.monotonic()
-        self.thread = threading.Thread(target=self.sample_views, name="mlfs-consistency", daemon=True)
+        self.thread = threading.Thread(target=self.work, name=self.name, daemon=True)
         self.thread.start()
 
     def wait(self) -> None:
@@ -514,6 +513,21 @@ class ConsistencySampler:
         when the process exits: that aborts it)."""
         if self.thread is not None:
             self.thread.join()
+
+
+class ConsistencySampler(_Periodic):
+    """Samples online = offline (``featurestore.consistency``) for each view now and then, in a
+    thread of its own; ``ratios`` holds each view's latest mismatch ratio (a view without offline
+    rows yet has none)."""
+
+    def __init__(self, repo: FeatureRepo, views: list[StreamFeatureView], sample: int) -> None:
+        super().__init__("mlfs-consistency")
+        self.repo, self.views, self.sample = repo, views, sample
+        self.ratios: dict[str, float] = {}
+        self.rounds = 0  # a new seed each time: over time every key is looked at
+
+    def work(self) -> None:
+        self.sample_views()
 
     def sample_views(self) -> None:
         from featurestore.config import feast_store
@@ -532,7 +546,7 @@ class ConsistencySampler:
             return
 
 
-class Compactor:
+class Compactor(_Periodic):
     """Merges the views' streamed offline files now and then, in a thread of its own (a merge of a
     large partition takes a while; the job's heartbeat must go on)."""
 
@@ -543,20 +557,14 @@ class Compactor:
         min_files: int,
         report: Callable[[str], None],
     ) -> None:
+        super().__init__("mlfs-compact")
         self.store = ParquetOfflineStore(offline_path)
         self.views = views
         self.min_files = min_files
         self.report = report
-        self.last = time.monotonic()
-        self.thread: threading.Thread | None = None
 
-    def run_every(self, seconds: float) -> None:
-        """Start a compaction if ``seconds`` have passed since the last one started and it ended."""
-        if time.monotonic() - self.last < seconds or (self.thread is not None and self.thread.is_alive()):
-            return
-        self.last = time.monotonic()
-        self.thread = threading.Thread(target=self.compact, name="mlfs-compact", daemon=True)
-        self.thread.start()
+    def work(self) -> None:
+        self.compact()
 
     def compact(self) -> None:
         """Compact every view's partitions now, reporting what was merged or removed."""
@@ -575,10 +583,6 @@ class Compactor:
                     f"{view.name}: offline compaction merged {stats.merged} files ({stats.rows:,} rows) "
                     f"into {stats.written}, removed {stats.removed} merged earlier"
                 )
-
-    def wait(self) -> None:
-        if self.thread is not None:
-            self.thread.join()
 
 
 class _StopRequest:
