@@ -146,6 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--sample", type=int, default=100, metavar="N", help="keys to compare (default: 100)"
     )
     consistency.add_argument("--seed", type=int, default=0, help="which keys the sample takes (default: 0)")
+    consistency.add_argument(
+        "--events",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="the source's events in arrival order, for the reference engine "
+        "(default: the view's history files; name the stream's files after them to judge its rows)",
+    )
+    consistency.add_argument(
+        "--no-reference", action="store_true", help="compare the stores only, without the reference engine"
+    )
     _repo_option(consistency)
 
     train = commands.add_parser("train", help="train one model per key over a view's offline rows (Spark)")
@@ -298,10 +309,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_consistency(args: argparse.Namespace) -> int:
     from featurestore.consistency import check_consistency
+    from featurestore.consistency_reference import events_at_hand
     from featurestore.repo import load_repo
 
-    report = check_consistency(load_repo(args.repo), args.view, args.sample, args.seed)
+    repo = load_repo(args.repo)
+    events = args.events
+    if events is None and not args.no_reference:
+        events = events_at_hand(repo, repo.view(args.view))
+    missing = [str(f) for f in events or [] if not f.is_file()]
+    if missing:
+        raise MLFSError(f"no such events file: {', '.join(missing)}")
+    report = check_consistency(
+        repo, args.view, args.sample, args.seed, events=None if args.no_reference else events
+    )
     print(report.summary())
+    if report.reference:
+        print(f"  ({report.reference})")
     for mismatch in report.mismatches:
         print(mismatch.line())
     return 1 if report.mismatches else 0

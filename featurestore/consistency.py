@@ -10,7 +10,14 @@ gets a cause:
   store must hold the latest);
 * ``missing offline partition``: no offline partition holds the online row's day;
 * ``missing offline row``: the partition is there, the row at the online row's time is not;
-* ``value differs``: both rows are there and a feature differs (named, with both values).
+* ``value differs``: both rows are there and a feature differs (named, with both values);
+* ``late event``: the stores differ because the stream left out late events of the key.
+
+With ``events`` (the source's events at hand, ``consistency_reference``), each sampled key is also
+checked against the reference engine: a mismatch whose online value is the reference's without the
+key's late events, where the reference over every event differs, is a ``late event``; two stores
+that agree with each other but not with the reference (over every event, or over the events kept
+on time) are a ``value differs`` too.
 
 Feast reads feature times in whole seconds from the SQLite store, so the offline row "at" an
 online time is the key's newest offline row within that second; timestamp values compare in whole
@@ -23,12 +30,14 @@ import math
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from featurestore.consistency_reference import KeyReference, reference_for_keys, why_not_reference
 from featurestore.offline.parquet import ParquetOfflineStore, arrow_schema
 from featurestore.repo import FeatureRepo
 from featurestore.view import StreamFeatureView
@@ -42,6 +51,7 @@ CAUSES = (
     "missing offline partition",
     "missing offline row",
     "value differs",
+    "late event",
 )
 
 
@@ -61,6 +71,7 @@ class ConsistencyReport:
     view: str
     sampled: int
     mismatches: list[Mismatch] = field(default_factory=list)
+    reference: str = ""  # what the reference engine was run over, or why it was not
 
     @property
     def rate(self) -> float:
@@ -81,10 +92,16 @@ class ConsistencyReport:
 
 
 def check_consistency(
-    repo: FeatureRepo, view_name: str, sample: int = 100, seed: int = 0, store: Any = None
+    repo: FeatureRepo,
+    view_name: str,
+    sample: int = 100,
+    seed: int = 0,
+    store: Any = None,
+    events: list[Path] | None = None,
 ) -> ConsistencyReport:
     """Compare ``sample`` of the view's keys online and offline (see the module docstring);
-    ``store`` is the repository's Feast ``FeatureStore`` (made here when not given)."""
+    ``store`` is the repository's Feast ``FeatureStore`` (made here when not given); with
+    ``events`` (arrival order), each key is also checked against the reference engine over them."""
     if sample < 1:
         raise MLFSError("--sample must be at least 1")
     view = repo.view(view_name)
@@ -103,9 +120,24 @@ def check_consistency(
     online = _online_rows(store or _feast(repo), view, sampled.to_pylist())
     report = ConsistencyReport(view.name, sampled.num_rows)
     days = set(offline.partitions(view.name))
-    for entity in sampled.to_pylist():
+    entities = sampled.to_pylist()
+    wanted = {tuple(entity[k] for k in keys) for entity in entities}
+    references: dict[tuple[Any, ...], KeyReference] = {}
+    if events:
+        why_not = why_not_reference(view)
+        if why_not is None:
+            source = reference_for_keys(view, events, wanted)
+            report.reference = source.describe()
+            references = {
+                k: r for k, r in source.keys.items() if r.every and _judged(online.get(k), source.until)
+            }
+        else:
+            report.reference = f"reference engine not run: {why_not}"
+    for entity in entities:
         key = tuple(entity[k] for k in keys)
         mismatch = _compare(view, key, online.get(key), rows.get(key, []), days)
+        if key in references:
+            mismatch = _against_reference(view, key, online.get(key), references[key], mismatch)
         if mismatch is not None:
             report.mismatches.append(mismatch)
     return report
@@ -180,14 +212,65 @@ def _compare(
     if not within:
         return Mismatch(key, "missing offline row", f"none at {second:%Y-%m-%d %H:%M:%S}")
     row = within[-1]
-    differs = [
-        f"{name}: online {values[name]!r}, offline {row[name]!r}"
-        for name, _ in view.plan.output_features
-        if not _same(values[name], row[name])
-    ]
+    differs = _differences(view, values, row, "offline")
     if differs:
         return Mismatch(key, "value differs", "; ".join(differs))
     return None
+
+
+def _against_reference(
+    view: StreamFeatureView,
+    key: tuple[Any, ...],
+    online: tuple[datetime, dict[str, Any]] | None,
+    reference: KeyReference,
+    mismatch: Mismatch | None,
+) -> Mismatch | None:
+    """``mismatch`` (the stores compared), explained or found by the reference engine's rows."""
+    if online is None:
+        return mismatch
+    second, values = online
+    end = second + timedelta(seconds=1)
+    every, kept = reference.every_before(end), reference.kept_before(end)
+    late = [t for t in reference.late if t < end]
+    if mismatch is not None:
+        if late and _agrees(view, values, kept) and not _agrees(view, values, every):
+            return Mismatch(
+                key,
+                "late event",
+                f"{len(late)} event(s) of the key late on the stream (first at {late[0]:%Y-%m-%d %H:%M:%S}): "
+                "the online value leaves them out, the reference over every event counts them",
+            )
+        return mismatch
+    if _agrees(view, values, every) or _agrees(view, values, kept):
+        return None
+    return Mismatch(
+        key,
+        "value differs",
+        "online and offline agree, the reference engine over the source's events does not: "
+        + "; ".join(_differences(view, values, every)),
+    )
+
+
+def _judged(online: tuple[datetime, dict[str, Any]] | None, until: datetime | None) -> bool:
+    """Whether the events at hand made the online row (it is no later than the newest of them)."""
+    return online is not None and until is not None and online[0] <= until
+
+
+def _agrees(view: StreamFeatureView, values: dict[str, Any], row: dict[str, Any] | None) -> bool:
+    return row is not None and not _differences(view, values, row)
+
+
+def _differences(
+    view: StreamFeatureView, values: dict[str, Any], row: dict[str, Any] | None, other: str = "reference"
+) -> list[str]:
+    """Each feature whose online value differs from ``row``'s (``other``'s), with both values."""
+    if row is None:
+        return [f"the {other} has no row by then"]
+    return [
+        f"{name}: online {values[name]!r}, {other} {row[name]!r}"
+        for name, _ in view.plan.output_features
+        if not _same(values[name], row[name])
+    ]
 
 
 def _same(online: Any, offline: Any) -> bool:
