@@ -101,8 +101,8 @@ def lineage_of(checkpoint_dir: Path, restore: Path | None) -> str:
 
 SHAPES = "shapes.json"  # in the checkpoint directory: each job id and savepoint's job shape
 # Part of every shape: raised when MLFS changes what a job keeps in its state without changing its
-# SQL text (none so far; the exact float aggregates of 2026-11-24 changed the SQL).
-SHAPE_FORMAT = "mlfs-stream-state-1"
+# SQL text (2: continuous and lifetime windows in MLFS's window operator, not an ``OVER``, 2026-12-07).
+SHAPE_FORMAT = "mlfs-stream-state-2"
 
 
 def job_shape(groups: list[list[StreamFeatureView]]) -> str:

@@ -64,6 +64,7 @@ from transforms.engines.flink_stage1 import (
     prepared_columns,
     table_environment,
 )
+from transforms.engines.flink_window import window_results
 from transforms.events import DeadLetter, EventCounts, Lateness, event_text
 from transforms.joining import JoinInputs, lookup_row, lookup_rows, source_lateness
 from transforms.joins import Lookup
@@ -399,17 +400,26 @@ def looked_up_rows(plan: TransformPlan, lookup: Lookup, env: Any, results: Any, 
 
 
 def stage2_results(
-    plan: TransformPlan, t_env: Any, prepared: Any, lateness: Lateness | None, table: str = PREPARED
+    plan: TransformPlan,
+    t_env: Any,
+    prepared: Any,
+    lateness: Lateness | None,
+    table: str = PREPARED,
+    over: str = "mlfs",
 ) -> Any:
-    """Stage 2's results (a DataStream, one row per key and time) over a view's ``prepared`` rows:
-    ``stage2_table``, and for an ``OVER`` aggregate the first of each key and time (``FirstOfTime``,
-    MLFS's Java function, chained: an ``OVER`` gives a row per tied input)."""
+    """Stage 2's results (a DataStream, one row per key and time) over a view's ``prepared`` rows.
+    Continuous and lifetime windows run MLFS's window operator (``flink_window``); with
+    ``over="sql"`` they run the ``OVER`` query instead, whose rows of one key and time (an ``OVER``
+    gives a row per tied input) pass ``FirstOfTime`` (Java, chained) to keep the first."""
     from pyflink.datastream import DataStream
     from pyflink.java_gateway import get_gateway
 
-    results = t_env.to_data_stream(stage2_table(plan, t_env, prepared, lateness, table))
+    sql = stage2_table(plan, t_env, prepared, lateness, table)
     if not is_over(plan):
-        return results
+        return t_env.to_data_stream(sql)
+    if over == "mlfs":
+        return window_results(plan, t_env, table, sql)
+    results = t_env.to_data_stream(sql)
     first = get_gateway().jvm.mlfs.flink.FirstOfTime(len(plan.keys))
     j_results = results._j_data_stream
     return DataStream(j_results.flatMap(first, j_results.getType()).name(f"{table}-first-of-time"))
@@ -545,9 +555,11 @@ def run_flink_views(
     master: str | None = None,
     files: int | None = None,
     joins: JoinInputs | None = None,
+    inspect: Callable[[str], None] | None = None,
 ) -> list[EngineResult]:
     """``run_flink`` for several views of one source in one job, sharing one stage 1 as
-    ``mlfs serve-stream`` does; one result per view."""
+    ``mlfs serve-stream`` does; one result per view. ``inspect`` is given the job's execution
+    plan (Flink's JSON) before it runs."""
     events = list(events)
     spool = tempfile.mkdtemp(prefix="mlfs-flink-")
     try:
@@ -566,6 +578,8 @@ def run_flink_views(
                 sides = _bounded_sides(plan, env, inputs, lateness, directory)
             views.append(ViewJob(plan, outcomes, rows, f"{PREPARED}{v}", sides))
         build_job(views, env, t_env, raw, lateness)
+        if inspect is not None:
+            inspect(env.get_execution_plan())
         env.execute(f"mlfs-{'-'.join(plan.view for plan in plans)}")
         for directory in directories:
             # Python workers may close their functions just after the job reports FINISHED.

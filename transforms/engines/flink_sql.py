@@ -5,18 +5,20 @@ Stage 1 (``transforms.engines.flink``) hands Flink a table ``prepared`` of typed
 monoids (latest, first, last_k), an order-preserving text ``_o<i>`` of ``(event time, value)``, so
 that Flink's own ``MAX``/``MIN``/``LISTAGG`` break ties exactly as ``transforms.aggregations`` does.
 Continuous and hopping windows also get a *leave marker* per row at ``_ts + size`` with null
-values, which makes Flink emit the rows where events leave a window. All keyed state and
-aggregation then stays in Flink's Java operators:
+values, which makes Flink emit the rows where events leave a window. Keyed state and
+aggregation stay in Java operators:
 
 * continuous: ``OVER (PARTITION BY keys ORDER BY rt RANGE BETWEEN size - 1 ms PRECEDING AND CURRENT ROW)``;
 * lifetime: the same with ``UNBOUNDED PRECEDING``;
 * hopping and tumbling: the ``HOP`` window table function grouped by window, keeping the windows
-  with a row or marker in their last hop (exactly the ends where the window changed).
+  with a row or a marker in their last hop (exactly the ends where the window changed).
 
+Jobs run continuous and lifetime windows in MLFS's window operator (``flink_window``), which gives
+the ``OVER`` query's rows, one per key and time, in time linear in a key's events; the ``OVER``
+query states them, types the operator's results and is the reference the benchmarks compare with.
 An ``OVER`` aggregate gives a result per input row, and rows of one key and time (ties, or an
-event at another's leave time) share a frame, so they give equal results, one after another (one
-timer emits them all): ``is_over`` views pass their results through ``FirstOfTime`` (Java,
-stateless, chained), which keeps the first, so a key has one row per time (DESIGN §2).
+event at another's leave time) share a frame, so they give equal results, one after another:
+run as SQL (``over="sql"``), ``FirstOfTime`` (Java, stateless, chained) keeps the first.
 """
 
 from __future__ import annotations
