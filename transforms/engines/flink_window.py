@@ -86,12 +86,10 @@ def window_results(plan: TransformPlan, t_env: Any, table: str, over: Any) -> An
     rows = t_env.to_data_stream(t_env.from_path(f"`{table}`"))._j_data_stream
     schema = over._j_table.getResolvedSchema().toPhysicalRowDataType()
     result_type = jvm.org.apache.flink.table.runtime.typeutils.ExternalTypeInfo.of(schema)
-    index = {name: i for i, (name, _) in enumerate(row_columns(plan))}
-    keys = ",".join(str(index[k]) for k in plan.key_names)
-    window = jvm.mlfs.flink.ContinuousWindow(window_spec(plan))
+    spec = window_spec(plan)
     results = (
-        rows.keyBy(jvm.mlfs.flink.WindowKey(keys))
-        .process(window, result_type)
+        rows.keyBy(jvm.mlfs.flink.WindowKey(spec))
+        .process(jvm.mlfs.flink.ContinuousWindow(spec), result_type)
         .name(f"{table}-window")
         .uid(f"{table}-window")
     )

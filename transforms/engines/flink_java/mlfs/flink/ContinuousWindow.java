@@ -45,12 +45,17 @@ public class ContinuousWindow extends KeyedProcessFunction<String, Row, Row> {
         parse();
     }
 
-    private void parse() {
+    static Map<String, String> parts(String spec) {
         Map<String, String> parts = new HashMap<>();
         for (String part : spec.split(";")) {
             int eq = part.indexOf('=');
             parts.put(part.substring(0, eq), part.substring(eq + 1));
         }
+        return parts;
+    }
+
+    private void parse() {
+        Map<String, String> parts = parts(spec);
         keyFields = ints(parts.get("keys"));
         tsField = Integer.parseInt(parts.get("ts"));
         low = "none".equals(parts.get("low")) ? null : Long.valueOf(parts.get("low"));

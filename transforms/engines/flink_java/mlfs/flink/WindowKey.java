@@ -14,8 +14,9 @@ public class WindowKey implements KeySelector<Row, String> {
 
     private final int[] fields;
 
-    public WindowKey(String fields) {
-        this.fields = ContinuousWindow.ints(fields);
+    /** Keys the rows by the key fields {@code spec} names (a {@link ContinuousWindow} spec). */
+    public WindowKey(String spec) {
+        this.fields = ContinuousWindow.ints(ContinuousWindow.parts(spec).get("keys"));
     }
 
     @Override
