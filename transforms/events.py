@@ -145,6 +145,30 @@ class Lateness:
         return max_seen_ms - self.max_out_of_orderness_ms
 
 
+@dataclass(frozen=True)
+class PartitionedEvent:
+    """A raw event and the source partition it arrived on (a Kafka topic's partition): lateness is
+    judged per partition (DESIGN §2), so the reference takes what the stream read from each."""
+
+    partition: int
+    raw: Any
+
+
+class PartitionedLateness:
+    """``LateClassifier``s, one per source partition, each over its own arrival order."""
+
+    def __init__(self, lateness: Lateness) -> None:
+        self.lateness = lateness
+        self.partitions: dict[int, LateClassifier] = {}
+
+    def late_watermark(self, partition: int, time_ms: int) -> int | None:
+        """The watermark of ``partition`` an event at ``time_ms`` is late against, or None."""
+        classifier = self.partitions.get(partition)
+        if classifier is None:
+            classifier = self.partitions[partition] = LateClassifier(self.lateness)
+        return classifier.late_watermark(time_ms)
+
+
 class LateClassifier:
     """Applies ``Lateness`` to events in arrival order (one per source partition)."""
 

@@ -20,8 +20,9 @@ from transforms.events import (
     DeadLetter,
     EventPreparer,
     Key,
-    LateClassifier,
     Lateness,
+    PartitionedEvent,
+    PartitionedLateness,
     PreparedEvent,
     Values,
 )
@@ -41,18 +42,20 @@ def run_reference(
     joins: JoinInputs | None = None,
 ) -> EngineResult:
     """Run ``plan`` over ``events``; with ``lateness``, ``events`` (and each joined source's) is
-    taken as arrival order. A view with joins reads ``joins`` (``transforms.joining``)."""
+    taken as arrival order, per source partition where an event is a ``PartitionedEvent`` (else
+    all in partition 0). A view with joins reads ``joins`` (``transforms.joining``)."""
     preparer = EventPreparer(plan)
     result = EngineResult()
     counts = result.counts
     by_key: dict[Key, list[tuple[int, Values]]] = {}
-    classifier = None if lateness is None else LateClassifier(lateness)
+    classifier = None if lateness is None else PartitionedLateness(lateness)
     joiner = None
     if plan.joins:
         joiner = EventJoiner(plan, joins or JoinInputs(), streaming=lateness is not None)
         result.source_counts = joiner.source_counts
         result.dead_letters.extend(joiner.dead_letters)
-    for raw in events:
+    for item in events:
+        partition, raw = (item.partition, item.raw) if isinstance(item, PartitionedEvent) else (0, item)
         counts.input += 1
         if progress is not None:
             progress(1)
@@ -63,7 +66,7 @@ def run_reference(
             continue
         event, time_ms = first
         if classifier is not None:
-            watermark = classifier.late_watermark(time_ms)
+            watermark = classifier.late_watermark(partition, time_ms)
             if watermark is not None:
                 counts.late += 1
                 result.dead_letters.append(preparer.late(raw, time_ms, watermark))
