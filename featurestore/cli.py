@@ -313,15 +313,11 @@ def cmd_consistency(args: argparse.Namespace) -> int:
     from featurestore.repo import load_repo
 
     repo = load_repo(args.repo)
-    events = args.events
-    if events is None and not args.no_reference:
-        events = events_at_hand(repo, repo.view(args.view))
+    events = None if args.no_reference else args.events or events_at_hand(repo, repo.view(args.view))
     missing = [str(f) for f in events or [] if not f.is_file()]
     if missing:
         raise MLFSError(f"no such events file: {', '.join(missing)}")
-    report = check_consistency(
-        repo, args.view, args.sample, args.seed, events=None if args.no_reference else events
-    )
+    report = check_consistency(repo, args.view, args.sample, args.seed, events=events)
     print(report.summary())
     if report.reference:
         print(f"  ({report.reference})")
