@@ -156,15 +156,29 @@ def count_events(files: list[Path]) -> int | None:
 
 
 def read_history(path: Path | list[Path], batch_rows: int = 65_536) -> Iterator[Any]:
-    """The history's events (at ``path``, or its ``history_files``) one by one, for the reference
-    engine: Parquet rows as dicts, JSON lines as the raw bytes the stream would hand on."""
+    """The history's events (at ``path``, or its ``history_files``, or the files given, in order)
+    one by one, for the reference engine: Parquet rows as dicts, JSON lines as the raw bytes the
+    stream would hand on."""
     files = path if isinstance(path, list) else history_files(path)
-    if is_json_lines(files):
-        for file in files:
-            yield from file_lines(file)
-        return
-    for batch in ds.dataset([str(p) for p in files], format="parquet").to_batches(batch_size=batch_rows):
-        yield from batch.to_pylist()
+    for same_kind in _runs_of_one_kind(files):  # a list may mix them: history, then stream files
+        if is_json_lines(same_kind):
+            for file in same_kind:
+                yield from file_lines(file)
+            continue
+        dataset = ds.dataset([str(p) for p in same_kind], format="parquet")
+        for batch in dataset.to_batches(batch_size=batch_rows):
+            yield from batch.to_pylist()
+
+
+def _runs_of_one_kind(files: list[Path]) -> list[list[Path]]:
+    """``files`` in order, cut where they change from JSON lines to Parquet or back."""
+    runs: list[list[Path]] = []
+    for file in files:
+        if runs and is_json_lines([runs[-1][-1]]) == is_json_lines([file]):
+            runs[-1].append(file)
+        else:
+            runs.append([file])
+    return runs
 
 
 def history_columns(view: StreamFeatureView) -> dict[str, DType]:

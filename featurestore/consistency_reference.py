@@ -11,14 +11,12 @@ events. A stored value that equals the second but not the first was left without
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
+from backfill.history import history_files, history_path, read_history
 from featurestore.repo import FeatureRepo
 from featurestore.view import StreamFeatureView
 from transforms.engines.reference import key_rows
@@ -70,8 +68,6 @@ def why_not_reference(view: StreamFeatureView) -> str | None:
 
 def events_at_hand(repo: FeatureRepo, view: StreamFeatureView) -> list[Path]:
     """The view's source events on this machine, in arrival order: its history files."""
-    from backfill.history import history_files, history_path
-
     return history_files(history_path(repo, view))
 
 
@@ -85,7 +81,7 @@ def reference_for_keys(view: StreamFeatureView, files: list[Path], wanted: set[K
     kept: dict[Key, list[tuple[int, Values]]] = {}
     late: dict[Key, list[datetime]] = {}
     seen = 0
-    for raw in _raw_events(files):
+    for raw in read_history(files):
         seen += 1
         first = preparer.decode_and_time(raw)
         if isinstance(first, DeadLetter):
@@ -113,18 +109,6 @@ def reference_for_keys(view: StreamFeatureView, files: list[Path], wanted: set[K
     }
     until = None if classifier.max_seen is None else ms_to_datetime(classifier.max_seen)
     return SourceReference(files, seen, keys, until)
-
-
-def _raw_events(files: list[Path]) -> Iterator[Any]:
-    """Each file's raw events as the reference takes them: Parquet rows as dicts, JSON lines as bytes."""
-    from backfill.history import PARQUET, file_lines
-
-    for path in files:
-        if path.suffix in PARQUET:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536):
-                yield from batch.to_pylist()
-        else:
-            yield from file_lines(path)
 
 
 def _newest_before(rows: list[dict[str, Any]], end: datetime) -> dict[str, Any] | None:

@@ -16,7 +16,7 @@ from test_backfill_e2e import latest
 from test_hostile_events import hostile_lines
 from test_stream_service import assert_same_outcome, online_values, payments, plain_rows
 
-from backfill.history import file_lines, history_files
+from backfill.history import file_lines, history_files, read_history
 from featurestore.cli import main
 from featurestore.offline.parquet import ParquetOfflineStore
 from featurestore.repo import load_repo
@@ -72,6 +72,19 @@ def test_lines_are_split_where_the_streams_reader_splits_them(tmp_path: Path) ->
     (tmp_path / "h.jsonl").write_bytes(b"a\r\nb\n\nc\r\r\n")
     assert list(file_lines(path)) == [b"a", b"b", b"", b"c", b""]
     assert history_files(tmp_path) == [path]
+
+
+def test_a_mixed_list_of_files_is_read_in_its_order(tmp_path: Path) -> None:
+    """History Parquet, then the stream's JSON lines, then Parquet again (``mlfs consistency
+    --events``): each file's events in the order the files are given, each in its own form."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"a": [1, 2]}), tmp_path / "b.parquet")
+    (tmp_path / "a.jsonl").write_bytes(b'{"a": 3}\n{"a": \n')
+    pq.write_table(pa.table({"a": [4]}), tmp_path / "c.parquet")
+    files = [tmp_path / "b.parquet", tmp_path / "a.jsonl", tmp_path / "c.parquet"]
+    assert list(read_history(files)) == [{"a": 1}, {"a": 2}, b'{"a": 3}', b'{"a": ', {"a": 4}]
 
 
 @pytest.mark.parametrize("engine", ["embedded", "spark", "reference"])
