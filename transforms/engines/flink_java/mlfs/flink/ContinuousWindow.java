@@ -218,11 +218,6 @@ public class ContinuousWindow extends KeyedProcessFunction<String, Row, Row> {
             return entry;
         }
 
-        void clear() {
-            items.clear();
-            head = 0;
-        }
-
         /**
          * Drops the oldest rows while more than {@code k} remain and the oldest is older than the
          * {@code k}-th newest (rows tied with it may still be among the last k by value).
