@@ -125,14 +125,13 @@ def run_job(plans: list[Any], views: list[int], path: Path, parallelism: int, ov
             for position, v in enumerate(views)
             for old, new in zip(_view_fields(plans[v], v), _view_fields(plans[v], position), strict=True)
         ]
-        stage1_env.create_temporary_view(
-            "bench_events", stage1_env.sql_query(f"SELECT _raw, _t, {', '.join(renamed)}, _pt FROM file")
-        )
+        listed = f"_raw, _t, {', '.join(renamed)}, 0 AS _part, _pt"  # one partition
+        stage1_env.create_temporary_view("bench_events", stage1_env.sql_query(f"SELECT {listed} FROM file"))
         lateness = Lateness(max_out_of_orderness_ms=0, allowed_lateness_ms=0)
         outcomes: list[Callable[[], NoOutcomes]] = [NoOutcomes] * len(chosen)
         prepared = stage1_sql(chosen, env, stage1_env, lateness, outcomes, "bench")
         for position, (plan, stream) in enumerate(zip(chosen, prepared, strict=True)):
-            results = stage2_results(plan, t_env, stream, lateness, f"prepared{position}", over)
+            results = stage2_results(plan, t_env, stream, None, f"prepared{position}", over)
             statements.add_insert(blackhole, t_env.from_data_stream(results))
     statements.attach_as_datastream()
     started = time.perf_counter()

@@ -2,6 +2,7 @@
 
     python benchmarks/stream.py [--events N] [--users K] [--probes P] [--parallelism 2] [--online redis]
     python benchmarks/stream.py --joins [--events N] [--users K] [--parallelism 2]
+    python benchmarks/stream.py --kafka-partitions 4 [--events N] [--users K]
 
 1. Throughput: N payment events are written to the example repository's stream directory before
    the job starts; the figures are events per second from the first event counted by every view's
@@ -26,6 +27,12 @@ refunds within a day) and ``user_amount_vs_habit_7d`` (a lookup of ``user_paymen
 its job streams too). Each figure is events per second from the first event counted until every
 event's outcome is counted (a joined event waits for the other sides' watermarks; a last file of
 events days later moves them) and the sinks have stopped writing.
+
+With ``--kafka-partitions P`` it measures stage 1 reading a Kafka topic (issue 26): the N payments
+on a topic of one partition and on one of P (spread over them in turn; a private tansu broker),
+each streamed by the three example views at parallelism 1 and 2; each figure is events per second
+through every view's stage 1, as in 1. Needs the Flink Kafka connector jars
+(``scripts/kafka_jars.sh``, fetched on first use).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 # beside this file, imported before its folder leaves sys.path
 from redis_server import redis_online_store, start_redis
@@ -92,12 +100,12 @@ def session_cpu_seconds(session: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def make_repo(base: Path, flink_config: dict[str, str], redis: bool) -> Path:
+def make_repo(base: Path, flink_config: dict[str, str], redis: bool, name: str = "repo") -> Path:
     import yaml
 
     from featurestore.cli import main
 
-    repo = base / "repo"
+    repo = base / name
     assert main(["init", str(repo), "--events", "200"]) == 0
     config_file = repo / "feature_store.yaml"
     config = yaml.safe_load(config_file.read_text())
@@ -242,6 +250,111 @@ def joins_main(args: argparse.Namespace) -> None:
         )
 
 
+class Stage1Run(NamedTuple):
+    first: float  # when every view's stage 1 had counted an event (time.monotonic)
+    counted: int  # the events counted since
+    seconds: float  # the time they took
+    cpu: float  # the CPU seconds the job used meanwhile
+
+    @property
+    def rate(self) -> float:
+        return self.counted / max(self.seconds, 1e-9)
+
+
+def stage1_run(job: subprocess.Popen[bytes], status_dir: Path, events: int) -> Stage1Run:
+    """Wait until every example view's stage 1 counted ``events``."""
+    from featurestore.stream.sinks import read_status
+
+    first_seen = None
+    while True:
+        counts = [read_status(status_dir, v).counts.input for v in VIEWS]
+        if first_seen is None and min(counts) > 0:
+            first_seen = (time.monotonic(), min(counts))
+            cpu_start = session_cpu_seconds(job.pid)
+        if min(counts) >= events:
+            done = time.monotonic()
+            cpu_used = session_cpu_seconds(job.pid) - cpu_start
+            break
+        if job.poll() is not None:
+            raise SystemExit(f"the streaming job exited with {job.returncode}")
+        time.sleep(0.2)
+    assert first_seen is not None
+    return Stage1Run(first_seen[0], events - first_seen[1], done - first_seen[0], cpu_used)
+
+
+KAFKA_ENV = "MLFS_BENCH_KAFKA"
+
+
+def kafka_main(args: argparse.Namespace) -> None:
+    import os
+
+    from kafka_broker import Broker
+
+    from featurestore.cli import main as mlfs
+    from featurestore.repo import load_repo
+
+    jars = subprocess.run(
+        ["bash", str(Path(__file__).resolve().parent.parent / "scripts" / "kafka_jars.sh")],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    env = {**os.environ, "MLFS_FLINK_JARS": os.pathsep.join(str(Path(j).resolve()) for j in jars)}
+    rng = random.Random(7)
+    base = Path(tempfile.mkdtemp(prefix="mlfs-bench-stream-kafka-"))
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    lines = [
+        json.dumps(payment(rng, start + timedelta(milliseconds=i * 500), f"u{rng.randrange(args.users):06d}"))
+        for i in range(args.events)
+    ]
+    broker = Broker(base)
+    os.environ[KAFKA_ENV] = env[KAFKA_ENV] = broker.servers
+    print(
+        f"{args.events:,} events, {args.users:,} users, 3 views in one job, SQLite online store", flush=True
+    )
+    try:
+        for partitions in sorted({1, args.kafka_partitions}):
+            topic = f"payments{partitions}"
+            broker.create_topic(topic, partitions)
+            broker.produce(topic, lines, partitions)
+            for parallelism in (1, 2):
+                repo_path = make_repo(base, {}, redis=False, name=f"repo-{partitions}-{parallelism}")
+                features = repo_path / "features.py"
+                text = features.read_text()
+                begin = text.index("payments = FileStreamSource(")
+                end = text.index(")\n", begin) + 2
+                source = (
+                    f'payments = KafkaStreamSource(name="payments", bootstrap_servers="${{{KAFKA_ENV}}}", '
+                    f'topic="{topic}", history="data/history/payments.parquet", '
+                    'timestamp_field="timestamp", max_out_of_orderness=timedelta(0))\n'
+                )
+                imports = text[:begin].replace("    FileStreamSource,\n", "    KafkaStreamSource,\n")
+                features.write_text(imports + source + text[end:])
+                assert mlfs(["apply", "--repo", str(repo_path)]) == 0
+                status_dir = load_repo(repo_path).settings.work_path / "stream" / "status"
+                command = [sys.executable, "-m", "featurestore.cli", "serve-stream", "--repo", str(repo_path)]
+                command += ["--parallelism", str(parallelism), "--no-metrics", "--for", "100000"]
+                job = subprocess.Popen(
+                    command,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                    env=env,
+                )
+                try:
+                    run = stage1_run(job, status_dir, args.events)
+                finally:
+                    subprocess.run(["pkill", "-KILL", "-g", str(job.pid)], check=False)
+                print(
+                    f"topic of {partitions} partition(s), parallelism {parallelism}: "
+                    f"{run.rate:,.0f} events/s through stage 1, "
+                    f"{run.cpu / run.counted * 1e6:,.0f} us CPU per event",
+                    flush=True,
+                )
+    finally:
+        broker.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
@@ -262,9 +375,15 @@ def main() -> None:
         help="online store: the example's SQLite file, or a private redis-server started here",
     )
     parser.add_argument("--joins", action="store_true", help="measure views with joins (see above)")
+    parser.add_argument(
+        "--kafka-partitions", type=int, metavar="P", help="measure stage 1 on a Kafka topic (see above)"
+    )
     args = parser.parse_args()
     if args.joins:
         joins_main(args)
+        return
+    if args.kafka_partitions:
+        kafka_main(args)
         return
     flink_config = dict(entry.split("=", 1) for entry in args.flink_config)
 
@@ -295,22 +414,8 @@ def main() -> None:
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     try:
-        first_seen = None
-        while True:
-            counts = [read_status(status_dir, v).counts.input for v in VIEWS]
-            if first_seen is None and min(counts) > 0:
-                first_seen = (time.monotonic(), min(counts))
-                cpu_start = session_cpu_seconds(job.pid)
-            if min(counts) >= args.events:
-                done = time.monotonic()
-                cpu_used = session_cpu_seconds(job.pid) - cpu_start
-                break
-            if job.poll() is not None:
-                raise SystemExit(f"the streaming job exited with {job.returncode}")
-            time.sleep(0.2)
-        assert first_seen is not None
-        counted = args.events - first_seen[1]
-        rate = counted / max(done - first_seen[0], 1e-9)
+        run = stage1_run(job, status_dir, args.events)
+        rate, counted, cpu_used = run.rate, run.counted, run.cpu
 
         def rows_written() -> int:
             return sum(read_status(status_dir, v).sink.rows_out for v in VIEWS)
@@ -324,7 +429,7 @@ def main() -> None:
             time.sleep(0.1)
             if (now_rows := rows_written()) != rows:
                 rows, last_change = now_rows, time.monotonic()
-        written_rate = (args.events - first_seen[1]) / max(last_change - first_seen[0], 1e-9)
+        written_rate = counted / max(last_change - run.first, 1e-9)
 
         store = feast_store(repo.settings)
         freshness = []
@@ -362,7 +467,7 @@ def main() -> None:
     print(f"sustained: {rate:,.0f} events/s through stage 1, {written_rate:,.0f} events/s through the sinks")
     print(
         f"CPU: {cpu_used / counted * 1e6:,.0f} us per event through stage 1 "
-        f"({cpu_used / max(done - first_seen[0], 1e-9):.2f} cores busy: client, JVM and Python workers)"
+        f"({cpu_used / max(run.seconds, 1e-9):.2f} cores busy: client, JVM and Python workers)"
     )
     print(f"rows written: {rows:,}")
     print(

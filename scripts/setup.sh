@@ -39,7 +39,10 @@ if ! { [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c
   pip_install -c constraints.txt -e ".[dev]"
   .venv/bin/pip check >/dev/null
   .venv/bin/python -m compileall -q -j 0 "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null || true
-  .venv/bin/python -W ignore -c 'import featurestore, feast, pyspark, pyflink, apache_beam, torch'
+  # Feast resets the warning filters, so -W ignore alone does not quiet httplib2's pyparsing warnings.
+  if ! out=$(.venv/bin/python -W ignore -c 'import featurestore, feast, pyspark, pyflink, apache_beam, torch' 2>&1); then
+    echo "$out" >&2; exit 1
+  fi
   echo "$want" > "$stamp"
 fi
 # MLFS's Java code for Flink (aggregate functions, the file source's split order): compiled once into ~/.cache/mlfs ($MLFS_CACHE_DIR).

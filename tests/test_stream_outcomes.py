@@ -93,18 +93,22 @@ def test_a_job_carries_on_the_lineage_of_what_it_restores(tmp_path: Path) -> Non
     assert lineage_of(checkpoints, checkpoints / "89abcdef" / "chk-1") not in ("aaa", "bbb")
 
 
-def test_the_highest_seq_is_read_from_the_end_of_a_file(tmp_path: Path) -> None:
-    """Only a file's tail is read, unless its last whole line is longer than the tail."""
-    from featurestore.stream.sinks import _last_seq
+def test_the_highest_seq_is_read_per_source_partition(tmp_path: Path) -> None:
+    """A restarted letter sink skips, in each source partition, what was written of it before: the
+    partitions' letters interleave in the files, and a line cut off by a crash is skipped."""
+    from featurestore.stream.sinks import highest_seqs, seq_partition
+    from transforms.engines.flink_stage1 import SEQ_PARTITION_BITS
 
-    path = tmp_path / "letters.jsonl"
-    lines = [json.dumps({"seq": seq, "raw": "x" * (seq % 7)}) for seq in range(1, 500)]
-    path.write_text("\n".join(lines) + '\n{"seq": 500, "raw": "cut')
-    assert _last_seq(path, tail_bytes=100) == 499
-    path.write_text(json.dumps({"seq": 3, "raw": "y" * 300}) + "\n")
-    assert _last_seq(path, tail_bytes=100) == 3  # the tail held no whole line: the whole file
-    path.write_text("")
-    assert _last_seq(path, tail_bytes=100) == 0
+    def seq(partition: int, position: int) -> int:
+        return (partition << SEQ_PARTITION_BITS) + position
+
+    lines = [json.dumps({"seq": seq(p, n)}) for n in range(1, 50) for p in (0, 3)]
+    (tmp_path / "stream-a-1.jsonl").write_text("\n".join(lines) + '\n{"seq": ' + str(seq(0, 90)))
+    (tmp_path / "stream-a-2.jsonl").write_text(json.dumps({"seq": seq(3, 7)}) + "\n")
+    (tmp_path / "stream-b-1.jsonl").write_text(json.dumps({"seq": seq(1, 99)}) + "\n")
+    assert highest_seqs(tmp_path, "stream-a") == {0: seq(0, 49), 3: seq(3, 49)}
+    assert seq_partition(seq(3, 49)) == 3 and seq_partition(49) == 0
+    assert highest_seqs(tmp_path, "stream-c") == {}
 
 
 def row_letter(user: str, second: int) -> DeadLetter:

@@ -29,9 +29,10 @@ from featurestore.repo import load_repo
 from featurestore.stream.sinks import read_status
 from registry.status import view_status
 from transforms.compare import same_value
+from transforms.engines.flink_stage1 import SEQ_PARTITION_BITS
 from transforms.engines.reference import run_reference
 from transforms.errors import MLFSError
-from transforms.events import DeadLetter, EventPreparer, raw_text
+from transforms.events import DeadLetter, EventPreparer, partitioned, raw_text
 from transforms.joining import source_lateness
 from transforms.plan import EVENT_TIMESTAMP
 from transforms.timeutil import ms_to_datetime
@@ -327,19 +328,23 @@ def assert_one_row_per_key_and_time(offline: ParquetOfflineStore, view: Any, rep
 
 
 def reference_outcome(repo_path: Path, views: list[tuple[str, str]], arrivals: list[Any]) -> dict[str, Any]:
-    """What ``stream_outcome`` must find after ``arrivals`` (in this order) were streamed and the job
-    stopped, by the reference engine: the rows Flink's final watermark has reached, the latest of
-    them per key online, the dead letters and the counts."""
+    """What ``stream_outcome`` must find after ``arrivals`` (in this order; ``PartitionedEvent``s
+    for a source of several partitions) were streamed and the job stopped, by the reference engine:
+    the rows Flink's final watermark has reached, the latest of them per key online, the dead
+    letters and the counts."""
     repo = load_repo(repo_path)
-    # The source's event times: a bad event moves no watermark.
+    # The highest event time of each partition: a bad event moves no watermark.
     timing = EventPreparer(repo.views[views[0][0]].plan)
-    times = [t for line in arrivals if not isinstance(t := timing.decode_and_time(line), DeadLetter)]
+    highest: dict[int, int] = {}
+    for event in map(partitioned, arrivals):
+        if not isinstance(t := timing.decode_and_time(event.raw), DeadLetter):
+            highest[event.partition] = max(t[1], highest.get(event.partition, t[1]))
     result: dict[str, Any] = {}
     for name, key in views:
         view = repo.views[name]
         lateness = source_lateness(view.source)
         expected = run_reference(view.plan, arrivals, lateness=lateness)
-        watermark = max(time_ms for _, time_ms in times) - lateness.max_out_of_orderness_ms - 1
+        watermark = min(highest.values()) - lateness.max_out_of_orderness_ms - 1
         # Rows are emitted once the watermark reaches them (a hopping window: its last millisecond).
         window = view.plan.window
         bound = ms_to_datetime(
@@ -359,13 +364,19 @@ def reference_outcome(repo_path: Path, views: list[tuple[str, str]], arrivals: l
 
 def with_positions(letters: list[Any], arrivals: list[Any]) -> list[tuple[int, str, str]]:
     """(source position ``seq``, reason, raw) of each reference dead letter: the reference rejects
-    events in arrival order, so each letter is the next arrival with its text (1-based, as Flink's)."""
-    texts = [raw_text(arrival) for arrival in arrivals]
+    events in arrival order, so each letter is the next arrival with its text; its ``seq`` is its
+    partition and its position there (1-based, as Flink's)."""
+    events = [partitioned(arrival) for arrival in arrivals]
+    texts = [raw_text(event.raw) for event in events]
+    seqs, counted = [], Counter[int]()
+    for event in events:
+        counted[event.partition] += 1
+        seqs.append((event.partition << SEQ_PARTITION_BITS) + counted[event.partition])
     out = []
     position = 0
     for letter in letters:
         position = texts.index(letter.raw, position) + 1
-        out.append((position, letter.reason, letter.raw))
+        out.append((seqs[position - 1], letter.reason, letter.raw))
     return sorted(out)
 
 
@@ -442,14 +453,16 @@ def test_a_snapshot_of_another_shape_or_an_earlier_mlfs_is_refused_first(tmp_pat
 
     repo = load_repo(example_repo(tmp_path / "repo", events=100))
     views = [repo.views[name] for name, _ in VIEWS]
-    shape = job_shape([views])
-    assert job_shape([views]) == shape
-    assert job_shape([views[:1]]) != shape
+    one = {"payments": 1}
+    shape = job_shape([views], one)
+    assert job_shape([views], one) == shape
+    assert job_shape([views[:1]], one) != shape
+    assert job_shape([views], {"payments": 4}) != shape  # the topic's partitions were added to
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir()
     remember_shape(checkpoints, "savepoint-1", shape)
     check_shape(checkpoints, checkpoints / "savepoint-1", shape)  # the same shape restores
     # Another job's shape, and a snapshot whose shape an earlier MLFS never recorded.
-    for snapshot, current in (("savepoint-1", job_shape([views[:1]])), ("savepoint-0", shape)):
+    for snapshot, current in (("savepoint-1", job_shape([views[:1]], one)), ("savepoint-0", shape)):
         with pytest.raises(MLFSError, match=r"another shape .* start with --fresh"):
             check_shape(checkpoints, checkpoints / snapshot, current)

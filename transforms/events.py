@@ -154,6 +154,12 @@ class PartitionedEvent:
     raw: Any
 
 
+def partitioned(event: Any) -> PartitionedEvent:
+    """An event with its source partition: a ``PartitionedEvent`` as it is, any other event on
+    partition 0 (a source read as one partition)."""
+    return event if isinstance(event, PartitionedEvent) else PartitionedEvent(0, event)
+
+
 class PartitionedLateness:
     """``LateClassifier``s, one per source partition, each over its own arrival order."""
 

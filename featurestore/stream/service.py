@@ -101,15 +101,17 @@ def lineage_of(checkpoint_dir: Path, restore: Path | None) -> str:
 
 SHAPES = "shapes.json"  # in the checkpoint directory: each job id and savepoint's job shape
 # Part of every shape: raised when MLFS changes what a job keeps in its state without changing its
-# SQL text (2: continuous and lifetime windows in MLFS's window operator, not an ``OVER``, 2026-12-07).
-SHAPE_FORMAT = "mlfs-stream-state-2"
+# SQL text (2: continuous and lifetime windows in MLFS's window operator, not an ``OVER``, 2026-12-07;
+# 3: stage 1 per source partition, 2026-12-07).
+SHAPE_FORMAT = "mlfs-stream-state-3"
 
 
-def job_shape(groups: list[list[StreamFeatureView]]) -> str:
+def job_shape(groups: list[list[StreamFeatureView]], partitions: dict[str, int]) -> str:
     """A digest of the SQL that decides what a job keeps in Flink state (its views, grouped by
-    source, in job order). Flink maps a snapshot's state to operators by the job's topology, so a
-    job with the same topology but other aggregates would restore state it cannot read, and
-    restart forever; comparing shapes first turns that into a clear error."""
+    source, in job order, and each source's ``partitions``). Flink maps a snapshot's state to
+    operators by the job's topology, so a job with the same topology but other aggregates would
+    restore state it cannot read, and restart forever; comparing shapes first turns that into a
+    clear error."""
     from transforms.engines.flink_sql import stage2_sql
     from transforms.engines.flink_stage1 import (
         classified_sql,
@@ -119,7 +121,7 @@ def job_shape(groups: list[list[StreamFeatureView]]) -> str:
         prepared_sql,
     )
 
-    parts = [SHAPE_FORMAT]
+    parts = [SHAPE_FORMAT, json.dumps(partitions, sort_keys=True)]
     for group in groups:
         plans = [view.plan for view in group]
         if any(plan.joins for plan in plans):  # a joined view: a stage 1 of its own
@@ -211,40 +213,79 @@ def _check_kafka(source: KafkaStreamSource, jars: list[Path]) -> str:
     return servers
 
 
-def _kafka_source(env: Any, source: KafkaStreamSource, jars: list[Path]) -> Any:
-    """The topic's messages, read from the earliest offset on a fresh start (a restored job resumes
-    from the offsets in its checkpoint); each partition in offset order, partitions interleaved."""
+def kafka_partitions(source: KafkaStreamSource, servers: str, timeout_s: float = 15.0) -> int:
+    """How many partitions the source's topic has (each is read and classified on its own)."""
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
+
+    try:
+        consumer = KafkaConsumer(bootstrap_servers=servers, request_timeout_ms=int(timeout_s * 1000))
+    except KafkaError as err:
+        raise MLFSError(f"source {source.name!r}: cannot reach Kafka at {servers}: {err}") from None
+    try:
+        deadline = time.monotonic() + timeout_s
+        while (partitions := consumer.partitions_for_topic(source.topic)) is None:
+            if time.monotonic() > deadline:
+                raise MLFSError(f"source {source.name!r}: Kafka at {servers} has no topic {source.topic!r}")
+            time.sleep(0.5)
+            consumer.topics()  # asks the broker again
+    finally:
+        consumer.close()
+    if sorted(partitions) != list(range(len(partitions))):
+        raise MLFSError(f"source {source.name!r}: topic {source.topic!r} has partitions {sorted(partitions)}")
+    return len(partitions)
+
+
+def _kafka_sources(env: Any, source: KafkaStreamSource, jars: list[Path], partitions: int) -> list[Any]:
+    """The topic's messages, one stream per partition (in offset order), read from the earliest
+    offset on a fresh start (a restored job resumes from the offsets in its checkpoint)."""
     from pyflink.common import WatermarkStrategy
     from pyflink.common.serialization import DeserializationSchema
     from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSource
     from pyflink.java_gateway import get_gateway
 
     servers = _check_kafka(source, jars)
-    kafka = (
-        KafkaSource.builder()
-        .set_bootstrap_servers(servers)
-        .set_topics(source.topic)
-        .set_group_id(f"mlfs-{source.name}")
-        .set_starting_offsets(KafkaOffsetsInitializer.earliest())
-        .set_value_only_deserializer(DeserializationSchema(get_gateway().jvm.mlfs.flink.Utf8Strings()))
-        .build()
-    )
-    return (
-        env.from_source(kafka, WatermarkStrategy.no_watermarks(), f"source-{source.name}")
-        .uid(f"source-{source.name}")
-        .set_parallelism(1)
-    )
+    jvm = get_gateway().jvm
+    streams = []
+    for partition in range(partitions):
+        builder = (
+            KafkaSource.builder()
+            .set_bootstrap_servers(servers)
+            .set_group_id(f"mlfs-{source.name}")
+            .set_starting_offsets(KafkaOffsetsInitializer.earliest())
+            .set_value_only_deserializer(DeserializationSchema(jvm.mlfs.flink.Utf8Strings()))
+        )
+        # PyFlink's set_partitions names the Kafka classes as the shaded SQL connector jar has them.
+        only = jvm.java.util.HashSet()
+        only.add(jvm.org.apache.kafka.common.TopicPartition(source.topic, partition))
+        builder._j_builder.setPartitions(only)
+        kafka = builder.build()
+        name = f"source-{source.name}-{partition}"
+        streams.append(
+            env.from_source(kafka, WatermarkStrategy.no_watermarks(), name).uid(name).set_parallelism(1)
+        )
+    return streams
 
 
-def _open_source(env: Any, source: StreamSource, repo_path: Path, options: StreamOptions) -> Any:
+def source_partitions(source: StreamSource, jars: list[Path]) -> int:
+    """How many partitions a stream source is read as (DESIGN §2): a Kafka topic's, or one."""
     if isinstance(source, KafkaStreamSource):
-        stream = _kafka_source(env, source, options.jars)
+        return kafka_partitions(source, _check_kafka(source, jars))
+    return 1
+
+
+def _open_source(
+    env: Any, source: StreamSource, repo_path: Path, options: StreamOptions, partitions: int
+) -> list[Any]:
+    """The source's raw events: a stream of text per partition, each at parallelism 1."""
+    if isinstance(source, KafkaStreamSource):
+        streams = _kafka_sources(env, source, options.jars, partitions)
     else:
         assert isinstance(source, FileStreamSource), "serve_stream checked the source kinds"
-        stream = _file_source(env, source, repo_path, options.poll_ms)
-    # Stage 1 reads the source at parallelism 1; unchained, reading the files and stage 1's Python
-    # function run in threads of their own (chained, each would wait for the other).
-    return stream.disable_chaining()
+        streams = [_file_source(env, source, repo_path, options.poll_ms)]
+    # Unchained, reading a partition and its stage 1's Python function run in threads of their own
+    # (chained, each would wait for the other).
+    return [stream.disable_chaining() for stream in streams]
 
 
 def stream_views(
@@ -280,8 +321,15 @@ def serve_stream(
                     f"view {view.name!r}: source {source.name!r} is {source.kind}; "
                     "serve-stream reads file and Kafka sources"
                 )
-            if isinstance(source, KafkaStreamSource):
-                _check_kafka(source, options.jars)  # before a Flink environment is started
+    # Before a Flink environment is started: each source's partitions (and a Kafka source's jars).
+    partitions = {s.name: source_partitions(s, options.jars) for v in views for s in read_sources(v)}
+    for view in views:
+        for source in read_sources(view):
+            if view.plan.joins and partitions[source.name] > 1:
+                raise MLFSError(
+                    f"view {view.name!r} has joins: source {source.name!r} has {partitions[source.name]} "
+                    "partitions, and a joined view's sources are read as one partition for now"
+                )
     stream_dir = settings.work_path / "stream"
     status_dir = stream_dir / "status"
     checkpoint_dir = (options.checkpoint_dir or stream_dir / "checkpoints").resolve()
@@ -310,7 +358,7 @@ def serve_stream(
         if not view.plan.joins:
             by_source.setdefault(view.source.name, []).append(view)
     joined = [view for view in views if view.plan.joins]  # each after the views it looks up
-    shape = job_shape([*by_source.values(), *([view] for view in joined)])
+    shape = job_shape([*by_source.values(), *([view] for view in joined)], partitions)
     if restore is not None:
         check_shape(checkpoint_dir, restore, shape)
         config["execution.state-recovery.path"] = restore.as_uri()
@@ -321,7 +369,7 @@ def serve_stream(
         env.add_python_file(str(settings.repo_path))
         if options.jars:
             env.add_jars(*(jar.resolve().as_uri() for jar in options.jars))
-        graph = JobGraph(repo, env, t_env, options, str(status_dir), lineage)
+        graph = JobGraph(repo, env, t_env, options, str(status_dir), lineage, partitions)
         for source_views in by_source.values():
             graph.add_plain(source_views)
         for view in joined:
@@ -410,10 +458,17 @@ class JobGraph:
     the views it looks up (added before it)."""
 
     def __init__(
-        self, repo: FeatureRepo, env: Any, t_env: Any, options: StreamOptions, status_dir: str, lineage: str
+        self,
+        repo: FeatureRepo,
+        env: Any,
+        t_env: Any,
+        options: StreamOptions,
+        status_dir: str,
+        lineage: str,
+        partitions: dict[str, int],
     ) -> None:
         self.repo, self.env, self.t_env, self.options = repo, env, t_env, options
-        self.status_dir, self.lineage = status_dir, lineage
+        self.status_dir, self.lineage, self.partitions = status_dir, lineage, partitions
         self.raws: dict[str, Any] = {}
         self.results: dict[str, Any] = {}  # each view's stage-2 results, which lookups of it read
 
@@ -430,14 +485,14 @@ class JobGraph:
 
     def add_joined(self, view: StreamFeatureView) -> None:
         """A view with joins, once the views it looks up are in."""
-        from transforms.engines.flink import build_job, looked_up_rows
+        from transforms.engines.flink import build_job, looked_up_rows, one_partition
         from transforms.engines.flink_joins import JoinedSource, JoinSides
 
         plan = view.plan
         sides = JoinSides(
             sources={
                 join.source_name: JoinedSource(
-                    self._raw(join.source),
+                    one_partition(self._raw(join.source), view.name),
                     source_lateness(join.source),
                     self._outcomes(view, f"source-{join.source_name}"),
                 )
@@ -461,10 +516,10 @@ class JobGraph:
             [self._job(view, sides)], self.env, self.t_env, raw, source_lateness(view.source)
         )
 
-    def _raw(self, source: StreamSource) -> Any:
+    def _raw(self, source: StreamSource) -> list[Any]:
         if source.name not in self.raws:
             self.raws[source.name] = _open_source(
-                self.env, source, self.repo.settings.repo_path, self.options
+                self.env, source, self.repo.settings.repo_path, self.options, self.partitions[source.name]
             )
         return self.raws[source.name]
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from featurestore.runstatus import read_json, write_json
 from featurestore.view import StreamFeatureView
+from transforms.engines.flink_stage1 import SEQ_PARTITION_BITS
 from transforms.events import DeadLetter, EventCounts
 
 
@@ -63,11 +64,12 @@ class LiveOutcomes:
     """Stage 1's dead letters (appended as JSON lines) and counts (a status file, rewritten with
     each new total, which stage 1 emits about once a second while events arrive).
 
-    Each letter carries ``seq``, its event's position in the source, which Flink's checkpoints
-    keep. A job restored from a checkpoint (or restarted by Flink) replays the events after it, so
-    letters written since would come again: the files of one ``lineage`` (the runs that carry on
-    from one fresh start) and ``part`` are written by one instance at a time, in ``seq`` order, so
-    a new instance skips the letters up to the highest ``seq`` they hold; with ``ordered=False``
+    Each letter carries ``seq``, its event's source partition and position there
+    (``seq_partition``), which Flink's checkpoints keep. A job restored from a checkpoint (or
+    restarted by Flink) replays the events after it, so letters written since would come again:
+    the files of one ``lineage`` (the runs that carry on from one fresh start) and ``part`` are
+    written by one instance at a time, each partition's in ``seq`` order, so a new instance skips
+    each partition's letters up to the highest ``seq`` they hold of it; with ``ordered=False``
     (letters in event-time order: a joined view's joins) it skips every ``seq`` they hold.
 
     ``part`` names what writes: ``stage1`` (a view's own source), ``joins`` (a joined view's joins,
@@ -90,15 +92,15 @@ class LiveOutcomes:
         prefix = f"{name}-{lineage}" if lineage else name
         self._letters = DeadLetterLog(dead_letter_dir, view, prefix)
         self._ordered = ordered
-        self._written = 0
+        self._written: dict[int, int] = {}  # the highest ``seq`` written, by partition
         self._seen: set[int] = set()
         if lineage and ordered:
-            self._written = highest_seq(self._letters.directory, prefix)
+            self._written = highest_seqs(self._letters.directory, prefix)
         elif lineage:
             self._seen = written_seqs(self._letters.directory, prefix)
 
     def dead(self, letter: DeadLetter, late: bool, seq: int) -> None:
-        if seq <= self._written or seq in self._seen:
+        if seq <= self._written.get(seq_partition(seq), -1) or seq in self._seen:
             return  # written before a restart, and replayed since
         if not self._ordered:
             self._seen.add(seq)
@@ -122,10 +124,19 @@ def status_file_name(view: str, part: str) -> str:
     return f"{view}.stage1.{'0' if part == 'stage1' else part}.json"
 
 
-def highest_seq(directory: Path, prefix: str) -> int:
-    """The highest ``seq`` among the dead letters of the files ``<prefix>-*.jsonl`` (their writers
-    append in ``seq`` order; a last line cut off by a crash is skipped)."""
-    return max((_last_seq(path) for path in directory.glob(f"{prefix}-*.jsonl")), default=0)
+def seq_partition(seq: int) -> int:
+    """The source partition of a dead letter's ``seq`` (``flink_stage1.SEQ_PARTITION_BITS``)."""
+    return seq >> SEQ_PARTITION_BITS
+
+
+def highest_seqs(directory: Path, prefix: str) -> dict[int, int]:
+    """The highest ``seq`` of each source partition among the dead letters of the files
+    ``<prefix>-*.jsonl`` (a line cut off by a crash is skipped)."""
+    highest: dict[int, int] = {}
+    for seq in written_seqs(directory, prefix):
+        partition = seq_partition(seq)
+        highest[partition] = max(seq, highest.get(partition, seq))
+    return highest
 
 
 def written_seqs(directory: Path, prefix: str) -> set[int]:
@@ -143,24 +154,6 @@ def _letter_fields(directory: Path, prefix: str, name: str) -> Iterator[Any]:
                     yield json.loads(line)[name]
                 except (ValueError, KeyError, TypeError):
                     continue
-
-
-def _last_seq(path: Path, tail_bytes: int = 1 << 16) -> int:
-    """The ``seq`` of a dead-letter file's last whole line, read from its end (the whole file only
-    where the end holds no whole line)."""
-    with path.open("rb") as f:
-        size = f.seek(0, os.SEEK_END)
-        for start in (max(0, size - tail_bytes), 0):
-            f.seek(start)
-            lines = f.read().splitlines()[1 if start else 0 :]  # the first may be cut by the seek
-            for line in reversed(lines):
-                try:
-                    return int(json.loads(line)["seq"])
-                except (ValueError, KeyError, TypeError):
-                    continue
-            if not start:
-                break
-    return 0
 
 
 def _row_identity(raw: str) -> bytes:

@@ -65,7 +65,7 @@ from transforms.engines.flink_stage1 import (
     table_environment,
 )
 from transforms.engines.flink_window import window_results
-from transforms.events import DeadLetter, EventCounts, Lateness, event_text
+from transforms.events import DeadLetter, EventCounts, Lateness, PartitionedEvent, event_text, partitioned
 from transforms.joining import JoinInputs, lookup_row, lookup_rows, source_lateness
 from transforms.joins import Lookup
 from transforms.plan import EVENT_TIMESTAMP, FeatureContext, TransformPlan
@@ -301,11 +301,12 @@ def build_job(
     views: Sequence[ViewJob],
     env: Any,
     t_env: Any,
-    raw: Any,
+    raws: Sequence[Any],
     lateness: Lateness | None,
     source: str = "source",
 ) -> dict[str, Any]:
-    """Add one stage 1 for ``views`` (the views of one source, read from ``raw``), then each view's
+    """Add one stage 1 for ``views`` (the views of one source, read from ``raws``: a DataStream of
+    text per source partition, each at parallelism 1), then each view's
     stage 2 and sinks, to ``env``; returns each view's stage-2 results (``stage2_results``), by
     view name."""
     # The workers import the user code's modules (event transform, model stages) from shipped copies.
@@ -319,24 +320,41 @@ def build_job(
     plain = [view for view in views if not view.plan.joins]
     if plain:
         outcomes = [view.outcomes for view in plain]
-        prepared = build_stage1([view.plan for view in plain], env, raw, lateness, outcomes, source)
+        prepared = build_stage1([view.plan for view in plain], env, raws, lateness, outcomes, source)
         for view, stream in zip(plain, prepared, strict=True):
-            results[view.plan.view] = _build_stage2(view, env, t_env, stream, lateness)
+            results[view.plan.view] = _build_stage2(view, env, t_env, stream, None)
     for view in views:
         if view.plan.joins:
             if view.sides is None:
                 raise ValueError(f"view {view.plan.view!r} has joins: its job needs what they read")
             stream, stage2_lateness = build_joined_stage1(
-                view.plan, env, raw, lateness, view.outcomes, view.sides, view.table
+                view.plan,
+                env,
+                one_partition(raws, view.plan.view),
+                lateness,
+                view.outcomes,
+                view.sides,
+                view.table,
             )
-            results[view.plan.view] = _build_stage2(view, env, t_env, stream, stage2_lateness)
+            lag = watermark_lag_ms(view.plan, stage2_lateness)
+            results[view.plan.view] = _build_stage2(view, env, t_env, stream, lag)
     return results
 
 
-def _build_stage2(view: ViewJob, env: Any, t_env: Any, prepared: Any, lateness: Lateness | None) -> Any:
+def one_partition(raws: Sequence[Any], view: str) -> Any:
+    """The one partition of a source that a view with joins reads (its joined stage 1 judges
+    lateness over one arrival order)."""
+    if len(raws) != 1:
+        raise ValueError(
+            f"view {view!r} has joins: its source must be read as one partition, not {len(raws)}"
+        )
+    return raws[0]
+
+
+def _build_stage2(view: ViewJob, env: Any, t_env: Any, prepared: Any, lag_ms: int | None) -> Any:
     """A view's stage 2 over its ``prepared`` rows, and its row sink; returns stage 2's results."""
     plan = view.plan
-    results = stage2_results(plan, t_env, prepared, lateness, view.table)
+    results = stage2_results(plan, t_env, prepared, lag_ms, view.table)
     # Rows wait at most this long in the sink: the row stages' max wait, or 100 ms.
     flush_ms = plan.row_stages[0].batching.max_wait_ms if plan.row_stages else 100
     add_row_sink(plan, env, results, view.rows, view.table, flush_ms)
@@ -403,18 +421,19 @@ def stage2_results(
     plan: TransformPlan,
     t_env: Any,
     prepared: Any,
-    lateness: Lateness | None,
+    lag_ms: int | None,
     table: str = PREPARED,
     over: str = "mlfs",
 ) -> Any:
-    """Stage 2's results (a DataStream, one row per key and time) over a view's ``prepared`` rows.
+    """Stage 2's results (a DataStream, one row per key and time) over a view's ``prepared`` rows
+    (``stage2_table``).
     Continuous and lifetime windows run MLFS's window operator (``flink_window``); with
     ``over="sql"`` they run the ``OVER`` query instead, whose rows of one key and time (an ``OVER``
     gives a row per tied input) pass ``FirstOfTime`` (Java, chained) to keep the first."""
     from pyflink.datastream import DataStream
     from pyflink.java_gateway import get_gateway
 
-    sql = stage2_table(plan, t_env, prepared, lateness, table)
+    sql = stage2_table(plan, t_env, prepared, lag_ms, table)
     if not is_over(plan):
         return t_env.to_data_stream(sql)
     if over == "mlfs":
@@ -426,26 +445,18 @@ def stage2_results(
 
 
 def stage2_table(
-    plan: TransformPlan, t_env: Any, prepared: Any, lateness: Lateness | None, table: str = PREPARED
+    plan: TransformPlan, t_env: Any, prepared: Any, lag_ms: int | None, table: str = PREPARED
 ) -> Any:
     """Stage 2's SQL results (a Table) over a view's ``prepared`` rows (a DataStream of
-    ``prepared_columns``), registered as ``table`` with its event time and watermark."""
+    ``prepared_columns``), registered as ``table`` with its event time and a watermark ``lag_ms``
+    behind the latest row (None: stage 1's own watermarks, which the stream carries)."""
     from pyflink.table import Schema
 
-    if lateness is None:  # a bounded replay: every event counts, rows are emitted at the end
-        out_of_order = BOUNDED_REPLAY_LAG_MS
-    else:
-        out_of_order = lateness.bound_ms
-    # One more millisecond, so an event exactly at stage 1's bound is still ahead of Flink's watermark.
-    lag = watermark_lag_ms(plan, out_of_order) + 1
     builder = Schema.new_builder()
     for name, _, data_type in prepared_columns(plan):
         builder = builder.column(name, data_type)
-    schema = (
-        builder.column_by_expression("rt", "TO_TIMESTAMP_LTZ(_ts, 3)")
-        .watermark("rt", f"rt - {interval(lag)}")
-        .build()
-    )
+    watermark = "SOURCE_WATERMARK()" if lag_ms is None else f"rt - {interval(lag_ms)}"
+    schema = builder.column_by_expression("rt", "TO_TIMESTAMP_LTZ(_ts, 3)").watermark("rt", watermark).build()
     # Heartbeats only carry the watermark; a filter keeps the time attribute and its watermarks.
     t_env.create_temporary_view(f"{table}_all", t_env.from_data_stream(prepared, schema))
     t_env.create_temporary_view(
@@ -564,7 +575,7 @@ def run_flink_views(
     spool = tempfile.mkdtemp(prefix="mlfs-flink-")
     try:
         env, t_env = flink_environment(parallelism, master)
-        raw = _bounded_source(env, events, files, os.path.join(spool, "events"))
+        raws = _bounded_sources(env, events, files, os.path.join(spool, "events"))
         directories = [os.path.join(spool, f"view{v}") for v in range(len(plans))]
         views = []
         for v, (plan, directory) in enumerate(zip(plans, directories, strict=True)):
@@ -577,7 +588,7 @@ def run_flink_views(
                 inputs.check(plan)
                 sides = _bounded_sides(plan, env, inputs, lateness, directory)
             views.append(ViewJob(plan, outcomes, rows, f"{PREPARED}{v}", sides))
-        build_job(views, env, t_env, raw, lateness)
+        build_job(views, env, t_env, raws, lateness)
         if inspect is not None:
             inspect(env.get_execution_plan())
         env.execute(f"mlfs-{'-'.join(plan.view for plan in plans)}")
@@ -618,13 +629,22 @@ def _bounded_sides(
     return JoinSides(sources, lookups)
 
 
-def _bounded_source(env: Any, events: list[Any], files: int | None, directory: str) -> Any:
-    """``events`` as a DataStream of text: from a collection, or from ``files`` JSON-lines files in
-    ``directory`` (bytes events as they are), read in name order, so in the same order."""
+def _bounded_sources(env: Any, events: list[Any], files: int | None, directory: str) -> list[Any]:
+    """``events`` as DataStreams of text, one per source partition (``PartitionedEvent``'s, 0 to
+    the highest; else one): from collections, or from ``files`` JSON-lines files in ``directory``
+    (bytes events as they are; one partition), read in name order, so in the same order."""
     from pyflink.common import Types, WatermarkStrategy
 
+    if any(isinstance(e, PartitionedEvent) for e in events):
+        if files is not None:
+            raise ValueError("events read from files are one partition: no PartitionedEvent")
+        arrivals = [partitioned(e) for e in events]
+        parts: list[list[str]] = [[] for _ in range(1 + max(e.partition for e in arrivals))]
+        for event in arrivals:
+            parts[event.partition].append(_as_text(event.raw))
+        return [env.from_collection(part, Types.STRING()).set_parallelism(1) for part in parts]
     if files is None:
-        return env.from_collection([_as_text(e) for e in events], Types.STRING())
+        return [env.from_collection([_as_text(e) for e in events], Types.STRING())]
     lines = [bytes(e) if isinstance(e, (bytes, bytearray)) else _as_text(e).encode() for e in events]
     if any(b"\n" in line or b"\r" in line for line in lines):
         raise ValueError("an event sent as a line of a file cannot hold a line break")
@@ -633,9 +653,9 @@ def _bounded_source(env: Any, events: list[Any], files: int | None, directory: s
     for number, first in enumerate(range(0, len(lines), size)):
         part = lines[first : first + size]
         Path(directory, f"part-{number:05d}.jsonl").write_bytes(b"".join(line + b"\n" for line in part))
-    return env.from_source(
-        file_source(directory), WatermarkStrategy.no_watermarks(), "files"
-    ).set_parallelism(1)
+    return [
+        env.from_source(file_source(directory), WatermarkStrategy.no_watermarks(), "files").set_parallelism(1)
+    ]
 
 
 def _wait_for_spools(spool: str, timeout_s: float = 60.0) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from transforms.dtypes import CoercionError, DType
-from transforms.engines.flink_sql import BOUNDED_REPLAY_LAG_MS, interval, quote
+from transforms.engines.flink_sql import interval, quote, source_lag_ms
 from transforms.engines.flink_stage1 import (
     COUNTS_SETTINGS,
     DEAD,
@@ -356,13 +356,6 @@ def join_shifts(plan: TransformPlan) -> tuple[list[int], int]:
     return shifts, total
 
 
-def _lag_ms(lateness: Lateness | None) -> int:
-    """How far a classified source's watermark trails its latest event: one millisecond past its
-    lateness bound, so an event exactly at the bound is not late for Flink's joins (a bounded
-    replay: the end of the input)."""
-    return BOUNDED_REPLAY_LAG_MS if lateness is None else lateness.bound_ms + 1
-
-
 def _decoded_table(t_env: Any, raw: Any, name: str, function: str, fields: list[str]) -> None:
     """Register ``<name>_events``: each raw event ``_raw`` with ``function``'s ``fields`` and its
     processing time ``_pt``."""
@@ -457,7 +450,7 @@ def build_joined_stage1(
             f"WHERE _late = 0 AND _k0 = {PENDING}"
         )
     )
-    own_lag = _lag_ms(lateness)
+    own_lag = source_lag_ms(lateness)
     own_columns = [("_seq", DataTypes.BIGINT()), ("_t", DataTypes.BIGINT()), ("_raw", DataTypes.STRING())]
     own_columns += [(c, DataTypes.STRING()) for c in key_columns]
     shifts, total = join_shifts(plan)
@@ -532,7 +525,7 @@ def _other_source(
     partners = t_env.to_data_stream(
         t_env.sql_query(f"SELECT _seq, _t, _j, _f FROM {quote(name + '_all')} WHERE _late = 0 AND _k0 = {OK}")
     )
-    lag = _lag_ms(source.lateness)
+    lag = source_lag_ms(source.lateness)
     columns = [("_seq", DataTypes.BIGINT()), ("_t", DataTypes.BIGINT())]
     columns += [("_j", DataTypes.STRING()), ("_f", DataTypes.STRING())]
     t_env.create_temporary_view(f"{name}_partners", _timed(t_env, partners, columns, "_t", lag))

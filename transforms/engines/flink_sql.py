@@ -41,6 +41,7 @@ from transforms.aggregations import (
     Variance,
 )
 from transforms.dtypes import DType, feature_value
+from transforms.events import Lateness
 from transforms.plan import EVENT_TIMESTAMP, TransformPlan
 from transforms.timeutil import datetime_to_ms, ms_to_datetime
 from transforms.windows import LAST_ROW_MS, Sliding
@@ -58,10 +59,17 @@ def marker_offset_ms(plan: TransformPlan) -> int | None:
 BOUNDED_REPLAY_LAG_MS = 500 * 86_400_000  # without lateness, hold the watermark back 500 days
 
 
-def watermark_lag_ms(plan: TransformPlan, out_of_orderness_ms: int) -> int:
-    """Flink's watermark lag over ``prepared``: the markers run ``size`` ahead of the events, so the
-    lag adds ``size`` to keep the watermark at (latest event time - out-of-orderness)."""
-    return out_of_orderness_ms + (marker_offset_ms(plan) or 0)
+def source_lag_ms(lateness: Lateness | None) -> int:
+    """How far a source's watermark trails its latest event time: one millisecond past its lateness
+    bound, so an event exactly at the bound is still ahead of Flink's watermark (None: a bounded
+    replay, whose rows are emitted at the end of the input)."""
+    return BOUNDED_REPLAY_LAG_MS if lateness is None else lateness.bound_ms + 1
+
+
+def watermark_lag_ms(plan: TransformPlan, lateness: Lateness | None) -> int:
+    """``source_lag_ms`` over a view's prepared rows that carry no watermark (a joined stage 1's):
+    the markers run ``size`` ahead of the events, so the lag adds ``size``."""
+    return source_lag_ms(lateness) + (marker_offset_ms(plan) or 0)
 
 
 # -- order-preserving text of (event time, value) ------------------------------------------------

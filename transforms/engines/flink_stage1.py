@@ -30,7 +30,7 @@ import numpy as np
 
 from transforms.arrow_events import python_values, split_clean
 from transforms.dtypes import DType
-from transforms.engines.flink_sql import encode_ordered, marker_offset_ms, quote
+from transforms.engines.flink_sql import encode_ordered, marker_offset_ms, quote, source_lag_ms
 from transforms.events import DeadLetter, EventCounts, EventPreparer, Lateness, PreparedEvent
 from transforms.json_batches import DecodedLines, TypedBatch, decode_lines, needed_fields, typed_batch
 from transforms.plan import TransformPlan
@@ -406,30 +406,50 @@ def prepared_sql(plan: TransformPlan, v: int, classified: str, single: bool | No
     )
 
 
-def events_sql(plans: Sequence[TransformPlan], raw: str, function: str) -> str:
-    """Each raw event with what ``prepare`` made of it."""
+def events_sql(plans: Sequence[TransformPlan], raws: Sequence[str], function: str) -> str:
+    """Each raw event with what ``prepare`` made of it and its partition ``_part`` (the position of
+    its table in ``raws``, one per source partition; each partition's ``prepare`` runs on its own)."""
     items = ", ".join(f"p.{quote(name)} AS {quote(name)}" for name in _outcome_fields(plans))
-    prepared = f"SELECT f0 AS _raw, {quote(function)}(f0) AS p, _pt FROM {quote(raw)}"
-    return f"SELECT _raw, {items}, _pt FROM ({prepared})"
+    return " UNION ALL ".join(
+        f"SELECT _raw, {items}, {part} AS _part, _pt FROM "
+        f"(SELECT f0 AS _raw, {quote(function)}(f0) AS p, _pt FROM {quote(raw)})"
+        for part, raw in enumerate(raws)
+    )
+
+
+SEQ_PARTITION_BITS = 40  # ``_seq`` = partition << 40 | the event's position in its partition
+
+
+def classified_fields(plans: Sequence[TransformPlan]) -> list[str]:
+    """The columns of ``classified_sql``."""
+    return ["_raw", *_outcome_fields(plans), "_part", "_max", "_seq", "_late"]
 
 
 def classified_sql(plans: Sequence[TransformPlan], events: str, lateness: Lateness | None) -> str:
-    """Each event with its position ``_seq``, the highest event time so far ``_max`` (this event
-    included) and whether it is late (``_late``, 0 or 1)."""
-    return classified_columns_sql(["_raw", *_outcome_fields(plans)], events, lateness)
+    """Each event of ``events_sql`` with, within its partition (DESIGN §2: lateness is judged per
+    source partition), the highest event time so far ``_max`` (this event included), its
+    position ``_seq`` (``SEQ_PARTITION_BITS``) and whether it is late (``_late``, 0 or 1)."""
+    return classified_columns_sql(["_raw", *_outcome_fields(plans), "_part"], events, lateness, "_part")
 
 
-def classified_columns_sql(columns: Sequence[str], events: str, lateness: Lateness | None) -> str:
-    """``classified_sql`` over events with ``columns`` (their time is ``_t``)."""
+def classified_columns_sql(
+    columns: Sequence[str], events: str, lateness: Lateness | None, partition: str | None = None
+) -> str:
+    """``classified_sql`` over events with ``columns`` (their time is ``_t``), per value of the
+    column ``partition`` (None: one partition)."""
     if lateness is None:  # a bounded replay: nothing is late
         late = "0"
     else:
         late = f"CASE WHEN _t < _max - {lateness.bound_ms} THEN 1 ELSE 0 END"
     listed = ", ".join(quote(name) for name in columns)
+    seq, by = "COUNT(*) OVER w", ""
+    if partition is not None:
+        seq = f"CAST({quote(partition)} AS BIGINT) * {1 << SEQ_PARTITION_BITS} + {seq}"
+        by = f"PARTITION BY {quote(partition)} "
     return (
         f"SELECT {listed}, _max, _seq, {late} AS _late FROM ("
-        f"SELECT {listed}, MAX(_t) OVER w AS _max, COUNT(*) OVER w AS _seq FROM {quote(events)} "
-        "WINDOW w AS (ORDER BY _pt ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW))"
+        f"SELECT {listed}, MAX(_t) OVER w AS _max, {seq} AS _seq FROM {quote(events)} "
+        f"WINDOW w AS ({by}ORDER BY _pt ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW))"
     )
 
 
@@ -564,16 +584,17 @@ COUNTS_SETTINGS = {
 def build_stage1(
     plans: Sequence[TransformPlan],
     env: Any,
-    raw: Any,
+    raws: Sequence[Any],
     lateness: Lateness | None,
     outcomes: Sequence[Callable[[], OutcomeSink]],
     name: str,
 ) -> list[Any]:
-    """Add one stage 1 for the views ``plans`` of one source, over its raw events ``raw``, to
-    ``env``; returns each view's DataStream of prepared rows (``prepared_columns``), in the order
-    stage 1 accepted the events. ``outcomes`` are the views' outcome sinks. Its state lives in the
-    SQL operators, whose ids derive from the job's shape, so a restarted job of the same views
-    restores it."""
+    """Add one stage 1 for the views ``plans`` of one source, over its raw events ``raws`` (a
+    DataStream of text per source partition, each at parallelism 1), to ``env``; returns each view's
+    DataStream of prepared rows (``prepared_columns``), each partition's in the order stage 1
+    accepted its events, with the source's watermarks (``PartitionWatermarks``). ``outcomes`` are
+    the views' outcome sinks. Its state lives in the SQL operators, whose ids derive from the job's
+    shape, so a restarted job of the same views restores it."""
     from pyflink.table import DataTypes, Schema
     from pyflink.table.udf import udf
 
@@ -583,9 +604,11 @@ def build_stage1(
         function, udf(prepare_function(plans), result_type=prepare_result_type(plans), func_type="pandas")
     )
     schema = Schema.new_builder().column("f0", DataTypes.STRING()).column_by_expression("_pt", "PROCTIME()")
-    t_env.create_temporary_view(f"{name}_raw", t_env.from_data_stream(raw, schema.build()))
-    t_env.create_temporary_view(f"{name}_events", t_env.sql_query(events_sql(plans, f"{name}_raw", function)))
-    return stage1_sql(plans, env, t_env, lateness, outcomes, name)
+    tables = [f"{name}_raw{part}" for part in range(len(raws))]
+    for table, raw in zip(tables, raws, strict=True):
+        t_env.create_temporary_view(table, t_env.from_data_stream(raw, schema.build()))
+    t_env.create_temporary_view(f"{name}_events", t_env.sql_query(events_sql(plans, tables, function)))
+    return stage1_sql(plans, env, t_env, lateness, outcomes, name, len(raws))
 
 
 def stage1_sql(
@@ -595,14 +618,34 @@ def stage1_sql(
     lateness: Lateness | None,
     outcomes: Sequence[Callable[[], OutcomeSink]],
     name: str,
+    partitions: int = 1,
 ) -> list[Any]:
     """The Flink SQL half of stage 1 over the view ``<name>_events`` of ``t_env`` (made with
-    ``STAGE1_SETTINGS``): each raw event ``_raw`` with ``prepare``'s result (``_outcome_fields``)
-    and its processing time ``_pt``. Classifies, counts and unnests as ``build_stage1`` says;
-    ``benchmarks/flink_ceiling.py`` runs it over ``prepare``'s results read from a file."""
+    ``STAGE1_SETTINGS``): each raw event ``_raw`` with ``prepare``'s result (``_outcome_fields``),
+    its partition ``_part`` (of ``partitions``) and its processing time ``_pt``. Classifies, counts
+    and unnests as ``build_stage1`` says; ``benchmarks/flink_ceiling.py`` runs it over
+    ``prepare``'s results read from a file."""
+    from pyflink.datastream import DataStream
+    from pyflink.java_gateway import get_gateway
+    from pyflink.table import Schema
+
     classified = t_env.to_data_stream(t_env.sql_query(classified_sql(plans, f"{name}_events", lateness)))
-    # Every consumer starts from this one stream, so ``prepare`` and the classification run once.
-    t_env.create_temporary_view(f"{name}_classified", t_env.from_data_stream(classified))
+    fields = classified_fields(plans)
+    strategy = get_gateway().jvm.mlfs.flink.PartitionWatermarks(
+        partitions, fields.index("_part"), fields.index("_max"), fields.index("_t"), source_lag_ms(lateness)
+    )
+    # One instance sees every partition (the classification runs per partition, in parallel).
+    j_watermarked = classified._j_data_stream.assignTimestampsAndWatermarks(strategy)
+    classified = DataStream(j_watermarked.name(f"{name}-watermarks").setParallelism(1))
+    # Every consumer starts from this one stream, so ``prepare`` and the classification run once;
+    # a table drops a stream's watermarks unless it declares them.
+    schema = (
+        Schema.new_builder()
+        .column_by_metadata("_rowtime", "TIMESTAMP_LTZ(3)", "rowtime")
+        .watermark("_rowtime", "SOURCE_WATERMARK()")
+        .build()
+    )
+    t_env.create_temporary_view(f"{name}_classified", t_env.from_data_stream(classified, schema))
     letters = t_env.to_data_stream(t_env.sql_query(letters_sql(len(plans), f"{name}_classified")))
     # One instance, so each view's letters are written in ``_seq`` order (``OutcomeSink.dead``).
     letters.process(dead_letters_function(plans, lateness, outcomes)).name(

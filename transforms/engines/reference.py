@@ -21,10 +21,10 @@ from transforms.events import (
     EventPreparer,
     Key,
     Lateness,
-    PartitionedEvent,
     PartitionedLateness,
     PreparedEvent,
     Values,
+    partitioned,
 )
 from transforms.joining import EventJoiner, JoinInputs, joined_outcome
 from transforms.plan import EVENT_TIMESTAMP, FeatureContext, TransformPlan
@@ -55,7 +55,7 @@ def run_reference(
         result.source_counts = joiner.source_counts
         result.dead_letters.extend(joiner.dead_letters)
     for item in events:
-        partition, raw = (item.partition, item.raw) if isinstance(item, PartitionedEvent) else (0, item)
+        partition, raw = partitioned(item).partition, partitioned(item).raw
         counts.input += 1
         if progress is not None:
             progress(1)
