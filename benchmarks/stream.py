@@ -38,6 +38,8 @@ through every view's stage 1, as in 1. Needs the Flink Kafka connector jars
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import random
 import statistics
@@ -50,6 +52,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 # beside this file, imported before its folder leaves sys.path
+from kafka_broker import Broker
 from redis_server import redis_online_store, start_redis
 
 sys.path = [p for p in sys.path if Path(p).resolve() != Path(__file__).resolve().parent]
@@ -285,10 +288,8 @@ def stage1_run(job: subprocess.Popen[bytes], status_dir: Path, events: int) -> S
 KAFKA_ENV = "MLFS_BENCH_KAFKA"
 
 
-def kafka_main(args: argparse.Namespace) -> None:
+def kafka_main(args: argparse.Namespace, flink_config: dict[str, str]) -> None:
     import os
-
-    from kafka_broker import Broker
 
     from featurestore.cli import main as mlfs
     from featurestore.repo import load_repo
@@ -310,7 +311,9 @@ def kafka_main(args: argparse.Namespace) -> None:
     broker = Broker(base)
     os.environ[KAFKA_ENV] = env[KAFKA_ENV] = broker.servers
     print(
-        f"{args.events:,} events, {args.users:,} users, 3 views in one job, SQLite online store", flush=True
+        f"{args.events:,} events, {args.users:,} users, 3 views in one job, SQLite online store, "
+        f"Flink config {flink_config or 'as configured'}",
+        flush=True,
     )
     try:
         for partitions in sorted({1, args.kafka_partitions}):
@@ -318,7 +321,10 @@ def kafka_main(args: argparse.Namespace) -> None:
             broker.create_topic(topic, partitions)
             broker.produce(topic, lines, partitions)
             for parallelism in (1, 2):
-                repo_path = make_repo(base, {}, redis=False, name=f"repo-{partitions}-{parallelism}")
+                with contextlib.redirect_stdout(io.StringIO()):
+                    repo_path = make_repo(
+                        base, flink_config, redis=False, name=f"repo-{partitions}-{parallelism}"
+                    )
                 features = repo_path / "features.py"
                 text = features.read_text()
                 begin = text.index("payments = FileStreamSource(")
@@ -330,7 +336,8 @@ def kafka_main(args: argparse.Namespace) -> None:
                 )
                 imports = text[:begin].replace("    FileStreamSource,\n", "    KafkaStreamSource,\n")
                 features.write_text(imports + source + text[end:])
-                assert mlfs(["apply", "--repo", str(repo_path)]) == 0
+                with contextlib.redirect_stdout(io.StringIO()):
+                    assert mlfs(["apply", "--repo", str(repo_path)]) == 0
                 status_dir = load_repo(repo_path).settings.work_path / "stream" / "status"
                 command = [sys.executable, "-m", "featurestore.cli", "serve-stream", "--repo", str(repo_path)]
                 command += ["--parallelism", str(parallelism), "--no-metrics", "--for", "100000"]
@@ -382,10 +389,10 @@ def main() -> None:
     if args.joins:
         joins_main(args)
         return
-    if args.kafka_partitions:
-        kafka_main(args)
-        return
     flink_config = dict(entry.split("=", 1) for entry in args.flink_config)
+    if args.kafka_partitions:
+        kafka_main(args, flink_config)
+        return
 
     from featurestore.config import feast_store
     from featurestore.repo import load_repo
