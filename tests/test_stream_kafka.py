@@ -9,6 +9,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -202,6 +203,74 @@ def test_a_topic_of_four_partitions_is_classified_per_partition(tmp_path: Path, 
     reasons = Counter(reason for _, reason, _ in expected["user_payment_stats_7d dead letters"])
     assert reasons == {"late": 8, "unparseable": 4}
     assert_same_outcome(stream_outcome(repo_path, views), expected)
+
+
+@pytest.mark.parametrize("kafka_broker", [3], indirect=True)
+def test_kill_and_restart_on_a_topic_of_three_partitions(tmp_path: Path, kafka_broker: str) -> None:
+    """`kill -9` of a job reading three partitions, and a restart from its last checkpoint: each
+    partition resumes from its checkpointed offset and lateness state, dead letters written since
+    that checkpoint are not written twice (their positions are per partition), and the result is
+    the reference's over each partition's messages in offset order."""
+    from test_stream_recovery import completed_checkpoint_since
+
+    repo_path = kafka_repo(tmp_path / "repo")
+    os.environ["MLFS_TEST_KAFKA"] = kafka_broker
+    try:
+        assert main(["apply", "--repo", str(repo_path)]) == 0
+    finally:
+        os.environ.pop("MLFS_TEST_KAFKA")
+    rng = random.Random(13)
+    batches: list[list[list[str]]] = []  # [batch][partition] lines
+    for start_s in (0, 300, 600):
+        batch = []
+        for partition in range(3):
+            lines = payments(rng, start_s + partition * 7, 60)
+            lines.insert(30, '{"user_id": "u002", "timestamp": ')  # unparseable
+            late = json.loads(lines[0])
+            lines.append(shifted(json.dumps({**late, "payment_id": f"late-{start_s}-{partition}"}), -60))
+            batch.append(lines)
+        batches.append(batch)
+    env = {**os.environ, "MLFS_TEST_KAFKA": kafka_broker, "MLFS_FLINK_JARS": kafka_jars()}
+    repo = load_repo(repo_path)
+    status_dir = repo.settings.work_path / "stream" / "status"
+    checkpoints = repo.settings.work_path / "stream" / "checkpoints"
+    flags = ("--checkpoint-interval", "1", "--no-metrics", "--parallelism", "2")
+
+    def seen(batch: int) -> bool:
+        n = sum(len(lines) for b in batches[: batch + 1] for lines in b)
+        return read_status(status_dir, "user_payment_stats_7d").counts.input >= n
+
+    def produce_batch(batch: int) -> None:
+        for partition, lines in enumerate(batches[batch]):
+            produce(kafka_broker, list(lines), partition=partition)
+
+    produce_batch(0)
+    job = serve_stream(repo_path, tmp_path / "run0.log", *flags, env=env)
+    wait_for(lambda: seen(0) or job.poll() is not None, STARTUP_S, "the first messages")
+    assert job.poll() is None, (tmp_path / "run0.log").read_text()[-3000:]
+    after = time.time()
+    wait_for(lambda: completed_checkpoint_since(checkpoints, after), 120, "a checkpoint with them")
+    produce_batch(1)
+    time.sleep(random.uniform(0.5, 3.0))
+    os.killpg(job.pid, signal.SIGKILL)  # the CLI, its JVM and the Python workers
+    job.wait()
+
+    job = serve_stream(repo_path, tmp_path / "run1.log", *flags, env=env)
+    wait_for(lambda: seen(1) or job.poll() is not None, STARTUP_S, "the second messages after the restart")
+    assert job.poll() is None, (tmp_path / "run1.log").read_text()[-3000:]
+    produce_batch(2)
+    wait_for(lambda: seen(2), 120, "the third messages")
+    output = stop_when_quiet(job, status_dir, ["user_payment_stats_7d", "user_last_payment_fail"])
+    assert "restoring from" in output
+
+    arrivals = [
+        PartitionedEvent(p, line) for batch in batches for p, lines in enumerate(batch) for line in lines
+    ]
+    views = [("user_payment_stats_7d", "user_id"), ("user_last_payment_fail", "user_id")]
+    expected = reference_outcome(repo_path, views, arrivals)
+    reasons = Counter(reason for _, reason, _ in expected["user_payment_stats_7d dead letters"])
+    assert reasons == {"late": 9, "unparseable": 9}
+    assert_same_outcome(stream_outcome(repo_path, views, replayed=True), expected)
 
 
 def shifted(line: str, seconds: float) -> str:
