@@ -690,3 +690,30 @@ def test_flink_messy_interval_join_then_lookup_with_lateness_on_both_sides() -> 
     assert expected.counts.aggregated > expected.counts.late
     got = view.run(events, Runner.FLINK, joins=inputs, lateness=lateness)
     assert_same_joined(view, expected, got)
+
+
+@pytest.mark.slow
+def test_flink_joined_view_judges_its_own_source_per_partition() -> None:
+    """DESIGN §2 for a view with joins: its own events on three partitions, listed one partition
+    after another (over one merged order most of the later partitions' events would be late), an
+    interval join and a lookup; rows, counts and dead letters are the reference's given the same
+    partitions."""
+    from transforms.events import Lateness, PartitionedEvent
+
+    stats = stats_view()
+    view = paired_view("left", "row", lookup=True)
+    rng = random.Random(5)
+    parts: list[list[bytes]] = [[], [], []]
+    for event in in_arrival_order(payments(44, mixed=True), 3):
+        parts[rng.randrange(3)].append(json.dumps(event).encode())
+    events = [PartitionedEvent(p, line) for p, lines in enumerate(parts) for line in lines]
+    inputs = JoinInputs(
+        lookups=lookups(stats, stats.run(tied_events(41, keys=4)).rows).lookups,
+        sources={"refunds": pa.Table.from_pylist(refunds(45))},
+    )
+    lateness = Lateness(2000, 1000)
+    expected = view.run(events, joins=inputs, lateness=lateness)
+    merged = view.run([e.raw for e in events], joins=inputs, lateness=lateness)
+    assert 0 < expected.counts.late < merged.counts.late // 3
+    got = view.run(events, Runner.FLINK, joins=inputs, lateness=lateness)
+    assert_same_joined(view, expected, got)

@@ -11,6 +11,7 @@ import os
 import random
 import signal
 import time
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,9 @@ from featurestore.config import feast_store
 from featurestore.offline.parquet import ParquetOfflineStore
 from featurestore.repo import load_repo
 from featurestore.stream.sinks import read_status
+from transforms.engines.flink_stage1 import SEQ_PARTITION_BITS
 from transforms.engines.reference import run_reference
-from transforms.events import raw_text
+from transforms.events import partitioned, raw_text
 from transforms.joining import JoinInputs, LookupTable, source_lateness
 from transforms.plan import EVENT_TIMESTAMP
 from transforms.stage1 import LINE
@@ -156,9 +158,9 @@ def reference(repo_path: Path, pay: list[str], ref: list[str]) -> dict[str, Any]
         want = latest(rows, "user_id")
         features = [f.name for f in view.feature_fields]
         outcome[f"{name} online"] = {f: [want[k][f] for k in sorted(want)] for f in features}
-        texts = {"refunds": [raw_text(r) for r in ref], None: [raw_text(p) for p in pay]}
+        seqs = {"refunds": _seqs(ref), None: _seqs(pay)}
         outcome[f"{name} dead letters"] = sorted(
-            (letter.source or "", _position(texts[letter.source], letter.raw), letter.reason)
+            (letter.source or "", seqs[letter.source][letter.raw], letter.reason)
             for letter in result.dead_letters
         )
         outcome[f"{name} counts"] = (result.counts, result.source_counts)
@@ -178,8 +180,16 @@ def _compared(row: dict[str, Any]) -> bool:
     return bool(row[EVENT_TIMESTAMP].replace(tzinfo=None) < CUTOFF.replace(tzinfo=None))
 
 
-def _position(texts: list[str], raw: str) -> int:
-    return texts.index(raw) + 1  # 1-based, as Flink's ``seq``
+def _seqs(arrivals: list[Any]) -> dict[str, int]:
+    """Each arrival's text and its ``seq`` as Flink's: its partition and its 1-based position there
+    (the first arrival of a text)."""
+    seqs: dict[str, int] = {}
+    counted = Counter[int]()
+    for arrival in map(partitioned, arrivals):
+        counted[arrival.partition] += 1
+        seq = (arrival.partition << SEQ_PARTITION_BITS) + counted[arrival.partition]
+        seqs.setdefault(raw_text(arrival.raw), seq)
+    return seqs
 
 
 def streamed(repo_path: Path, views: list[str] = VIEWS) -> dict[str, Any]:

@@ -110,6 +110,15 @@ def produce(servers: str, lines: list[str | bytes], topic: str = TOPIC, partitio
     producer.close()
 
 
+def apply_with(repo_path: Path, servers: str) -> None:
+    """`mlfs apply` with the broker's address in the environment, where the Kafka source names it."""
+    os.environ["MLFS_TEST_KAFKA"] = servers
+    try:
+        assert main(["apply", "--repo", str(repo_path)]) == 0
+    finally:
+        os.environ.pop("MLFS_TEST_KAFKA")
+
+
 def kafka_jars() -> str:
     out = subprocess.run(
         ["bash", str(ROOT / "scripts" / "kafka_jars.sh")], check=True, capture_output=True, text=True
@@ -117,9 +126,10 @@ def kafka_jars() -> str:
     return os.pathsep.join(str(ROOT / line) for line in out.split())
 
 
-def kafka_repo(path: Path) -> Path:
-    """The example repository with its payments source on the Kafka topic instead of files."""
-    repo_path = example_repo(path, events=200)
+def kafka_repo(path: Path, with_joins: bool = False) -> Path:
+    """The example repository (with its join views) with its payments source on the Kafka topic
+    instead of files."""
+    repo_path = example_repo(path, events=200, with_joins=with_joins)
     features = repo_path / "features.py"
     text = features.read_text()
     start = text.index("payments = FileStreamSource(")
@@ -132,11 +142,7 @@ def kafka_repo(path: Path) -> Path:
 def test_serve_stream_reads_a_kafka_topic(tmp_path: Path, kafka_broker: str) -> None:
     repo_path = kafka_repo(tmp_path / "repo")
     env = {**os.environ, "MLFS_TEST_KAFKA": kafka_broker, "MLFS_FLINK_JARS": kafka_jars()}
-    os.environ["MLFS_TEST_KAFKA"] = kafka_broker
-    try:
-        assert main(["apply", "--repo", str(repo_path)]) == 0
-    finally:
-        os.environ.pop("MLFS_TEST_KAFKA")
+    apply_with(repo_path, kafka_broker)
 
     rng = random.Random(5)
     first: list[str | bytes] = [*payments(rng, 0, 120)]
@@ -173,11 +179,7 @@ def test_a_topic_of_four_partitions_is_classified_per_partition(tmp_path: Path, 
     Rows (up to the lowest partition's watermark), online values, dead letters (with each
     partition's positions) and counts equal the reference's given the same partitions."""
     repo_path = kafka_repo(tmp_path / "repo")
-    os.environ["MLFS_TEST_KAFKA"] = kafka_broker
-    try:
-        assert main(["apply", "--repo", str(repo_path)]) == 0
-    finally:
-        os.environ.pop("MLFS_TEST_KAFKA")
+    apply_with(repo_path, kafka_broker)
     rng = random.Random(9)
     arrivals: list[PartitionedEvent] = []
     for partition in range(4):
@@ -214,11 +216,7 @@ def test_kill_and_restart_on_a_topic_of_three_partitions(tmp_path: Path, kafka_b
     from test_stream_recovery import completed_checkpoint_since
 
     repo_path = kafka_repo(tmp_path / "repo")
-    os.environ["MLFS_TEST_KAFKA"] = kafka_broker
-    try:
-        assert main(["apply", "--repo", str(repo_path)]) == 0
-    finally:
-        os.environ.pop("MLFS_TEST_KAFKA")
+    apply_with(repo_path, kafka_broker)
     rng = random.Random(13)
     batches: list[list[list[str]]] = []  # [batch][partition] lines
     for start_s in (0, 300, 600):
@@ -271,6 +269,55 @@ def test_kill_and_restart_on_a_topic_of_three_partitions(tmp_path: Path, kafka_b
     reasons = Counter(reason for _, reason, _ in expected["user_payment_stats_7d dead letters"])
     assert reasons == {"late": 9, "unparseable": 9}
     assert_same_outcome(stream_outcome(repo_path, views, replayed=True), expected)
+
+
+@pytest.mark.parametrize("kafka_broker", [3], indirect=True)
+def test_views_with_joins_over_a_topic_of_three_partitions(tmp_path: Path, kafka_broker: str) -> None:
+    """The join views' own source (payments) on three partitions, refunds from files: each
+    partition's lateness decides their outcomes, and the joins, the gathering of each event's
+    partners and stage 2 wait for the lowest partition's watermark. Rows, online values, dead
+    letters (by source, partition and position) and counts per source equal the reference's."""
+    from test_stream_joins import FLUSH, HABIT, LAST
+
+    repo_path = kafka_repo(tmp_path / "repo", with_joins=True)
+    apply_with(repo_path, kafka_broker)
+    ref_dir = repo_path / "data" / "stream" / "refunds"
+    for old in ref_dir.iterdir():
+        old.unlink()
+    pay, ref = arrivals(17)
+    rng = random.Random(17)
+    parts: list[list[str]] = [[], [], []]
+    for line in pay[0] + pay[1]:
+        parts[rng.randrange(3)].append(line)
+    # Every partition ends with payments at both last times, so each one's watermark moves past the
+    # rest; those at the very last time wait (as in test_stream_joins), and come last here.
+    assert len(pay[2]) == 2 * LAST and all(
+        json.loads(line)["timestamp"] >= FLUSH.isoformat() for line in pay[2]
+    )
+    flushes = [PartitionedEvent(n % 3, line) for n, line in enumerate(pay[2])]
+    arrivals_ = [PartitionedEvent(p, line) for p, lines in enumerate(parts) for line in lines] + flushes
+    for flush in flushes:
+        parts[flush.partition].append(flush.raw)
+    for partition, lines in enumerate(parts):
+        produce(kafka_broker, lines, partition=partition)
+    for number, lines in enumerate(ref):
+        drop_file(ref_dir, f"{number}.jsonl", lines)
+    env = {**os.environ, "MLFS_TEST_KAFKA": kafka_broker, "MLFS_FLINK_JARS": kafka_jars()}
+    log = tmp_path / "stream.log"
+    flags = ["--no-metrics", "--parallelism", "2"]
+    job = serve_stream(repo_path, log, HABIT, REFUNDED, *flags, env=env)
+    every_ref = [line for lines in ref for line in lines]
+    wait_for(
+        lambda: seen(repo_path, len(arrivals_), len(every_ref)) or job.poll() is not None,
+        STARTUP_S,
+        "every payment and refund",
+    )
+    assert job.poll() is None, log.read_text()[-3000:]
+    stop_when_quiet(job, load_repo(repo_path).settings.work_path / "stream" / "status", [HABIT, REFUNDED])
+
+    expected = reference(repo_path, arrivals_, every_ref)
+    assert {reason for _, _, reason in expected[f"{REFUNDED} dead letters"]} >= {"late", "unparseable"}
+    assert_same_outcome(streamed(repo_path), expected)
 
 
 def shifted(line: str, seconds: float) -> str:
@@ -326,11 +373,7 @@ def test_an_interval_joins_other_source_on_a_kafka_topic(tmp_path: Path, kafka_b
         + KAFKA_REFUNDS
         + text[end:]
     )
-    os.environ["MLFS_TEST_KAFKA"] = kafka_broker
-    try:
-        assert main(["apply", "--repo", str(repo_path)]) == 0
-    finally:
-        os.environ.pop("MLFS_TEST_KAFKA")
+    apply_with(repo_path, kafka_broker)
     pay_dir = repo_path / "data" / "stream" / "payments"
     for old in pay_dir.iterdir():
         old.unlink()

@@ -323,13 +323,6 @@ def serve_stream(
                 )
     # Before a Flink environment is started: each source's partitions (and a Kafka source's jars).
     partitions = {s.name: source_partitions(s, options.jars) for v in views for s in read_sources(v)}
-    for view in views:
-        for source in read_sources(view):
-            if view.plan.joins and partitions[source.name] > 1:
-                raise MLFSError(
-                    f"view {view.name!r} has joins: source {source.name!r} has {partitions[source.name]} "
-                    "partitions, and a joined view's sources are read as one partition for now"
-                )
     stream_dir = settings.work_path / "stream"
     status_dir = stream_dir / "status"
     checkpoint_dir = (options.checkpoint_dir or stream_dir / "checkpoints").resolve()
@@ -485,14 +478,14 @@ class JobGraph:
 
     def add_joined(self, view: StreamFeatureView) -> None:
         """A view with joins, once the views it looks up are in."""
-        from transforms.engines.flink import build_job, looked_up_rows, one_partition
+        from transforms.engines.flink import build_job, looked_up_rows
         from transforms.engines.flink_joins import JoinedSource, JoinSides
 
         plan = view.plan
         sides = JoinSides(
             sources={
                 join.source_name: JoinedSource(
-                    one_partition(self._raw(join.source), view.name),
+                    self._raw(join.source),
                     source_lateness(join.source),
                     self._outcomes(view, f"source-{join.source_name}"),
                 )

@@ -330,7 +330,7 @@ def build_job(
             stream, stage2_lateness = build_joined_stage1(
                 view.plan,
                 env,
-                one_partition(raws, view.plan.view),
+                raws,
                 lateness,
                 view.outcomes,
                 view.sides,
@@ -339,16 +339,6 @@ def build_job(
             lag = watermark_lag_ms(view.plan, stage2_lateness)
             results[view.plan.view] = _build_stage2(view, env, t_env, stream, lag)
     return results
-
-
-def one_partition(raws: Sequence[Any], view: str) -> Any:
-    """The one partition of a source that a view with joins reads (its joined stage 1 judges
-    lateness over one arrival order)."""
-    if len(raws) != 1:
-        raise ValueError(
-            f"view {view!r} has joins: its source must be read as one partition, not {len(raws)}"
-        )
-    return raws[0]
 
 
 def _build_stage2(view: ViewJob, env: Any, t_env: Any, prepared: Any, lag_ms: int | None) -> Any:
@@ -625,7 +615,7 @@ def _bounded_sides(
             texts = [_as_text(e) for e in raw_events(inputs.sources[join.source_name])]
             raw = env.from_collection(texts, Types.STRING())
             other = None if lateness is None else source_lateness(join.source)
-            sources[join.source_name] = JoinedSource(raw, other, functools.partial(SpoolOutcomes, spool))
+            sources[join.source_name] = JoinedSource([raw], other, functools.partial(SpoolOutcomes, spool))
     return JoinSides(sources, lookups)
 
 

@@ -25,7 +25,7 @@ watermark passes them, and the window keeps an event until ``a.t + S``; all of i
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -47,9 +47,12 @@ from transforms.engines.flink_stage1 import (
     counts_function,
     counts_sql,
     dead_letters_function,
+    decoded_sql,
     flink_types,
     letters_sql,
+    partition_watermarks,
     prepared_sql,
+    raw_tables,
     row_columns,
     table_environment,
 )
@@ -136,7 +139,7 @@ class JoinedSource:
     """An interval join's other source in a Flink job: its raw events (a DataStream of text), its
     lateness (None: a bounded replay) and its outcome sink."""
 
-    raw: Any
+    raws: Sequence[Any]  # a DataStream of text per source partition
     lateness: Lateness | None
     outcomes: Callable[[], OutcomeSink]
 
@@ -356,21 +359,11 @@ def join_shifts(plan: TransformPlan) -> tuple[list[int], int]:
     return shifts, total
 
 
-def _decoded_table(t_env: Any, raw: Any, name: str, function: str, fields: list[str]) -> None:
-    """Register ``<name>_events``: each raw event ``_raw`` with ``function``'s ``fields`` and its
-    processing time ``_pt``."""
-    from pyflink.table import DataTypes, Schema
-
-    schema = Schema.new_builder().column("f0", DataTypes.STRING()).column_by_expression("_pt", "PROCTIME()")
-    t_env.create_temporary_view(f"{name}_raw", t_env.from_data_stream(raw, schema.build()))
-    items = ", ".join(f"p.{quote(f)} AS {quote(f)}" for f in fields)
-    t_env.create_temporary_view(
-        f"{name}_events",
-        t_env.sql_query(
-            f"SELECT _raw, {items}, _pt FROM "
-            f"(SELECT f0 AS _raw, {quote(function)}(f0) AS p, _pt FROM {quote(name + '_raw')})"
-        ),
-    )
+def _decoded_table(t_env: Any, raws: Sequence[Any], name: str, function: str, fields: list[str]) -> None:
+    """Register ``<name>_events``: each raw event ``_raw`` (of ``raws``, a DataStream per source
+    partition) with ``function``'s ``fields``, its partition ``_part`` and processing time ``_pt``."""
+    tables = raw_tables(t_env, raws, name)
+    t_env.create_temporary_view(f"{name}_events", t_env.sql_query(decoded_sql(fields, tables, function)))
 
 
 def _classify(
@@ -383,10 +376,11 @@ def _classify(
     outcomes: Callable[[], OutcomeSink],
     source: str | None,
 ) -> Any:
-    """Classify ``<name>_events`` for lateness; send its dead letters and counts to ``outcomes``;
-    returns the classified events as a DataStream."""
+    """Classify ``<name>_events`` for lateness, per source partition; send its dead letters and
+    counts to ``outcomes``; returns the classified events as a DataStream."""
+    columns = ["_raw", *fields, "_part"]
     classified = t_env.to_data_stream(
-        t_env.sql_query(classified_columns_sql(["_raw", *fields], f"{name}_events", lateness))
+        t_env.sql_query(classified_columns_sql(columns, f"{name}_events", lateness, "_part"))
     )
     t_env.create_temporary_view(f"{name}_classified", t_env.from_data_stream(classified))
     letters = t_env.to_data_stream(t_env.sql_query(letters_sql(1, f"{name}_classified")))
@@ -416,15 +410,16 @@ def _timed(t_env: Any, stream: Any, columns: list[tuple[str, Any]], time_sql: st
 def build_joined_stage1(
     plan: TransformPlan,
     env: Any,
-    raw: Any,
+    raws: Sequence[Any],
     lateness: Lateness | None,
     outcomes: Callable[[], OutcomeSink],
     sides: JoinSides,
     name: str,
 ) -> tuple[Any, Lateness | None]:
-    """Stage 1 of a view with joins over its raw events ``raw``: returns its prepared rows (a
-    DataStream of ``prepared_columns``) and the lateness stage 2 must allow them (None: a bounded
-    replay)."""
+    """Stage 1 of a view with joins over its raw events ``raws`` (a DataStream of text per source
+    partition): returns its prepared rows (a DataStream of ``prepared_columns``) and the lateness
+    stage 2 must allow them (None: a bounded replay). Each table of its own or another source's
+    events takes its watermark from ``partition_watermarks``, shifted as its event time is."""
     from pyflink.table import DataTypes
     from pyflink.table.udf import udf
 
@@ -440,26 +435,33 @@ def build_joined_stage1(
         f"{own}_decode",
         udf(own_events_function(plan, lookup_keys), result_type=own_result_type(plan), func_type="pandas"),
     )
-    _decoded_table(t_env, raw, own, f"{own}_decode", _own_fields(plan))
+    _decoded_table(t_env, raws, own, f"{own}_decode", _own_fields(plan))
     classified = _classify(env, t_env, own, _own_fields(plan), plan, lateness, outcomes, None)
     t_env.create_temporary_view(f"{own}_all", t_env.from_data_stream(classified))
     key_columns = [f"_j{j}" for j in range(len(plan.joins))]
     clean = t_env.to_data_stream(
         t_env.sql_query(
-            f"SELECT _seq, _t, _raw, {', '.join(key_columns)} FROM {quote(own + '_all')} "
+            f"SELECT _seq, _t, _raw, {', '.join(key_columns)}, _part, _max FROM {quote(own + '_all')} "
             f"WHERE _late = 0 AND _k0 = {PENDING}"
         )
     )
     own_lag = source_lag_ms(lateness)
     own_columns = [("_seq", DataTypes.BIGINT()), ("_t", DataTypes.BIGINT()), ("_raw", DataTypes.STRING())]
     own_columns += [(c, DataTypes.STRING()) for c in key_columns]
+    own_columns += [("_part", DataTypes.INT()), ("_max", DataTypes.BIGINT())]
+    own_fields = [column for column, _ in own_columns]
+
+    def own_watermarked(lag_ms: int, what: str) -> Any:
+        return partition_watermarks(clean, own_fields, len(raws), lag_ms, what)
+
     shifts, total = join_shifts(plan)
     candidates = []
     for position, join in enumerate(plan.joins):
         side = f"{name}_j{position}"
         exclusive = isinstance(join, Lookup) and join.exclusive
         events_time = "_t - 1" if exclusive else "_t"
-        t_env.create_temporary_view(f"{side}_a", _timed(t_env, clean, own_columns, events_time, own_lag))
+        own_side = own_watermarked(own_lag + (1 if exclusive else 0), f"{side}_a")
+        t_env.create_temporary_view(f"{side}_a", _timed(t_env, own_side, own_columns, events_time, None))
         if isinstance(join, IntervalJoin):
             other = _other_source(plan, join, env, t_env, sources[join.source_name], f"{side}_b")
             found = (
@@ -498,7 +500,8 @@ def build_joined_stage1(
                     f"AND r.rt BETWEEN a.rt AND a.rt + {interval(shifts[position])}"
                 )
             )
-    gathered = _gather(t_env, clean, own_columns[:3], own_lag, candidates, total, name)
+    base = own_watermarked(own_lag - total, f"{name}_base")  # its events at ``_t + total``
+    gathered = _gather(t_env, base, own_columns[:3], candidates, total, name)
     finished = _finish(plan, env, gathered, lookup_keys, sides.finished or outcomes, name)
     stage2_lateness = None if lateness is None else Lateness(total, 0)
     return finished, stage2_lateness
@@ -516,37 +519,37 @@ def _other_source(
         f"{name}_decode",
         udf(other_events_function(plan, join), result_type=other_result_type(), func_type="pandas"),
     )
-    _decoded_table(t_env, source.raw, name, f"{name}_decode", OTHER_FIELDS)
+    _decoded_table(t_env, source.raws, name, f"{name}_decode", OTHER_FIELDS)
     reader = other_plan(plan, join)
     classified = _classify(
         env, t_env, name, OTHER_FIELDS, reader, source.lateness, source.outcomes, join.source_name
     )
     t_env.create_temporary_view(f"{name}_all", t_env.from_data_stream(classified))
     partners = t_env.to_data_stream(
-        t_env.sql_query(f"SELECT _seq, _t, _j, _f FROM {quote(name + '_all')} WHERE _late = 0 AND _k0 = {OK}")
+        t_env.sql_query(
+            f"SELECT _seq, _t, _j, _f, _part, _max FROM {quote(name + '_all')} WHERE _late = 0 AND _k0 = {OK}"
+        )
     )
-    lag = source_lag_ms(source.lateness)
     columns = [("_seq", DataTypes.BIGINT()), ("_t", DataTypes.BIGINT())]
     columns += [("_j", DataTypes.STRING()), ("_f", DataTypes.STRING())]
-    t_env.create_temporary_view(f"{name}_partners", _timed(t_env, partners, columns, "_t", lag))
+    columns += [("_part", DataTypes.INT()), ("_max", DataTypes.BIGINT())]
+    fields = [column for column, _ in columns]
+    lag = source_lag_ms(source.lateness)
+    watermarked = partition_watermarks(partners, fields, len(source.raws), lag, f"{name}_partners")
+    t_env.create_temporary_view(f"{name}_partners", _timed(t_env, watermarked, columns, "_t", None))
     return f"{name}_partners"
 
 
 def _gather(
-    t_env: Any,
-    clean: Any,
-    columns: list[tuple[str, Any]],
-    lag_ms: int,
-    candidates: list[Any],
-    total: int,
-    name: str,
+    t_env: Any, base: Any, columns: list[tuple[str, Any]], candidates: list[Any], total: int, name: str
 ) -> Any:
-    """Each event with its candidates, once every side's watermark passed ``a.t + S`` (a tumbling
-    window of one millisecond there): ``_seq``, ``_t``, ``_raw``, ``_items`` (JSON lines)."""
+    """Each event of ``base`` (the view's own events, with their watermarks at ``_t + S``) with its
+    candidates, once every side's watermark passed ``a.t + S`` (a tumbling window of one millisecond
+    there): ``_seq``, ``_t``, ``_raw``, ``_items`` (JSON lines)."""
     from pyflink.table import DataTypes
 
     at = f"_t + {total}"
-    t_env.create_temporary_view(f"{name}_base", _timed(t_env, clean, columns, at, lag_ms))
+    t_env.create_temporary_view(f"{name}_base", _timed(t_env, base, columns, at, None))
     parts = [f"SELECT _seq, _t, _raw, CAST(NULL AS STRING) AS _item, rt FROM {quote(name + '_base')}"]
     found = [("_seq", DataTypes.BIGINT()), ("_t", DataTypes.BIGINT()), ("_item", DataTypes.STRING())]
     for k, table in enumerate(candidates):

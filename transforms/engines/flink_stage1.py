@@ -409,7 +409,13 @@ def prepared_sql(plan: TransformPlan, v: int, classified: str, single: bool | No
 def events_sql(plans: Sequence[TransformPlan], raws: Sequence[str], function: str) -> str:
     """Each raw event with what ``prepare`` made of it and its partition ``_part`` (the position of
     its table in ``raws``, one per source partition; each partition's ``prepare`` runs on its own)."""
-    items = ", ".join(f"p.{quote(name)} AS {quote(name)}" for name in _outcome_fields(plans))
+    return decoded_sql(_outcome_fields(plans), raws, function)
+
+
+def decoded_sql(fields: Sequence[str], raws: Sequence[str], function: str) -> str:
+    """Each raw event ``_raw`` of the tables ``raws`` (one per source partition, with columns ``f0``
+    and ``_pt``) with the ``fields`` of ``function``'s result, its partition ``_part`` and ``_pt``."""
+    items = ", ".join(f"p.{quote(name)} AS {quote(name)}" for name in fields)
     return " UNION ALL ".join(
         f"SELECT _raw, {items}, {part} AS _part, _pt FROM "
         f"(SELECT f0 AS _raw, {quote(function)}(f0) AS p, _pt FROM {quote(raw)})"
@@ -595,7 +601,6 @@ def build_stage1(
     accepted its events, with the source's watermarks (``PartitionWatermarks``). ``outcomes`` are
     the views' outcome sinks. Its state lives in the SQL operators, whose ids derive from the job's
     shape, so a restarted job of the same views restores it."""
-    from pyflink.table import DataTypes, Schema
     from pyflink.table.udf import udf
 
     t_env = table_environment(env, STAGE1_SETTINGS)
@@ -603,12 +608,36 @@ def build_stage1(
     t_env.create_temporary_function(
         function, udf(prepare_function(plans), result_type=prepare_result_type(plans), func_type="pandas")
     )
+    tables = raw_tables(t_env, raws, name)
+    t_env.create_temporary_view(f"{name}_events", t_env.sql_query(events_sql(plans, tables, function)))
+    return stage1_sql(plans, env, t_env, lateness, outcomes, name, len(raws))
+
+
+def raw_tables(t_env: Any, raws: Sequence[Any], name: str) -> list[str]:
+    """Register each partition's raw events (a DataStream of text) as ``<name>_raw<partition>``
+    (``f0``, processing time ``_pt``); returns their names."""
+    from pyflink.table import DataTypes, Schema
+
     schema = Schema.new_builder().column("f0", DataTypes.STRING()).column_by_expression("_pt", "PROCTIME()")
     tables = [f"{name}_raw{part}" for part in range(len(raws))]
     for table, raw in zip(tables, raws, strict=True):
         t_env.create_temporary_view(table, t_env.from_data_stream(raw, schema.build()))
-    t_env.create_temporary_view(f"{name}_events", t_env.sql_query(events_sql(plans, tables, function)))
-    return stage1_sql(plans, env, t_env, lateness, outcomes, name, len(raws))
+    return tables
+
+
+def partition_watermarks(stream: Any, fields: Sequence[str], partitions: int, lag_ms: int, name: str) -> Any:
+    """``stream`` (of classified events, or rows of them, with columns ``fields``: ``_part``,
+    ``_max`` and ``_t`` among them) with the source's watermarks, ``lag_ms`` behind the lowest
+    partition's highest event time (``PartitionWatermarks``). One instance sees every partition (the
+    classification runs per partition, in parallel)."""
+    from pyflink.datastream import DataStream
+    from pyflink.java_gateway import get_gateway
+
+    strategy = get_gateway().jvm.mlfs.flink.PartitionWatermarks(
+        partitions, fields.index("_part"), fields.index("_max"), fields.index("_t"), lag_ms
+    )
+    j_watermarked = stream._j_data_stream.assignTimestampsAndWatermarks(strategy)
+    return DataStream(j_watermarked.name(f"{name}-watermarks").setParallelism(1))
 
 
 def stage1_sql(
@@ -625,18 +654,11 @@ def stage1_sql(
     its partition ``_part`` (of ``partitions``) and its processing time ``_pt``. Classifies, counts
     and unnests as ``build_stage1`` says; ``benchmarks/flink_ceiling.py`` runs it over
     ``prepare``'s results read from a file."""
-    from pyflink.datastream import DataStream
-    from pyflink.java_gateway import get_gateway
     from pyflink.table import Schema
 
     classified = t_env.to_data_stream(t_env.sql_query(classified_sql(plans, f"{name}_events", lateness)))
     fields = classified_fields(plans)
-    strategy = get_gateway().jvm.mlfs.flink.PartitionWatermarks(
-        partitions, fields.index("_part"), fields.index("_max"), fields.index("_t"), source_lag_ms(lateness)
-    )
-    # One instance sees every partition (the classification runs per partition, in parallel).
-    j_watermarked = classified._j_data_stream.assignTimestampsAndWatermarks(strategy)
-    classified = DataStream(j_watermarked.name(f"{name}-watermarks").setParallelism(1))
+    classified = partition_watermarks(classified, fields, partitions, source_lag_ms(lateness), name)
     # Every consumer starts from this one stream, so ``prepare`` and the classification run once;
     # a table drops a stream's watermarks unless it declares them.
     schema = (

@@ -15,7 +15,9 @@ import org.apache.flink.types.Row;
  * (none until each partition has an event time). It runs over stage 1's classified events, one
  * instance seeing every partition: field {@code partitionField} is the event's partition, field
  * {@code maxField} its partition's highest event time so far (null before the first), field
- * {@code timeField} its own time (the record's timestamp; null for an event without one).
+ * {@code timeField} its own time (the record's timestamp; null for an event without one). A
+ * negative {@code lagMs} puts the watermark ahead of the event times, for rows whose event time is
+ * that much later than their event's.
  */
 public class PartitionWatermarks implements WatermarkStrategy<Row> {
     private static final long serialVersionUID = 1L;
@@ -86,10 +88,12 @@ public class PartitionWatermarks implements WatermarkStrategy<Row> {
             for (long value : highest) {
                 lowest = Math.min(lowest, value);
             }
-            if (lowest < Long.MIN_VALUE + lagMs) {
+            long watermark;
+            try {
+                watermark = Math.subtractExact(lowest, lagMs);
+            } catch (ArithmeticException beyondLong) {
                 return;
             }
-            long watermark = lowest - lagMs;
             if (watermark > emitted) {
                 emitted = watermark;
                 output.emitWatermark(new Watermark(watermark));
