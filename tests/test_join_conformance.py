@@ -693,27 +693,42 @@ def test_flink_messy_interval_join_then_lookup_with_lateness_on_both_sides() -> 
 
 
 @pytest.mark.slow
-def test_flink_joined_view_judges_its_own_source_per_partition() -> None:
-    """DESIGN §2 for a view with joins: its own events on three partitions, listed one partition
-    after another (over one merged order most of the later partitions' events would be late), an
-    interval join and a lookup; rows, counts and dead letters are the reference's given the same
-    partitions."""
+def test_flink_joined_view_judges_both_sources_per_partition() -> None:
+    """DESIGN §2 for a view with joins: its own events on three partitions and the other source's
+    on two, each listed one partition after another (over one merged order most of the later
+    partitions' events would be late), an interval join and a lookup; rows, counts on both
+    sources and dead letters are the reference's given the same partitions."""
     from transforms.events import Lateness, PartitionedEvent
 
     stats = stats_view()
-    view = paired_view("left", "row", lookup=True)
+    source = FileStreamSource(
+        name="refunds",
+        path="refunds",
+        history="refunds.parquet",
+        max_out_of_orderness=timedelta(seconds=1),
+        allowed_lateness=timedelta(seconds=1),
+    )
+    view = paired_view("left", "row", lookup=True, source=source)
     rng = random.Random(5)
     parts: list[list[bytes]] = [[], [], []]
     for event in in_arrival_order(payments(44, mixed=True), 3):
         parts[rng.randrange(3)].append(json.dumps(event).encode())
     events = [PartitionedEvent(p, line) for p, lines in enumerate(parts) for line in lines]
-    inputs = JoinInputs(
-        lookups=lookups(stats, stats.run(tied_events(41, keys=4)).rows).lookups,
-        sources={"refunds": pa.Table.from_pylist(refunds(45))},
-    )
+    other: list[list[dict[str, Any]]] = [[], []]
+    for refund in in_arrival_order(refunds(45, mixed=True), 4):
+        other[rng.randrange(2)].append(refund)
+    stats_rows = lookups(stats, stats.run(tied_events(41, keys=4)).rows).lookups
+
+    def inputs(partitioned: bool) -> JoinInputs:
+        given = JoinInputs(lookups=stats_rows, sources={"refunds": as_lines(other[0] + other[1])})
+        if partitioned:
+            given.partitions["refunds"] = [0] * len(other[0]) + [1] * len(other[1])
+        return given
+
     lateness = Lateness(2000, 1000)
-    expected = view.run(events, joins=inputs, lateness=lateness)
-    merged = view.run([e.raw for e in events], joins=inputs, lateness=lateness)
+    expected = view.run(events, joins=inputs(True), lateness=lateness)
+    merged = view.run([e.raw for e in events], joins=inputs(False), lateness=lateness)
     assert 0 < expected.counts.late < merged.counts.late // 3
-    got = view.run(events, Runner.FLINK, joins=inputs, lateness=lateness)
+    assert 0 < expected.source_counts["refunds"].late < merged.source_counts["refunds"].late // 3
+    got = view.run(events, Runner.FLINK, joins=inputs(True), lateness=lateness)
     assert_same_joined(view, expected, got)

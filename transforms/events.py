@@ -167,12 +167,16 @@ class PartitionedLateness:
         self.lateness = lateness
         self.partitions: dict[int, LateClassifier] = {}
 
-    def late_watermark(self, partition: int, time_ms: int) -> int | None:
-        """The watermark of ``partition`` an event at ``time_ms`` is late against, or None."""
+    def of(self, partition: int) -> LateClassifier:
+        """The classifier of ``partition``."""
         classifier = self.partitions.get(partition)
         if classifier is None:
             classifier = self.partitions[partition] = LateClassifier(self.lateness)
-        return classifier.late_watermark(time_ms)
+        return classifier
+
+    def late_watermark(self, partition: int, time_ms: int) -> int | None:
+        """The watermark of ``partition`` an event at ``time_ms`` is late against, or None."""
+        return self.of(partition).late_watermark(time_ms)
 
 
 class LateClassifier:

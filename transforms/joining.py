@@ -30,6 +30,7 @@ from transforms.events import (
     EventPreparer,
     LateClassifier,
     Lateness,
+    PartitionedLateness,
     PreparedEvent,
 )
 from transforms.joins import IntervalJoin, Lookup
@@ -64,10 +65,12 @@ class LookupTable:
 @dataclass
 class JoinInputs:
     """What a view's joins read: looked-up views' rows by view name, other sources' raw events (a
-    table of columns or of JSON lines, in arrival order) by source name."""
+    table of columns or of JSON lines, in arrival order) by source name, and for a source read as
+    several partitions (streaming: lateness is judged per partition) each of its events' partition."""
 
     lookups: dict[str, LookupTable] = field(default_factory=dict)
     sources: dict[str, pa.Table] = field(default_factory=dict)
+    partitions: dict[str, list[int]] = field(default_factory=dict)
 
     def check(self, plan: TransformPlan, partners: Iterable[str] = ()) -> None:
         """Refuse, before any work, inputs that lack a looked-up view's rows or a joined source's
@@ -176,21 +179,24 @@ def read_other(
     letters: list[DeadLetter],
     streaming: bool = False,
     typed: bool = False,
+    partitions: list[int] | None = None,
 ) -> list[OtherEvent]:
     """The other source's events an interval join can pair, counting each event's outcome on that
     source: taken (``aggregated``), a null join value (``filtered``: it never matches),
-    dead-lettered (bad, or a join value of another type), or late (``streaming``). With ``typed``,
-    the events of typed columns are taken whole (``_typed_partners``); the reference reads every
-    event with ``other_event``."""
+    dead-lettered (bad, or a join value of another type), or late (``streaming``; per source
+    partition, each event's in ``partitions``, else one). With ``typed``, the events of typed
+    columns are taken whole (``_typed_partners``); the reference reads every event with
+    ``other_event``."""
     taken: list[OtherEvent] = []
     whole = _typed_partners(join, events) if typed and not streaming else None
     if whole is not None:
         taken, filtered, events = whole
         counts.add(EventCounts(input=len(taken) + filtered, aggregated=len(taken), filtered=filtered))
     preparer = other_preparer(plan, join)
-    classifier = LateClassifier(source_lateness(join.source)) if streaming else None
-    for raw in raw_events(events):
-        outcome = other_event(preparer, join, raw, classifier)
+    lateness = PartitionedLateness(source_lateness(join.source)) if streaming else None
+    raws = raw_events(events)
+    for raw, partition in zip(raws, partitions or [0] * len(raws), strict=True):
+        outcome = other_event(preparer, join, raw, None if lateness is None else lateness.of(partition))
         counts.add(other_counts(outcome))
         if isinstance(outcome, DeadLetter):
             letters.append(outcome)
@@ -399,7 +405,7 @@ class EventJoiner:
                 self.indexes.append(index)
             else:
                 index = _IntervalIndex(join)
-                index.build(self._read_other(join, index, inputs.sources[join.source_name], streaming))
+                index.build(self._read_other(join, inputs, streaming))
                 self.indexes.append(index)
 
     @staticmethod
@@ -424,11 +430,13 @@ class EventJoiner:
                 indexes.append(index)
         return EventJoiner(plan, JoinInputs(), indexes=indexes)
 
-    def _read_other(
-        self, join: IntervalJoin, index: _IntervalIndex, events: pa.Table, streaming: bool
-    ) -> list[OtherEvent]:
-        counts = self.source_counts.setdefault(join.source_name, EventCounts())
-        return read_other(self.plan, join, events, counts, self.dead_letters, streaming)
+    def _read_other(self, join: IntervalJoin, inputs: JoinInputs, streaming: bool) -> list[OtherEvent]:
+        name = join.source_name
+        counts = self.source_counts.setdefault(name, EventCounts())
+        events, partitions = inputs.sources[name], inputs.partitions.get(name)
+        return read_other(
+            self.plan, join, events, counts, self.dead_letters, streaming, partitions=partitions
+        )
 
     def join(self, raw: Any, event: dict[str, Any], time_ms: int) -> list[JoinedEvent] | DeadLetter:
         """The joined events of one event (none: an inner join found no partner)."""

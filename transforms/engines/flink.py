@@ -597,7 +597,6 @@ def _bounded_sides(
 ) -> JoinSides:
     """What ``plan``'s joins read in a bounded job: the other sources' events from collections
     (their outcomes spooled under ``directory``/``source-<name>``) and the looked-up rows."""
-    from pyflink.common import Types
 
     from transforms.engines.reference import raw_events
 
@@ -612,10 +611,12 @@ def _bounded_sides(
         elif join.source_name not in sources:
             spool = os.path.join(directory, f"source-{join.source_name}")
             os.mkdir(spool)
-            texts = [_as_text(e) for e in raw_events(inputs.sources[join.source_name])]
-            raw = env.from_collection(texts, Types.STRING())
+            events = raw_events(inputs.sources[join.source_name])
+            partitions = inputs.partitions.get(join.source_name) or [0] * len(events)
+            arrivals = [PartitionedEvent(p, e) for p, e in zip(partitions, events, strict=True)]
+            raws = _bounded_sources(env, arrivals, None, "")
             other = None if lateness is None else source_lateness(join.source)
-            sources[join.source_name] = JoinedSource([raw], other, functools.partial(SpoolOutcomes, spool))
+            sources[join.source_name] = JoinedSource(raws, other, functools.partial(SpoolOutcomes, spool))
     return JoinSides(sources, lookups)
 
 
