@@ -663,6 +663,15 @@ def test_flink_exclusive_lookup_equals_reference() -> None:
     assert_same_result(enriched, expected, got.rows, got.counts, got.dead_letters)
 
 
+STREAMED_REFUNDS = FileStreamSource(  # a refunds source whose lateness the stream tests judge
+    name="refunds",
+    path="refunds",
+    history="refunds.parquet",
+    max_out_of_orderness=timedelta(seconds=1),
+    allowed_lateness=timedelta(seconds=1),
+)
+
+
 @pytest.mark.slow
 def test_flink_messy_interval_join_then_lookup_with_lateness_on_both_sides() -> None:
     """A stream replay: late events on either source are dead letters on their own source, the
@@ -671,14 +680,7 @@ def test_flink_messy_interval_join_then_lookup_with_lateness_on_both_sides() -> 
     from transforms.events import Lateness
 
     stats = stats_view()
-    source = FileStreamSource(
-        name="refunds",
-        path="refunds",
-        history="refunds.parquet",
-        max_out_of_orderness=timedelta(seconds=1),
-        allowed_lateness=timedelta(seconds=1),
-    )
-    view = paired_view("left", "row", lookup=True, source=source)
+    view = paired_view("left", "row", lookup=True, source=STREAMED_REFUNDS)
     events = [json.dumps(e).encode() for e in in_arrival_order(payments(42, mixed=True), 1)]
     other = as_lines(in_arrival_order(refunds(43, mixed=True), 2))
     inputs = JoinInputs(
@@ -701,14 +703,7 @@ def test_flink_joined_view_judges_both_sources_per_partition() -> None:
     from transforms.events import Lateness, PartitionedEvent
 
     stats = stats_view()
-    source = FileStreamSource(
-        name="refunds",
-        path="refunds",
-        history="refunds.parquet",
-        max_out_of_orderness=timedelta(seconds=1),
-        allowed_lateness=timedelta(seconds=1),
-    )
-    view = paired_view("left", "row", lookup=True, source=source)
+    view = paired_view("left", "row", lookup=True, source=STREAMED_REFUNDS)
     rng = random.Random(5)
     parts: list[list[bytes]] = [[], [], []]
     for event in in_arrival_order(payments(44, mixed=True), 3):
