@@ -128,15 +128,18 @@ def joined_repo(path: Path) -> tuple[Path, Path, Path]:
     return repo, directories[0], directories[1]
 
 
-def reference_results(repo_path: Path, pay: list[str], ref: list[str]) -> tuple[dict[str, Any], JoinInputs]:
-    """Each view's reference result over the arrivals, and what the join views read."""
+def reference_results(repo_path: Path, pay: list[Any], ref: list[Any]) -> tuple[dict[str, Any], JoinInputs]:
+    """Each view's reference result over the arrivals (texts, or ``PartitionedEvent``s of a source
+    read as several partitions), and what the join views read."""
     repo = load_repo(repo_path)
     stats = repo.views[STATS]
     lateness = source_lateness(stats.source)
     stats_result = run_reference(stats.plan, pay, lateness=lateness)
+    refunds = [partitioned(r) for r in ref]
     inputs = JoinInputs(
         lookups={STATS: LookupTable.of(stats.plan, stats_result.rows)},
-        sources={"refunds": pa.table({LINE: pa.array([r.encode() for r in ref], pa.binary())})},
+        sources={"refunds": pa.table({LINE: pa.array([r.raw.encode() for r in refunds], pa.binary())})},
+        partitions={"refunds": [r.partition for r in refunds]},
     )
     results = {STATS: stats_result}
     for name in (HABIT, REFUNDED):
@@ -145,7 +148,7 @@ def reference_results(repo_path: Path, pay: list[str], ref: list[str]) -> tuple[
     return results, inputs
 
 
-def reference(repo_path: Path, pay: list[str], ref: list[str]) -> dict[str, Any]:
+def reference(repo_path: Path, pay: list[Any], ref: list[Any]) -> dict[str, Any]:
     """What the stream must have written, by the reference engine over the same arrivals."""
     repo = load_repo(repo_path)
     results, inputs = reference_results(repo_path, pay, ref)

@@ -119,6 +119,16 @@ def apply_with(repo_path: Path, servers: str) -> None:
         os.environ.pop("MLFS_TEST_KAFKA")
 
 
+def kafka_partitions_of(servers: str, topic: str) -> set[int]:
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(bootstrap_servers=servers)
+    try:
+        return consumer.partitions_for_topic(topic) or set()
+    finally:
+        consumer.close()
+
+
 def kafka_jars() -> str:
     out = subprocess.run(
         ["bash", str(ROOT / "scripts" / "kafka_jars.sh")], check=True, capture_output=True, text=True
@@ -359,10 +369,11 @@ def test_a_kafka_source_whose_broker_cannot_be_reached_is_a_clear_error(
 KAFKA_REFUNDS = KAFKA_SOURCE.replace("payments", "refunds")
 
 
+@pytest.mark.parametrize("kafka_broker", [1, 3], indirect=True)
 def test_an_interval_joins_other_source_on_a_kafka_topic(tmp_path: Path, kafka_broker: str) -> None:
-    """Payments from files joined with refunds from a Kafka topic (late and bad messages on it): the
-    joined view's offline rows, online values, dead letters by source and counts per source equal
-    the reference's."""
+    """Payments from files joined with refunds from a Kafka topic of one partition or three (late
+    and bad messages on it, judged per partition): the joined view's offline rows, online values,
+    dead letters by source and counts per source equal the reference's given the same partitions."""
     repo_path = example_repo(tmp_path / "repo", events=100, with_joins=True)
     joins = repo_path / "features_joins.py"
     text = joins.read_text()
@@ -379,13 +390,22 @@ def test_an_interval_joins_other_source_on_a_kafka_topic(tmp_path: Path, kafka_b
         old.unlink()
 
     pay, ref = arrivals(11)
-    produce(kafka_broker, [line for part in ref for line in part], topic="refunds")
+    partitions = len(kafka_partitions_of(kafka_broker, "refunds"))
+    rng = random.Random(11)
+    refunds: list[PartitionedEvent] = []
+    for line in ref[0] + ref[1]:
+        refunds.append(PartitionedEvent(rng.randrange(partitions), line))
+    (last,) = ref[2]  # far ahead: in every partition, so each partition's watermark moves past the rest
+    refunds += [PartitionedEvent(p, last.replace('"flush"', f'"flush{p}"')) for p in range(partitions)]
+    for partition in range(partitions):
+        lines = [r.raw for r in refunds if r.partition == partition]
+        produce(kafka_broker, lines, topic="refunds", partition=partition)
     for number, lines in enumerate(pay):
         drop_file(pay_dir, f"{number}.jsonl", lines)
     env = {**os.environ, "MLFS_TEST_KAFKA": kafka_broker, "MLFS_FLINK_JARS": kafka_jars()}
     log = tmp_path / "stream.log"
     job = serve_stream(repo_path, log, REFUNDED, "--no-metrics", "--parallelism", "2", env=env)
-    every = [line for part in pay for line in part], [line for part in ref for line in part]
+    every = [line for part in pay for line in part], refunds
     wait_for(
         lambda: seen(repo_path, len(every[0]), len(every[1])) or job.poll() is not None,
         STARTUP_S,
