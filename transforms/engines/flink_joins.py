@@ -2,9 +2,11 @@
 in Flink's event-time operators and whose join rules are the reference's (``transforms.joining``).
 
 * Each source the view reads (its own, and each interval join's other source) is decoded and timed
-  by a vectorised Python function, and classified for lateness on its own arrival order by the
-  same SQL as the rest of stage 1 (``flink_stage1.classified_columns_sql``); its dead letters and
-  counts go to its outcome sink (a joined source's letters name it).
+  by a vectorised Python function per source partition, and classified for lateness on each
+  partition's arrival order by the same SQL as the rest of stage 1
+  (``flink_stage1.classified_columns_sql``); its dead letters and counts go to its outcome sink (a
+  joined source's letters name it). Each table of a source's events takes the source's watermark
+  (``flink_stage1.partition_watermarks``: the lowest partition's) shifted as its event time is.
 * Flink's operators find each event's candidates: for an interval join, every other-source event
   with the same join values in ``[a.t - before, a.t + S_j + after]`` (a SQL interval join; ``S_j``,
   the ``after`` of the interval joins before it, bounds how far earlier joins move the joined
@@ -77,10 +79,10 @@ _OBJECT = np.dtype(object)
 
 def join_settings(env: Any) -> dict[str, str]:
     """The table settings of a joined view's stage 1: stage 1's, at the job's parallelism. Lateness
-    is still decided at parallelism 1 (an ``OVER`` in arrival order with no key is a single
-    operator); Flink's joins (keyed by the join values) and the gathering window and the joining
-    function (keyed by event) run in parallel. Each instance of the window emits its events in
-    time order, which each channel of stage 2's watermark relies on."""
+    is decided per source partition (an ``OVER`` keyed by partition); Flink's joins (keyed by the
+    join values) and the gathering window and the joining function (keyed by event) run in
+    parallel. Each instance of the window emits its events in time order, which each channel of
+    stage 2's watermark relies on."""
     return {**STAGE1_SETTINGS, "table.exec.resource.default-parallelism": str(env.get_parallelism())}
 
 
