@@ -5,7 +5,10 @@ not drift, and a variance of large, close values does not cancel to nonsense."""
 from __future__ import annotations
 
 import math
+import os
 import random
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -93,6 +96,17 @@ def test_float_aggregates_that_cancel_equal_reference(window: str) -> None:
     expected_rows = view.run(events).rows
     assert any(row["sum_v"] not in (0.0, None) and abs(row["sum_v"]) < 10 for row in expected_rows)
     assert_same_rows(view, expected_rows, view.run(events, Runner.FLINK).rows)
+
+
+def test_an_empty_java_home_does_not_stop_flink(tmp_path: Path) -> None:
+    # PyFlink alone fails with "No such file or directory: 'bin/java'" when JAVA_HOME is "".
+    script = "from transforms.engines.flink import flink_environment; flink_environment(1); print('ok')"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYFLINK_")}
+    env["JAVA_HOME"] = ""
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
 def test_without_a_jdk_the_jar_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

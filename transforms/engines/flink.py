@@ -239,6 +239,7 @@ def flink_environment(
     from pyflink.common import Configuration
     from pyflink.datastream import StreamExecutionEnvironment
 
+    _no_empty_java_home()
     flink_logs()  # before the JVM starts
     config = Configuration()
     share_py4j_errors()  # after: Spark's error converter must not see Flink's errors, nor Flink's Spark's
@@ -259,6 +260,13 @@ def flink_environment(
     env.set_parallelism(parallelism)
     # Table operators otherwise take the parallelism of the stream they start from (stage 1's is 1).
     return env, table_environment(env, {"table.exec.resource.default-parallelism": str(parallelism)})
+
+
+def _no_empty_java_home() -> None:
+    """An empty ``JAVA_HOME`` (exported but unset) names no JDK, yet PyFlink would start the JVM as
+    ``bin/java`` and fail; without it, Java is found on ``PATH``, as Spark's launcher does."""
+    if os.environ.get("JAVA_HOME") == "":
+        del os.environ["JAVA_HOME"]
 
 
 def _remote_environment(master: str, config: Any) -> Any:
