@@ -322,7 +322,8 @@ def serve_stream(
                     "serve-stream reads file and Kafka sources"
                 )
     # Before a Flink environment is started: each source's partitions (and a Kafka source's jars).
-    partitions = {s.name: source_partitions(s, options.jars) for v in views for s in read_sources(v)}
+    sources = {source.name: source for view in views for source in read_sources(view)}
+    partitions = {name: source_partitions(source, options.jars) for name, source in sources.items()}
     stream_dir = settings.work_path / "stream"
     status_dir = stream_dir / "status"
     checkpoint_dir = (options.checkpoint_dir or stream_dir / "checkpoints").resolve()
