@@ -194,9 +194,10 @@ def read_other(
         counts.add(EventCounts(input=len(taken) + filtered, aggregated=len(taken), filtered=filtered))
     preparer = other_preparer(plan, join)
     lateness = PartitionedLateness(source_lateness(join.source)) if streaming else None
-    raws = raw_events(events)
-    for raw, partition in zip(raws, partitions or [0] * len(raws), strict=True):
-        outcome = other_event(preparer, join, raw, None if lateness is None else lateness.of(partition))
+    for position, raw in enumerate(raw_events(events)):
+        # Only a stream has partitions; a typed backfill took some events whole above.
+        classifier = None if lateness is None else lateness.of(partitions[position] if partitions else 0)
+        outcome = other_event(preparer, join, raw, classifier)
         counts.add(other_counts(outcome))
         if isinstance(outcome, DeadLetter):
             letters.append(outcome)

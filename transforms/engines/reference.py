@@ -55,7 +55,8 @@ def run_reference(
         result.source_counts = joiner.source_counts
         result.dead_letters.extend(joiner.dead_letters)
     for item in events:
-        partition, raw = partitioned(item).partition, partitioned(item).raw
+        arrival = partitioned(item)
+        partition, raw = arrival.partition, arrival.raw
         counts.input += 1
         if progress is not None:
             progress(1)
