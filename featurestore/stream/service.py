@@ -125,6 +125,7 @@ def job_shape(groups: list[list[StreamFeatureView]], partitions: dict[str, int])
     for group in groups:
         plans = [view.plan for view in group]
         if any(plan.joins for plan in plans):  # a joined view: a stage 1 of its own
+            parts.append("looked-up rows from the row sink")  # since 2026-12-07
             for view, plan in zip(group, plans, strict=True):
                 parts.append(json.dumps([join.spec() for join in plan.joins], sort_keys=True, default=str))
                 parts += [prepared_sql(plan, 0, "finished", single=False), stage2_sql(plan, view.name)]
@@ -363,7 +364,7 @@ def serve_stream(
         env.add_python_file(str(settings.repo_path))
         if options.jars:
             env.add_jars(*(jar.resolve().as_uri() for jar in options.jars))
-        graph = JobGraph(repo, env, t_env, options, str(status_dir), lineage, partitions)
+        graph = JobGraph(repo, views, env, t_env, options, str(status_dir), lineage, partitions)
         for source_views in by_source.values():
             graph.add_plain(source_views)
         for view in joined:
@@ -448,12 +449,13 @@ def serve_stream(
 
 class JobGraph:
     """Adds views to a streaming job: each source read once, the plain views of a source sharing
-    one stage 1, a view with joins wired to its other sources' streams and to the stage-2 rows of
-    the views it looks up (added before it)."""
+    one stage 1, a view with joins wired to its other sources' streams and to the rows of the
+    views it looks up (added before it: their row sinks give them, ``LookupFeed``)."""
 
     def __init__(
         self,
         repo: FeatureRepo,
+        views: list[StreamFeatureView],
         env: Any,
         t_env: Any,
         options: StreamOptions,
@@ -464,7 +466,13 @@ class JobGraph:
         self.repo, self.env, self.t_env, self.options = repo, env, t_env, options
         self.status_dir, self.lineage, self.partitions = status_dir, lineage, partitions
         self.raws: dict[str, Any] = {}
-        self.results: dict[str, Any] = {}  # each view's stage-2 results, which lookups of it read
+        self.feeds: dict[str, Any] = {}  # the rows of each looked-up view, by name (``LookupFeed``)
+        # The lookups of each view by the job's views: (looking view, position of the join, join).
+        self.lookups: dict[str, list[tuple[str, int, Lookup]]] = {}
+        for view in views:
+            for position, join in enumerate(view.plan.joins):
+                if isinstance(join, Lookup):
+                    self.lookups.setdefault(join.view, []).append((view.name, position, join))
 
     def add_plain(self, views: list[StreamFeatureView]) -> None:
         """Views without joins, all of one source."""
@@ -473,7 +481,7 @@ class JobGraph:
         source = views[0].source
         jobs = [self._job(view) for view in views]
         stage1 = f"stage1_{len(self.raws)}"
-        self.results |= build_job(
+        self.feeds |= build_job(
             jobs, self.env, self.t_env, self._raw(source), source_lateness(source), stage1
         )
 
@@ -494,10 +502,9 @@ class JobGraph:
             },
             lookups={
                 position: looked_up_rows(
-                    self.repo.views[join.view].plan,
-                    join,
+                    self.feeds[join.view],
+                    [(name, p) for name, p, _ in self.lookups[join.view]].index((view.name, position)),
                     self.env,
-                    self.results[join.view],
                     f"{view.name}_{position}",
                 )
                 for position, join in enumerate(plan.joins)
@@ -506,7 +513,7 @@ class JobGraph:
             finished=self._outcomes(view, "joins", ordered=False),
         )
         raw = self._raw(view.source)
-        self.results |= build_job(
+        self.feeds |= build_job(
             [self._job(view, sides)], self.env, self.t_env, raw, source_lateness(view.source)
         )
 
@@ -535,7 +542,8 @@ class JobGraph:
             str(settings.dead_letter_path),
             self.lineage,
         )
-        return ViewJob(view.plan, self._outcomes(view), rows, f"prepared_{view.name}", sides)
+        looked_up_by = tuple(join for _, _, join in self.lookups.get(view.name, []))
+        return ViewJob(view.plan, self._outcomes(view), rows, f"prepared_{view.name}", sides, looked_up_by)
 
 
 class _Periodic:

@@ -70,6 +70,7 @@ from transforms.joining import JoinInputs, lookup_row, lookup_rows, source_laten
 from transforms.joins import Lookup
 from transforms.plan import EVENT_TIMESTAMP, FeatureContext, TransformPlan
 from transforms.py4j_errors import share_py4j_errors
+from transforms.timeutil import datetime_to_ms
 from transforms.usercode import import_root, plan_functions, user_module
 
 
@@ -135,13 +136,17 @@ class SpoolRows:
         _spool(self.spool, "rows", (self.rows, self.letters))
 
 
-def row_sink_function(plan: TransformPlan, writer: Callable[[], RowWriter], kinds: list[str]) -> Any:
+def row_sink_function(
+    plan: TransformPlan, writer: Callable[[], RowWriter], kinds: list[str], lookups: Sequence[Lookup] = ()
+) -> Any:
     """The row sink: a vectorised (pandas) function over batches of stage 2's results (columns as
     ``sink_columns`` passes them, of ``kinds``) that turns them into feature rows, runs the plan's
     after-aggregation model stages over them and hands them to ``writer``; it returns one ``1`` per
-    row. It keeps no state: Flink finishes a batch before each checkpoint completes, so every row
-    before a checkpoint is written, and rows after it are written again on replay, which the stores
-    absorb (newer-wins online, newest created row offline)."""
+    row, or, where later views of the job look the view up (``lookups``), each row as each lookup
+    reads it (``lookup_feed_type``), so the rows become Python values once. It keeps no state:
+    Flink finishes a batch before each checkpoint completes, so every row before a checkpoint is
+    written, and rows after it are written again on replay, which the stores absorb (newer-wins
+    online, newest created row offline)."""
     from pyflink.table.udf import ScalarFunction
 
     class RowSink(ScalarFunction):
@@ -157,13 +162,17 @@ def row_sink_function(plan: TransformPlan, writer: Callable[[], RowWriter], kind
             import numpy as np
             import pandas as pd
 
-            rows = feature_rows(plan, decode_columns(columns, kinds))
+            each: list[Any] = feature_rows(plan, decode_columns(columns, kinds))
+            rows = each
             if self.scorer is not None:
-                rows, letters = self.scorer.score(rows)
-                if letters:
-                    self.writer.dead(letters)
+                each = self.scorer.score_each(each)
+                rows = [r for r in each if not isinstance(r, DeadLetter)]
+                if len(rows) < len(each):
+                    self.writer.dead([r for r in each if isinstance(r, DeadLetter)])
             if rows:
                 self.writer.write(rows)
+            if lookups:
+                return lookup_feed(lookups, each)
             return pd.Series(np.ones(len(columns[0]), dtype=np.int32))  # a dtype object, as _OBJECT
 
         def close(self) -> None:
@@ -173,6 +182,35 @@ def row_sink_function(plan: TransformPlan, writer: Callable[[], RowWriter], kind
             return False  # it writes: never folded, reordered or dropped
 
     return RowSink()
+
+
+def lookup_feed_type(lookups: Sequence[Lookup]) -> Any:
+    """What a looked-up view's row sink returns per row: its time (``_ts``, epoch ms) and, for the
+    ``p``-th lookup of it, the key and features as that lookup reads them (``_j<p>``, ``_f<p>``:
+    ``lookup_row_text``; null where there is no row or the key holds a null)."""
+    from pyflink.table import DataTypes
+
+    fields = [DataTypes.FIELD("_ts", DataTypes.BIGINT())]
+    for p in range(len(lookups)):
+        fields += [
+            DataTypes.FIELD(f"_j{p}", DataTypes.STRING()),
+            DataTypes.FIELD(f"_f{p}", DataTypes.STRING()),
+        ]
+    return DataTypes.ROW(fields)
+
+
+def lookup_feed(lookups: Sequence[Lookup], each: Sequence[dict[str, Any] | DeadLetter]) -> Any:
+    """The ``lookup_feed_type`` columns (a pandas DataFrame) of feature rows (a dead letter: no row)."""
+    import pandas as pd
+
+    columns: dict[str, list[Any]] = {
+        "_ts": [0 if isinstance(r, DeadLetter) else datetime_to_ms(r[EVENT_TIMESTAMP]) for r in each]
+    }
+    for p, lookup in enumerate(lookups):
+        texts = [None if isinstance(r, DeadLetter) else lookup_row_text(lookup_row(lookup, r)) for r in each]
+        columns[f"_j{p}"] = [None if t is None else t[0] for t in texts]
+        columns[f"_f{p}"] = [None if t is None else t[2] for t in texts]
+    return pd.DataFrame(columns)
 
 
 # How each stage-2 result column reaches the row sink. pandas turns integers with nulls into floats
@@ -303,6 +341,7 @@ class ViewJob:
     rows: Callable[[], RowWriter]
     table: str = PREPARED
     sides: JoinSides | None = None  # what the view's joins read (``flink_joins``)
+    looked_up_by: tuple[Lookup, ...] = ()  # lookups of it by other views of the job (``LookupFeed``)
 
 
 def build_job(
@@ -312,11 +351,10 @@ def build_job(
     raws: Sequence[Any],
     lateness: Lateness | None,
     source: str = "source",
-) -> dict[str, Any]:
+) -> dict[str, LookupFeed]:
     """Add one stage 1 for ``views`` (the views of one source, read from ``raws``: a DataStream of
-    text per source partition, each at parallelism 1), then each view's
-    stage 2 and sinks, to ``env``; returns each view's stage-2 results (``stage2_results``), by
-    view name."""
+    text per source partition, each at parallelism 1), then each view's stage 2 and sinks, to
+    ``env``; returns the ``LookupFeed`` of each view other views look up, by view name."""
     # The workers import the user code's modules (event transform, model stages) from shipped copies.
     plans = [view.plan for view in views]
     roots = {
@@ -324,13 +362,14 @@ def build_job(
     }
     for folder in sorted(roots):
         env.add_python_file(str(folder))
-    results: dict[str, Any] = {}
+    feeds: dict[str, LookupFeed] = {}
     plain = [view for view in views if not view.plan.joins]
     if plain:
         outcomes = [view.outcomes for view in plain]
         prepared = build_stage1([view.plan for view in plain], env, raws, lateness, outcomes, source)
         for view, stream in zip(plain, prepared, strict=True):
-            results[view.plan.view] = _build_stage2(view, env, t_env, stream, None)
+            if (feed := _build_stage2(view, env, t_env, stream, None)) is not None:
+                feeds[view.plan.view] = feed
     for view in views:
         if view.plan.joins:
             if view.sides is None:
@@ -345,74 +384,53 @@ def build_job(
                 view.table,
             )
             lag = watermark_lag_ms(view.plan, stage2_lateness)
-            results[view.plan.view] = _build_stage2(view, env, t_env, stream, lag)
-    return results
+            if (feed := _build_stage2(view, env, t_env, stream, lag)) is not None:
+                feeds[view.plan.view] = feed
+    return feeds
 
 
-def _build_stage2(view: ViewJob, env: Any, t_env: Any, prepared: Any, lag_ms: int | None) -> Any:
-    """A view's stage 2 over its ``prepared`` rows, and its row sink; returns stage 2's results."""
+def _build_stage2(
+    view: ViewJob, env: Any, t_env: Any, prepared: Any, lag_ms: int | None
+) -> LookupFeed | None:
+    """A view's stage 2 over its ``prepared`` rows, and its row sink; returns the sink's
+    ``LookupFeed`` where other views look the view up."""
     plan = view.plan
     results = stage2_results(plan, t_env, prepared, lag_ms, view.table)
     # Rows wait at most this long in the sink: the row stages' max wait, or 100 ms.
     flush_ms = plan.row_stages[0].batching.max_wait_ms if plan.row_stages else 100
-    add_row_sink(plan, env, results, view.rows, view.table, flush_ms)
-    return results
+    feed = add_row_sink(plan, env, results, view.rows, view.table, flush_ms, view.looked_up_by)
+    return None if feed is None else LookupFeed(feed, len(view.looked_up_by), tuple(plan.keys))
 
 
-def looked_up_rows(plan: TransformPlan, lookup: Lookup, env: Any, results: Any, name: str) -> LookedUp:
-    """A view's stage-2 ``results`` in the same job as one ``Lookup`` of it reads them: each
-    feature row (after the view's row stages; a row they cannot score is no row) as its key, time
-    and features (``lookup_row_type``), carrying the results' watermarks."""
-    from pyflink.table import DataTypes
-    from pyflink.table.udf import ScalarFunction, udf
+@dataclass(frozen=True)
+class LookupFeed:
+    """A looked-up view's rows as its row sink returns them (a DataStream of ``lookup_feed_type``
+    for ``lookups`` lookups), and the view's keys."""
 
-    class LookupRows(ScalarFunction):
-        def open(self, function_context: Any) -> None:
-            self.scorer = None
-            if plan.row_stages:
-                from transforms.inference.feature_rows import FeatureRowScorer
+    stream: Any
+    lookups: int
+    keys: tuple[tuple[str, Any], ...]
 
-                self.scorer = FeatureRowScorer(plan)
 
-        def eval(self, *columns: Any) -> Any:
-            import pandas as pd
-
-            rows: list[Any] = feature_rows(plan, decode_columns(columns, kinds))
-            if self.scorer is not None:
-                rows = self.scorer.score_each(rows)
-            texts = [
-                None if isinstance(row, DeadLetter) else lookup_row_text(lookup_row(lookup, row))
-                for row in rows
-            ]
-            return pd.DataFrame(
-                {
-                    "_j": [t[0] if t else None for t in texts],  # no row: filtered out below
-                    "_ts": [t[1] if t else 0 for t in texts],
-                    "_f": [t[2] if t else None for t in texts],
-                }
-            )
+def looked_up_rows(feed: LookupFeed, position: int, env: Any, name: str) -> LookedUp:
+    """The rows the ``position``-th lookup of a view reads (``lookup_row_type``), from that view's
+    row sink's ``feed``, carrying its watermarks."""
+    from pyflink.table import Schema
 
     row_env = table_environment(env, {"table.exec.resource.default-parallelism": str(env.get_parallelism())})
-    plain = row_env.from_data_stream(results)
-    expressions, kinds = sink_columns(plain)
-    table = _with_watermarks(row_env, results, plain.get_resolved_schema(), len(plan.keys))
-    function = f"{name}_lookup_rows"
-    result_type = DataTypes.ROW(
-        [
-            DataTypes.FIELD("_j", DataTypes.STRING()),
-            DataTypes.FIELD("_ts", DataTypes.BIGINT()),
-            DataTypes.FIELD("_f", DataTypes.STRING()),
-        ]
+    builder = Schema.new_builder().column("_ts", "BIGINT")
+    for p in range(feed.lookups):
+        builder = builder.column(f"_j{p}", "STRING").column(f"_f{p}", "STRING")
+    schema = (
+        builder.column_by_expression("_rt", "TO_TIMESTAMP_LTZ(_ts, 3)")
+        .watermark("_rt", "SOURCE_WATERMARK()")
+        .build()
     )
-    row_env.create_temporary_function(
-        function, udf(LookupRows(), result_type=result_type, func_type="pandas")
-    )
-    row_env.create_temporary_view(f"{name}_looked_up", table)
-    rows = row_env.sql_query(
-        f"SELECT r._j AS _j, r._ts AS _ts, r._f AS _f FROM (SELECT {function}({', '.join(expressions)}) AS r "
-        f"FROM {quote(name + '_looked_up')}) WHERE r._j IS NOT NULL"
-    )
-    return LookedUp(row_env.to_data_stream(rows), tuple(plan.keys), None)
+    table = f"{name}_looked_up"
+    row_env.create_temporary_view(table, row_env.from_data_stream(feed.stream, schema))
+    j, f = f"_j{position}", f"_f{position}"
+    rows = row_env.sql_query(f"SELECT {j} AS _j, _ts, {f} AS _f FROM {quote(table)} WHERE {j} IS NOT NULL")
+    return LookedUp(row_env.to_data_stream(rows), feed.keys, None)
 
 
 def stage2_results(
@@ -464,10 +482,18 @@ def stage2_table(
 
 
 def add_row_sink(
-    plan: TransformPlan, env: Any, results: Any, row_writer: Callable[[], RowWriter], name: str, flush_ms: int
-) -> None:
+    plan: TransformPlan,
+    env: Any,
+    results: Any,
+    row_writer: Callable[[], RowWriter],
+    name: str,
+    flush_ms: int,
+    lookups: Sequence[Lookup] = (),
+) -> Any | None:
     """Send stage 2's ``results`` (a DataStream) through the row sink, in a table environment of its
-    own whose Python batches close at least every ``flush_ms``."""
+    own whose Python batches close at least every ``flush_ms``. With ``lookups`` (of this view by
+    others), returns what the sink returns (a DataStream of ``lookup_feed_type``, carrying the
+    results' watermarks)."""
     from pyflink.table import DataTypes, TableDescriptor
     from pyflink.table.udf import udf
 
@@ -479,21 +505,33 @@ def add_row_sink(
     sink_env = table_environment(env, batching)
     results_table = sink_env.from_data_stream(results)
     expressions, kinds = sink_columns(results_table)
+    if lookups:
+        schema = results_table.get_resolved_schema()
+        results_table = _with_watermarks(sink_env, results, schema, len(plan.keys))
     function = f"{name}_sink"
     sink_env.create_temporary_function(
         function,
         udf(
-            row_sink_function(plan, row_writer, kinds),
-            result_type=DataTypes.INT(),
+            row_sink_function(plan, row_writer, kinds, lookups),
+            result_type=lookup_feed_type(lookups) if lookups else DataTypes.INT(),
             func_type="pandas",
         ),
     )
     sink_env.create_temporary_view(f"{name}_results", results_table)
     arguments = ", ".join(expressions)
-    written = sink_env.sql_query(f"SELECT {function}({arguments}) AS n FROM {quote(name + '_results')}")
+    call = f"{function}({arguments})"
+    if lookups:
+        fields = ["_ts", *(f"_{c}{p}" for p in range(len(lookups)) for c in "jf")]
+        feed = sink_env.sql_query(
+            f"SELECT {', '.join(f'r.{c} AS {c}' for c in fields)} FROM "
+            f"(SELECT {call} AS r FROM {quote(name + '_results')})"
+        )
+        return sink_env.to_data_stream(feed)
+    written = sink_env.sql_query(f"SELECT {call} AS n FROM {quote(name + '_results')}")
     statements = sink_env.create_statement_set()
     statements.add_insert(TableDescriptor.for_connector("blackhole").build(), written)
     statements.attach_as_datastream()
+    return None
 
 
 def _with_watermarks(t_env: Any, results: Any, plain: Any, time_column: int) -> Any:
