@@ -69,8 +69,8 @@ from transforms.engines.spark import (
 )
 from transforms.events import DeadLetter, EventCounts
 from transforms.joining import other_sources
-from transforms.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
-from transforms.stage1 import LINE
+from transforms.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP, TransformPlan
+from transforms.stage1 import LINE, prepared_schema
 from transforms.timeutil import datetime_to_ms, ms_to_datetime
 
 ROWS_PER_TASK = 2_000_000
@@ -118,8 +118,9 @@ def _backfill_view(job: ViewBackfill) -> ViewReport:
         return persisted() if jvm is None else persisted().unionByName(jvm)
 
     if not manifest.prepared:
-        python.write.mode("overwrite").parquet(str(prepared_path))
-        counts, first, day_rows = tally(stage1(), events.count())
+        counts, first, day_rows = _tally_stage1(
+            view.plan, jvm, python, events.count(), prepared_path, persisted
+        )
         dead = persisted().filter(F.col(KIND) == DEAD).select(*DEAD_COLUMNS)
         write_dead_letters(job.dead_letter_file(end), dead_letter_records(view.name, dead) + other_letters)
         manifest.prepared = True
@@ -220,6 +221,36 @@ def _backfill_view(job: ViewBackfill) -> ViewReport:
     return report
 
 
+def _tally_stage1(
+    plan: TransformPlan,
+    jvm: Any | None,
+    python: Any,
+    events: int,
+    prepared_path: Path,
+    persisted: Callable[[], Any],
+) -> tuple[EventCounts, int | None, dict[int, int]]:
+    """Stage 1's counts, first row time and rows per day (``tally``), writing the Python part to
+    ``prepared_path`` (read back by ``persisted``). The JVM part is counted first, so where it holds
+    every event the Python part, which reads every column of every event to find none, is an empty
+    file instead."""
+    if jvm is None:
+        python.write.mode("overwrite").parquet(str(prepared_path))
+        return tally(persisted(), events)
+    counts, first, day_rows = tally(jvm, events)
+    if counts.aggregated + counts.filtered == events:  # the JVM part takes rows only, no dead letters
+        shutil.rmtree(prepared_path, ignore_errors=True)
+        prepared_path.mkdir(parents=True)
+        pq.write_table(prepared_schema(plan).empty_table(), prepared_path / "part-0.parquet")
+        return counts, first, day_rows
+    python.write.mode("overwrite").parquet(str(prepared_path))
+    more, more_first, more_days = tally(persisted(), 0)
+    counts.add(more)
+    for day, n in more_days.items():
+        day_rows[day] = day_rows.get(day, 0) + n
+    firsts = [t for t in (first, more_first) if t is not None]
+    return counts, min(firsts, default=None), day_rows
+
+
 def _latest_rows(view: StreamFeatureView, staged_dirs: list[Path]) -> pa.Table:
     """The newest row of each key among the run's chunks, from each task's newest rows of its keys
     (``_write_days``; feature rows are unique per key and time, so the newest is one row)."""
@@ -244,9 +275,12 @@ def history_frame(spark: Any, files: list[Path]) -> Any:
 
 
 def _partitions(spark: Any, rows: int) -> int:
-    """Key partitions for the window kernel: ``ROWS_PER_TASK`` stage-1 rows each, at least one per
-    core (each task has a fixed cost, and writes a file per day)."""
-    return max(spark.sparkContext.defaultParallelism, -(-rows // ROWS_PER_TASK))
+    """Key partitions for the window kernel: at most ``ROWS_PER_TASK`` stage-1 rows each, a whole
+    number of tasks per core (each task has a fixed cost and writes a file per day; 5 tasks on 2
+    cores would leave one core idle while the fifth runs)."""
+    cores = spark.sparkContext.defaultParallelism
+    tasks = max(1, -(-rows // ROWS_PER_TASK))
+    return cores * -(-tasks // cores)
 
 
 FILES_DDL = "day string, path string, rows long"  # what ``_write_days`` returns per file
