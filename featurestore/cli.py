@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument(
         "--with-joins",
         action="store_true",
-        help="add a refunds source and two views with joins (serve-stream does not run joins yet)",
+        help="add a refunds source and two views with joins",
     )
 
     plan = commands.add_parser("plan", help="show what `apply` would change in the registry")
@@ -117,10 +117,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stream.add_argument("--no-metrics", action="store_true", help="serve no Prometheus endpoint")
     stream.add_argument(
+        "--metrics-host", metavar="HOST", help="address /metrics listens on (default 127.0.0.1; 0.0.0.0: all)"
+    )
+    stream.add_argument(
         "--max-restarts",
         type=int,
         metavar="N",
         help="restarts after failures before serve-stream stops with the cause (default: 10)",
+    )
+    stream.add_argument(
+        "--application",
+        action="store_true",
+        help="submit the job to the Flink cluster this runs in (application mode: Flink's PythonDriver)",
+    )
+    stream.add_argument(
+        "--attach",
+        action="store_true",
+        help="supervise the job the cluster at --flink-master runs (metrics, compaction); leave it running",
     )
     _repo_option(stream)
 
@@ -363,7 +376,13 @@ def _seconds(name: str, value: object) -> float:
 
 def cmd_serve_stream(args: argparse.Namespace) -> int:
     from featurestore.repo import load_repo
-    from featurestore.stream.service import StreamOptions, connector_jars, serve_stream
+    from featurestore.stream.service import (
+        StreamOptions,
+        attach_stream,
+        connector_jars,
+        run_application,
+        serve_stream,
+    )
 
     repo = load_repo(args.repo)
     _engine_logs(repo)
@@ -382,6 +401,7 @@ def cmd_serve_stream(args: argparse.Namespace) -> int:
         consistency_sample=_whole("mlfs.flink.consistency_sample", flink.get("consistency_sample", 20)),
         fresh=args.fresh,
         metrics_port=None if args.no_metrics else _port(args.metrics_port, flink.get("metrics_port", 9464)),
+        metrics_host=str(args.metrics_host or flink.get("metrics_host") or "127.0.0.1"),
         flink_config={str(k): str(v) for k, v in (flink.get("config") or {}).items()},
         jars=connector_jars([str(j) for j in flink.get("jars") or []], repo.settings.repo_path),
         max_restarts=_whole(
@@ -397,6 +417,16 @@ def cmd_serve_stream(args: argparse.Namespace) -> int:
             f"mlfs.flink.compact_min_files must be a whole number of at least 2, "
             f"got {options.compact_min_files!r}"
         )
+    if args.attach:
+        if args.application:
+            raise MLFSError("--attach and --application: one or the other")
+        attach_stream(repo, options, lambda line: print(line, flush=True))
+        return 0
+    if args.application:
+        if args.flink_master:
+            raise MLFSError("--application submits to the cluster it runs in: no --flink-master")
+        run_application(repo, options, lambda line: print(line, flush=True))
+        return 0
     serve_stream(repo, options, lambda line: print(line, flush=True))
     return 0
 

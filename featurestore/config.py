@@ -131,6 +131,7 @@ MLFS_KEYS: dict[str, Any] = {
         "consistency_every_s": None,
         "consistency_sample": None,
         "metrics_port": None,
+        "metrics_host": None,
         "max_restarts": None,
         "restart_delay_s": None,
         "jars": None,

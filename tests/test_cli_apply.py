@@ -223,6 +223,29 @@ def test_bad_stream_settings_are_one_line(
     assert err.strip().splitlines() == [f"mlfs: error: mlfs.flink.{message}"]
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--attach"], "--attach needs --flink-master HOST:PORT (the cluster's REST API)"),
+        (
+            ["--application", "--flink-master", "x:1"],
+            "--application submits to the cluster it runs in: no --flink-master",
+        ),
+        (
+            ["--attach", "--application", "--flink-master", "x:1"],
+            "--attach and --application: one or the other",
+        ),
+    ],
+)
+def test_bad_cluster_flags_are_one_line(
+    repo: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    capsys.readouterr()
+    code, _, err = run(capsys, "serve-stream", *flags, "--repo", str(repo))
+    assert code == 1
+    assert err.strip().splitlines() == [f"mlfs: error: {message}"]
+
+
 @pytest.mark.parametrize("command", [["apply"], ["backfill"], ["serve-stream", "--for", "1"]])
 def test_a_misspelt_setting_is_refused_naming_it(
     repo: Path, capsys: pytest.CaptureFixture[str], command: list[str]

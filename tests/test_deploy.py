@@ -57,6 +57,8 @@ def mlfs_commands() -> list[tuple[Path, list[str]]]:
                 continue
             if args[0] == "mlfs":
                 found.append((path, args[1:]))
+            elif "featurestore.cli" in args and "-pym" in args:  # Flink's PythonDriver runs the CLI
+                found.append((path, args[args.index("featurestore.cli") + 1 :]))
             elif any(a.endswith("mlfs_spark.py") for a in args):
                 at = next(i for i, a in enumerate(args) if a.endswith("mlfs_spark.py"))
                 found.append((path, args[at + 1 :]))
@@ -89,6 +91,22 @@ def test_every_mlfs_command_in_deploy_is_one_the_cli_takes(path: Path, args: lis
         build_parser().parse_args(args)
     except SystemExit as exit:
         pytest.fail(f"{path.relative_to(ROOT)}: `mlfs {' '.join(args)}` is refused (exit {exit.code})")
+
+
+def test_the_flink_job_runs_in_application_mode_and_is_supervised_beside_it() -> None:
+    (deployment,) = documents(DEPLOY / "kubernetes" / "flink.yaml")
+    job = deployment["spec"]["job"]
+    assert job["entryClass"] == "org.apache.flink.client.python.PythonDriver"
+    assert job["upgradeMode"] == "savepoint" and "--application" in job["args"]
+    import pyflink
+
+    (python_jar,) = (Path(pyflink.__file__).parent / "opt").glob("flink-python-*.jar")
+    assert job["jarURI"] == f"local:///opt/flink/opt/{python_jar.name}"  # the installed PyFlink's
+    config = deployment["spec"]["flinkConfiguration"]
+    assert config["execution.checkpointing.dir"].startswith("file:///repo/")  # the shared volume
+    (supervisor, _) = documents(DEPLOY / "kubernetes" / "serve-stream.yaml")
+    (container,) = supervisor["spec"]["template"]["spec"]["containers"]
+    assert "--attach" in container["args"] and "0.0.0.0" in container["args"]
 
 
 def test_the_deployed_settings_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,6 +19,7 @@ import signal
 import socket
 import threading
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -56,6 +57,7 @@ class StreamOptions:
     consistency_every_s: float | None = 300.0  # how often online = offline is sampled (None: never)
     consistency_sample: int = 20  # keys per view per sample
     metrics_port: int | None = 9464  # None: no Prometheus endpoint
+    metrics_host: str = "127.0.0.1"  # the address it listens on (0.0.0.0: every interface, in a pod)
     max_restarts: int = 10  # restarts after failures before the job fails (and serve-stream with it)
     restart_delay_s: float = 5.0  # between a failure and the restart
     flink_config: dict[str, str] = field(default_factory=dict)  # extra Flink configuration entries
@@ -307,12 +309,33 @@ def read_sources(view: StreamFeatureView) -> list[StreamSource]:
     return [view.source, *(join.source for join in view.plan.interval_joins)]
 
 
-def serve_stream(
-    repo: FeatureRepo, options: StreamOptions, report: Callable[[str], None] = print
-) -> list[ViewMetrics]:
-    """Run the streaming job until ``options.duration_s`` passes or Ctrl-C; returns the last status."""
-    from transforms.engines.flink import flink_environment
+@dataclass
+class StreamJobPlan:
+    """What a streaming job is, decided before Flink starts: its views (each after the views it looks
+    up), each source's partitions, where its status and checkpoints go, the snapshot it restores
+    (None: fresh), its Flink configuration, shape and lineage."""
 
+    views: list[StreamFeatureView]
+    partitions: dict[str, int]
+    status_dir: Path
+    checkpoint_dir: Path
+    restore: Path | None
+    config: dict[str, str]
+    shape: str
+    lineage: str
+    by_source: list[list[StreamFeatureView]]
+    joined: list[StreamFeatureView]
+
+
+def plan_stream_job(
+    repo: FeatureRepo,
+    options: StreamOptions,
+    report: Callable[[str], None],
+    restore: Path | bool | None = True,
+) -> StreamJobPlan:
+    """Check the views and sources and plan the job. ``restore``: True restores the newest
+    retained checkpoint or savepoint (unless ``options.fresh``); a path restores that one (the
+    Flink Kubernetes operator names it in application mode); None starts fresh."""
     settings = repo.settings
     views = stream_views(repo, options.views, report)
     for view in views:
@@ -329,8 +352,10 @@ def serve_stream(
     status_dir = stream_dir / "status"
     checkpoint_dir = (options.checkpoint_dir or stream_dir / "checkpoints").resolve()
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    restore = None if options.fresh else latest_checkpoint(checkpoint_dir)
-    clear_status(status_dir, keep_counts=restore is not None)
+    if restore is True:
+        restore = None if options.fresh else latest_checkpoint(checkpoint_dir)
+    elif restore is False:
+        restore = None
     config = {
         "execution.checkpointing.interval": f"{int(options.checkpoint_interval_s * 1000)} ms",
         "execution.checkpointing.dir": checkpoint_dir.as_uri(),
@@ -345,9 +370,6 @@ def serve_stream(
         "restart-strategy.fixed-delay.delay": f"{int(options.restart_delay_s * 1000)} ms",
         **options.flink_config,
     }
-    if not options.master:  # the mini-cluster's REST API, where the job's failures are read
-        config["rest.port"] = config["rest.bind-port"] = str(_free_port())
-    rest = f"http://{options.master or '127.0.0.1:' + config['rest.port']}"
     by_source: dict[str, list[StreamFeatureView]] = {}
     for view in views:
         if not view.plan.joins:
@@ -356,95 +378,260 @@ def serve_stream(
     shape = job_shape([*by_source.values(), *([view] for view in joined)], partitions)
     if restore is not None:
         check_shape(checkpoint_dir, restore, shape)
-        config["execution.state-recovery.path"] = restore.as_uri()
         report(f"restoring from {restore}")
+    clear_status(status_dir, keep_counts=restore is not None)
     lineage = lineage_of(checkpoint_dir, restore)
+    return StreamJobPlan(
+        views,
+        partitions,
+        status_dir,
+        checkpoint_dir,
+        restore,
+        config,
+        shape,
+        lineage,
+        list(by_source.values()),
+        joined,
+    )
+
+
+def submit_stream_job(
+    repo: FeatureRepo, options: StreamOptions, plan: StreamJobPlan, env: Any, t_env: Any
+) -> Any:
+    """Build the planned job on ``env`` and submit it; returns Flink's job client. The job's shape
+    and lineage are remembered under its id, so a checkpoint of it can be restored later."""
+    settings = repo.settings
+    env.add_python_file(str(settings.repo_path))
+    if options.jars:
+        env.add_jars(*(jar.resolve().as_uri() for jar in options.jars))
+    graph = JobGraph(
+        repo, plan.views, env, t_env, options, str(plan.status_dir), plan.lineage, plan.partitions
+    )
+    for source_views in plan.by_source:
+        graph.add_plain(source_views)
+    for view in plan.joined:
+        graph.add_joined(view)
+    try:
+        client = env.execute_async(f"mlfs-stream-{settings.project}")
+    except Exception as err:  # py4j wraps the Java failure
+        if plan.restore is not None and "Cannot map checkpoint/savepoint state" in str(err):
+            raise another_shape(plan.restore) from None
+        raise
+    remember_lineage(plan.checkpoint_dir, str(client.get_job_id()), plan.lineage)
+    remember_shape(plan.checkpoint_dir, str(client.get_job_id()), plan.shape)
+    return client
+
+
+def serve_stream(
+    repo: FeatureRepo, options: StreamOptions, report: Callable[[str], None] = print
+) -> list[ViewMetrics]:
+    """Run the streaming job until ``options.duration_s`` passes or Ctrl-C; returns the last status."""
+    from transforms.engines.flink import flink_environment
+
+    settings = repo.settings
+    plan = plan_stream_job(repo, options, report)
+    views, status_dir, checkpoint_dir = plan.views, plan.status_dir, plan.checkpoint_dir
+    config = dict(plan.config)
+    if plan.restore is not None:
+        config[RECOVERY_PATH] = plan.restore.as_uri()
+    if not options.master:  # the mini-cluster's REST API, where the job's failures are read
+        config["rest.port"] = config["rest.bind-port"] = str(_free_port())
+    rest = f"http://{options.master or '127.0.0.1:' + config['rest.port']}"
     with _ctrl_c_stops() as stop:
         env, t_env = flink_environment(options.parallelism, options.master, config)
-        env.add_python_file(str(settings.repo_path))
-        if options.jars:
-            env.add_jars(*(jar.resolve().as_uri() for jar in options.jars))
-        graph = JobGraph(repo, views, env, t_env, options, str(status_dir), lineage, partitions)
-        for source_views in by_source.values():
-            graph.add_plain(source_views)
-        for view in joined:
-            graph.add_joined(view)
-        bounds = {v.name: source_lateness(v.source).max_out_of_orderness_ms for v in views}
         job = StreamJobRecord(settings.work_path, [v.name for v in views], options.master or "local")
-        try:
-            client = env.execute_async(f"mlfs-stream-{settings.project}")
-        except Exception as err:  # py4j wraps the Java failure
-            if restore is not None and "Cannot map checkpoint/savepoint state" in str(err):
-                raise another_shape(restore) from None
-            raise
+        client = submit_stream_job(repo, options, plan, env, t_env)
         job.write(state="running", job_id=str(client.get_job_id()))
-        remember_lineage(checkpoint_dir, str(client.get_job_id()), lineage)
-        remember_shape(checkpoint_dir, str(client.get_job_id()), shape)
         report(
             f"streaming {len(views)} view(s) ({', '.join(v.name for v in views)}) on "
             f"{options.master or 'a local Flink mini-cluster'}; job {client.get_job_id()}; "
             f"Flink's REST API on {rest}"
         )
-        server = None
-        health = JobHealth(job_status(client))
+        supervision = Supervision(repo, options, views, status_dir, rest, str(client.get_job_id()), report)
+        supervision.run(job, lambda: job_status(client), lambda: job_failure(client), stop)
+        supervision.stopping(job)
+        savepoint = _stop_with_savepoint(client, checkpoint_dir / "savepoints", job)
+        remember_lineage(checkpoint_dir, lineage_key(savepoint), plan.lineage)
+        remember_shape(checkpoint_dir, lineage_key(savepoint), plan.shape)
+        job.write(state="stopped", savepoint=savepoint, stopped_at=time.time())
+        report(f"stopped with savepoint {savepoint}")
+        return supervision.finish()
+
+
+class Supervision:
+    """What watches a running job (``serve-stream``, or ``serve-stream --attach`` beside a job a
+    cluster runs): Prometheus metrics and health, the offline store's compaction, online = offline
+    samples, restarts reported, and a status line per view now and then."""
+
+    def __init__(
+        self,
+        repo: FeatureRepo,
+        options: StreamOptions,
+        views: list[StreamFeatureView],
+        status_dir: Path,
+        rest: str,
+        job_id: str,
+        report: Callable[[str], None],
+    ) -> None:
+        self.options, self.status_dir, self.report = options, status_dir, report
+        self.bounds = {v.name: source_lateness(v.source).max_out_of_orderness_ms for v in views}
+        self.health = JobHealth("RUNNING")
+        self.server = None
         if options.metrics_port is not None:
-            server = serve_metrics(
-                "127.0.0.1", options.metrics_port, lambda: collect(status_dir, bounds), lambda: health
+            self.server = serve_metrics(
+                options.metrics_host,
+                options.metrics_port,
+                lambda: collect(status_dir, self.bounds),
+                lambda: self.health,
             )
-            report(f"metrics on http://127.0.0.1:{server.server_address[1]}/metrics")
-        started = time.monotonic()
-        last_report = started
+            report(f"metrics on http://{options.metrics_host}:{self.server.server_address[1]}/metrics")
         offline_views = [v for v in views if v.offline]
-        compactor = Compactor(settings.offline_path, offline_views, options.compact_min_files, report)
-        sampler = ConsistencySampler(repo, [v for v in offline_views if v.online], options.consistency_sample)
-        failures = JobFailures(rest, str(client.get_job_id()))
+        self.compactor = Compactor(
+            repo.settings.offline_path, offline_views, options.compact_min_files, report
+        )
+        self.sampler = ConsistencySampler(
+            repo, [v for v in offline_views if v.online], options.consistency_sample
+        )
+        self.failures = JobFailures(rest, job_id)
+
+    def run(
+        self,
+        job: StreamJobRecord,
+        status_of: Callable[[], str],
+        failure_of: Callable[[], str],
+        stop: _StopRequest,
+    ) -> None:
+        """Watch until ``options.duration_s`` passes or ``stop``; a job that ends is an error."""
+        options, health = self.options, self.health
+        started = last_report = time.monotonic()
         while not stop.requested and (
             options.duration_s is None or time.monotonic() - started < options.duration_s
         ):
             time.sleep(0.2)
             job.beat()
             if options.compact_every_s is not None:
-                compactor.run_every(options.compact_every_s)
+                self.compactor.run_every(options.compact_every_s)
             if options.consistency_every_s is not None:
-                sampler.run_every(options.consistency_every_s)
-                health.consistency = dict(sampler.ratios)
-            status = job_status(client)
+                self.sampler.run_every(options.consistency_every_s)
+                health.consistency = dict(self.sampler.ratios)
+            status = status_of()
             health.state = status
             if status in ("FAILED", "CANCELED", "FINISHED"):
                 job.write(state=status.lower())
-                sampler.wait()
-                raise MLFSError(f"the streaming job stopped ({status}){job_failure(client)}")
-            for cause in failures.new():
-                health.restarts = failures.seen
-                job.write(restarts=failures.seen)
-                if failures.seen <= options.max_restarts:
-                    report(
+                self.sampler.wait()
+                raise MLFSError(f"the streaming job stopped ({status}){failure_of()}")
+            for cause in self.failures.new():
+                health.restarts = self.failures.seen
+                job.write(restarts=self.failures.seen)
+                if self.failures.seen <= options.max_restarts:
+                    self.report(
                         f"the job failed and restarts from its last checkpoint "
-                        f"({failures.seen} of at most {options.max_restarts}): {cause}"
+                        f"({self.failures.seen} of at most {options.max_restarts}): {cause}"
                     )
             if time.monotonic() - last_report >= options.report_every_s:
                 last_report = time.monotonic()
-                for metrics in collect(status_dir, bounds):
-                    report(metrics.line())
+                for metrics in collect(self.status_dir, self.bounds):
+                    self.report(metrics.line())
         if stop.requested:
-            report("stopping (Ctrl-C)")
+            self.report("stopping (Ctrl-C)")
+
+    def stopping(self, job: StreamJobRecord) -> None:
         job.write(state="stopping")
-        health.state = "STOPPING"
-        compactor.wait()
-        sampler.wait()
-        savepoint = _stop_with_savepoint(client, checkpoint_dir / "savepoints", job)
-        remember_lineage(checkpoint_dir, lineage_key(savepoint), lineage)
-        remember_shape(checkpoint_dir, lineage_key(savepoint), shape)
-        job.write(state="stopped", savepoint=savepoint, stopped_at=time.time())
-        report(f"stopped with savepoint {savepoint}")
-        if options.compact_every_s is not None:
-            compactor.compact()  # the files of the last batches, written as the job stopped
-        if server is not None:
-            server.shutdown()
-        final = collect(status_dir, bounds)
+        self.health.state = "STOPPING"
+        self.wind_down()
+
+    def wind_down(self) -> None:
+        """Let a compaction or a sample under way end."""
+        self.compactor.wait()
+        self.sampler.wait()
+
+    def finish(self) -> list[ViewMetrics]:
+        """Compact the last files, stop serving metrics; the last status of each view."""
+        if self.options.compact_every_s is not None:
+            self.compactor.compact()  # the files of the last batches, written as the job stopped
+        if self.server is not None:
+            self.server.shutdown()
+        final = collect(self.status_dir, self.bounds)
         for metrics in final:
-            report(metrics.line())
+            self.report(metrics.line())
         return final
+
+
+def attach_stream(repo: FeatureRepo, options: StreamOptions, report: Callable[[str], None] = print) -> None:
+    """``serve-stream --attach``: supervise the job a Flink cluster runs for the repository (named
+    ``mlfs-stream-<project>``; in application mode, the cluster started it from
+    ``serve-stream --application``) through the cluster's REST API at ``options.master``, until
+    ``options.duration_s`` or Ctrl-C; the job goes on running (the cluster stops it)."""
+    if not options.master:
+        raise MLFSError("--attach needs --flink-master HOST:PORT (the cluster's REST API)")
+    views = stream_views(repo, options.views, lambda line: None)
+    rest = f"http://{options.master}"
+    name = f"mlfs-stream-{repo.settings.project}"
+    job_id = _running_job(rest, name)
+    report(f"supervising job {job_id} ({name}) on {options.master}")
+    status_dir = repo.settings.work_path / "stream" / "status"
+    with _ctrl_c_stops() as stop:
+        job = StreamJobRecord(repo.settings.work_path, [v.name for v in views], options.master)
+        job.write(state="running", job_id=job_id)
+        supervision = Supervision(repo, options, views, status_dir, rest, job_id, report)
+        supervision.run(job, lambda: _rest_status(rest, job_id), lambda: "", stop)
+        supervision.wind_down()
+        supervision.finish()
+        report(f"job {job_id} goes on running on {options.master}")
+
+
+def _running_job(rest: str, name: str, wait_s: float = 120.0) -> str:
+    """The id of the cluster's job named ``name`` that has not ended (waited for: a cluster may be
+    starting it); a one-line error if none comes."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{rest}/jobs/overview", timeout=5) as answer:
+                jobs = json.load(answer)["jobs"]
+        except OSError as err:
+            raise MLFSError(f"no Flink REST API at {rest}: {err}") from None
+        live = [j for j in jobs if j["name"] == name and j["state"] not in ("FAILED", "CANCELED", "FINISHED")]
+        if live:
+            return str(live[0]["jid"])
+        if time.monotonic() > deadline:
+            raise MLFSError(f"no running job {name!r} on {rest} after {wait_s:.0f} s")
+        time.sleep(1.0)
+
+
+def _rest_status(rest: str, job_id: str) -> str:
+    """A job's state from the cluster's REST API (``FAILED`` once the cluster no longer knows it)."""
+    try:
+        with urllib.request.urlopen(f"{rest}/jobs/{job_id}", timeout=5) as answer:
+            return str(json.load(answer)["state"])
+    except OSError:
+        return "FAILED"
+
+
+RECOVERY_PATH = "execution.state-recovery.path"  # where Flink restores a job from
+
+
+def run_application(repo: FeatureRepo, options: StreamOptions, report: Callable[[str], None] = print) -> str:
+    """``serve-stream --application``: the job as a Flink application. Flink's ``PythonDriver`` runs
+    this inside the JobManager (the Flink Kubernetes operator's application mode, or
+    ``standalone-job.sh``): it plans the job, builds it in the cluster it runs in and submits it,
+    then returns the job's id while the cluster runs it. The cluster owns the job's life: it names
+    the snapshot to restore (``execution.state-recovery.path``, checked against the job's shape
+    as ``serve-stream`` checks it) and takes savepoints; ``serve-stream --attach`` supervises it."""
+    from pyflink.datastream import StreamExecutionEnvironment
+
+    from transforms.engines.flink import flink_environment
+
+    cluster = StreamExecutionEnvironment.get_execution_environment()._j_stream_execution_environment
+    named = cluster.getConfiguration().toMap().get(RECOVERY_PATH)
+    restore = Path(urllib.parse.urlparse(named).path) if named else None
+    plan = plan_stream_job(repo, options, report, restore)
+    env, t_env = flink_environment(options.parallelism, None, plan.config)
+    views = [v.name for v in plan.views]
+    job = StreamJobRecord(repo.settings.work_path, views, "application")
+    client = submit_stream_job(repo, options, plan, env, t_env)
+    job.write(state="running", job_id=str(client.get_job_id()))
+    report(f"submitted {len(views)} view(s) ({', '.join(views)}) as job {client.get_job_id()}")
+    return str(client.get_job_id())
 
 
 class JobGraph:
