@@ -6,9 +6,7 @@ the job it submits there streams the reference's outcome."""
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 import subprocess
 import sys
 import time
@@ -18,11 +16,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pyflink
 import pytest
-import yaml
 from conftest import free_port, wait_for_json
 from repo_helpers import example_repo
+from test_flink_cluster import FLINK_HOME, cluster_files
 from test_stream_service import (
     STARTUP_S,
     assert_same_outcome,
@@ -42,7 +39,6 @@ from transforms.engines.flink_jar import mlfs_jar
 
 pytestmark = [pytest.mark.slow]
 
-FLINK_HOME = Path(pyflink.__file__).parent
 VIEW = "user_payment_stats_7d"
 
 
@@ -51,31 +47,15 @@ def application_cluster(base: Path, *job_args: str, restore: Path | None = None)
     """A standalone application cluster running Flink's ``PythonDriver`` with ``job_args`` in its
     JobManager (restoring ``restore``, as the operator names a snapshot), and one TaskManager;
     yields ``localhost:<rest port>``, stops both afterwards."""
-    conf = base / "conf"
-    shutil.copytree(FLINK_HOME / "conf", conf)
-    config = yaml.safe_load((conf / "config.yaml").read_text())
-    rest_port = free_port()
-    config.setdefault("rest", {}).update(
-        {"port": rest_port, "address": "localhost", "bind-address": "localhost"}
-    )
-    config["jobmanager"]["rpc"]["port"] = free_port()
-    config["taskmanager"]["numberOfTaskSlots"] = 4
     # The JobManager starts the driver with this Python, and the TaskManager its workers.
-    config["python"] = {"executable": sys.executable, "client": {"executable": sys.executable}}
-    (conf / "config.yaml").write_text(yaml.safe_dump(config))
+    python = {"executable": sys.executable, "client": {"executable": sys.executable}}
+    env, rest_port = cluster_files(base, 4, python=python)
     lib = base / "lib"  # the image's lib: Flink's jars, flink-python's and MLFS's functions
     lib.mkdir()
     for jar in [*(FLINK_HOME / "lib").glob("*.jar"), *(FLINK_HOME / "opt").glob("flink-python-*.jar")]:
         (lib / jar.name).symlink_to(jar)
     (lib / "mlfs-flink.jar").symlink_to(mlfs_jar())
-    (base / "log").mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYFLINK_")}
-    env.update(
-        FLINK_HOME=str(FLINK_HOME),
-        FLINK_CONF_DIR=str(conf),
-        FLINK_LOG_DIR=str(base / "log"),
-        FLINK_LIB_DIR=str(lib),
-    )
+    env["FLINK_LIB_DIR"] = str(lib)
     bin_dir = FLINK_HOME / "bin"
     driver = ["--job-classname", "org.apache.flink.client.python.PythonDriver", "-pym", "featurestore.cli"]
     if restore is not None:

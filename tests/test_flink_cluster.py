@@ -47,10 +47,9 @@ pytestmark = [
 FLINK_HOME = Path(pyflink.__file__).parent
 
 
-@pytest.fixture(scope="module")
-def flink_master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``localhost:<rest port>`` of a standalone cluster on free ports, stopped afterwards."""
-    base = tmp_path_factory.mktemp("flink-cluster")
+def cluster_files(base: Path, slots: int, **settings: Any) -> tuple[dict[str, str], int]:
+    """PyFlink's configuration copied under ``base`` with free ports, ``slots`` per TaskManager and
+    ``settings`` (top-level sections), and a log folder: (the scripts' environment, REST port)."""
     conf = base / "conf"
     shutil.copytree(FLINK_HOME / "conf", conf)
     config = yaml.safe_load((conf / "config.yaml").read_text())
@@ -59,11 +58,19 @@ def flink_master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         {"port": rest_port, "address": "localhost", "bind-address": "localhost"}
     )
     config["jobmanager"]["rpc"]["port"] = free_port()
-    config["taskmanager"]["numberOfTaskSlots"] = 8
+    config["taskmanager"]["numberOfTaskSlots"] = slots
+    config.update(settings)
     (conf / "config.yaml").write_text(yaml.safe_dump(config))
     (base / "log").mkdir()  # the daemons do not start without their log folder
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYFLINK_")}
     env.update(FLINK_HOME=str(FLINK_HOME), FLINK_CONF_DIR=str(conf), FLINK_LOG_DIR=str(base / "log"))
+    return env, rest_port
+
+
+@pytest.fixture(scope="module")
+def flink_master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``localhost:<rest port>`` of a standalone cluster on free ports, stopped afterwards."""
+    env, rest_port = cluster_files(tmp_path_factory.mktemp("flink-cluster"), 8)
     subprocess.run(
         ["bash", str(FLINK_HOME / "bin" / "start-cluster.sh")], env=env, check=True, capture_output=True
     )
