@@ -89,6 +89,9 @@ def test_a_job_carries_on_the_lineage_of_what_it_restores(tmp_path: Path) -> Non
     assert lineage_of(checkpoints, checkpoints / "0123abcd" / "chk-42") == "aaa"
     assert lineage_of(checkpoints, checkpoints / "savepoints" / "savepoint-0123ab-ffee") == "aaa"
     assert lineage_of(checkpoints, checkpoints / "4567ef01" / "chk-7") == "bbb"
+    # A savepoint a cluster took of a recorded job (the operator's, on an upgrade): that job's.
+    remember_lineage(checkpoints, "c0ffee" + "0" * 26, "ccc")
+    assert lineage_of(checkpoints, checkpoints / "savepoint-c0ffee-123456abcdef") == "ccc"
     # A snapshot no run recorded (an earlier MLFS version's): a lineage of its own.
     assert lineage_of(checkpoints, checkpoints / "89abcdef" / "chk-1") not in ("aaa", "bbb")
 

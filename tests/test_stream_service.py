@@ -466,3 +466,12 @@ def test_a_snapshot_of_another_shape_or_an_earlier_mlfs_is_refused_first(tmp_pat
     for snapshot, current in (("savepoint-1", job_shape([views[:1]], one)), ("savepoint-0", shape)):
         with pytest.raises(MLFSError, match=r"another shape .* start with --fresh"):
             check_shape(checkpoints, checkpoints / snapshot, current)
+    # A savepoint a cluster took (the operator, on an upgrade): known by the job it was taken of.
+    job_id, other = "5e1f0c" + "a" * 26, "5e1f0c" + "b" * 26
+    remember_shape(checkpoints, job_id, shape)
+    check_shape(checkpoints, checkpoints / "savepoints" / "savepoint-5e1f0c-0123456789ab", shape)
+    with pytest.raises(MLFSError, match="another shape"):
+        check_shape(checkpoints, checkpoints / "savepoint-5e1f0c-0123456789ab", job_shape([views[:1]], one))
+    remember_shape(checkpoints, other, job_shape([views[:1]], one))  # two jobs share the prefix
+    with pytest.raises(MLFSError, match="another shape"):
+        check_shape(checkpoints, checkpoints / "savepoint-5e1f0c-0123456789ab", shape)

@@ -90,12 +90,24 @@ def lineage_key(snapshot: str | Path) -> str:
     return path.parent.name if path.name.startswith("chk-") else path.name
 
 
+def recorded(known: dict[str, Any], snapshot: str | Path) -> Any:
+    """What ``known`` (``lineages.json`` or ``shapes.json``) says of a snapshot: by its
+    ``lineage_key``, or, for a savepoint a cluster took (the Flink Kubernetes operator on an
+    upgrade: MLFS never saw it), by the job it was taken of: Flink names a savepoint
+    ``savepoint-<first 6 characters of the job id>-<random>``, and one recorded job must match."""
+    key = lineage_key(snapshot)
+    if key in known or not key.startswith("savepoint-"):
+        return known.get(key)
+    prefix = key.split("-")[1]
+    of_jobs = {str(v) for k, v in known.items() if len(k) == 32 and k.startswith(prefix)}
+    return of_jobs.pop() if len(of_jobs) == 1 else None
+
+
 def lineage_of(checkpoint_dir: Path, restore: Path | None) -> str:
     """The lineage a job carries on (``LiveOutcomes``): that of the checkpoint or savepoint it
     restores, or a new one on a fresh start (or for a snapshot of an earlier MLFS version)."""
     if restore is not None:
-        known = read_json(checkpoint_dir / LINEAGES) or {}
-        lineage = known.get(lineage_key(restore))
+        lineage = recorded(read_json(checkpoint_dir / LINEAGES) or {}, restore)
         if isinstance(lineage, str):
             return lineage
     return uuid.uuid4().hex[:12]
@@ -149,8 +161,7 @@ def remember_shape(checkpoint_dir: Path, key: str, shape: str) -> None:
 
 def check_shape(checkpoint_dir: Path, restore: Path, shape: str) -> None:
     """Refuse a snapshot of a job of another shape (or of an MLFS that recorded none)."""
-    known = read_json(checkpoint_dir / SHAPES) or {}
-    if known.get(lineage_key(restore)) != shape:
+    if recorded(read_json(checkpoint_dir / SHAPES) or {}, restore) != shape:
         raise another_shape(restore)
 
 
