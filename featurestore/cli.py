@@ -401,7 +401,7 @@ def cmd_serve_stream(args: argparse.Namespace) -> int:
         consistency_sample=_whole("mlfs.flink.consistency_sample", flink.get("consistency_sample", 20)),
         fresh=args.fresh,
         metrics_port=None if args.no_metrics else _port(args.metrics_port, flink.get("metrics_port", 9464)),
-        metrics_host=str(args.metrics_host or flink.get("metrics_host") or "127.0.0.1"),
+        metrics_host=str(args.metrics_host or flink.get("metrics_host") or StreamOptions.metrics_host),
         flink_config={str(k): str(v) for k, v in (flink.get("config") or {}).items()},
         jars=connector_jars([str(j) for j in flink.get("jars") or []], repo.settings.repo_path),
         max_restarts=_whole(
