@@ -235,6 +235,11 @@ def test_bad_stream_settings_are_one_line(
             ["--attach", "--application", "--flink-master", "x:1"],
             "--attach and --application: one or the other",
         ),
+        (
+            ["--application"],
+            "--application is the job's main under Flink's PythonDriver (the Kubernetes operator's "
+            "application mode, standalone-job.sh, flink run); here, run serve-stream without it",
+        ),
     ],
 )
 def test_bad_cluster_flags_are_one_line(

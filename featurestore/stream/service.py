@@ -632,6 +632,11 @@ def run_application(repo: FeatureRepo, options: StreamOptions, report: Callable[
 
     from transforms.engines.flink import flink_environment
 
+    if "PYFLINK_GATEWAY_PORT" not in os.environ:  # set by the PythonDriver that runs a Python main
+        raise MLFSError(
+            "--application is the job's main under Flink's PythonDriver (the Kubernetes operator's "
+            "application mode, standalone-job.sh, flink run); here, run serve-stream without it"
+        )
     cluster = StreamExecutionEnvironment.get_execution_environment()._j_stream_execution_environment
     named = cluster.getConfiguration().toMap().get(RECOVERY_PATH)
     restore = Path(urllib.parse.urlparse(named).path) if named else None
