@@ -151,6 +151,7 @@ def at(hours: float = 0, minutes: float = 0, seconds: float = 0) -> datetime:
 # that the two xdist workers start them early and finish together, instead of one worker running a
 # four-minute test alone at the end.
 LONGEST_FIRST = (
+    "test_flink_application",
     "test_stream_joins",
     "test_stream_recovery",
     "test_spark_backfill",
