@@ -63,8 +63,9 @@ def test_streaming_with_lateness_equals_reference(window: str, transform: str) -
 
 
 def test_views_of_one_source_share_stage_1_and_each_equals_reference() -> None:
-    # One job, one stage 1 for four views (a row function, Selects, no transform), as serve-stream
-    # builds it: each view's rows, counts and dead letters are its own reference's; some events are late.
+    # One job for four views (a row function, Selects, no transform), as serve-stream builds it: the
+    # declarative views share a stage 1 in the JVM, the row function has the Python one; each view's
+    # rows, counts and dead letters are its own reference's; some events are late.
     from transforms.engines.flink import run_flink_views
 
     views = [

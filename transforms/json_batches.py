@@ -45,7 +45,7 @@ def needed_fields(plan: TransformPlan) -> list[str] | None:
     names = [plan.timestamp_field]
     if isinstance(transform, Select):
         spec = transform.spec()
-        wanted: list[str | None] = list(_columns_in([spec["select"], spec["where"]]))
+        wanted: list[str | None] = list(columns_in([spec["select"], spec["where"]]))
     else:  # no event transform
         wanted = [*plan.key_names, *(f.aggregation.column for f in plan.features)]
     for name in wanted:
@@ -54,17 +54,17 @@ def needed_fields(plan: TransformPlan) -> list[str] | None:
     return names
 
 
-def _columns_in(spec: Any) -> Iterator[str]:
+def columns_in(spec: Any) -> Iterator[str]:
     """The names ``col(...)`` reads anywhere in an expression's ``spec()``."""
     if isinstance(spec, dict):
         for value in spec.values():
-            yield from _columns_in(value)
+            yield from columns_in(value)
     elif isinstance(spec, list):
         if len(spec) == 2 and spec[0] == "col" and isinstance(spec[1], str):
             yield spec[1]
         else:
             for item in spec:
-                yield from _columns_in(item)
+                yield from columns_in(item)
 
 
 def _kind(value: Any) -> str | None:

@@ -126,6 +126,7 @@ def job_shape(groups: list[list[StreamFeatureView]], partitions: dict[str, int])
     operators by the job's topology, so a job with the same topology but other aggregates would
     restore state it cannot read, and restart forever; comparing shapes first turns that into a
     clear error."""
+    from transforms.engines.flink_decode import stage1_groups
     from transforms.engines.flink_sql import stage2_sql
     from transforms.engines.flink_stage1 import (
         classified_sql,
@@ -144,11 +145,16 @@ def job_shape(groups: list[list[StreamFeatureView]], partitions: dict[str, int])
                 parts.append(json.dumps([join.spec() for join in plan.joins], sort_keys=True, default=str))
                 parts += [prepared_sql(plan, 0, "finished", single=False), stage2_sql(plan, view.name)]
             continue
-        # Without the lateness bound, which is a literal in the query and no part of the state.
-        parts += [str(prepare_result_type(plans)), classified_sql(plans, "events", None)]
-        parts += [counts_sql(len(plans), "classified"), letters_sql(len(plans), "classified")]
-        for v, (view, plan) in enumerate(zip(group, plans, strict=True)):
-            parts += [prepared_sql(plan, v, "classified"), stage2_sql(plan, f"prepared_{view.name}")]
+        for members, spec, _ in stage1_groups(plans):
+            if spec is not None:  # stage 1 in the JVM (since 2026-12-07), with its own state
+                parts.append(f"decided in the JVM: {spec}")
+            views = [group[i] for i in members]
+            stage1 = [plans[i] for i in members]
+            # Without the lateness bound, which is a literal in the query and no part of the state.
+            parts += [str(prepare_result_type(stage1)), classified_sql(stage1, "events", None)]
+            parts += [counts_sql(len(stage1), "classified"), letters_sql(len(stage1), "classified")]
+            for v, (view, plan) in enumerate(zip(views, stage1, strict=True)):
+                parts += [prepared_sql(plan, v, "classified"), stage2_sql(plan, f"prepared_{view.name}")]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 

@@ -37,6 +37,7 @@ import pyarrow as pa
 
 from transforms.enginelogs import flink_logs
 from transforms.engines.base import Engine, EngineResult
+from transforms.engines.flink_decode import stage1_groups
 from transforms.engines.flink_jar import mlfs_jar
 from transforms.engines.flink_joins import (
     JoinedSource,
@@ -364,10 +365,12 @@ def build_job(
         env.add_python_file(str(folder))
     feeds: dict[str, LookupFeed] = {}
     plain = [view for view in views if not view.plan.joins]
-    if plain:
-        outcomes = [view.outcomes for view in plain]
-        prepared = build_stage1([view.plan for view in plain], env, raws, lateness, outcomes, source)
-        for view, stream in zip(plain, prepared, strict=True):
+    for members, spec, suffix in stage1_groups([view.plan for view in plain]):
+        group = [plain[i] for i in members]
+        outcomes = [view.outcomes for view in group]
+        plans = [view.plan for view in group]
+        prepared = build_stage1(plans, env, raws, lateness, outcomes, f"{source}{suffix}", spec)
+        for view, stream in zip(group, prepared, strict=True):
             if (feed := _build_stage2(view, env, t_env, stream, None)) is not None:
                 feeds[view.plan.view] = feed
     for view in views:

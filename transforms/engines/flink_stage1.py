@@ -111,7 +111,7 @@ def _view_fields(plan: TransformPlan, v: int) -> list[str]:
     return [f"_k{v}", f"_n{v}", f"_l{v}", *_row_fields(plan, v)]
 
 
-def _outcome_fields(plans: Sequence[TransformPlan]) -> list[str]:
+def outcome_fields(plans: Sequence[TransformPlan]) -> list[str]:
     """The fields of ``prepare``'s result (``prepare_result_type``): the event's time ``_t``, then
     each view's ``_view_fields``."""
     return ["_t", *(name for v, plan in enumerate(plans) for name in _view_fields(plan, v))]
@@ -172,7 +172,7 @@ class ViewOutcomes:
 
 def prepare_function(plans: Sequence[TransformPlan], vectorised: bool = True) -> Callable[[Any], Any]:
     """The batch function behind ``prepare``, for every view reading one source: raw events (a
-    pandas Series of text) to one result each (a DataFrame of ``_outcome_fields``).
+    pandas Series of text) to one result each (a DataFrame of ``outcome_fields``).
 
     The event's time is the source's (every view of a source has its time field), so lateness is
     decided once for all of them. Views without Python code in the per-event stage (no event
@@ -409,7 +409,7 @@ def prepared_sql(plan: TransformPlan, v: int, classified: str, single: bool | No
 def events_sql(plans: Sequence[TransformPlan], raws: Sequence[str], function: str) -> str:
     """Each raw event with what ``prepare`` made of it and its partition ``_part`` (the position of
     its table in ``raws``, one per source partition; each partition's ``prepare`` runs on its own)."""
-    return decoded_sql(_outcome_fields(plans), raws, function)
+    return decoded_sql(outcome_fields(plans), raws, function)
 
 
 def decoded_sql(fields: Sequence[str], raws: Sequence[str], function: str) -> str:
@@ -428,14 +428,14 @@ SEQ_PARTITION_BITS = 40  # ``_seq`` = partition << 40 | the event's position in 
 
 def classified_fields(plans: Sequence[TransformPlan]) -> list[str]:
     """The columns of ``classified_sql``."""
-    return ["_raw", *_outcome_fields(plans), "_part", "_max", "_seq", "_late"]
+    return ["_raw", *outcome_fields(plans), "_part", "_max", "_seq", "_late"]
 
 
 def classified_sql(plans: Sequence[TransformPlan], events: str, lateness: Lateness | None) -> str:
     """Each event of ``events_sql`` with, within its partition (DESIGN §2: lateness is judged per
     source partition), the highest event time so far ``_max`` (this event included), its
     position ``_seq`` (``SEQ_PARTITION_BITS``) and whether it is late (``_late``, 0 or 1)."""
-    return classified_columns_sql(["_raw", *_outcome_fields(plans), "_part"], events, lateness, "_part")
+    return classified_columns_sql(["_raw", *outcome_fields(plans), "_part"], events, lateness, "_part")
 
 
 def classified_columns_sql(
@@ -594,13 +594,16 @@ def build_stage1(
     lateness: Lateness | None,
     outcomes: Sequence[Callable[[], OutcomeSink]],
     name: str,
+    spec: str | None = None,
 ) -> list[Any]:
     """Add one stage 1 for the views ``plans`` of one source, over its raw events ``raws`` (a
     DataStream of text per source partition, each at parallelism 1), to ``env``; returns each view's
     DataStream of prepared rows (``prepared_columns``), each partition's in the order stage 1
     accepted its events, with the source's watermarks (``PartitionWatermarks``). ``outcomes`` are
-    the views' outcome sinks. Its state lives in the SQL operators, whose ids derive from the job's
-    shape, so a restarted job of the same views restores it."""
+    the views' outcome sinks. With ``spec`` (``flink_decode.jvm_spec`` of ``plans``) events are
+    decided in the JVM and only the undecided ones reach the Python ``prepare``. Its state lives in
+    the SQL operators, whose ids derive from the job's shape, so a restarted job of the same views
+    restores it."""
     from pyflink.table.udf import udf
 
     t_env = table_environment(env, STAGE1_SETTINGS)
@@ -608,8 +611,13 @@ def build_stage1(
     t_env.create_temporary_function(
         function, udf(prepare_function(plans), result_type=prepare_result_type(plans), func_type="pandas")
     )
-    tables = raw_tables(t_env, raws, name)
-    t_env.create_temporary_view(f"{name}_events", t_env.sql_query(events_sql(plans, tables, function)))
+    from transforms.engines.flink_decode import jvm_events
+
+    if spec is not None:  # declarative views: decided in the JVM, only undecided events reach Python
+        jvm_events(plans, spec, t_env, raws, function, name)
+    else:
+        tables = raw_tables(t_env, raws, name)
+        t_env.create_temporary_view(f"{name}_events", t_env.sql_query(events_sql(plans, tables, function)))
     return stage1_sql(plans, env, t_env, lateness, outcomes, name, len(raws))
 
 
@@ -650,7 +658,7 @@ def stage1_sql(
     partitions: int = 1,
 ) -> list[Any]:
     """The Flink SQL half of stage 1 over the view ``<name>_events`` of ``t_env`` (made with
-    ``STAGE1_SETTINGS``): each raw event ``_raw`` with ``prepare``'s result (``_outcome_fields``),
+    ``STAGE1_SETTINGS``): each raw event ``_raw`` with ``prepare``'s result (``outcome_fields``),
     its partition ``_part`` (of ``partitions``) and its processing time ``_pt``. Classifies, counts
     and unnests as ``build_stage1`` says; ``benchmarks/flink_ceiling.py`` runs it over
     ``prepare``'s results read from a file."""

@@ -196,7 +196,8 @@ final class Aggregates {
         return ((Comparable) a).compareTo(b);
     }
 
-    private static int compareCodePoints(String a, String b) {
+    /** Python's string order: by code point (Java's compareTo orders UTF-16 units). */
+    static int compareCodePoints(String a, String b) {
         int i = 0;
         int j = 0;
         while (i < a.length() && j < b.length()) {
