@@ -12,6 +12,7 @@ fi
 bash scripts/kafka_jars.sh >/dev/null
 .venv/bin/ruff check .
 .venv/bin/mypy
-# Work stealing: the slow end-to-end tests come last in collection order, and an idle worker takes
-# tests queued on the other instead of waiting out its tail.
-.venv/bin/python -m pytest -n 2 --dist worksteal --durations=40 "$@"
+# Work stealing: the slow end-to-end tests come first in collection order, and an idle worker takes
+# tests queued on another instead of waiting out its tail. Three workers on two cores: the
+# end-to-end tests spend much of their time waiting (job start-up, checkpoints, a Redis away).
+.venv/bin/python -m pytest -n 3 --dist worksteal --durations=40 "$@"
