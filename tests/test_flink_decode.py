@@ -177,6 +177,30 @@ def _seeded_messy(rng: random.Random) -> str:
     return json.dumps(event, ensure_ascii=rng.random() < 0.5)
 
 
+def test_views_the_jvm_does_not_decide_keep_a_python_stage_1() -> None:
+    from conformance import FEATURES, split_and_drop
+    from conftest import make_view
+
+    from featurestore import Select, col, when
+    from transforms.engines.flink_decode import stage1_groups
+
+    sums = {"sum_v": FEATURES["sum_v"]}
+    nan = Select(user_id=col("user_id"), v=when(col("v") > 0, float("nan")).otherwise(col("v")))
+    huge = Select(user_id=col("user_id"), v=col("v") * 2**70)
+    reads_time = Select(user_id=col("user_id"), v=col("timestamp"))
+    plans = [make_view(sums, transform=t, name=f"v{i}").plan for i, t in enumerate([nan, huge, reads_time])]
+    assert all(jvm_spec([plan]) is None for plan in plans)
+    declarative = VIEW_SETS["tumbling"]
+    row = make_view(sums, transform=split_and_drop).plan
+    groups = stage1_groups([row, *declarative, plans[0]])
+    assert [(members, spec is None, suffix) for members, spec, suffix in groups] == [
+        ([1, 2], False, "_jvm"),
+        ([0, 3], True, ""),
+    ]
+    # Without views for the JVM the job is built as before (one Python stage 1, named as before).
+    assert stage1_groups([row]) == [([0], None, "")]
+
+
 @pytest.mark.slow
 def test_a_declarative_job_sends_only_undecided_events_to_python() -> None:
     from transforms.engines.flink import run_flink_views

@@ -1,5 +1,5 @@
-"""Stage 1 in the JVM for sources whose views are all declarative (no event transform, or a
-``Select``; DESIGN §4: no Python per event for declarative views).
+"""Stage 1 in the JVM for the declarative views of a source (no event transform, or a ``Select``;
+no model stages; DESIGN §4: no Python per event for them).
 
 ``JsonPrepare`` (Java, ``flink_java``) decodes each JSON event once, times it and prepares every
 view's row as ``EventPreparer`` would, into the columns of ``flink_stage1.prepare_result_type``;
@@ -13,6 +13,7 @@ unchanged) is judged on that order. Clean events never reach Python.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,6 +37,8 @@ def _literals_fit(spec: Any) -> bool:
     if isinstance(spec, list):
         if len(spec) == 2 and spec[0] == "lit":
             value = spec[1]
+            if isinstance(value, float):
+                return math.isfinite(value)  # JSON has no NaN or infinity
             return not isinstance(value, int) or isinstance(value, bool) or _LONG[0] <= value < _LONG[1]
         return all(_literals_fit(item) for item in spec)
     if isinstance(spec, dict):

@@ -606,13 +606,13 @@ def build_stage1(
     restores it."""
     from pyflink.table.udf import udf
 
+    from transforms.engines.flink_decode import jvm_events  # it builds on this module
+
     t_env = table_environment(env, STAGE1_SETTINGS)
     function = f"{name}_prepare"
     t_env.create_temporary_function(
         function, udf(prepare_function(plans), result_type=prepare_result_type(plans), func_type="pandas")
     )
-    from transforms.engines.flink_decode import jvm_events
-
     if spec is not None:  # declarative views: decided in the JVM, only undecided events reach Python
         jvm_events(plans, spec, t_env, raws, function, name)
     else:
