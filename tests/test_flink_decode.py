@@ -157,7 +157,8 @@ def test_messy_json_is_mostly_decided_in_the_jvm() -> None:
     # test above exercises the decided path too, not only the hand-over to Python).
     rng = random.Random(6)
     texts = [_seeded_messy(rng) for _ in range(400)]
-    assert check_decided(VIEW_SETS["continuous"], texts) >= 0.3 * len(texts)
+    # About 27% of these events are decidable (all six fields usable, by the pools' odds).
+    assert check_decided(VIEW_SETS["continuous"], texts) >= 0.2 * len(texts)
 
 
 def _seeded_messy(rng: random.Random) -> str:
