@@ -1,6 +1,8 @@
 """Stage 1 of the Flink engine: raw events to the typed rows of ``flink_sql``, mostly in Flink's
-own operators. One stage 1 serves every view of a source: event time, lateness and the position in
-the source belong to the source, so each event is decoded and classified once.
+own operators. One stage 1 serves the declarative views of a source and one the others
+(``flink_decode.stage1_groups``): event time, lateness and the position in the source belong to
+the source, so each stage 1 decodes and classifies each event once. The declarative views' events
+are decided in the JVM (``flink_decode``); only those it leaves undecided reach ``prepare`` below.
 
 * ``prepare`` is a vectorised (pandas) Python function over a batch of raw events: decode, event
   time, and for each view its event transform, model stages, keys and types. Views without Python
