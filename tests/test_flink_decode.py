@@ -53,7 +53,7 @@ def check_decided(plans: list[TransformPlan], texts: list[str]) -> int:
     fields = outcome_fields(plans)
     decided = 0
     for i, row in enumerate(jvm_prepare(plans, texts)):
-        assert row[: len(DECIDED)][1:3] == [i + 1, 0]
+        assert row[1:3] == [i + 1, 0]  # _pos, _part
         if row[len(DECIDED) - 1]:  # left to Python
             continue
         decided += 1

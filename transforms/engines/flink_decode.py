@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from transforms.engines.flink_sql import marker_offset_ms, quote
-from transforms.engines.flink_stage1 import flink_types, outcome_fields, row_columns
+from transforms.engines.flink_stage1 import outcome_fields, view_field_types
 from transforms.events import MAX_JSON_DEPTH
 from transforms.expressions import Select
 from transforms.json_batches import columns_in, needed_fields
@@ -30,6 +30,7 @@ _KEY_TYPES = ("String", "Int64", "Int32")
 _VALUE_TYPES = ("String", "Int64", "Int32", "Float64", "Float32", "Bool", "UnixTimestamp")
 _LONG = (-(2**63), 2**63)
 DECIDED = ["_raw", "_pos", "_part", "_py"]  # ``JsonPrepare``'s columns before ``prepare``'s
+MERGED = ["_raw", "_pos", "_part"]  # ``decided_sql``'s columns before ``prepare``'s
 
 
 def _literals_fit(spec: Any) -> bool:
@@ -130,8 +131,7 @@ def decided_type(plans: Sequence[TransformPlan]) -> Any:
 
     types = [Types.STRING(), Types.LONG(), Types.INT(), Types.BOOLEAN(), Types.LONG()]
     for plan in plans:
-        types += [Types.INT(), Types.INT(), Types.STRING()]
-        types += [flink_types(dtype)[0] for _, dtype in row_columns(plan)]
+        types += [type_info for type_info, _ in view_field_types(plan)]
     return Types.ROW_NAMED([*DECIDED, *outcome_fields(plans)], types)
 
 
@@ -141,10 +141,11 @@ def decided_sql(plans: Sequence[TransformPlan], decided: str, function: str) -> 
     fields = outcome_fields(plans)
     jvm = ", ".join(quote(name) for name in fields)
     python = ", ".join(f"p.{quote(name)} AS {quote(name)}" for name in fields)
+    merged = ", ".join(MERGED)
     return (
-        f"SELECT _raw, _pos, _part, {jvm} FROM {quote(decided)} WHERE NOT _py "
-        f"UNION ALL SELECT _raw, _pos, _part, {python} FROM "
-        f"(SELECT _raw, _pos, _part, {quote(function)}(_raw) AS p FROM {quote(decided)} WHERE _py)"
+        f"SELECT {merged}, {jvm} FROM {quote(decided)} WHERE NOT _py "
+        f"UNION ALL SELECT {merged}, {python} FROM "
+        f"(SELECT {merged}, {quote(function)}(_raw) AS p FROM {quote(decided)} WHERE _py)"
     )
 
 
@@ -174,8 +175,8 @@ def jvm_events(
     merged = t_env.to_data_stream(t_env.sql_query(decided_sql(plans, f"{name}_decided", function)))
     j_merged = merged._j_data_stream
     ordered = (
-        j_merged.keyBy(jvm.mlfs.flink.FieldKey(2))
-        .process(jvm.mlfs.flink.Resequence(1, j_merged.getType()), j_merged.getType())
+        j_merged.keyBy(jvm.mlfs.flink.FieldKey(MERGED.index("_part")))
+        .process(jvm.mlfs.flink.Resequence(MERGED.index("_pos"), j_merged.getType()), j_merged.getType())
         .name(f"{name}-in-order")
         .uid(f"{name}-in-order")
         .setParallelism(1)

@@ -119,15 +119,28 @@ def outcome_fields(plans: Sequence[TransformPlan]) -> list[str]:
     return ["_t", *(name for v, plan in enumerate(plans) for name in _view_fields(plan, v))]
 
 
+def view_field_types(plan: TransformPlan) -> list[tuple[Any, Any]]:
+    """(DataStream type info, Table data type) of each of ``_view_fields``, with one row per event
+    (a view whose events can give several rows holds an array of each row column instead)."""
+    from pyflink.common import Types
+    from pyflink.table import DataTypes
+
+    return [
+        (Types.INT(), DataTypes.INT()),
+        (Types.INT(), DataTypes.INT()),
+        (Types.STRING(), DataTypes.STRING()),
+        *(flink_types(dtype) for _, dtype in row_columns(plan)),
+    ]
+
+
 def prepare_result_type(plans: Sequence[TransformPlan]) -> Any:
     from pyflink.table import DataTypes
 
     fields = [DataTypes.FIELD("_t", DataTypes.BIGINT())]
     for v, plan in enumerate(plans):
-        row_types = [flink_types(dtype)[1] for _, dtype in row_columns(plan)]
+        types = [data_type for _, data_type in view_field_types(plan)]
         if not single_row(plan):
-            row_types = [DataTypes.ARRAY(t) for t in row_types]
-        types = [DataTypes.INT(), DataTypes.INT(), DataTypes.STRING(), *row_types]
+            types[3:] = [DataTypes.ARRAY(t) for t in types[3:]]
         fields += [DataTypes.FIELD(n, t) for n, t in zip(_view_fields(plan, v), types, strict=True)]
     return DataTypes.ROW(fields)
 
