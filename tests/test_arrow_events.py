@@ -93,6 +93,7 @@ ARROW_VALUES = [
     (pa.string(), st.text()),
     (pa.large_string(), st.text()),
     (pa.binary(), st.binary()),
+    (pa.large_binary(), st.binary()),
 ]
 
 

@@ -230,6 +230,36 @@ def test_redis_layout_is_feasts(tmp_path: Path, redis_port: int, monkeypatch: py
     assert value.double_val == 1.25
 
 
+
+def test_redis_writes_a_table_of_latest_rows_as_its_rows(
+    tmp_path: Path, redis_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Redis writer's ``write_table`` (a backfill's newest rows, encoded by columns) stores
+    exactly the hashes ``write`` of the same rows stores, nulls included."""
+    from featurestore.online.base import row_dicts
+
+    when = datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    rows = [row("u1", when, 2, 1.25, 0), row("u2", when - timedelta(days=400), 1, -0.5, 1)]
+    rows.append({**row("u3", when, 0, 0.0, 0), "amount_sum_7d": None, "payment_count_7d": None})
+    dumps = []
+    for db, how in enumerate(("rows", "table")):
+        monkeypatch.setenv("MLFS_TEST_REDIS", f"127.0.0.1:{redis_port},db={db + 3}")
+        repo = load_repo(example_repo(tmp_path / how, events=100, redis_env="MLFS_TEST_REDIS"))
+        apply_repo(repo)
+        view = repo.views[VIEW]
+        names = [*view.plan.key_names, *(n for n, _ in view.plan.output_features), EVENT_TIMESTAMP]
+        table = pa.Table.from_pylist(rows).select(names)
+        assert row_dicts(table) == rows
+        writer = open_online_writer(repo.settings)
+        done = writer.write(view, rows) if how == "rows" else writer.write_table(view, table)
+        writer.close()
+        assert (done.written, done.skipped_older) == (3, 0)
+        client = redis.Redis(port=redis_port, db=db + 3)
+        project = repo.settings.project.encode()  # the directory's name
+        dumps.append({key.removesuffix(project): client.hgetall(key) for key in client.keys()})
+    assert dumps[0] == dumps[1] and len(dumps[0]) == 3
+
+
 def write_offline(
     store: ParquetOfflineStore,
     view: Any,
@@ -496,6 +526,39 @@ def test_value_protos_are_feasts(data: st.DataObject) -> None:
         assert value_blobs(SCALARS[n], [r[n] for r in rows]) == want, n  # written without protos
 
 
+ARROW_TYPES = {
+    "Int32": pa.int32(),
+    "Int64": pa.int64(),
+    "Float32": pa.float32(),
+    "Float64": pa.float64(),
+    "String": pa.string(),
+    "Bool": pa.bool_(),
+}
+
+
+@given(st.data())
+def test_value_blobs_of_a_column_are_the_per_value_ones(data: st.DataObject) -> None:
+    """A whole Arrow column's serialised ``Value``s (a backfill's newest rows) are exactly
+    ``value_blobs`` of its values, nulls and NaN included, over chunks and slices; a column of
+    another type is left to ``value_blobs``."""
+    from featurestore.online.arrow_blobs import value_blob_column
+    from featurestore.online.base import value_blobs
+    from transforms.dtypes import SCALARS
+
+    name = data.draw(st.sampled_from(sorted(ARROW_TYPES)))
+    values = data.draw(st.lists(st.none() | SCALAR_VALUES[name], max_size=12))
+    cut = data.draw(st.integers(0, len(values)))
+    column = pa.chunked_array(
+        [pa.array(values[:cut], ARROW_TYPES[name]), pa.array(values[cut:], ARROW_TYPES[name])]
+    )
+    assert value_blob_column(SCALARS[name], column) == value_blobs(SCALARS[name], values)
+    assert value_blob_column(SCALARS[name], pa.array(values, ARROW_TYPES[name])[cut:]) == value_blobs(
+        SCALARS[name], values[cut:]
+    )
+    other = "Int32" if name == "Int64" else "Int64"
+    assert value_blob_column(SCALARS[name], pa.array([], ARROW_TYPES[other])) is None
+
+
 @settings(deadline=None)  # the first example imports Feast
 @given(st.data())
 def test_value_blobs_leave_odd_values_to_protobuf(data: st.DataObject) -> None:
@@ -620,6 +683,7 @@ def test_entity_keys_are_feasts(data: st.DataObject) -> None:
     order) are byte for byte Feast's ``serialize_entity_key``; other values go through Feast."""
     from feast.infra.key_encoding_utils import serialize_entity_key
 
+    from featurestore.online.arrow_blobs import entity_key_column
     from featurestore.online.base import EntityKeys, entity_key_protos
     from transforms.dtypes import SCALARS
 
@@ -640,6 +704,13 @@ def test_entity_keys_are_feasts(data: st.DataObject) -> None:
     ]
     assert EntityKeys(3).serialize(view, rows) == want
     assert EntityKeys(3)._direct(view, [tuple(r[n] for n in names) for r in rows]) == want
+    arrow_types = {"String": pa.string(), "Int32": pa.int32(), "Int64": pa.int64()}
+    columns = {n: pa.array([r[n] for r in rows], arrow_types[types[n]]) for n in names}
+    dtypes = {n: SCALARS[types[n]] for n in names}
+    assert entity_key_column(names, dtypes, columns, 3) == want  # a backfill's keys, by columns
+    assert entity_key_column(names, dtypes, columns, 2) is None
+    with_null = {**columns, names[0]: pa.array([None] * len(rows), arrow_types[types[names[0]]])}
+    assert entity_key_column(names, dtypes, with_null, 3) is None
 
 
 def test_the_backfill_reads_the_registry_and_writes_sqlite_without_importing_feast(tmp_path: Path) -> None:

@@ -55,11 +55,14 @@ _NUMERIC = (pa.int32(), pa.int64(), pa.float32(), pa.float64())
 
 
 def python_values(array: pa.Array) -> list[Any]:
-    """``array.to_pylist()``; through NumPy for integers, floats, booleans and text without nulls,
-    which is 15-50x faster (Arrow makes a scalar object per value)."""
+    """``array.to_pylist()``; through NumPy for integers, floats, booleans, text and bytes without
+    nulls, which is 10-50x faster (Arrow makes a scalar object per value)."""
     kind = array.type
     plain = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
-    if array.null_count == 0 and (plain or pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+    text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
+    if array.null_count == 0 and (
+        plain or text or pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+    ):
         values: list[Any] = array.to_numpy(zero_copy_only=False).tolist()
         return values
     return array.to_pylist()

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from featurestore.view import StreamFeatureView
+from transforms.arrow_events import python_values
 from transforms.dtypes import DType
 from transforms.plan import EVENT_TIMESTAMP
 
@@ -42,7 +43,7 @@ def column_values(column: pa.ChunkedArray | pa.Array) -> list[Any]:
     per-value time zone conversion costs more than an online write of the values)."""
     kind = column.type
     if not (pa.types.is_timestamp(kind) and kind.tz is not None):
-        return column.to_pylist()
+        return python_values(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
     values = column.cast(pa.timestamp(kind.unit)).to_pylist()
     return [None if v is None else v.replace(tzinfo=UTC) for v in values]
 

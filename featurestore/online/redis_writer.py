@@ -19,11 +19,12 @@ import mmh3
 import pyarrow as pa
 import redis
 
+from featurestore.online.arrow_blobs import entity_key_column, value_blob_column
 from featurestore.online.base import (
     EntityKeys,
     WriteStats,
+    column_values,
     latest_per_key,
-    row_dicts,
     value_blobs,
 )
 from featurestore.view import StreamFeatureView
@@ -150,23 +151,45 @@ class RedisOnlineWriter:
         self.keys = EntityKeys(3)
 
     def write(self, view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> WriteStats:
-        from google.protobuf.timestamp_pb2 import Timestamp
-
         latest = latest_per_key(view, rows)
-        if not latest:
-            return WriteStats()
         blobs = {
             name: value_blobs(dtype, [row[name] for row in latest])
             for name, dtype in view.plan.output_features
         }
+        times = [row[EVENT_TIMESTAMP] for row in latest]
+        return self._write(view, self.keys.serialize(view, latest), times, blobs)
+
+    def write_table(self, view: StreamFeatureView, table: pa.Table) -> WriteStats:
+        names = list(view.plan.key_names)
+        keys = entity_key_column(
+            names, dict(view.plan.keys), {k: table.column(k) for k in names}, self.keys.version
+        )
+        if keys is None:
+            key_columns = [column_values(table.column(k)) for k in names]
+            keys = self.keys.serialize_keys(view, list(zip(*key_columns, strict=True)))
+        blobs = {}
+        for name, dtype in view.plan.output_features:
+            column = table.column(name)
+            encoded = value_blob_column(dtype, column)
+            blobs[name] = value_blobs(dtype, column_values(column)) if encoded is None else encoded
+        return self._write(view, keys, column_values(table.column(EVENT_TIMESTAMP)), blobs)
+
+    def _write(
+        self, view: StreamFeatureView, keys: list[bytes], times: list[Any], blobs: dict[str, list[bytes]]
+    ) -> WriteStats:
+        """Newer-wins writes of one row per key: its serialised entity key, event time and each
+        feature's serialised ``Value``."""
+        from google.protobuf.timestamp_pb2 import Timestamp
+
+        if not keys:
+            return WriteStats()
         field_ids = {name: field_id(f"{view.name}:{name}") for name, _ in view.plan.output_features}
         ts_field = f"_ts:{view.name}"
         project = self.project.encode("utf-8")
         pipe = self.client.pipeline(transaction=False)
-        entity_keys = self.keys.serialize(view, latest)
-        for i, (row, entity_key) in enumerate(zip(latest, entity_keys, strict=True)):
+        for i, (when, entity_key) in enumerate(zip(times, keys, strict=True)):
             stamp = Timestamp()
-            stamp.FromDatetime(row[EVENT_TIMESTAMP])
+            stamp.FromDatetime(when)
             if stamp.seconds < 0:
                 raise MLFSError(f"view {view.name!r}: online timestamps before 1970 are not supported")
             key = entity_key + project
@@ -182,10 +205,7 @@ class RedisOnlineWriter:
             raise store_error(self.client, err) from None
         script_results = results[0::2] if self.key_ttl_seconds else results
         written = sum(1 for r in script_results if r == 1)
-        return WriteStats(written=written, skipped_older=len(latest) - written)
-
-    def write_table(self, view: StreamFeatureView, table: pa.Table) -> WriteStats:
-        return self.write(view, row_dicts(table))
+        return WriteStats(written=written, skipped_older=len(keys) - written)
 
     def close(self) -> None:
         self.client.close()

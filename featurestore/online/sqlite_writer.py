@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from featurestore.online.arrow_blobs import entity_key_column, value_blob_column
 from featurestore.online.base import (
     EntityKeys,
     WriteStats,
@@ -138,53 +139,73 @@ class SqliteOnlineWriter:
         latest = latest_per_key(view, rows)
         names = view.plan.key_names
         times = [row[EVENT_TIMESTAMP] for row in latest]
+        values = {name: [row[name] for row in latest] for name, _ in view.plan.output_features}
         return self._write(
             view,
-            [tuple(row[k] for k in names) for row in latest],
+            self.keys.serialize_keys(view, [tuple(row[k] for k in names) for row in latest]),
             ([_feast_seconds(t) for t in times], [_epoch_us(t) for t in times]),
-            {name: [row[name] for row in latest] for name, _ in view.plan.output_features},
+            {
+                name: (value_blobs(dtype, values[name]), values[name])
+                for name, dtype in view.plan.output_features
+            },
         )
 
     def write_table(self, view: StreamFeatureView, table: pa.Table) -> WriteStats:
         if not table.num_rows:
             return WriteStats()
-        keys = [column_values(table.column(k)) for k in view.plan.key_names]
+        names = list(view.plan.key_names)
+        keys = entity_key_column(
+            names, dict(view.plan.keys), {k: table.column(k) for k in names}, self.keys.version
+        )
+        if keys is None:
+            key_columns = [column_values(table.column(k)) for k in names]
+            keys = self.keys.serialize_keys(view, list(zip(*key_columns, strict=True)))
         times = table.column(EVENT_TIMESTAMP)
         utc = times.cast(pa.timestamp(times.type.unit))  # naive UTC, as ``_feast_seconds`` makes them
+        features = {}
+        for name, dtype in view.plan.output_features:
+            values = column_values(table.column(name))
+            blobs = value_blob_column(dtype, table.column(name))
+            features[name] = (value_blobs(dtype, values) if blobs is None else blobs, values)
         return self._write(
             view,
-            list(zip(*keys, strict=True)),
+            keys,
             (
                 [_feast_seconds(t) for t in utc.to_pylist()],
-                utc.cast(pa.timestamp("us"), safe=False).cast(pa.int64()).to_pylist(),
+                column_values(utc.cast(pa.timestamp("us"), safe=False).cast(pa.int64())),
             ),
-            {name: column_values(table.column(name)) for name, _ in view.plan.output_features},
+            features,
         )
 
     def _write(
         self,
         view: StreamFeatureView,
-        key_values: list[tuple[Any, ...]],
+        keys: list[bytes],
         times: tuple[list[int], list[int]],
-        features: dict[str, list[Any]],
+        features: dict[str, tuple[list[bytes], list[Any]]],
     ) -> WriteStats:
-        """The upsert of one row per key: its key values, event time (Feast's whole seconds and
-        epoch microseconds) and feature values."""
-        if not key_values:
+        """The upsert of one row per key: its serialised entity key, event time (Feast's whole
+        seconds and epoch microseconds) and each feature's serialised ``Value``s and values."""
+        if not keys:
             return WriteStats()
         table = self.table(view)
         if table not in self.ready_tables:
             retry_while_locked(lambda: self._add_exact_column(table))
             self.ready_tables.add(table)
-        keys = self.keys.serialize_keys(view, key_values)
         now = _feast_seconds(datetime.now(UTC))
         seconds, exact = times
-        data: list[tuple[Any, ...]] = []
-        for name, dtype in view.plan.output_features:
-            values = features[name]
-            texts, blobs = value_texts(dtype, values), value_blobs(dtype, values)
-            names, nows = [name] * len(keys), [now] * len(keys)
-            data += zip(keys, names, blobs, texts, seconds, nows, exact, strict=True)
+        # Rows in the table's primary-key order (entity key, feature name): SQLite then touches
+        # each B-tree page once, which halves a large write's time.
+        columns = sorted(
+            (name, blobs, value_texts(dtype, values))
+            for name, dtype in view.plan.output_features
+            for blobs, values in [features[name]]
+        )
+        data = [
+            (keys[i], name, blobs[i], texts[i], seconds[i], now, exact[i])
+            for i in sorted(range(len(keys)), key=keys.__getitem__)
+            for name, blobs, texts in columns
+        ]
         changed = 0
 
         def upsert() -> None:
@@ -196,7 +217,7 @@ class SqliteOnlineWriter:
 
         retry_while_locked(upsert)
         written = changed // max(1, len(view.plan.output_features))
-        return WriteStats(written=written, skipped_older=len(key_values) - written)
+        return WriteStats(written=written, skipped_older=len(keys) - written)
 
     def table(self, view: StreamFeatureView) -> str:
         """The view's online table, quoted for SQL."""
