@@ -12,7 +12,10 @@ each also compared with the single-source view's time (issue 25's target: at mos
 
     python benchmarks/backfill.py [--suite] [--events 10000000] [--users 100000] [--days 30]
                                   [--engines embedded,spark] [--master local[2]] [--chunk-days N] [--phases]
-                                  [--joins]
+                                  [--joins] [--cli]
+
+`--cli` times each view's whole `mlfs backfill` process on the embedded engine instead (Python's start
+and imports included; the DuckDB reference runs in this process, its imports done).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -265,8 +269,10 @@ def run_case(
     master: str,
     chunk_days: int | None,
     joins: bool = False,
+    cli: bool = False,
 ) -> None:
-    """One input size: each engine's `mlfs backfill` of each view against DuckDB SQL, rows compared."""
+    """One input size: each engine's `mlfs backfill` of each view against DuckDB SQL, rows compared
+    (``cli``: the embedded engine's whole `mlfs backfill` process instead)."""
     work = Path(tempfile.mkdtemp(prefix="mlfs-bench-"))
     repo_path = work / "repo"
     init_repo(repo_path, START + timedelta(days=days + 1), history_events=100)
@@ -303,7 +309,7 @@ def run_case(
         f"{events:,} events, {users:,} users, {days} days "
         f"({events / users / days * 7:,.0f} events per user-week):"
     )
-    for engine in engines:
+    for engine in engines if not cli else []:
         for view in columns:
             plan = plan_backfill(
                 repo, [view], None, end, engine, master if engine == "spark" else None, chunk_days
@@ -323,7 +329,30 @@ def run_case(
                 f"ratio {ours_s / duck_seconds[view]:5.1f}x{versus}",
                 flush=True,
             )
+    if cli:
+        for view in ("user_payment_stats_7d", "merchant_amount_1h"):
+            ours_s = cli_backfill(repo_path, view, end)
+            compare(f"mlfs backfill {view}", ours(view, columns[view]), duck[view])
+            print(
+                f"  {view:22} {'`mlfs backfill`':16} {duck[view].num_rows:>11,} rows equal  {ours_s:7.1f} s "
+                f"(the whole process)  duckdb SQL + write {duck_seconds[view]:6.1f} s  "
+                f"ratio {ours_s / duck_seconds[view]:5.1f}x",
+                flush=True,
+            )
     shutil.rmtree(work, ignore_errors=True)
+
+
+def cli_backfill(repo_path: Path, view: str, end: datetime) -> float:
+    """Seconds of a whole ``mlfs backfill`` process of one view on the embedded engine, from its
+    start (Python's and every import) to its exit."""
+    command = [sys.executable, "-m", "featurestore.cli", "backfill", view, "--engine", "embedded"]
+    command += ["--end", end.isoformat(), "--restart", "--repo", str(repo_path)]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode:
+        raise SystemExit(f"mlfs backfill {view} failed: {done.stderr[-2000:]}")
+    return seconds
 
 
 JOINED = ("user_habit_7d", "user_refunds_7d")
@@ -347,6 +376,11 @@ def main() -> None:
         action="store_true",
         help="also a lookup view and an interval-join view (embedded, reference)",
     )
+    parser.add_argument(
+        "--cli",
+        action="store_true",
+        help="time whole `mlfs backfill` processes on the embedded engine (process start included)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     if args.phases:
@@ -354,7 +388,7 @@ def main() -> None:
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     cases = SUITE if args.suite else [(args.events, args.users, args.days)]
     for events, users, days in cases:
-        run_case(events, users, days, engines, args.master, args.chunk_days, args.joins)
+        run_case(events, users, days, engines, args.master, args.chunk_days, args.joins, args.cli)
 
 
 if __name__ == "__main__":

@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import timedelta
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pytest
-from conformance import WINDOWS, conformance_view, generate_events
+from conformance import FEATURES, WINDOWS, conformance_view, generate_events
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from transforms.aggregations import Count, CountDistinct, Max, Mean, Min, Sum
-from transforms.arrow_events import split_clean
+from transforms.arrow_events import row_dicts, split_clean
 from transforms.dtypes import Bool, DType, Float64, Int64, String, UnixTimestamp
-from transforms.engines.flink import decode_columns, sink_columns
+from transforms.engines.flink import decode_columns, sink_columns, sink_table
 from transforms.engines.flink_sql import (
     _as_feature,
     _feature_column,
     _result,
     decode_ordered,
     encode_ordered,
+    feature_rows,
     interval,
     marker_offset_ms,
     stage2_sql,
@@ -41,6 +44,7 @@ from transforms.engines.flink_stage1 import (
 )
 from transforms.events import DeadLetter, EventPreparer, LateClassifier, Lateness
 from transforms.json_batches import needed_fields, typed_batch
+from transforms.plan import EVENT_TIMESTAMP
 
 VALUES: dict[str, tuple[DType, st.SearchStrategy[Any]]] = {
     "int": (Int64, st.integers(-(2**63), 2**63 - 1)),
@@ -357,3 +361,55 @@ def test_feature_columns_convert_as_each_value_would(agg: Any, dtype: DType, val
         return
     got = _feature_column(agg, dtype, values)
     assert [(type(v), repr(v)) for v in got] == [(type(v), repr(v)) for v in expected]
+
+
+# Features whose SQL results the row sink may take as columns (``plain_result``), and how SQL
+# passes each (``sink_columns``).
+PLAIN_FEATURES = ["n", "n_v", "sum_v", "sum_i", "mean_v", "min_v", "max_i", "var_v", "sd_i", "distinct_tag"]
+
+
+@settings(deadline=None)
+@given(st.data())
+def test_the_sink_table_is_the_feature_rows(data: st.DataObject) -> None:
+    """The row sink's batches built by columns (``sink_table``) hold exactly the feature rows the
+    row path makes of the same columns: null keys, null and NaN features (each feature's empty
+    value), NOT NULL columns' constant flags; where a column needs converting it gives None."""
+    names = data.draw(st.lists(st.sampled_from(PLAIN_FEATURES), min_size=1, max_size=4, unique=True))
+    plan = conformance_view("continuous", "none", {n: FEATURES[n] for n in names}).plan
+    kinds = ["value", "int", *("int" if f.dtype.name == "Int64" else "float" for f in plan.features)]
+    size = data.draw(st.integers(0, 6))
+
+    def flags(values: list[Any]) -> Any:
+        nulls = [v is None for v in values]
+        return False if not any(nulls) and data.draw(st.booleans()) else pd.Series(nulls, dtype=bool)
+
+    keys = data.draw(st.lists(st.none() | st.sampled_from(["a", "b", "é"]), min_size=size, max_size=size))
+    times = data.draw(st.lists(st.integers(0, 2**45), min_size=size, max_size=size))
+    columns: list[Any] = [pd.Series(keys, dtype=object), pd.Series(times, dtype="int64"), False]
+    for kind in kinds[2:]:
+        if kind == "int":
+            ints = data.draw(
+                st.lists(st.none() | st.integers(-(2**63), 2**63 - 1), min_size=size, max_size=size)
+            )
+            columns += [pd.Series([0 if v is None else v for v in ints], dtype="int64"), flags(ints)]
+        else:
+            floats = data.draw(st.lists(st.none() | st.floats(), min_size=size, max_size=size))
+            columns += [
+                pd.Series([math.nan if v is None else v for v in floats], dtype="float64"),
+                flags(floats),
+            ]
+    want = feature_rows(plan, decode_columns(columns, kinds))
+    table = sink_table(plan, columns, kinds)
+    assert table is not None
+    got = row_dicts(table)
+    assert [{k: repr(v) for k, v in r.items()} for r in got] == [
+        {k: repr(v) for k, v in r.items()} for r in want
+    ]
+    assert table.schema.field(EVENT_TIMESTAMP).type == pa.timestamp("ms", "UTC")
+    if len(plan.features) > 0:
+        mismatched = [*kinds[:2], "float" if kinds[2] == "int" else "int", *kinds[3:]]
+        assert sink_table(plan, columns, mismatched) is None  # converted value by value instead
+    assert sink_table(plan, columns, [kinds[0], "time", *kinds[2:]]) is None  # a hop's end, as text
+    by_time = conformance_view("continuous", "none", {"latest_v": FEATURES["latest_v"]}).plan
+    latest = [*columns[:3], pd.Series([0.5] * size, dtype="float64"), False]
+    assert sink_table(by_time, latest, ["value", "int", "float"]) is None

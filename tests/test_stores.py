@@ -27,8 +27,12 @@ from featurestore.cli import main
 from featurestore.config import ConfigError, feast_store, load_settings
 from featurestore.offline.parquet import ParquetOfflineStore
 from featurestore.online import open_online_writer
+from featurestore.online.base import value_blobs
+from featurestore.online.redis_writer import field_id
 from featurestore.repo import load_repo
 from registry.apply import apply_repo
+from transforms.arrow_events import row_dicts
+from transforms.dtypes import SCALARS
 from transforms.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 
 VIEW = "user_payment_stats_7d"
@@ -230,13 +234,11 @@ def test_redis_layout_is_feasts(tmp_path: Path, redis_port: int, monkeypatch: py
     assert value.double_val == 1.25
 
 
-
 def test_redis_writes_a_table_of_latest_rows_as_its_rows(
     tmp_path: Path, redis_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The Redis writer's ``write_table`` (a backfill's newest rows, encoded by columns) stores
     exactly the hashes ``write`` of the same rows stores, nulls included."""
-    from featurestore.online.base import row_dicts
 
     when = datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
     rows = [row("u1", when, 2, 1.25, 0), row("u2", when - timedelta(days=400), 1, -0.5, 1)]
@@ -258,6 +260,40 @@ def test_redis_writes_a_table_of_latest_rows_as_its_rows(
         project = repo.settings.project.encode()  # the directory's name
         dumps.append({key.removesuffix(project): client.hgetall(key) for key in client.keys()})
     assert dumps[0] == dumps[1] and len(dumps[0]) == 3
+
+
+def test_redis_writes_many_keys_newer_wins_with_expiry_after_the_server_lost_its_scripts(
+    tmp_path: Path, redis_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches larger than one script call are written whole, newer-wins per key; every key
+    written or skipped gets the store's expiry; a server that lost its scripts (a restart, a
+    ``SCRIPT FLUSH``) is given the script again."""
+    from featurestore.online.redis_writer import KEYS_PER_CALL, RedisOnlineWriter, redis_client
+
+    monkeypatch.setenv("MLFS_TEST_REDIS", f"127.0.0.1:{redis_port},db=5")
+    repo = load_repo(example_repo(tmp_path / "repo", events=100, redis_env="MLFS_TEST_REDIS"))
+    view = repo.views[VIEW]
+    writer = RedisOnlineWriter(redis_client(f"127.0.0.1:{redis_port},db=5"), "p", key_ttl_seconds=3600)
+    n = 2 * KEYS_PER_CALL + 7
+    t1 = datetime(2026, 5, 1, 12, tzinfo=UTC)
+    first = writer.write(view, [row(f"u{i}", t1, i, float(i), 0) for i in range(n)])
+    assert (first.written, first.skipped_older) == (n, 0)
+    client = redis.Redis(port=redis_port, db=5)
+    reader = RedisOnlineWriter(redis_client(f"127.0.0.1:{redis_port},db=5"), "p")
+    keys = {i: reader.keys.serialize(view, [{"user_id": f"u{i}"}])[0] + b"p" for i in (0, 1, n - 2, n - 1)}
+    client.script_flush()
+    assert client.persist(keys[0]) and client.persist(keys[1]) and client.ttl(keys[0]) == -1
+    # Even keys get an older row (skipped), odd keys a newer one.
+    rows = [row(f"u{i}", t1 + timedelta(seconds=1 if i % 2 else -1), 10 * i, 0.5, 1) for i in range(n)]
+    second = writer.write(view, rows)
+    assert (second.written, second.skipped_older) == (n // 2, n - n // 2)
+    for i, key in keys.items():
+        stored = client.hgetall(key)
+        assert 0 < client.ttl(key) <= 3600
+        count = stored[field_id(f"{VIEW}:payment_count_7d")]
+        assert count == value_blobs(SCALARS["Int64"], [10 * i if i % 2 else i])[0], i
+    writer.close()
+    reader.close()
 
 
 def write_offline(
@@ -559,6 +595,45 @@ def test_value_blobs_of_a_column_are_the_per_value_ones(data: st.DataObject) -> 
     assert value_blob_column(SCALARS[name], pa.array([], ARROW_TYPES[other])) is None
 
 
+@given(st.lists(st.integers(0, 253402300799999999), max_size=10))
+def test_timestamp_blobs_are_protobufs(micros: list[int]) -> None:
+    """The Redis writer's ``_ts`` fields, encoded by columns, are protobuf's own ``Timestamp``s."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from featurestore.online.arrow_blobs import timestamp_blobs
+
+    want = [Timestamp(seconds=m // 10**6, nanos=m % 10**6 * 1000).SerializeToString() for m in micros]
+    assert timestamp_blobs(micros) == want
+
+
+@given(
+    st.lists(
+        st.tuples(st.none() | st.sampled_from(["a", "b", "c"]), st.integers(0, 3), st.integers(0, 9)),
+        max_size=12,
+    )
+)
+def test_the_latest_rows_of_a_table_are_latest_per_key(given_rows: list[tuple[Any, int, int]]) -> None:
+    """``latest_table`` (the row sink's batches by columns) keeps the rows ``latest_per_key`` keeps:
+    each key's newest, the last given among equal times, a null key as one key."""
+    from featurestore.online.base import latest_per_key, latest_table
+
+    plan = SimpleNamespace(key_names=("user_id",))
+    view: Any = SimpleNamespace(plan=plan)
+    start = datetime(2026, 5, 1, tzinfo=UTC)
+    rows = [row(k, start + timedelta(minutes=t), n, 0.5, 0) for k, t, n in given_rows]
+    schema = pa.schema(
+        [
+            ("user_id", pa.string()),
+            ("payment_count_7d", pa.int64()),
+            ("amount_sum_7d", pa.float64()),
+            ("fail_count_7d", pa.int64()),
+            (EVENT_TIMESTAMP, pa.timestamp("us", "UTC")),
+        ]
+    )
+    got = row_dicts(latest_table(view, pa.Table.from_pylist(rows, schema=schema)))
+    assert sorted(got, key=repr) == sorted(latest_per_key(view, rows), key=repr)
+
+
 @settings(deadline=None)  # the first example imports Feast
 @given(st.data())
 def test_value_blobs_leave_odd_values_to_protobuf(data: st.DataObject) -> None:
@@ -778,7 +853,6 @@ def test_a_table_of_latest_rows_is_written_as_its_rows_would_be(tmp_path: Path) 
 
     import pyarrow as pa
 
-    from featurestore.online.base import row_dicts
     from featurestore.online.sqlite_writer import SqliteOnlineWriter, SqliteTarget
 
     when = datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)

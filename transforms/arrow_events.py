@@ -10,7 +10,9 @@ plan's types, is left to the row path, which produces the dead letters.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 import numpy as np
@@ -66,6 +68,39 @@ def python_values(array: pa.Array) -> list[Any]:
         values: list[Any] = array.to_numpy(zero_copy_only=False).tolist()
         return values
     return array.to_pylist()
+
+
+def column_values(column: pa.ChunkedArray | pa.Array) -> list[Any]:
+    """``column.to_pylist()``, with zoned timestamps made UTC datetimes in one step (Arrow's
+    per-value time zone conversion costs more than an online write of the values)."""
+    kind = column.type
+    if not (pa.types.is_timestamp(kind) and kind.tz is not None):
+        return python_values(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
+    values = column.cast(pa.timestamp(kind.unit)).to_pylist()
+    return [None if v is None else v.replace(tzinfo=UTC) for v in values]
+
+
+def row_dicts(table: pa.Table) -> list[dict[str, Any]]:
+    """``table.to_pylist()`` by ``column_values``."""
+    columns = [column_values(c) for c in table.columns]
+    names = table.column_names
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+
+
+def same_as_previous(table: pa.Table, columns: Sequence[str]) -> np.ndarray:
+    """Whether each row equals the row before it on ``columns`` (nulls equal nulls; the first row:
+    False): in a table sorted by those columns, where a run of equal rows continues."""
+    repeated = np.zeros(table.num_rows, bool)
+    if table.num_rows < 2:
+        return repeated
+    repeated[1:] = True
+    for name in columns:
+        column = table.column(name)
+        after, before = column.slice(1), column.slice(0, table.num_rows - 1)
+        same = pc.fill_null(pc.equal(after, before), False)
+        same = pc.or_(same, pc.and_(pc.is_null(after), pc.is_null(before)))
+        repeated[1:] &= same.to_numpy(zero_copy_only=False)
+    return repeated
 
 
 def time_ms_column(column: pa.Array) -> pa.Array | None:

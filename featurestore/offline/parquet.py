@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from featurestore.view import StreamFeatureView
-from transforms.arrow_events import STORE_TIMESTAMP, arrow_type
+from transforms.arrow_events import STORE_TIMESTAMP, arrow_type, same_as_previous
 from transforms.plan import CREATED_TIMESTAMP, EVENT_TIMESTAMP
 
 PARTITION_PREFIX = "date="
@@ -158,19 +158,23 @@ class ParquetOfflineStore:
         schema = arrow_schema(view)
         # Column by column: a table from per-row dicts costs more than the file write itself.
         data = {name: [row.get(name) for row in rows] for name in schema.names if name != CREATED_TIMESTAMP}
-        data[CREATED_TIMESTAMP] = [created] * len(rows)
-        table = pa.Table.from_pydict(data, schema=schema)
-        days = [_day(row[EVENT_TIMESTAMP]) for row in rows]
+        without_created = schema.remove(schema.get_field_index(CREATED_TIMESTAMP))
+        return self.append_table(view, pa.Table.from_pydict(data, schema=without_created), created)
+
+    def append_table(self, view: StreamFeatureView, table: pa.Table, created: datetime) -> int:
+        """``append`` of a table of feature rows (the view's columns but ``created_timestamp``)."""
+        schema = arrow_schema(view)
+        created_type = schema.field(CREATED_TIMESTAMP).type
+        table = table.append_column(CREATED_TIMESTAMP, pa.array([created] * table.num_rows, created_type))
+        table = table.select(schema.names).cast(schema)
         name = f"{STREAM_PREFIX}{created.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.parquet"
-        distinct = sorted(set(days))
-        for day in distinct:
+        for day, part in day_slices(table):
             directory = self._partition_dir(view.name, day)
             directory.mkdir(parents=True, exist_ok=True)
             tmp = directory / f".{name}.tmp"
-            part = table if len(distinct) == 1 else table.filter(pa.array([d == day for d in days]))
             pq.write_table(part, tmp)
             tmp.replace(directory / name)
-        return len(rows)
+        return table.num_rows
 
     def compact(
         self,
@@ -358,13 +362,7 @@ class ParquetOfflineStore:
         identity = [*view.plan.key_names, EVENT_TIMESTAMP]
         order = [(c, "ascending") for c in identity] + [(CREATED_TIMESTAMP, "descending")]
         table = table.sort_by(order)
-        keep = []
-        previous = None
-        for i, ident in enumerate(zip(*(table.column(c).to_pylist() for c in identity), strict=True)):
-            if ident != previous:
-                keep.append(i)
-            previous = ident
-        return table.take(keep)
+        return table.filter(~same_as_previous(table, identity))
 
     def read_written(self, view: StreamFeatureView) -> pa.Table:
         """Every row written for a view and still held, re-emitted rows included (``read`` keeps the

@@ -105,6 +105,17 @@ def _string_blobs(array: pa.Array, empty: np.ndarray) -> list[bytes]:
     return python_values(pc.binary_join_element_wise(headers, data.fill_null(b""), _NOTHING))
 
 
+def timestamp_blobs(micros: list[int]) -> list[bytes]:
+    """Serialised protobuf ``Timestamp``s of epoch microseconds (at least 0): field 1 seconds,
+    field 2 nanos, each left out where it is zero, as protobuf does."""
+    seconds, rest = np.divmod(np.asarray(micros, np.int64), 1_000_000)
+    parts = []
+    for tag, values in ((0x08, seconds), (0x10, rest * 1000)):
+        body, lengths = _varints(values.view(np.uint64))
+        parts.append(_tagged(tag, body, np.where(values == 0, -1, lengths)))
+    return python_values(pc.binary_join_element_wise(*parts, _NOTHING))
+
+
 # Feast's ``ValueType`` numbers of the key types written here, and each type's Arrow types.
 _KEY_TYPES = {
     "String": (2, (pa.string(), pa.large_string())),

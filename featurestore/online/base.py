@@ -5,13 +5,14 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
 
 from featurestore.view import StreamFeatureView
-from transforms.arrow_events import python_values
+from transforms.arrow_events import same_as_previous
 from transforms.dtypes import DType
 from transforms.plan import EVENT_TIMESTAMP
 
@@ -38,21 +39,13 @@ class OnlineWriter(Protocol):
     def close(self) -> None: ...
 
 
-def column_values(column: pa.ChunkedArray | pa.Array) -> list[Any]:
-    """``column.to_pylist()``, with zoned timestamps made UTC datetimes in one step (Arrow's
-    per-value time zone conversion costs more than an online write of the values)."""
-    kind = column.type
-    if not (pa.types.is_timestamp(kind) and kind.tz is not None):
-        return python_values(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
-    values = column.cast(pa.timestamp(kind.unit)).to_pylist()
-    return [None if v is None else v.replace(tzinfo=UTC) for v in values]
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def row_dicts(table: pa.Table) -> list[dict[str, Any]]:
-    """``table.to_pylist()`` by ``column_values``."""
-    columns = [column_values(c) for c in table.columns]
-    names = table.column_names
-    return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+def epoch_us(value: datetime) -> int:
+    """A datetime as epoch microseconds (a naive one is UTC)."""
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return (aware - EPOCH) // timedelta(microseconds=1)
 
 
 def latest_per_key(view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -65,6 +58,17 @@ def latest_per_key(view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> l
         if held is None or row[EVENT_TIMESTAMP] >= held[EVENT_TIMESTAMP]:
             latest[key] = row
     return list(latest.values())
+
+
+def latest_table(view: StreamFeatureView, table: pa.Table) -> pa.Table:
+    """``latest_per_key`` of a table: each key's newest row, the last one given among equal times."""
+    keys = list(view.plan.key_names)
+    indexed = table.append_column("_given", pa.array(np.arange(table.num_rows)))
+    order = [(k, "ascending") for k in keys] + [(EVENT_TIMESTAMP, "ascending"), ("_given", "ascending")]
+    ordered = indexed.sort_by(order)
+    last = np.ones(table.num_rows, bool)
+    last[:-1] = ~same_as_previous(ordered, keys)[1:]  # the next row holds another key
+    return table.take(ordered.column("_given").filter(pa.array(last)))
 
 
 def entity_key_protos(view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> list[Any]:
@@ -120,6 +124,7 @@ def value_protos(dtype: DType, values: list[Any]) -> list[Any]:
 
 
 def _varint(n: int) -> bytes:
+    """An integer as a protobuf varint."""
     n &= (1 << 64) - 1  # a negative integer is its 64-bit two's complement, as protobuf writes it
     out = bytearray()
     while n > 0x7F:

@@ -19,9 +19,9 @@ from featurestore.online.base import (
     feature_value_protos,
     latest_per_key,
     retry_while_locked,
-    row_dicts,
 )
 from featurestore.view import StreamFeatureView
+from transforms.arrow_events import row_dicts
 from transforms.plan import EVENT_TIMESTAMP
 
 SQLITE_BUSY_TIMEOUT_MS = 120_000

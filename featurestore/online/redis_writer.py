@@ -19,50 +19,66 @@ import mmh3
 import pyarrow as pa
 import redis
 
-from featurestore.online.arrow_blobs import entity_key_column, value_blob_column
+from featurestore.online.arrow_blobs import entity_key_column, timestamp_blobs, value_blob_column
 from featurestore.online.base import (
     EntityKeys,
     WriteStats,
-    column_values,
+    epoch_us,
     latest_per_key,
     value_blobs,
 )
 from featurestore.view import StreamFeatureView
+from transforms.arrow_events import column_values
 from transforms.errors import MLFSError
 from transforms.plan import EVENT_TIMESTAMP
 
-# KEYS[1]: the entity hash. ARGV: ts field, ts bytes, seconds, nanos, then field/value pairs.
-# Reads the stored protobuf Timestamp (field 1 seconds, field 2 nanos, both varints) and writes
-# only when the new timestamp is not older.
+# KEYS: the entity hashes. ARGV[1]: the ts field; ARGV[2]: F, the number of features; ARGV[3]:
+# seconds until each key expires (0: never); ARGV[4 .. 3+F]: the feature fields; then, per key, its
+# ts bytes, seconds, nanos and F values. A key is written only when the protobuf Timestamp it holds
+# (field 1 seconds, field 2 nanos, both varints) is not newer. Returns how many keys were written.
 _NEWER_WINS = """
-local prev = redis.call('HGET', KEYS[1], ARGV[1])
-if prev then
-  local fields = {0, 0}
-  local i = 1
-  while i <= #prev do
-    local tag = string.byte(prev, i)
-    i = i + 1
-    local value, scale = 0, 1
-    repeat
-      local b = string.byte(prev, i)
+local features, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+local written = 0
+local at = 4 + features
+for k = 1, #KEYS do
+  local seconds, nanos = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
+  local newer = true
+  local prev = redis.call('HGET', KEYS[k], ARGV[1])
+  if prev then
+    local fields = {0, 0}
+    local i = 1
+    while i <= #prev do
+      local tag = string.byte(prev, i)
       i = i + 1
-      value = value + (b % 128) * scale
-      scale = scale * 128
-    until b < 128
-    local number = math.floor(tag / 8)
-    if number == 1 or number == 2 then fields[number] = value end
+      local value, scale = 0, 1
+      repeat
+        local b = string.byte(prev, i)
+        i = i + 1
+        value = value + (b % 128) * scale
+        scale = scale * 128
+      until b < 128
+      local number = math.floor(tag / 8)
+      if number == 1 or number == 2 then fields[number] = value end
+    end
+    newer = not (fields[1] > seconds or (fields[1] == seconds and fields[2] > nanos))
   end
-  local seconds, nanos = tonumber(ARGV[3]), tonumber(ARGV[4])
-  if fields[1] > seconds or (fields[1] == seconds and fields[2] > nanos) then
-    return 0
+  if newer then
+    local args = {ARGV[1], ARGV[at]}
+    for j = 1, features do
+      args[#args + 1] = ARGV[3 + j]
+      args[#args + 1] = ARGV[at + 2 + j]
+    end
+    redis.call('HSET', KEYS[k], unpack(args))
+    written = written + 1
   end
+  if ttl > 0 then redis.call('EXPIRE', KEYS[k], ttl) end
+  at = at + 3 + features
 end
-local args = {ARGV[1], ARGV[2]}
-for j = 5, #ARGV do args[#args + 1] = ARGV[j] end
-redis.call('HSET', KEYS[1], unpack(args))
-return 1
+return written
 """
 
+
+KEYS_PER_CALL = 500  # keys per script call: each call holds the server for about a millisecond
 
 # The options a connection string may give after ``host:port``: redis-py's own keyword names, as
 # Feast passes them on (values are JSON where they parse as JSON, text otherwise).
@@ -131,6 +147,12 @@ def store_error(client: redis.Redis, err: Exception) -> MLFSError:
     return MLFSError(f"online store redis at {where}: {type(err).__name__}: {err}")
 
 
+def resp_command(args: list[bytes]) -> bytes:
+    """A command in Redis's wire protocol (RESP): redis-py packs each argument in Python, which
+    cost more than the rest of a write."""
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args)
+
+
 def field_id(name: str) -> bytes:
     """Feast's Redis hash field of ``view:feature`` (its ``_mmh3``: murmur3 32-bit, little-endian)."""
     return struct.pack("<I", mmh3.hash(name, signed=False))
@@ -147,7 +169,7 @@ class RedisOnlineWriter:
             client.ping()  # a wrong password or address fails here, before any work
         except redis.RedisError as err:
             raise store_error(client, err) from None
-        self._script = client.register_script(_NEWER_WINS)
+        self._sha = self._load_script()
         self.keys = EntityKeys(3)
 
     def write(self, view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> WriteStats:
@@ -156,7 +178,7 @@ class RedisOnlineWriter:
             name: value_blobs(dtype, [row[name] for row in latest])
             for name, dtype in view.plan.output_features
         }
-        times = [row[EVENT_TIMESTAMP] for row in latest]
+        times = [epoch_us(row[EVENT_TIMESTAMP]) for row in latest]
         return self._write(view, self.keys.serialize(view, latest), times, blobs)
 
     def write_table(self, view: StreamFeatureView, table: pa.Table) -> WriteStats:
@@ -172,40 +194,75 @@ class RedisOnlineWriter:
             column = table.column(name)
             encoded = value_blob_column(dtype, column)
             blobs[name] = value_blobs(dtype, column_values(column)) if encoded is None else encoded
-        return self._write(view, keys, column_values(table.column(EVENT_TIMESTAMP)), blobs)
+        times = table.column(EVENT_TIMESTAMP).cast(pa.timestamp("us", "UTC"), safe=False)
+        return self._write(view, keys, column_values(times.cast(pa.int64())), blobs)
 
     def _write(
-        self, view: StreamFeatureView, keys: list[bytes], times: list[Any], blobs: dict[str, list[bytes]]
+        self, view: StreamFeatureView, keys: list[bytes], times: list[int], blobs: dict[str, list[bytes]]
     ) -> WriteStats:
-        """Newer-wins writes of one row per key: its serialised entity key, event time and each
-        feature's serialised ``Value``."""
-        from google.protobuf.timestamp_pb2 import Timestamp
-
+        """Newer-wins writes of one row per key: its serialised entity key, event time (epoch
+        microseconds) and each feature's serialised ``Value``, ``KEYS_PER_CALL`` keys per script
+        call, every call of the batch sent at once."""
         if not keys:
             return WriteStats()
-        field_ids = {name: field_id(f"{view.name}:{name}") for name, _ in view.plan.output_features}
-        ts_field = f"_ts:{view.name}"
+        if min(times) < 0:
+            raise MLFSError(f"view {view.name!r}: online timestamps before 1970 are not supported")
+        head = [
+            f"_ts:{view.name}".encode(),
+            b"%d" % len(blobs),
+            b"%d" % (self.key_ttl_seconds or 0),
+            *(field_id(f"{view.name}:{name}") for name in blobs),
+        ]
         project = self.project.encode("utf-8")
-        pipe = self.client.pipeline(transaction=False)
-        for i, (when, entity_key) in enumerate(zip(times, keys, strict=True)):
-            stamp = Timestamp()
-            stamp.FromDatetime(when)
-            if stamp.seconds < 0:
-                raise MLFSError(f"view {view.name!r}: online timestamps before 1970 are not supported")
-            key = entity_key + project
-            args: list[Any] = [ts_field, stamp.SerializeToString(), stamp.seconds, stamp.nanos]
-            for name, column in blobs.items():
-                args.extend((field_ids[name], column[i]))
-            self._script(keys=[key], args=args, client=pipe)
-            if self.key_ttl_seconds:
-                pipe.expire(key, self.key_ttl_seconds)
-        try:
-            results = pipe.execute()
-        except redis.RedisError as err:  # the stream's job restarts from its last checkpoint
-            raise store_error(self.client, err) from None
-        script_results = results[0::2] if self.key_ttl_seconds else results
-        written = sum(1 for r in script_results if r == 1)
+        columns = list(blobs.values())
+        stamps = timestamp_blobs(times)
+        calls = []
+        for start in range(0, len(keys), KEYS_PER_CALL):
+            chunk = range(start, min(start + KEYS_PER_CALL, len(keys)))
+            args = [b"EVALSHA", self._sha, b"%d" % len(chunk), *(keys[i] + project for i in chunk), *head]
+            for i in chunk:
+                seconds, micros = divmod(times[i], 1_000_000)
+                args += [stamps[i], b"%d" % seconds, b"%d" % (micros * 1000)]
+                args += [column[i] for column in columns]
+            calls.append(resp_command(args))
+        written = sum(self._send(calls))
         return WriteStats(written=written, skipped_older=len(keys) - written)
+
+    def _send(self, calls: list[bytes]) -> list[int]:
+        """Each packed script call's reply, all sent in one write (loading the script where the
+        server lost it, as after a restart: a call's writes are idempotent)."""
+        pool = self.client.connection_pool
+        for attempt in range(2):
+            try:
+                connection = pool.get_connection()  # connects, if the pool has no connection
+            except redis.RedisError as err:
+                raise store_error(self.client, err) from None
+            try:
+                connection.send_packed_command(calls)
+                replies = []
+                for _ in calls:
+                    try:
+                        replies.append(connection.read_response())
+                    except redis.ResponseError as err:  # read every reply before giving up
+                        replies.append(err)
+            except redis.RedisError as err:  # the stream's job restarts from its last checkpoint
+                connection.disconnect()
+                raise store_error(self.client, err) from None
+            finally:
+                pool.release(connection)
+            errors = [r for r in replies if isinstance(r, redis.ResponseError)]
+            if not errors:
+                return replies
+            if attempt or not all(isinstance(e, redis.exceptions.NoScriptError) for e in errors):
+                raise store_error(self.client, errors[0])
+            self._sha = self._load_script()
+        raise AssertionError("unreachable")
+
+    def _load_script(self) -> bytes:
+        try:
+            return str(self.client.script_load(_NEWER_WINS)).encode()
+        except redis.RedisError as err:
+            raise store_error(self.client, err) from None
 
     def close(self) -> None:
         self.client.close()

@@ -16,7 +16,7 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,20 +27,20 @@ from featurestore.online.arrow_blobs import entity_key_column, value_blob_column
 from featurestore.online.base import (
     EntityKeys,
     WriteStats,
-    column_values,
+    epoch_us,
     latest_per_key,
     retry_while_locked,
     value_blobs,
     value_texts,
 )
 from featurestore.view import StreamFeatureView
+from transforms.arrow_events import column_values
 from transforms.errors import MLFSError
 from transforms.plan import EVENT_TIMESTAMP
 
 if TYPE_CHECKING:
     from featurestore.config import RepoSettings
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 BUSY_TIMEOUT_S = 120.0
 EXACT_COLUMN = "mlfs_event_us"
 # One lock per database file for the writers of a process (a job's sink instances, which all run
@@ -115,11 +115,6 @@ def _feast_seconds(value: datetime) -> int:
     return int(value.timestamp())
 
 
-def _epoch_us(value: datetime) -> int:
-    aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-    return (aware - EPOCH) // timedelta(microseconds=1)
-
-
 class SqliteOnlineWriter:
     """Newer-wins bulk writes of a view's latest rows into Feast's SQLite online store."""
 
@@ -143,7 +138,7 @@ class SqliteOnlineWriter:
         return self._write(
             view,
             self.keys.serialize_keys(view, [tuple(row[k] for k in names) for row in latest]),
-            ([_feast_seconds(t) for t in times], [_epoch_us(t) for t in times]),
+            ([_feast_seconds(t) for t in times], [epoch_us(t) for t in times]),
             {
                 name: (value_blobs(dtype, values[name]), values[name])
                 for name, dtype in view.plan.output_features

@@ -19,10 +19,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from featurestore.online.base import latest_table
 from featurestore.runstatus import read_json, write_json
 from featurestore.view import StreamFeatureView
 from transforms.engines.flink_stage1 import SEQ_PARTITION_BITS
 from transforms.events import DeadLetter, EventCounts
+from transforms.plan import EVENT_TIMESTAMP
 
 
 @dataclass
@@ -225,6 +230,21 @@ class StoreRows:
         status.rows_out += len(rows)
         status.last_write = time.time()
         newest = max(r["event_timestamp"] for r in rows).timestamp()
+        status.freshness_ms = (status.last_write - newest) * 1000
+        write_json(self.status_file, asdict(status))
+
+    def write_table(self, table: pa.Table) -> None:
+        """``write`` of a table of feature rows (the row sink's batches of plain columns)."""
+        status = self.status
+        if self.writer is not None:
+            stats = self.writer.write_table(self.view, latest_table(self.view, table))
+            status.online_written += stats.written
+            status.online_skipped_older += stats.skipped_older
+        if self.offline is not None:
+            status.offline_rows += self.offline.append_table(self.view, table, datetime.now(UTC))
+        status.rows_out += table.num_rows
+        status.last_write = time.time()
+        newest = pc.max(table.column(EVENT_TIMESTAMP)).as_py().timestamp()
         status.freshness_ms = (status.last_write - newest) * 1000
         write_json(self.status_file, asdict(status))
 

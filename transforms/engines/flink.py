@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from transforms.arrow_events import arrow_type, row_dicts
 from transforms.enginelogs import flink_logs
 from transforms.engines.base import Engine, EngineResult
 from transforms.engines.flink_decode import stage1_groups
@@ -51,9 +53,11 @@ from transforms.engines.flink_joins import (
 from transforms.engines.flink_sql import (
     BOUNDED_REPLAY_LAG_MS,
     PREPARED,
+    empty_feature,
     feature_rows,
     interval,
     is_over,
+    plain_result,
     quote,
     stage2_sql,
     watermark_lag_ms,
@@ -113,6 +117,10 @@ class RowWriter(Protocol):
 
     def write(self, rows: list[dict[str, Any]]) -> None: ...
 
+    def write_table(self, table: pa.Table) -> None:
+        """``write`` of a table of feature rows (``sink_table``)."""
+        ...
+
     def dead(self, letters: list[DeadLetter]) -> None: ...
 
     def close(self) -> None: ...
@@ -129,6 +137,9 @@ class SpoolRows:
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         self.rows.extend(rows)
+
+    def write_table(self, table: pa.Table) -> None:
+        self.rows.extend(row_dicts(table))
 
     def dead(self, letters: list[DeadLetter]) -> None:
         self.letters.extend(letters)
@@ -163,6 +174,13 @@ def row_sink_function(
             import numpy as np
             import pandas as pd
 
+            ones = pd.Series(np.ones(len(columns[0]), dtype=np.int32))  # a dtype object, as _OBJECT
+            if self.scorer is None and not lookups:
+                table = sink_table(plan, columns, kinds)
+                if table is not None:
+                    if table.num_rows:
+                        self.writer.write_table(table)
+                    return ones
             each: list[Any] = feature_rows(plan, decode_columns(columns, kinds))
             rows = each
             if self.scorer is not None:
@@ -174,7 +192,7 @@ def row_sink_function(
                 self.writer.write(rows)
             if lookups:
                 return lookup_feed(lookups, each)
-            return pd.Series(np.ones(len(columns[0]), dtype=np.int32))  # a dtype object, as _OBJECT
+            return ones
 
         def close(self) -> None:
             self.writer.close()
@@ -268,6 +286,55 @@ def decode_columns(columns: Sequence[Any], kinds: list[str]) -> list[list[Any]]:
             values = [None if v is None else datetime.fromisoformat(v) for v in values]
         decoded.append(values)
     return decoded
+
+
+def sink_table(plan: TransformPlan, columns: Sequence[Any], kinds: list[str]) -> pa.Table | None:
+    """``feature_rows`` of the columns ``sink_columns`` passes, built by columns, where every
+    column allows it: times as epoch ms, keys of their own type and features whose results need
+    no conversion (``plain_result``); None where the row path decides."""
+    import numpy as np
+    import pandas as pd
+
+    n_keys = len(plan.keys)
+    passed_as: dict[type | None, str] = {int: "int", float: "float"}
+    plain = [passed_as.get(plain_result(f.aggregation, f.dtype)) for f in plan.features]
+    if kinds[n_keys] != "int" or plain != kinds[n_keys + 1 :]:
+        return None  # a hopping window's end comes as text; a feature needs converting
+    arrays: list[pa.Array] = []
+    given = iter(columns)
+    for kind in kinds:
+        values = next(given)
+        if kind in ("int", "float"):
+            nulls = next(given)
+            if isinstance(nulls, pd.Series):
+                mask = nulls.to_numpy(dtype=bool)
+            else:  # the flag of a NOT NULL column: a constant
+                mask = np.full(len(values), bool(nulls))
+            arrays.append(pa.array(values.to_numpy(), mask=mask))
+        else:
+            arrays.append(values)
+    try:
+        keys = [
+            column.cast(arrow_type(dtype))
+            if isinstance(column, pa.Array)
+            else pa.array(column.tolist(), arrow_type(dtype))
+            for column, (_, dtype) in zip(arrays[:n_keys], plan.keys, strict=True)
+        ]
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+        return None  # a key of another type: the row path converts or refuses it
+    times = arrays[n_keys]
+    if times.null_count:
+        return None
+    features = []
+    for feature, array in zip(plan.features, arrays[n_keys + 1 :], strict=True):
+        zero = empty_feature(feature.aggregation, feature.dtype)
+        if array.null_count and zero is not None:
+            array = array.fill_null(zero)
+        if pa.types.is_floating(array.type):  # NaN is null
+            array = pc.if_else(pc.is_nan(array), pa.scalar(None, array.type), array)
+        features.append(array.cast(arrow_type(feature.dtype)))
+    names = [*plan.key_names, *(f.name for f in plan.features), EVENT_TIMESTAMP]
+    return pa.table([*keys, *features, times.cast(pa.timestamp("ms", "UTC"))], names=names)
 
 
 def flink_environment(

@@ -247,14 +247,25 @@ def _as_feature(value: Any, dtype: DType) -> Any:
 _PLAIN_RESULTS = {"Int64": int, "Float64": float, "String": str, "Bool": bool}
 
 
-def _feature_column(agg: Aggregation, dtype: DType, values: list[Any]) -> list[Any]:
-    """A column of SQL aggregates as stored feature values (``_result``, then ``_as_feature``)."""
+def plain_result(agg: Aggregation, dtype: DType) -> type | None:
+    """The Python type of a result column whose values need no conversion, when they all have it
+    (``_PLAIN_RESULTS``); None where each value takes the general path."""
     plain = _PLAIN_RESULTS.get(dtype.name) if dtype.element is None else None
     if isinstance(agg, (Count, CountDistinct)) and plain is not int:
-        plain = None  # a count is an integer, whatever the feature's declared type
-    if plain is not None and not agg.by_time and set(map(type, values)) <= {plain, type(None)}:
-        # What a null becomes (``Aggregation.empty``), converted once.
-        zero = _as_feature(_result(agg, dtype, None, None), dtype) if None in values else None
+        return None  # a count is an integer, whatever the feature's declared type
+    return None if agg.by_time else plain
+
+
+def empty_feature(agg: Aggregation, dtype: DType) -> Any:
+    """The stored feature value of an empty aggregate (``Aggregation.empty``, converted)."""
+    return _as_feature(_result(agg, dtype, None, None), dtype)
+
+
+def _feature_column(agg: Aggregation, dtype: DType, values: list[Any]) -> list[Any]:
+    """A column of SQL aggregates as stored feature values (``_result``, then ``_as_feature``)."""
+    plain = plain_result(agg, dtype)
+    if plain is not None and set(map(type, values)) <= {plain, type(None)}:
+        zero = empty_feature(agg, dtype) if None in values else None  # converted once
         if plain is float:  # NaN is null
             return [zero if v is None else (v if v == v else None) for v in values]
         return [zero if v is None else v for v in values]
