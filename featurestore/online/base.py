@@ -11,8 +11,9 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
+from featurestore.online.arrow_blobs import entity_key_column, value_blob_column
 from featurestore.view import StreamFeatureView
-from transforms.arrow_events import same_as_previous
+from transforms.arrow_events import column_values, same_as_previous
 from transforms.dtypes import DType
 from transforms.plan import EVENT_TIMESTAMP
 
@@ -198,6 +199,12 @@ def value_blobs(dtype: DType, values: list[Any]) -> list[bytes]:
     return [proto.SerializeToString() for proto in value_protos(dtype, values)]
 
 
+def column_blobs(dtype: DType, column: pa.ChunkedArray | pa.Array) -> list[bytes]:
+    """``value_blobs`` of an Arrow column, by columns where ``value_blob_column`` can."""
+    blobs = value_blob_column(dtype, column)
+    return value_blobs(dtype, column_values(column)) if blobs is None else blobs
+
+
 def feature_value_protos(view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each row's features as Feast ``Value`` protos."""
     columns = {
@@ -255,6 +262,16 @@ class EntityKeys:
     def serialize(self, view: StreamFeatureView, rows: Sequence[dict[str, Any]]) -> list[bytes]:
         names = view.plan.key_names
         return self.serialize_keys(view, [tuple(row[k] for k in names) for row in rows])
+
+    def serialize_table(self, view: StreamFeatureView, table: pa.Table) -> list[bytes]:
+        """``serialize`` of a table's rows, by columns where ``entity_key_column`` can."""
+        names = list(view.plan.key_names)
+        columns = {k: table.column(k) for k in names}
+        keys = entity_key_column(names, dict(view.plan.keys), columns, self.version)
+        if keys is None:
+            key_columns = [column_values(columns[k]) for k in names]
+            keys = self.serialize_keys(view, list(zip(*key_columns, strict=True)))
+        return keys
 
     def serialize_keys(self, view: StreamFeatureView, keys: list[tuple[Any, ...]]) -> list[bytes]:
         """``serialize`` of key tuples (in ``view.plan.key_names`` order)."""

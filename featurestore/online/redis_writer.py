@@ -19,10 +19,11 @@ import mmh3
 import pyarrow as pa
 import redis
 
-from featurestore.online.arrow_blobs import entity_key_column, timestamp_blobs, value_blob_column
+from featurestore.online.arrow_blobs import timestamp_blobs
 from featurestore.online.base import (
     EntityKeys,
     WriteStats,
+    column_blobs,
     epoch_us,
     latest_per_key,
     value_blobs,
@@ -182,20 +183,11 @@ class RedisOnlineWriter:
         return self._write(view, self.keys.serialize(view, latest), times, blobs)
 
     def write_table(self, view: StreamFeatureView, table: pa.Table) -> WriteStats:
-        names = list(view.plan.key_names)
-        keys = entity_key_column(
-            names, dict(view.plan.keys), {k: table.column(k) for k in names}, self.keys.version
-        )
-        if keys is None:
-            key_columns = [column_values(table.column(k)) for k in names]
-            keys = self.keys.serialize_keys(view, list(zip(*key_columns, strict=True)))
-        blobs = {}
-        for name, dtype in view.plan.output_features:
-            column = table.column(name)
-            encoded = value_blob_column(dtype, column)
-            blobs[name] = value_blobs(dtype, column_values(column)) if encoded is None else encoded
+        blobs = {name: column_blobs(dtype, table.column(name)) for name, dtype in view.plan.output_features}
         times = table.column(EVENT_TIMESTAMP).cast(pa.timestamp("us", "UTC"), safe=False)
-        return self._write(view, keys, column_values(times.cast(pa.int64())), blobs)
+        return self._write(
+            view, self.keys.serialize_table(view, table), column_values(times.cast(pa.int64())), blobs
+        )
 
     def _write(
         self, view: StreamFeatureView, keys: list[bytes], times: list[int], blobs: dict[str, list[bytes]]

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from featurestore.online.arrow_blobs import entity_key_column, value_blob_column
 from featurestore.online.base import (
     EntityKeys,
     WriteStats,
+    column_blobs,
     epoch_us,
     latest_per_key,
     retry_while_locked,
@@ -148,23 +148,15 @@ class SqliteOnlineWriter:
     def write_table(self, view: StreamFeatureView, table: pa.Table) -> WriteStats:
         if not table.num_rows:
             return WriteStats()
-        names = list(view.plan.key_names)
-        keys = entity_key_column(
-            names, dict(view.plan.keys), {k: table.column(k) for k in names}, self.keys.version
-        )
-        if keys is None:
-            key_columns = [column_values(table.column(k)) for k in names]
-            keys = self.keys.serialize_keys(view, list(zip(*key_columns, strict=True)))
         times = table.column(EVENT_TIMESTAMP)
         utc = times.cast(pa.timestamp(times.type.unit))  # naive UTC, as ``_feast_seconds`` makes them
-        features = {}
-        for name, dtype in view.plan.output_features:
-            values = column_values(table.column(name))
-            blobs = value_blob_column(dtype, table.column(name))
-            features[name] = (value_blobs(dtype, values) if blobs is None else blobs, values)
+        features = {
+            name: (column_blobs(dtype, table.column(name)), column_values(table.column(name)))
+            for name, dtype in view.plan.output_features
+        }
         return self._write(
             view,
-            keys,
+            self.keys.serialize_table(view, table),
             (
                 [_feast_seconds(t) for t in utc.to_pylist()],
                 column_values(utc.cast(pa.timestamp("us"), safe=False).cast(pa.int64())),
