@@ -475,3 +475,32 @@ def test_a_snapshot_of_another_shape_or_an_earlier_mlfs_is_refused_first(tmp_pat
     remember_shape(checkpoints, other, job_shape([views[:1]], one))  # two jobs share the prefix
     with pytest.raises(MLFSError, match="another shape"):
         check_shape(checkpoints, checkpoints / "savepoint-5e1f0c-0123456789ab", shape)
+
+
+def test_a_rest_port_taken_before_flink_binds_it_is_replaced() -> None:
+    """The mini-cluster's REST port is checked free, then bound by Flink; another process may take
+    it in between (parallel jobs): the start is retried on another port, any other failure is not."""
+    from featurestore.stream.service import on_a_free_port
+
+    config: dict[str, str] = {}
+    tried: list[str] = []
+
+    def start(fails: int, error: str) -> Any:
+        def attempt() -> str:
+            tried.append(config["rest.bind-port"])
+            if len(tried) <= fails:
+                raise RuntimeError(f"java.net.BindException: {error} on any port in port range {tried[-1]}")
+            return "client"
+
+        return attempt
+
+    client, port = on_a_free_port(config, start(1, "Could not start rest endpoint"))
+    assert client == "client" and len(tried) == 2 and config["rest.port"] == str(port) == tried[-1]
+    tried.clear()
+    with pytest.raises(RuntimeError, match="Could not start rest endpoint"):
+        on_a_free_port(config, start(5, "Could not start rest endpoint"))
+    assert len(tried) == 3
+    tried.clear()
+    with pytest.raises(RuntimeError, match="Address already in use"):
+        on_a_free_port(config, start(1, "Address already in use"))
+    assert len(tried) == 1

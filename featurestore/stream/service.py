@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from featurestore.definitions import FileStreamSource, KafkaStreamSource, StreamSource
 from featurestore.offline.parquet import COMPACT_MIN_FILES, ParquetOfflineStore
@@ -451,13 +451,19 @@ def serve_stream(
     config = dict(plan.config)
     if plan.restore is not None:
         config[RECOVERY_PATH] = plan.restore.as_uri()
-    if not options.master:  # the mini-cluster's REST API, where the job's failures are read
-        config["rest.port"] = config["rest.bind-port"] = str(_free_port())
-    rest = f"http://{options.master or '127.0.0.1:' + config['rest.port']}"
     with _ctrl_c_stops() as stop:
-        env, t_env = flink_environment(options.parallelism, options.master, config)
         job = StreamJobRecord(settings.work_path, [v.name for v in views], options.master or "local")
-        client = submit_stream_job(repo, options, plan, env, t_env)
+
+        def submit() -> Any:
+            env, t_env = flink_environment(options.parallelism, options.master, config)
+            return submit_stream_job(repo, options, plan, env, t_env)
+
+        if options.master:
+            client = submit()
+            rest = f"http://{options.master}"
+        else:  # the mini-cluster's REST API, where the job's failures are read
+            client, port = on_a_free_port(config, submit)
+            rest = f"http://127.0.0.1:{port}"
         job.write(state="running", job_id=str(client.get_job_id()))
         report(
             f"streaming {len(views)} view(s) ({', '.join(v.name for v in views)}) on "
@@ -916,6 +922,23 @@ def _stop_with_savepoint(client: Any, directory: Path, job: StreamJobRecord) -> 
                     "last checkpoint"
                 ) from None
             time.sleep(1.0)
+
+
+T = TypeVar("T")
+
+
+def on_a_free_port(config: dict[str, str], start: Callable[[], T], attempts: int = 3) -> tuple[T, int]:
+    """``start()`` of a mini-cluster whose REST API takes a free port (set in ``config``), and the
+    port; a port another process took between the check and Flink's bind is replaced by another."""
+    for attempt in range(attempts):
+        port = _free_port()
+        config["rest.port"] = config["rest.bind-port"] = str(port)
+        try:
+            return start(), port
+        except Exception as err:  # py4j wraps Flink's BindException
+            if attempt == attempts - 1 or "Could not start rest endpoint" not in str(err):
+                raise
+    raise AssertionError("unreachable")
 
 
 def _free_port() -> int:
