@@ -116,11 +116,12 @@ def timestamp_blobs(micros: list[int]) -> list[bytes]:
     return python_values(pc.binary_join_element_wise(*parts, _NOTHING))
 
 
-# Feast's ``ValueType`` numbers of the key types written here, and each type's Arrow types.
-_KEY_TYPES = {
-    "String": (2, (pa.string(), pa.large_string())),
-    "Int32": (3, (pa.int32(),)),
-    "Int64": (4, (pa.int64(),)),
+KEY_TYPE_NUMBERS = {"String": 2, "Int32": 3, "Int64": 4}  # Feast's ValueType numbers of the keys MLFS writes
+# The Arrow types each key type is encoded from here.
+_KEY_ARROW_TYPES = {
+    "String": (pa.string(), pa.large_string()),
+    "Int32": (pa.int32(),),
+    "Int64": (pa.int64(),),
 }
 
 
@@ -135,8 +136,8 @@ def entity_key_column(
     for name in names:
         column = columns[name]
         array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-        kind = _KEY_TYPES.get(dtypes[name].name)
-        if kind is None or array.type not in kind[1] or array.null_count:
+        kinds = _KEY_ARROW_TYPES.get(dtypes[name].name)
+        if kinds is None or array.type not in kinds or array.null_count:
             return None
         arrays[name] = array
     order = sorted(names)  # Feast sorts a key's columns by join key name
@@ -146,7 +147,7 @@ def entity_key_column(
     )
     parts: list[Any] = [pa.array([prefix] * rows, pa.large_binary())]
     for name in order:
-        type_number, _ = _KEY_TYPES[dtypes[name].name]
+        type_number = KEY_TYPE_NUMBERS[dtypes[name].name]
         array = arrays[name]
         if dtypes[name].name == "String":
             data = array.cast(pa.large_binary())

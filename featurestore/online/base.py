@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
-from featurestore.online.arrow_blobs import entity_key_column, value_blob_column
+from featurestore.online.arrow_blobs import KEY_TYPE_NUMBERS, entity_key_column, value_blob_column
 from featurestore.view import StreamFeatureView
 from transforms.arrow_events import column_values, same_as_previous
 from transforms.dtypes import DType
@@ -231,12 +231,11 @@ def value_texts(dtype: DType, values: list[Any]) -> list[str | None]:
     return [extract_text_and_num(proto, False)[0] for proto in value_protos(dtype, values)]
 
 
-_KEY_TYPES = {"String": 2, "Int32": 3, "Int64": 4}  # Feast's ValueType numbers
 _UINT32 = struct.Struct("<I")
 
 
 def _key_bytes(dtype: str, value: Any) -> bytes:
-    """A key value as ``serialize_entity_key`` (version 3) writes it, for the types ``_KEY_TYPES``."""
+    """A key value as ``serialize_entity_key`` (version 3) writes it, for the types ``KEY_TYPE_NUMBERS``."""
     if dtype == "String" and type(value) is str:
         data = value.encode("utf-8")
     elif dtype == "Int64" and type(value) is int and -(1 << 63) <= value < 1 << 63:
@@ -245,7 +244,7 @@ def _key_bytes(dtype: str, value: Any) -> bytes:
         data = struct.pack("<i", value)
     else:
         raise TypeError("left to Feast")
-    return _UINT32.pack(_KEY_TYPES[dtype]) + _UINT32.pack(len(data)) + data
+    return _UINT32.pack(KEY_TYPE_NUMBERS[dtype]) + _UINT32.pack(len(data)) + data
 
 
 class EntityKeys:
@@ -293,7 +292,7 @@ class EntityKeys:
     def _direct(self, view: StreamFeatureView, keys: list[tuple[Any, ...]]) -> list[bytes] | None:
         """The keys serialised without protos, or None where Feast must do it."""
         columns = dict(view.plan.keys)
-        if self.version != 3 or any(columns[n].name not in _KEY_TYPES for n in columns):
+        if self.version != 3 or any(columns[n].name not in KEY_TYPE_NUMBERS for n in columns):
             return None
         names = list(view.plan.key_names)
         order = sorted(range(len(names)), key=lambda i: names[i])  # Feast sorts by join key name
