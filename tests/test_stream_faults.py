@@ -9,6 +9,7 @@ import os
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -164,3 +165,62 @@ def test_a_file_of_hostile_lines_never_stops_the_job(tmp_path: Path) -> None:
     for name, _ in VIEWS:
         assert got[f"{name} counts"].balanced and got[f"{name} counts"].input == len(lines)
     assert_same_outcome(got, expected)
+
+
+def test_a_local_taskmanager_that_stops_is_replaced_and_the_job_runs_again() -> None:
+    """Flink's mini-cluster stops its only TaskManager on a fatal error in a task's cleanup (a race
+    when several Python operators fail at once); the restarted job then waits for slots forever.
+    ``LocalTaskManagers`` starts another, so the job runs again; one that keeps dying is an error."""
+    import json
+    import urllib.request
+
+    from pyflink.table import DataTypes
+    from pyflink.table.udf import udf
+
+    from featurestore.stream.local_cluster import LocalTaskManagers, mini_cluster
+    from featurestore.stream.service import job_status, on_a_free_port
+    from transforms.engines.flink import flink_environment
+    from transforms.errors import MLFSError
+
+    config = {
+        "restart-strategy.type": "fixed-delay",
+        "restart-strategy.fixed-delay.attempts": "10",
+        "restart-strategy.fixed-delay.delay": "500 ms",
+    }
+
+    def submit() -> Any:
+        _, t_env = flink_environment(1, None, config)
+        t_env.execute_sql("CREATE TABLE g (x BIGINT) WITH ('connector'='datagen','rows-per-second'='20')")
+        t_env.execute_sql("CREATE TABLE b (x BIGINT) WITH ('connector'='blackhole')")
+        t_env.create_temporary_function("plus1", udf(lambda x: x + 1, result_type=DataTypes.BIGINT()))
+        return t_env.execute_sql("INSERT INTO b SELECT plus1(x) FROM g").get_job_client()
+
+    client, port = on_a_free_port(config, submit)
+    rest, job_id = f"http://127.0.0.1:{port}", str(client.get_job_id())
+    cluster = mini_cluster(client)
+    keeper = LocalTaskManagers(rest, cluster.startTaskManager, limit=1)
+
+    def tasks() -> list[str]:
+        with urllib.request.urlopen(f"{rest}/jobs/{job_id}", timeout=5) as answer:
+            return [vertex["status"] for vertex in json.load(answer)["vertices"]]
+
+    try:
+        wait_for(lambda: set(tasks()) == {"RUNNING"}, STARTUP_S, "the job's tasks to run")
+        wait_for(lambda: keeper.registered() == 1, 30, "the TaskManager to register")
+        assert keeper.revive() == 0
+        cluster.terminateTaskManager(0).get()
+        wait_for(lambda: keeper.registered() == 0, 30, "the TaskManager to go")
+        time.sleep(5)  # without another TaskManager, the restarted job's tasks never run
+        assert "RUNNING" not in tasks() and job_status(client) == "RUNNING"
+        wait_for(lambda: keeper.revive() == 1, 10, "a TaskManager started in place of the stopped one")
+        wait_for(lambda: set(tasks()) == {"RUNNING"}, 60, "the job's tasks to run again")
+        wait_for(lambda: keeper.registered() == 1, 30, "the new TaskManager to register")
+        time.sleep(LocalTaskManagers.POLL_S)
+        assert keeper.revive() == 0  # and counts the new TaskManager as there
+        cluster.terminateTaskManager(1).get()
+        wait_for(lambda: keeper.registered() == 0, 30, "the second TaskManager to go")
+        time.sleep(LocalTaskManagers.POLL_S)
+        with pytest.raises(MLFSError, match="TaskManager stopped 2 times"):
+            keeper.revive()
+    finally:
+        client.cancel().result()

@@ -31,6 +31,7 @@ from featurestore.definitions import FileStreamSource, KafkaStreamSource, Stream
 from featurestore.offline.parquet import COMPACT_MIN_FILES, ParquetOfflineStore
 from featurestore.repo import FeatureRepo, lookup_order
 from featurestore.runstatus import StreamJobRecord, read_json, write_json
+from featurestore.stream.local_cluster import LocalTaskManagers, mini_cluster
 from featurestore.stream.metrics import JobHealth, ViewMetrics, collect, serve_metrics
 from featurestore.stream.sinks import LiveOutcomes, StoreRows, clear_status
 from featurestore.view import StreamFeatureView
@@ -458,19 +459,23 @@ def serve_stream(
             env, t_env = flink_environment(options.parallelism, options.master, config)
             return submit_stream_job(repo, options, plan, env, t_env)
 
+        keeper = None
         if options.master:
             client = submit()
             rest = f"http://{options.master}"
         else:  # the mini-cluster's REST API, where the job's failures are read
             client, port = on_a_free_port(config, submit)
             rest = f"http://127.0.0.1:{port}"
+            keeper = LocalTaskManagers(rest, mini_cluster(client).startTaskManager, options.max_restarts)
         job.write(state="running", job_id=str(client.get_job_id()))
         report(
             f"streaming {len(views)} view(s) ({', '.join(v.name for v in views)}) on "
             f"{options.master or 'a local Flink mini-cluster'}; job {client.get_job_id()}; "
             f"Flink's REST API on {rest}"
         )
-        supervision = Supervision(repo, options, views, status_dir, rest, str(client.get_job_id()), report)
+        supervision = Supervision(
+            repo, options, views, status_dir, rest, str(client.get_job_id()), report, keeper
+        )
         supervision.run(job, lambda: job_status(client), lambda: job_failure(client), stop)
         supervision.stopping(job)
         savepoint = _stop_with_savepoint(client, checkpoint_dir / "savepoints", job)
@@ -484,7 +489,8 @@ def serve_stream(
 class Supervision:
     """What watches a running job (``serve-stream``, or ``serve-stream --attach`` beside a job a
     cluster runs): Prometheus metrics and health, the offline store's compaction, online = offline
-    samples, restarts reported, and a status line per view now and then."""
+    samples, restarts reported, a local mini-cluster's stopped TaskManager replaced (``keeper``),
+    and a status line per view now and then."""
 
     def __init__(
         self,
@@ -495,8 +501,10 @@ class Supervision:
         rest: str,
         job_id: str,
         report: Callable[[str], None],
+        keeper: LocalTaskManagers | None = None,
     ) -> None:
         self.options, self.status_dir, self.report = options, status_dir, report
+        self.keeper = keeper
         self.bounds = {v.name: source_lateness(v.source).max_out_of_orderness_ms for v in views}
         self.health = JobHealth("RUNNING")
         self.server = None
@@ -537,6 +545,12 @@ class Supervision:
             if options.consistency_every_s is not None:
                 self.sampler.run_every(options.consistency_every_s)
                 health.consistency = dict(self.sampler.ratios)
+            if self.keeper is not None and self.keeper.revive():
+                job.write(taskmanagers_replaced=self.keeper.started)
+                self.report(
+                    "Flink's local TaskManager stopped (a fatal error while a failed task was "
+                    "cleaned up); started another, the job restarts from its last checkpoint"
+                )
             status = status_of()
             health.state = status
             if status in ("FAILED", "CANCELED", "FINISHED"):
