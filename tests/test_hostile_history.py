@@ -152,3 +152,37 @@ def test_verify_runs_a_json_lines_sample_bad_lines_included(
         out = capsys.readouterr().out
         assert code == 0 and out.count("identical") == 2, out
         assert out.count("(500 events:") == 3 and "dead-lettered" in out, out
+
+
+def test_the_flink_line_reader_splits_and_marks_lines_as_python_does(tmp_path: Path) -> None:
+    """``Utf8Lines`` (the stream's file reader, in Java) gives the lines ``file_lines`` gives, as
+    the text ``event_text`` makes of each, over files of hostile lines, line ends of every kind
+    (a ``\\r\\n`` split across the reader's 64 KiB buffer too), lines longer than the buffer and
+    non-UTF-8 bytes."""
+    from pyflink.java_gateway import get_gateway
+
+    from transforms.engines.flink import flink_environment
+    from transforms.events import event_text
+
+    flink_environment(1)  # MLFS's jar on the gateway's class path
+    jvm = get_gateway().jvm
+    rng = random.Random(11)
+    cases = [b"", b"\n", b"\r", b"\r\n", b"a", b"a\r", b"\n\n\r\r\n", "é\n€\r\n\U0001f600".encode()]
+    lines = [*fuzz_lines(rng, good=300, hostile=700), b"x" * 70_000, "ü".encode() * 40_000, b"\xff" * 3]
+    for n in range(4):
+        path = tmp_path / f"{n}.jsonl"
+        write_lines(path, rng.sample(lines, len(lines)), rng)
+        cases.append(path.read_bytes())
+    edge = b"y" * (65_536 - 1) + b"\r\nz\r" + b"w" * 65_536 + b"\n"  # \r then \n in the next read
+    cases.append(edge)
+    for i, data in enumerate(cases):
+        path = tmp_path / f"case-{i}.jsonl"
+        path.write_bytes(data)
+        stream = jvm.org.apache.flink.core.fs.local.LocalDataInputStream(jvm.java.io.File(str(path)))
+        config = jvm.org.apache.flink.configuration.Configuration()
+        reader = jvm.mlfs.flink.Utf8Lines().createReader(config, stream)
+        got = []
+        while (text := reader.read()) is not None:
+            got.append(text)
+        reader.close()
+        assert got == [event_text(line) for line in file_lines(path)], f"case {i}"

@@ -117,8 +117,9 @@ def lineage_of(checkpoint_dir: Path, restore: Path | None) -> str:
 SHAPES = "shapes.json"  # in the checkpoint directory: each job id and savepoint's job shape
 # Part of every shape: raised when MLFS changes what a job keeps in its state without changing its
 # SQL text (2: continuous and lifetime windows in MLFS's window operator, not an ``OVER``, 2026-12-07;
-# 3: stage 1 per source partition, 2026-12-07).
-SHAPE_FORMAT = "mlfs-stream-state-3"
+# 3: stage 1 per source partition, 2026-12-07; 4: that operator's state written by MLFS's own
+# serializer, not Kryo, 2026-12-08).
+SHAPE_FORMAT = "mlfs-stream-state-4"
 
 
 def job_shape(groups: list[list[StreamFeatureView]], partitions: dict[str, int]) -> str:

@@ -9,7 +9,6 @@ import java.util.TreeMap;
 import org.apache.flink.api.common.functions.OpenContext;
 import org.apache.flink.api.common.state.ValueState;
 import org.apache.flink.api.common.state.ValueStateDescriptor;
-import org.apache.flink.api.common.typeinfo.Types;
 import org.apache.flink.streaming.api.functions.KeyedProcessFunction;
 import org.apache.flink.types.Row;
 import org.apache.flink.util.Collector;
@@ -77,7 +76,7 @@ public class ContinuousWindow extends KeyedProcessFunction<String, Row, Row> {
     @Override
     public void open(OpenContext context) {
         parse();
-        state = getRuntimeContext().getState(new ValueStateDescriptor<>("window", Types.GENERIC(KeyState.class)));
+        state = getRuntimeContext().getState(new ValueStateDescriptor<>("window", new KeyStateSerializer()));
     }
 
     @Override

@@ -1,6 +1,5 @@
 package mlfs.flink;
 
-import java.io.BufferedInputStream;
 import java.io.IOException;
 import java.io.InputStream;
 import java.util.Arrays;
@@ -20,7 +19,7 @@ public class Utf8Lines extends SimpleStreamFormat<String> {
 
     @Override
     public Reader<String> createReader(Configuration config, FSDataInputStream stream) {
-        return new LineReader(new BufferedInputStream(stream, 1 << 16));
+        return new LineReader(stream);
     }
 
     @Override
@@ -30,8 +29,11 @@ public class Utf8Lines extends SimpleStreamFormat<String> {
 
     static final class LineReader implements Reader<String> {
         private final InputStream in;
-        private byte[] line = new byte[256];
-        private int pending = -2; // a byte read ahead after a \r (-2: none)
+        private final byte[] buffer = new byte[1 << 16];
+        private int position; // the unread bytes are buffer[position, limit)
+        private int limit;
+        private byte[] line = new byte[256]; // a line that spans two reads of the buffer
+        private boolean afterCr; // the last line ended with \r: a \n right after it belongs to it
 
         LineReader(InputStream in) {
             this.in = in;
@@ -39,26 +41,49 @@ public class Utf8Lines extends SimpleStreamFormat<String> {
 
         @Override
         public String read() throws IOException {
-            int length = 0;
-            int b = pending != -2 ? pending : in.read();
-            pending = -2;
-            if (b == -1) {
-                return null;
-            }
-            while (b != -1 && b != '\n' && b != '\r') {
-                if (length == line.length) {
-                    line = Arrays.copyOf(line, length * 2);
+            int length = 0; // bytes of this line held in line (only when it spans reads)
+            while (true) {
+                if (position == limit && !fill()) {
+                    return length > 0 ? Utf8Text.of(line, 0, length) : null;
                 }
-                line[length++] = (byte) b;
-                b = in.read();
-            }
-            if (b == '\r') {
-                int next = in.read();
-                if (next != '\n') {
-                    pending = next;
+                if (afterCr) {
+                    afterCr = false;
+                    if (buffer[position] == '\n') {
+                        position++;
+                        continue;
+                    }
                 }
+                int start = position;
+                while (position < limit && buffer[position] != '\n' && buffer[position] != '\r') {
+                    position++;
+                }
+                if (position == limit) { // the line goes on in the next read
+                    length = keep(start, position - start, length);
+                    continue;
+                }
+                afterCr = buffer[position] == '\r';
+                position++;
+                if (length == 0) {
+                    return Utf8Text.of(buffer, start, position - 1 - start);
+                }
+                length = keep(start, position - 1 - start, length);
+                return Utf8Text.of(line, 0, length);
             }
-            return Utf8Text.of(line, length);
+        }
+
+        private boolean fill() throws IOException {
+            int read = in.read(buffer, 0, buffer.length);
+            position = 0;
+            limit = Math.max(read, 0);
+            return read > 0;
+        }
+
+        private int keep(int start, int count, int length) {
+            if (length + count > line.length) {
+                line = Arrays.copyOf(line, Math.max(line.length * 2, length + count));
+            }
+            System.arraycopy(buffer, start, line, length, count);
+            return length + count;
         }
 
         @Override

@@ -10,7 +10,7 @@ public class Utf8Strings implements DeserializationSchema<String> {
 
     @Override
     public String deserialize(byte[] message) {
-        return message == null ? null : Utf8Text.of(message, message.length);
+        return message == null ? null : Utf8Text.of(message, 0, message.length);
     }
 
     @Override

@@ -16,16 +16,23 @@ final class Utf8Text {
 
     private Utf8Text() {}
 
-    static String of(byte[] bytes, int length) {
+    static String of(byte[] bytes, int offset, int length) {
+        boolean ascii = true;
+        for (int i = offset; i < offset + length && ascii; i++) {
+            ascii = bytes[i] >= 0;
+        }
+        if (ascii) { // most events: no decoder needed
+            return new String(bytes, offset, length, StandardCharsets.ISO_8859_1);
+        }
         try {
             return StandardCharsets.UTF_8
                     .newDecoder()
                     .onMalformedInput(CodingErrorAction.REPORT)
                     .onUnmappableCharacter(CodingErrorAction.REPORT)
-                    .decode(ByteBuffer.wrap(bytes, 0, length))
+                    .decode(ByteBuffer.wrap(bytes, offset, length))
                     .toString();
         } catch (CharacterCodingException e) {
-            return NOT_UTF8 + new String(bytes, 0, length, StandardCharsets.ISO_8859_1);
+            return NOT_UTF8 + new String(bytes, offset, length, StandardCharsets.ISO_8859_1);
         }
     }
 }
