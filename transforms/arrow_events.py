@@ -70,12 +70,17 @@ def python_values(array: pa.Array) -> list[Any]:
     return array.to_pylist()
 
 
+def one_array(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """A column as one Arrow array (a table's columns come in chunks)."""
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+
 def column_values(column: pa.ChunkedArray | pa.Array) -> list[Any]:
     """``column.to_pylist()``, with zoned timestamps made UTC datetimes in one step (Arrow's
     per-value time zone conversion costs more than an online write of the values)."""
     kind = column.type
     if not (pa.types.is_timestamp(kind) and kind.tz is not None):
-        return python_values(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
+        return python_values(one_array(column))
     values = column.cast(pa.timestamp(kind.unit)).to_pylist()
     return [None if v is None else v.replace(tzinfo=UTC) for v in values]
 

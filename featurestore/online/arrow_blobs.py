@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms.arrow_events import python_values
+from transforms.arrow_events import one_array, python_values
 from transforms.dtypes import DType
 
 _MAX_VARINT = 10  # a 64-bit varint's bytes
@@ -70,7 +70,7 @@ _FIXED_FIELDS = {"Float64": (0x29, pa.float64(), "f8"), "Float32": (0x35, pa.flo
 def value_blob_column(dtype: DType, column: pa.ChunkedArray | pa.Array) -> list[bytes] | None:
     """``base.value_blobs`` of a whole column (null and NaN the empty ``Value``), or None where the
     column's type is not the plain Arrow type of ``dtype``."""
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    array = one_array(column)
     if dtype.element is not None:
         return None
     empty = array.is_null().to_numpy(zero_copy_only=False)
@@ -135,7 +135,7 @@ def entity_key_column(
     arrays = {}
     for name in names:
         column = columns[name]
-        array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        array = one_array(column)
         kinds = _KEY_ARROW_TYPES.get(dtypes[name].name)
         if kinds is None or array.type not in kinds or array.null_count:
             return None
