@@ -210,7 +210,7 @@ def test_a_local_taskmanager_that_stops_is_replaced_and_the_job_runs_again() -> 
         assert keeper.revive() == 0
         cluster.terminateTaskManager(0).get()
         wait_for(lambda: keeper.registered() == 0, 30, "the TaskManager to go")
-        time.sleep(5)  # without another TaskManager, the restarted job's tasks never run
+        time.sleep(3)  # without another TaskManager, the restarted job's tasks never run
         assert "RUNNING" not in tasks() and job_status(client) == "RUNNING"
         wait_for(lambda: keeper.revive() == 1, 10, "a TaskManager started in place of the stopped one")
         wait_for(lambda: set(tasks()) == {"RUNNING"}, 60, "the job's tasks to run again")
