@@ -198,6 +198,7 @@ def test_a_local_taskmanager_that_stops_is_replaced_and_the_job_runs_again() -> 
     client, port = on_a_free_port(config, submit)
     rest, job_id = f"http://127.0.0.1:{port}", str(client.get_job_id())
     cluster = mini_cluster(client)
+    assert cluster is not None
     keeper = LocalTaskManagers(rest, cluster.startTaskManager, limit=1)
 
     def tasks() -> list[str]:

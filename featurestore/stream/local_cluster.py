@@ -20,13 +20,17 @@ from typing import Any
 from transforms.errors import MLFSError
 
 
-def mini_cluster(client: Any) -> Any:
+def mini_cluster(client: Any) -> Any | None:
     """The Java ``MiniCluster`` that runs a job submitted to a local environment (PyFlink's
-    ``JobClient`` wraps a ``MiniClusterJobClient``, which holds it in a private field)."""
-    java_client = client._j_job_client
-    holder = java_client.getClass().getDeclaredField("miniCluster")
-    holder.setAccessible(True)
-    return holder.get(java_client)
+    ``JobClient`` wraps a ``MiniClusterJobClient``, which holds it in a private field); None where
+    a Flink version holds it otherwise (the job then runs without a keeper, as before)."""
+    try:
+        java_client = client._j_job_client
+        holder = java_client.getClass().getDeclaredField("miniCluster")
+        holder.setAccessible(True)
+        return holder.get(java_client)
+    except Exception:  # py4j wraps Java's NoSuchFieldException
+        return None
 
 
 class LocalTaskManagers:

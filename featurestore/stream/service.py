@@ -467,7 +467,9 @@ def serve_stream(
         else:  # the mini-cluster's REST API, where the job's failures are read
             client, port = on_a_free_port(config, submit)
             rest = f"http://127.0.0.1:{port}"
-            keeper = LocalTaskManagers(rest, mini_cluster(client).startTaskManager, options.max_restarts)
+            cluster = mini_cluster(client)
+            if cluster is not None:
+                keeper = LocalTaskManagers(rest, cluster.startTaskManager, options.max_restarts)
         job.write(state="running", job_id=str(client.get_job_id()))
         report(
             f"streaming {len(views)} view(s) ({', '.join(v.name for v in views)}) on "
@@ -546,7 +548,7 @@ class Supervision:
             if options.consistency_every_s is not None:
                 self.sampler.run_every(options.consistency_every_s)
                 health.consistency = dict(self.sampler.ratios)
-            if self.keeper is not None and self.keeper.revive():
+            if self.keeper is not None and self._revived(self.keeper, job):
                 job.write(taskmanagers_replaced=self.keeper.started)
                 self.report(
                     "Flink's local TaskManager stopped (a fatal error while a failed task was "
@@ -572,6 +574,15 @@ class Supervision:
                     self.report(metrics.line())
         if stop.requested:
             self.report("stopping (Ctrl-C)")
+
+    def _revived(self, keeper: LocalTaskManagers, job: StreamJobRecord) -> int:
+        """``keeper.revive()``; a TaskManager that keeps stopping fails the job's record too."""
+        try:
+            return keeper.revive()
+        except MLFSError:
+            job.write(state="failed")
+            self.sampler.wait()
+            raise
 
     def stopping(self, job: StreamJobRecord) -> None:
         job.write(state="stopping")
